@@ -1,0 +1,3 @@
+//! The AWS Lambda function (custom runtime `provided.al2023`) (to be written).
+
+fn main() {}

@@ -1,0 +1,35 @@
+//! The `squall` command: run the engine, run the demo, test plugins.
+
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod plugin;
+mod run;
+
+/// Squall webhook delivery engine.
+#[derive(Debug, Parser)]
+#[command(name = "squall", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Long-poll every configured application queue and deliver (local, ECS, k8s).
+    Run(run::RunArgs),
+    /// Deliver real webhooks to a local receiver with the embedded in-process queue.
+    Demo(demo::DemoArgs),
+    /// Check and exercise plugins exactly as production loads them.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run::main(args),
+        Command::Demo(args) => demo::main(args),
+        Command::Plugin(cmd) => plugin::main(cmd),
+    }
+}
