@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod deploy;
 pub mod envelope;
 pub mod hooks;
 pub mod http;
