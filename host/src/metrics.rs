@@ -229,12 +229,6 @@ mod tests {
         // A missing metrics queue: counted, not propagated.
         let broken = MetricsSink::new(qs, Some("gone".into()));
         broken.flush(&recs[..3]).await;
-        assert_eq!(
-            broken.totals(),
-            MetricsTotals {
-                sent: 0,
-                failed: 3
-            }
-        );
+        assert_eq!(broken.totals(), MetricsTotals { sent: 0, failed: 3 });
     }
 }

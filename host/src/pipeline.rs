@@ -212,10 +212,14 @@ pub struct AttributeError {
 fn num_attr(attrs: &Attributes, name: &'static str) -> Result<Option<u64>, AttributeError> {
     match attrs.get(name) {
         None => Ok(None),
-        Some(v) => v.trim().parse::<u64>().map(Some).map_err(|_| AttributeError {
-            name,
-            value: truncate(v, 64),
-        }),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| AttributeError {
+                name,
+                value: truncate(v, 64),
+            }),
     }
 }
 
@@ -244,10 +248,17 @@ pub fn hop_delay(not_before_ms: Option<u64>, now_ms: u64) -> Option<u32> {
 }
 
 /// Attributes of a re-sent copy.
-pub fn resend_attributes(attempts_made: u32, first_attempt_ms: u64, not_before_ms: u64) -> Attributes {
+pub fn resend_attributes(
+    attempts_made: u32,
+    first_attempt_ms: u64,
+    not_before_ms: u64,
+) -> Attributes {
     Attributes::from([
         (ATTR_ATTEMPTS.to_string(), attempts_made.to_string()),
-        (ATTR_FIRST_ATTEMPT_MS.to_string(), first_attempt_ms.to_string()),
+        (
+            ATTR_FIRST_ATTEMPT_MS.to_string(),
+            first_attempt_ms.to_string(),
+        ),
         (ATTR_NOT_BEFORE_MS.to_string(), not_before_ms.to_string()),
     ])
 }
@@ -294,15 +305,13 @@ pub fn plugin_error_decision(
         message: err.to_string(),
     };
     match policy {
-        PluginErrorPolicy::DeadLetter => RetryDecision::DeadLetter(format!(
-            "{} (on_plugin_error = \"dead-letter\")",
-            err
-        )),
+        PluginErrorPolicy::DeadLetter => {
+            RetryDecision::DeadLetter(format!("{} (on_plugin_error = \"dead-letter\")", err))
+        }
         PluginErrorPolicy::Retry => {
             // The backoff's schedule, ignoring the outcome-specific rules (4xx, Retry-After).
             let base = backoff.base_delay_secs(ctx.attempt);
-            let spread =
-                backoff.jitter.clamp(0.0, 1.0) * (2.0 * unit_random.clamp(0.0, 1.0) - 1.0);
+            let spread = backoff.jitter.clamp(0.0, 1.0) * (2.0 * unit_random.clamp(0.0, 1.0) - 1.0);
             let secs = (base * (1.0 + spread)).round().clamp(1.0, u32::MAX as f64) as u32;
             retry::enforce_limits(
                 RetryDecision::RetryAfterSeconds(secs),
@@ -596,7 +605,10 @@ pub async fn process(
             metrics: vec![rec.record(status, error_kind, latency, outcome, retry_in, now)],
         }
     };
-    let on_hook_error = |err: HookError, status: Option<u16>, latency: Duration, rec: &AttemptRecord<'_>| {
+    let on_hook_error = |err: HookError,
+                         status: Option<u16>,
+                         latency: Duration,
+                         rec: &AttemptRecord<'_>| {
         tracing::warn!(app_id = %app.id, event_id = %rec.event_id, attempt = state.attempt, error = %err, "hook failed");
         let decision = plugin_error_decision(
             app.on_plugin_error,
@@ -610,7 +622,15 @@ pub async fn process(
             Some(s) => LastFailure::Status(s),
             None => LastFailure::Error(err.to_string()),
         };
-        conclude(decision, last, status, Some(err.kind().to_string()), latency, true, rec)
+        conclude(
+            decision,
+            last,
+            status,
+            Some(err.kind().to_string()),
+            latency,
+            true,
+            rec,
+        )
     };
 
     let mut request = match app.transform.transform(&event) {
@@ -737,7 +757,10 @@ mod tests {
             ],
         ))
         .unwrap();
-        assert_eq!((s.attempt, s.first_attempt_ms, s.not_before_ms), (9, 42, Some(99)));
+        assert_eq!(
+            (s.attempt, s.first_attempt_ms, s.not_before_ms),
+            (9, 42, Some(99))
+        );
         let err = attempt_state(&received("", 1, &[(ATTR_ATTEMPTS, "x7")])).unwrap_err();
         assert!(err.to_string().contains("squall-attempts") && err.to_string().contains("x7"));
     }
@@ -939,7 +962,9 @@ mod tests {
             "test:skipper"
         }
         fn transform(&self, _: &crate::hooks::Event) -> Result<TransformResult, HookError> {
-            Ok(TransformResult::Skip("ping events are not delivered".into()))
+            Ok(TransformResult::Skip(
+                "ping events are not delivered".into(),
+            ))
         }
     }
 
@@ -998,7 +1023,10 @@ mod tests {
     }
 
     fn header<'a>(h: &'a Headers, name: &str) -> &'a str {
-        h.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).unwrap()
+        h.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap()
     }
 
     async fn run(app: &App, msg: &Received) -> Processed {
@@ -1033,8 +1061,20 @@ mod tests {
         );
         let m = &p.metrics[0];
         assert_eq!(
-            (m.outcome, m.status, m.attempt, m.endpoint_host.as_str(), m.latency_ms),
-            (MetricOutcome::Delivered, Some(204), 1, "hooks.example.com", 3)
+            (
+                m.outcome,
+                m.status,
+                m.attempt,
+                m.endpoint_host.as_str(),
+                m.latency_ms
+            ),
+            (
+                MetricOutcome::Delivered,
+                Some(204),
+                1,
+                "hooks.example.com",
+                3
+            )
         );
         assert_eq!(m.signer, "builtin:standard-webhooks");
     }
@@ -1095,7 +1135,11 @@ mod tests {
             &received(
                 &body("billing"),
                 1,
-                &[(ATTR_ATTEMPTS, "7"), (ATTR_FIRST_ATTEMPT_MS, "11"), (ATTR_NOT_BEFORE_MS, &nb)],
+                &[
+                    (ATTR_ATTEMPTS, "7"),
+                    (ATTR_FIRST_ATTEMPT_MS, "11"),
+                    (ATTR_NOT_BEFORE_MS, &nb),
+                ],
             ),
         )
         .await;
