@@ -117,11 +117,17 @@ pub fn received_from_record(record: &SqsMessage) -> Result<Received, RecordError
         .clone()
         .ok_or_else(|| missing("receiptHandle"))?;
     let body = record.body.clone().ok_or_else(|| missing("body"))?;
-    let number = |name: &str| record.attributes.get(name).and_then(|v| v.parse::<u64>().ok());
+    let number = |name: &str| {
+        record
+            .attributes
+            .get(name)
+            .and_then(|v| v.parse::<u64>().ok())
+    };
     let receive_count = number("ApproximateReceiveCount")
         .ok_or_else(|| missing("attributes.ApproximateReceiveCount"))?
         .clamp(1, u32::MAX as u64) as u32;
-    let sent_timestamp_ms = number("SentTimestamp").ok_or_else(|| missing("attributes.SentTimestamp"))?;
+    let sent_timestamp_ms =
+        number("SentTimestamp").ok_or_else(|| missing("attributes.SentTimestamp"))?;
     let attributes: Attributes = record
         .message_attributes
         .iter()
@@ -184,7 +190,9 @@ pub struct Function<Q: Queue> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FunctionError {
     /// An application's queue URL does not name an account and queue.
-    #[error("apps.{app}.queue_url = {url:?}: not an SQS queue URL (expected <endpoint>/<account>/<queue name>)")]
+    #[error(
+        "apps.{app}.queue_url = {url:?}: not an SQS queue URL (expected <endpoint>/<account>/<queue name>)"
+    )]
     BadQueueUrl {
         /// Application id.
         app: String,
@@ -192,7 +200,9 @@ pub enum FunctionError {
         url: String,
     },
     /// Two applications read the same queue.
-    #[error("apps.{first} and apps.{second} have the same queue {url}: each application needs its own queue")]
+    #[error(
+        "apps.{first} and apps.{second} have the same queue {url}: each application needs its own queue"
+    )]
     SharedQueue {
         /// First application.
         first: String,
@@ -220,9 +230,11 @@ impl<Q: Queue> Function<Q> {
         }
         let mut index: HashMap<QueueKey, FunctionApp> = HashMap::new();
         for fa in apps {
-            let key = QueueKey::from_url(&fa.app.queue_url).ok_or_else(|| FunctionError::BadQueueUrl {
-                app: fa.app.id.clone(),
-                url: fa.app.queue_url.clone(),
+            let key = QueueKey::from_url(&fa.app.queue_url).ok_or_else(|| {
+                FunctionError::BadQueueUrl {
+                    app: fa.app.id.clone(),
+                    url: fa.app.queue_url.clone(),
+                }
             })?;
             if let Some(other) = index.get(&key) {
                 return Err(FunctionError::SharedQueue {
@@ -299,16 +311,15 @@ impl<Q: Queue> Function<Q> {
             metrics.extend(p.metrics.iter().cloned());
             match &p.action {
                 Action::Delete { .. } => {}
-                Action::RetryByVisibility { secs } => visibility
-                    .entry(app.queue_url.clone())
-                    .or_default()
-                    .push((
+                Action::RetryByVisibility { secs } => {
+                    visibility.entry(app.queue_url.clone()).or_default().push((
                         i,
                         VisibilityChange {
                             receipt_handle: msg.receipt_handle.clone(),
                             timeout_secs: *secs,
                         },
-                    )),
+                    ))
+                }
                 Action::Resend {
                     delay_secs,
                     attributes,
@@ -387,11 +398,16 @@ impl<Q: Queue> Function<Q> {
                 .clone();
             let clock = self.clock.clone();
             let id = msg.message_id.clone();
-            tasks.push((id, tokio::spawn(async move {
-                let _permit = permits.acquire_owned().await;
-                let p = pipeline::process(&app, &msg, clock.as_ref(), ProcessOptions::default()).await;
-                (app, msg, p)
-            })));
+            tasks.push((
+                id,
+                tokio::spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    let p =
+                        pipeline::process(&app, &msg, clock.as_ref(), ProcessOptions::default())
+                            .await;
+                    (app, msg, p)
+                }),
+            ));
         }
         let mut out = Vec::with_capacity(tasks.len());
         for (id, t) in tasks {
@@ -401,5 +417,364 @@ impl<Q: Queue> Function<Q> {
             }));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::envelope;
+    use crate::hooks::{Outcome, PassThrough, Request};
+    use crate::pipeline::{Deliver, Delivery, PluginErrorPolicy, SystemClock};
+    use crate::queue::memory::{MemoryQueues, QueueOptions};
+    use crate::retry::{Backoff, BackoffPolicy, RetryLimits};
+    use crate::secrets::{SecretKey, Secrets};
+    use crate::signing::StandardWebhooksSigner;
+
+    const QUEUE: &str = "http://memory.invalid/123456789012/billing";
+    const ARN: &str = "arn:aws:sqs:us-east-1:123456789012:billing";
+    const DLQ: &str = "http://memory.invalid/123456789012/dlq";
+    const METRICS: &str = "http://memory.invalid/123456789012/metrics";
+
+    #[test]
+    fn queue_keys_match_between_arns_and_urls() {
+        let k = QueueKey::from_arn(ARN).unwrap();
+        assert_eq!(
+            k,
+            QueueKey::from_url("https://sqs.us-east-1.amazonaws.com/123456789012/billing").unwrap()
+        );
+        assert_eq!(
+            k,
+            QueueKey::from_url("http://127.0.0.1:5000/123456789012/billing").unwrap()
+        );
+        assert_eq!(
+            k,
+            QueueKey::from_arn("arn:aws-cn:sqs:cn-north-1:123456789012:billing").unwrap()
+        );
+        assert_ne!(
+            k,
+            QueueKey::from_arn("arn:aws:sqs:us-east-1:999999999999:billing").unwrap()
+        );
+        assert_eq!(
+            QueueKey::from_arn("arn:aws:sns:us-east-1:123456789012:billing"),
+            None
+        );
+        assert_eq!(QueueKey::from_arn("billing"), None);
+        assert_eq!(QueueKey::from_url("http://127.0.0.1:5000/billing"), None);
+        assert_eq!(QueueKey::from_url("not a url"), None);
+    }
+
+    #[test]
+    fn reports_follow_the_table() {
+        let err = Err(QueueError::Transport {
+            queue: "q".into(),
+            operation: "SendMessageBatch",
+            message: "down".into(),
+        });
+        let delete = Action::Delete {
+            why: pipeline::DeleteReason::Delivered,
+        };
+        let vis = Action::RetryByVisibility { secs: 5 };
+        let resend = Action::Resend {
+            delay_secs: 900,
+            attributes: Attributes::new(),
+            hop: false,
+        };
+        let dlq = Action::DeadLetter {
+            reason: "status 410".into(),
+            attributes: Attributes::new(),
+        };
+        assert_eq!(report_for(&delete, &Ok(())), Report::Success);
+        assert_eq!(report_for(&vis, &Ok(())), Report::Failure);
+        assert_eq!(report_for(&vis, &err), Report::Failure);
+        assert_eq!(report_for(&resend, &Ok(())), Report::Success);
+        assert_eq!(report_for(&resend, &err), Report::Failure);
+        assert_eq!(report_for(&dlq, &Ok(())), Report::Success);
+        assert_eq!(report_for(&dlq, &err), Report::Failure);
+    }
+
+    fn record(msg: &Received, arn: &str) -> SqsMessage {
+        // As Lambda serialises it.
+        let attrs: serde_json::Map<String, serde_json::Value> = msg
+            .attributes
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    serde_json::json!({"stringValue": v, "dataType": "String"}),
+                )
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "messageId": msg.message_id,
+            "receiptHandle": msg.receipt_handle,
+            "body": msg.body,
+            "attributes": {
+                "ApproximateReceiveCount": msg.receive_count.to_string(),
+                "SentTimestamp": msg.sent_timestamp_ms.to_string(),
+                "SenderId": "AIDAEXAMPLE",
+                "ApproximateFirstReceiveTimestamp": "1"
+            },
+            "messageAttributes": attrs,
+            "md5OfBody": "x",
+            "eventSource": "aws:sqs",
+            "eventSourceARN": arn,
+            "awsRegion": "us-east-1"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn records_convert_with_counts_and_string_attributes() {
+        let msg = Received {
+            message_id: "m".into(),
+            receipt_handle: "h".into(),
+            body: "{}".into(),
+            attributes: [("squall-attempts".to_string(), "4".to_string())].into(),
+            receive_count: 2,
+            sent_timestamp_ms: 1_700_000_000_000,
+        };
+        assert_eq!(received_from_record(&record(&msg, ARN)).unwrap(), msg);
+        let mut r = record(&msg, ARN);
+        r.attributes.remove("SentTimestamp");
+        assert_eq!(
+            received_from_record(&r).unwrap_err().to_string(),
+            "SQS record m: missing attributes.SentTimestamp"
+        );
+    }
+
+    /// 200 for /ok, 503 for /retry, 503 + Retry-After: 3600 for /later, 410 for /gone.
+    struct ByPath;
+    impl Deliver for ByPath {
+        fn deliver<'a>(
+            &'a self,
+            request: &'a Request,
+        ) -> Pin<Box<dyn Future<Output = Delivery> + Send + 'a>> {
+            let (status, headers) = match request.url.rsplit('/').next().unwrap_or("") {
+                "ok" => (200, vec![]),
+                "retry" => (503, vec![]),
+                "later" => (503, vec![("retry-after".to_string(), "3600".to_string())]),
+                _ => (410, vec![]),
+            };
+            Box::pin(async move {
+                Delivery {
+                    outcome: Outcome::Response { status, headers },
+                    latency: Duration::from_millis(1),
+                }
+            })
+        }
+    }
+
+    fn app() -> FunctionApp {
+        let mut secrets = Secrets::new();
+        secrets.insert(
+            "default",
+            vec![SecretKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()],
+        );
+        let backoff = Backoff {
+            jitter: 0.0,
+            ..Backoff::default()
+        };
+        FunctionApp {
+            app: Arc::new(App {
+                id: "billing".into(),
+                queue_url: QUEUE.into(),
+                transform: Arc::new(PassThrough),
+                signer: Arc::new(StandardWebhooksSigner::new(Arc::new(secrets))),
+                retry_policy: Arc::new(BackoffPolicy {
+                    backoff: backoff.clone(),
+                }),
+                backoff,
+                limits: RetryLimits::default(),
+                envelope_limits: envelope::Limits::default(),
+                signing_key: "default".into(),
+                on_plugin_error: PluginErrorPolicy::Retry,
+                visibility_backoff_max_secs: 900,
+                deliver: Arc::new(ByPath),
+            }),
+            max_concurrency: 4,
+        }
+    }
+
+    fn envelope_to(id: &str, path: &str) -> String {
+        String::from_utf8(
+            envelope::Envelope::new_json(
+                id,
+                "billing",
+                "invoice.paid",
+                format!("https://hooks.example.com/{path}"),
+                SystemClock.now_ms(),
+                &serde_json::json!({"n": 1}),
+            )
+            .encode(),
+        )
+        .unwrap()
+    }
+
+    /// A mixed batch through the real pipeline and the in-process queue: what is reported,
+    /// and where each message ends.
+    #[tokio::test]
+    async fn mixed_batch_ends_where_the_table_says() {
+        let q = Arc::new(MemoryQueues::new());
+        q.create_queue(DLQ, QueueOptions::default()).unwrap();
+        q.create_queue(METRICS, QueueOptions::default()).unwrap();
+        q.create_queue(QUEUE, QueueOptions::default()).unwrap();
+        let bodies = [
+            envelope_to("evt_ok", "ok"),
+            envelope_to("evt_retry", "retry"),
+            envelope_to("evt_later", "later"),
+            envelope_to("evt_gone", "gone"),
+            "{not json".to_string(),
+        ];
+        let out: Vec<Outgoing> = bodies
+            .iter()
+            .map(|b| Outgoing {
+                body: b.clone(),
+                delay_secs: 0,
+                attributes: Attributes::new(),
+            })
+            .collect();
+        assert!(q.send_batch(QUEUE, &out).await.iter().all(|r| r.is_ok()));
+        let got = q.receive(QUEUE, 10, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), 5);
+        let id_of = |body: &str| {
+            got.iter()
+                .find(|m| m.body == body)
+                .unwrap()
+                .message_id
+                .clone()
+        };
+        let mut event = SqsEvent::default();
+        event.records = got.iter().map(|m| record(m, ARN)).collect();
+        // One record from a queue no application owns.
+        let stranger = Received {
+            message_id: "stranger".into(),
+            ..got[0].clone()
+        };
+        event.records.push(record(
+            &stranger,
+            "arn:aws:sqs:us-east-1:123456789012:other",
+        ));
+
+        let f = Function::new(
+            q.clone(),
+            vec![app()],
+            DLQ.into(),
+            Some(METRICS.into()),
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        let response = f.handle(event).await.unwrap();
+        let mut failed: Vec<String> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone())
+            .collect();
+        failed.sort();
+        let mut want = vec![id_of(&bodies[1]), "stranger".to_string()];
+        want.sort();
+        assert_eq!(
+            failed, want,
+            "only the visibility retry and the stranger are failures"
+        );
+
+        // DLQ: the 410 and the malformed body, bodies byte for byte, with reasons.
+        let dlq = q.messages(DLQ).unwrap();
+        assert_eq!(dlq.len(), 2);
+        let gone = dlq
+            .iter()
+            .find(|m| m.body == bodies[3])
+            .expect("410 dead-lettered");
+        assert_eq!(gone.attributes["squall-last-status"], "410");
+        assert_eq!(gone.attributes["squall-event-id"], "evt_gone");
+        let bad = dlq
+            .iter()
+            .find(|m| m.body == bodies[4])
+            .expect("malformed dead-lettered");
+        assert!(
+            bad.attributes["squall-reason"].contains("malformed envelope"),
+            "{:?}",
+            bad.attributes
+        );
+
+        // App queue: the function deleted nothing (5 originals) and added the re-sent copy.
+        let msgs = q.messages(QUEUE).unwrap();
+        assert_eq!(msgs.len(), 6);
+        let copies: Vec<_> = msgs
+            .iter()
+            .filter(|m| m.attributes.contains_key("squall-not-before-ms"))
+            .collect();
+        assert_eq!(copies.len(), 1);
+        assert_eq!(copies[0].body, bodies[2]);
+        assert_eq!(copies[0].attributes["squall-attempts"], "1");
+        // The visibility retry waits 5 s: nothing is receivable now (the rest are in flight
+        // until the mapping deletes them; the copy is delayed 900 s).
+        assert!(
+            q.receive(QUEUE, 10, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Metrics: one record per attempt (4 deliveries; none for the malformed body).
+        assert_eq!(q.messages(METRICS).unwrap().len(), 4);
+        assert_eq!(f.metrics().totals().sent, 4);
+    }
+
+    #[tokio::test]
+    async fn a_failed_dead_letter_send_is_a_batch_item_failure() {
+        let q = Arc::new(MemoryQueues::new());
+        q.create_queue(QUEUE, QueueOptions::default()).unwrap();
+        let body = envelope_to("evt_gone", "gone");
+        q.send_batch(
+            QUEUE,
+            &[Outgoing {
+                body,
+                delay_secs: 0,
+                attributes: Attributes::new(),
+            }],
+        )
+        .await;
+        let got = q.receive(QUEUE, 10, Duration::ZERO).await.unwrap();
+        let mut event = SqsEvent::default();
+        event.records = got.iter().map(|m| record(m, ARN)).collect();
+        // The DLQ does not exist: the send fails, so the message must not be reported done.
+        let f = Function::new(
+            q.clone(),
+            vec![app()],
+            DLQ.into(),
+            None,
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        let response = f.handle(event).await.unwrap();
+        assert_eq!(response.batch_item_failures.len(), 1);
+        assert_eq!(
+            response.batch_item_failures[0].item_identifier,
+            got[0].message_id
+        );
+    }
+
+    #[test]
+    fn each_app_needs_its_own_parseable_queue() {
+        let q = Arc::new(MemoryQueues::new());
+        let err = Function::new(
+            q.clone(),
+            vec![app(), app()],
+            DLQ.into(),
+            None,
+            Arc::new(SystemClock),
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, FunctionError::SharedQueue { .. }), "{err}");
+        let err = Function::new(q, vec![app()], String::new(), None, Arc::new(SystemClock))
+            .err()
+            .unwrap();
+        assert_eq!(err, FunctionError::NoDeadLetterQueue);
     }
 }
