@@ -8,6 +8,7 @@
 pub mod config;
 pub mod conformance;
 pub mod demo;
+pub mod deploy;
 pub mod envelope;
 pub mod hooks;
 pub mod http;
