@@ -6,6 +6,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the map.
 
 pub mod config;
+pub mod conformance;
 pub mod demo;
 pub mod deploy;
 pub mod envelope;
