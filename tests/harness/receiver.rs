@@ -45,7 +45,10 @@ pub struct Recorded {
 impl Recorded {
     /// First header with this (lower-case) name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -66,7 +69,9 @@ pub struct Receiver {
 impl Receiver {
     /// Start on a free loopback port; requests with no script left get `default`.
     pub async fn start(default: Reply) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let (st, def) = (state.clone(), default.clone());
@@ -78,7 +83,12 @@ impl Receiver {
                 });
             }
         });
-        Receiver { addr, state, default, task }
+        Receiver {
+            addr,
+            state,
+            default,
+            task,
+        }
     }
 
     /// The URL of `path` on this receiver.
@@ -93,7 +103,13 @@ impl Receiver {
 
     /// Queue replies for `path`, used in order before falling back to the default.
     pub fn script(&self, path: &str, replies: Vec<Reply>) {
-        self.state.lock().unwrap().scripts.entry(path.to_string()).or_default().extend(replies);
+        self.state
+            .lock()
+            .unwrap()
+            .scripts
+            .entry(path.to_string())
+            .or_default()
+            .extend(replies);
     }
 
     /// Every request so far.
@@ -103,7 +119,10 @@ impl Receiver {
 
     /// Requests to one path.
     pub fn requests_for(&self, path: &str) -> Vec<Recorded> {
-        self.requests().into_iter().filter(|r| r.path == path).collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
     }
 
     /// The default reply.
@@ -118,7 +137,11 @@ impl Drop for Receiver {
     }
 }
 
-async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, default: Reply) -> std::io::Result<()> {
+async fn serve(
+    mut stream: TcpStream,
+    state: Arc<Mutex<State>>,
+    default: Reply,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     loop {
         // Read one request head.
@@ -161,7 +184,11 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, default: Reply) 
 
         let reply = {
             let mut st = state.lock().unwrap();
-            let reply = st.scripts.get_mut(&path).and_then(VecDeque::pop_front).unwrap_or(default.clone());
+            let reply = st
+                .scripts
+                .get_mut(&path)
+                .and_then(VecDeque::pop_front)
+                .unwrap_or(default.clone());
             st.requests.push(Recorded {
                 path,
                 method,
@@ -184,6 +211,9 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, default: Reply) 
                 return Ok(());
             }
             Reply::Reset => {
+                // A zero linger makes close send RST at once; it never blocks, which is
+                // what tokio's deprecation warns about.
+                #[allow(deprecated)]
                 stream.set_linger(Some(Duration::ZERO))?;
                 drop(stream);
                 return Ok(());
@@ -192,7 +222,11 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, default: Reply) 
     }
 }
 
-async fn respond(stream: &mut TcpStream, status: u16, headers: &[(String, String)]) -> std::io::Result<()> {
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    headers: &[(String, String)],
+) -> std::io::Result<()> {
     let mut out = format!("HTTP/1.1 {status} Scripted\r\ncontent-length: 0\r\n");
     for (n, v) in headers {
         out.push_str(&format!("{n}: {v}\r\n"));

@@ -46,7 +46,10 @@ pub fn settings(endpoint: &str) -> SqsSettings {
 
 /// A client for the test server, built the way the engine builds its own.
 pub async fn client(endpoint: &str) -> Client {
-    SqsQueues::connect(&settings(endpoint)).await.client().clone()
+    SqsQueues::connect(&settings(endpoint))
+        .await
+        .client()
+        .clone()
 }
 
 /// Queues for one test: a DLQ, a metrics queue, and one queue per application, all with a
@@ -68,7 +71,9 @@ impl TestQueues {
         let client = client(endpoint).await;
         let prefix = format!("t{:08x}", fastrand::u32(..));
         let dlq = create(&client, &format!("{prefix}-dlq"), &[]).await;
-        let dlq_arn = attr(&client, &dlq, QueueAttributeName::QueueArn).await.expect("dlq arn");
+        let dlq_arn = attr(&client, &dlq, QueueAttributeName::QueueArn)
+            .await
+            .expect("dlq arn");
         let metrics = create(&client, &format!("{prefix}-metrics"), &[]).await;
         let redrive = format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"10"}}"#);
         let mut map = HashMap::new();
@@ -76,12 +81,20 @@ impl TestQueues {
             let url = create(
                 &client,
                 &format!("{prefix}-{app}"),
-                &[(QueueAttributeName::RedrivePolicy, redrive.as_str()), (QueueAttributeName::VisibilityTimeout, "30")],
+                &[
+                    (QueueAttributeName::RedrivePolicy, redrive.as_str()),
+                    (QueueAttributeName::VisibilityTimeout, "30"),
+                ],
             )
             .await;
             map.insert(app.to_string(), url);
         }
-        TestQueues { client, dlq, metrics, apps: map }
+        TestQueues {
+            client,
+            dlq,
+            metrics,
+            apps: map,
+        }
     }
 
     /// The queue of one application.
@@ -91,7 +104,13 @@ impl TestQueues {
 
     /// Send a raw body to an application's queue.
     pub async fn send(&self, app: &str, body: &str) {
-        self.client.send_message().queue_url(self.app(app)).message_body(body).send().await.expect("send");
+        self.client
+            .send_message()
+            .queue_url(self.app(app))
+            .message_body(body)
+            .send()
+            .await
+            .expect("send");
     }
 
     /// Receive everything currently visible in `queue` (deleting nothing; visibility 60 s so
@@ -141,7 +160,11 @@ impl TestQueues {
 
 /// A string message attribute of a received message.
 pub fn msg_attr(m: &aws_sdk_sqs::types::Message, name: &str) -> Option<String> {
-    m.message_attributes.as_ref()?.get(name)?.string_value.clone()
+    m.message_attributes
+        .as_ref()?
+        .get(name)?
+        .string_value
+        .clone()
 }
 
 async fn create(client: &Client, name: &str, attrs: &[(QueueAttributeName, &str)]) -> String {
@@ -149,10 +172,20 @@ async fn create(client: &Client, name: &str, attrs: &[(QueueAttributeName, &str)
     for (k, v) in attrs {
         req = req.attributes(k.clone(), *v);
     }
-    req.send().await.expect("create queue").queue_url.expect("queue url")
+    req.send()
+        .await
+        .expect("create queue")
+        .queue_url
+        .expect("queue url")
 }
 
 async fn attr(client: &Client, url: &str, name: QueueAttributeName) -> Option<String> {
-    let r = client.get_queue_attributes().queue_url(url).attribute_names(name.clone()).send().await.ok()?;
+    let r = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(name.clone())
+        .send()
+        .await
+        .ok()?;
     r.attributes?.get(&name).cloned()
 }
