@@ -26,8 +26,8 @@ use super::{
 /// How to reach SQS.
 #[derive(Debug, Clone, Default)]
 pub struct SqsSettings {
-    /// AWS region, e.g. `us-east-1`; `None` = the AWS default chain (AWS_REGION, profile...).
-    pub region: Option<String>,
+    /// AWS region, e.g. `us-east-1`; empty = the AWS default chain (AWS_REGION, profile...).
+    pub region: String,
     /// Endpoint override (e.g. `http://127.0.0.1:4566` for a local server); `None` = AWS.
     pub endpoint_url: Option<String>,
     /// Static (access key id, secret access key) for local servers; `None` = the default
@@ -48,8 +48,8 @@ impl SqsQueues {
             .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
             .build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
-        if let Some(region) = &settings.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
+        if !settings.region.is_empty() {
+            loader = loader.region(aws_config::Region::new(settings.region.clone()));
         }
         if let Some(url) = &settings.endpoint_url {
             loader = loader.endpoint_url(url.clone());
@@ -346,7 +346,7 @@ mod tests {
 
     async fn client(endpoint: String) -> SqsQueues {
         SqsQueues::connect(&SqsSettings {
-            region: Some("us-east-1".into()),
+            region: "us-east-1".into(),
             endpoint_url: Some(endpoint),
             static_credentials: Some(("test".into(), "test".into())),
         })

@@ -60,7 +60,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     }
     let settings = RunnerSettings::from_config(&config);
     let sqs_settings = SqsSettings {
-        region: config.sqs.region.clone(),
+        region: config.sqs.region.clone().unwrap_or_default(),
         endpoint_url: config.sqs.endpoint_url.clone(),
         static_credentials: None,
     };
