@@ -310,3 +310,336 @@ impl Allowlist {
         classify(ip).filter(|_| !self.allows(ip))
     }
 }
+
+/// A refusal by the guard, or a failed lookup. Messages name the host and address, never
+/// anything from the request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SsrfError {
+    /// The address is forbidden and not in the application's allow-list.
+    #[error(
+        "{}{addr} is a forbidden address ({reason}): refused by the SSRF guard (allow it per application with allowed_networks)",
+        if *host == addr.to_string() { String::new() } else { format!("{host} resolves to {addr}; ") }
+    )]
+    Forbidden {
+        /// Host as written in the URL.
+        host: String,
+        /// The refused address.
+        addr: IpAddr,
+        /// Why.
+        reason: ForbiddenReason,
+    },
+    /// The name did not resolve.
+    #[error("cannot resolve {host}: {message}")]
+    Dns {
+        /// Host name.
+        host: String,
+        /// Resolver message.
+        message: String,
+    },
+}
+
+/// Check resolved addresses: all must be allowed; the first refused one is reported.
+pub fn check_addrs(host: &str, addrs: &[IpAddr], allow: &Allowlist) -> Result<(), SsrfError> {
+    if addrs.is_empty() {
+        return Err(SsrfError::Dns {
+            host: host.to_string(),
+            message: "no addresses".to_string(),
+        });
+    }
+    for &addr in addrs {
+        if let Some(reason) = allow.check(addr) {
+            return Err(SsrfError::Forbidden {
+                host: host.to_string(),
+                addr,
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Check a URL whose host is an IP literal (these never reach a resolver). The `url` crate has
+/// already normalised decimal, octal and hex IPv4 spellings (`http://2130706433/`,
+/// `http://0x7f.1/`) to dotted form. Host names pass here and are checked by the resolver.
+pub fn check_url(url: &url::Url, allow: &Allowlist) -> Result<(), SsrfError> {
+    let ip = match url.host() {
+        Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
+        Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
+        _ => return Ok(()),
+    };
+    check_addrs(&ip.to_string(), &[ip], allow)
+}
+
+/// A reqwest DNS resolver that resolves with tokio and refuses forbidden addresses.
+#[derive(Debug, Clone, Default)]
+pub struct GuardedResolver {
+    allow: std::sync::Arc<Allowlist>,
+}
+
+impl GuardedResolver {
+    /// A resolver applying this allow-list.
+    pub fn new(allow: Allowlist) -> GuardedResolver {
+        GuardedResolver {
+            allow: std::sync::Arc::new(allow),
+        }
+    }
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow = self.allow.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|e| {
+                    Box::new(SsrfError::Dns {
+                        host: host.clone(),
+                        message: e.to_string(),
+                    }) as Box<dyn std::error::Error + Send + Sync>
+                })?
+                .collect();
+            let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip()).collect();
+            check_addrs(&host, &ips, &allow)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ForbiddenReason::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn classification_table() {
+        let cases: &[(&str, Option<ForbiddenReason>)] = &[
+            ("127.0.0.1", Some(Loopback)),
+            ("127.255.255.254", Some(Loopback)),
+            ("::1", Some(Loopback)),
+            ("0.0.0.0", Some(Unspecified)),
+            ("0.1.2.3", Some(Unspecified)),
+            ("::", Some(Unspecified)),
+            ("10.0.0.1", Some(Private)),
+            ("172.16.0.1", Some(Private)),
+            ("172.31.255.255", Some(Private)),
+            ("172.32.0.1", None),
+            ("172.15.255.255", None),
+            ("192.168.1.1", Some(Private)),
+            ("100.64.0.1", Some(SharedAddressSpace)),
+            ("100.127.255.255", Some(SharedAddressSpace)),
+            ("100.128.0.1", None),
+            ("169.254.1.1", Some(LinkLocal)),
+            ("169.254.169.254", Some(CloudMetadata)),
+            ("fd00:ec2::254", Some(CloudMetadata)),
+            ("fe80::1", Some(LinkLocal)),
+            ("febf::1", Some(LinkLocal)),
+            ("fc00::1", Some(UniqueLocal)),
+            ("fd12:3456::1", Some(UniqueLocal)),
+            ("::ffff:127.0.0.1", Some(Loopback)),
+            ("::ffff:169.254.169.254", Some(CloudMetadata)),
+            ("::ffff:10.1.2.3", Some(Private)),
+            ("::ffff:8.8.8.8", None),
+            ("::127.0.0.1", Some(Loopback)),
+            ("::8.8.8.8", Some(Reserved)),
+            ("64:ff9b::7f00:1", Some(Loopback)),
+            ("64:ff9b::a9fe:a9fe", Some(CloudMetadata)),
+            ("64:ff9b::808:808", None),
+            ("2002:c0a8:0101::1", Some(Private)),
+            ("2002:7f00:0001::", Some(Loopback)),
+            ("2002:0808:0808::1", None),
+            ("224.0.0.1", Some(Multicast)),
+            ("239.255.255.250", Some(Multicast)),
+            ("ff02::1", Some(Multicast)),
+            ("255.255.255.255", Some(Broadcast)),
+            ("240.0.0.1", Some(Reserved)),
+            ("192.0.2.10", Some(Documentation)),
+            ("198.51.100.7", Some(Documentation)),
+            ("203.0.113.99", Some(Documentation)),
+            ("2001:db8::1", Some(Documentation)),
+            ("198.18.0.1", Some(Benchmarking)),
+            ("198.19.255.255", Some(Benchmarking)),
+            ("2001:2::1", Some(Benchmarking)),
+            ("192.0.0.8", Some(Reserved)),
+            ("8.8.8.8", None),
+            ("1.1.1.1", None),
+            ("93.184.215.14", None),
+            ("2606:4700:4700::1111", None),
+            ("2a00:1450:4001:82a::200e", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(classify(ip(s)), *want, "{s}");
+        }
+    }
+
+    /// IP literals in URLs, in every spelling the `url` crate normalises, are checked before
+    /// sending; host names pass to the resolver.
+    #[test]
+    fn url_literals_in_odd_spellings() {
+        let none = Allowlist::default();
+        let cases: &[(&str, Option<ForbiddenReason>)] = &[
+            ("http://127.0.0.1/", Some(Loopback)),
+            ("http://2130706433/", Some(Loopback)),
+            ("http://0x7f.1/", Some(Loopback)),
+            ("http://0177.0.0.1/", Some(Loopback)),
+            ("http://0x7f000001/", Some(Loopback)),
+            ("http://127.1/", Some(Loopback)),
+            ("http://0/", Some(Unspecified)),
+            ("http://[::1]:8080/x", Some(Loopback)),
+            ("http://[::ffff:127.0.0.1]/", Some(Loopback)),
+            ("http://[::ffff:7f00:1]/", Some(Loopback)),
+            (
+                "http://[0:0:0:0:0:ffff:a9fe:a9fe]/latest/meta-data",
+                Some(CloudMetadata),
+            ),
+            (
+                "http://169.254.169.254/latest/meta-data/",
+                Some(CloudMetadata),
+            ),
+            ("http://0xa9.0xfe.0xa9.0xfe/", Some(CloudMetadata)),
+            ("http://2852039166/", Some(CloudMetadata)),
+            ("https://[fd00:ec2::254]/", Some(CloudMetadata)),
+            ("http://012.0.0.1/", Some(Private)),
+            ("http://[fe80::1%25eth0]/", None),
+            ("http://8.8.8.8/", None),
+            ("https://hooks.example.com/", None),
+            ("http://localhost/", None),
+        ];
+        for (u, want) in cases {
+            let parsed = match url::Url::parse(u) {
+                Ok(p) => p,
+                // Zone ids are not valid in URLs: the url crate refuses them outright.
+                Err(_) => {
+                    assert!(u.contains("%25"), "{u} should parse");
+                    continue;
+                }
+            };
+            let got = match check_url(&parsed, &none) {
+                Ok(()) => None,
+                Err(SsrfError::Forbidden { reason, .. }) => Some(reason),
+                Err(e) => panic!("{u}: {e}"),
+            };
+            assert_eq!(got, *want, "{u} -> {parsed}");
+        }
+    }
+
+    #[test]
+    fn cidr_parsing_and_allowlists() {
+        let c = Cidr::parse("127.0.0.0/8").unwrap();
+        assert!(c.contains(ip("127.9.9.9")));
+        assert!(c.contains(ip("::ffff:127.0.0.1")));
+        assert!(!c.contains(ip("128.0.0.1")));
+        assert!(!c.contains(ip("::1")));
+        assert!(Cidr::parse("::1/128").unwrap().contains(ip("::1")));
+        assert!(Cidr::parse("fc00::/7").unwrap().contains(ip("fd00::5")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("1.2.3.4")));
+        assert!(Cidr::parse("::/0").unwrap().contains(ip("2001:db8::1")));
+        assert_eq!(Cidr::parse("10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
+        assert!(matches!(
+            Cidr::parse("10.0.0.0/33"),
+            Err(CidrError::BadPrefix { max: 32, .. })
+        ));
+        assert!(matches!(
+            Cidr::parse("::/129"),
+            Err(CidrError::BadPrefix { max: 128, .. })
+        ));
+        assert!(matches!(
+            Cidr::parse("10.0.0.0/+8"),
+            Err(CidrError::BadPrefix { .. })
+        ));
+        assert!(matches!(
+            Cidr::parse("10.0.0.0/"),
+            Err(CidrError::BadPrefix { .. })
+        ));
+        assert!(matches!(
+            Cidr::parse("localhost"),
+            Err(CidrError::BadAddress(_))
+        ));
+        let e = Cidr::parse("192.168.1.1/16").unwrap_err().to_string();
+        assert!(e.contains("did you mean 192.168.0.0/16"), "{e}");
+
+        let allow = Allowlist::parse(&["127.0.0.0/8", "::1/128"]).unwrap();
+        assert_eq!(allow.check(ip("127.0.0.1")), None);
+        assert_eq!(allow.check(ip("::1")), None);
+        assert_eq!(allow.check(ip("10.0.0.1")), Some(Private));
+        assert_eq!(allow.check(ip("169.254.169.254")), Some(CloudMetadata));
+        assert_eq!(Allowlist::parse(&["1.2.3.0/24", "x"]).unwrap_err().0, 1);
+        // Order and duplicates do not make two lists different (they key shared clients).
+        assert_eq!(
+            Allowlist::parse(&["::1/128", "127.0.0.0/8", "::1"]).unwrap(),
+            allow
+        );
+    }
+
+    #[test]
+    fn refusals_name_host_address_and_reason() {
+        let e = check_addrs(
+            "hooks.internal",
+            &[ip("93.184.215.14"), ip("10.0.0.5")],
+            &Allowlist::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "hooks.internal resolves to 10.0.0.5; 10.0.0.5 is a forbidden address (private network): refused by the SSRF guard (allow it per application with allowed_networks)"
+        );
+        let e = check_url(
+            &url::Url::parse("http://0x7f.1/").unwrap(),
+            &Allowlist::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("127.0.0.1 is a forbidden address (loopback)"),
+            "{e}"
+        );
+        assert!(matches!(
+            check_addrs("x", &[], &Allowlist::default()),
+            Err(SsrfError::Dns { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn resolver_refuses_localhost_unless_allowed() {
+        use reqwest::dns::Resolve;
+        let name = |s: &str| reqwest::dns::Name::from_str(s).unwrap();
+        let err = GuardedResolver::default()
+            .resolve(name("localhost"))
+            .await
+            .err()
+            .expect("localhost must be refused");
+        let ssrf = err.downcast_ref::<SsrfError>().expect("typed error");
+        assert!(
+            matches!(
+                ssrf,
+                SsrfError::Forbidden {
+                    reason: Loopback,
+                    ..
+                }
+            ),
+            "{ssrf}"
+        );
+        assert!(ssrf.to_string().contains("localhost resolves to"), "{ssrf}");
+
+        let allowed = GuardedResolver::new(Allowlist::parse(&["127.0.0.0/8", "::1/128"]).unwrap());
+        let addrs: Vec<_> = allowed.resolve(name("localhost")).await.unwrap().collect();
+        assert!(!addrs.is_empty());
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()));
+
+        let err = GuardedResolver::default()
+            .resolve(name("no-such-host.invalid"))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(
+            err.downcast_ref::<SsrfError>(),
+            Some(SsrfError::Dns { .. })
+        ));
+    }
+}
