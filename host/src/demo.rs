@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 
 use crate::envelope::Envelope;
 use crate::hooks::{PassThrough, RetryPolicy, Signer, Transform};
+use crate::http::{self, AppDelivery, ClientOptions, Deliverer, SendOptions};
 use crate::metrics::MetricOutcome;
 use crate::pipeline::{self, App, Deliver, PluginErrorPolicy};
 use crate::queue::memory::{MemoryQueues, QueueOptions, Redrive};
@@ -40,6 +41,7 @@ use crate::retry::{Backoff, BackoffPolicy, RetryLimits};
 use crate::runner::{RunReport, Runner, RunnerApp, RunnerSettings};
 use crate::secrets::{SecretKey, Secrets};
 use crate::signing::StandardWebhooksSigner;
+use crate::ssrf::Allowlist;
 
 // ---------------------------------------------------------------------------------------
 // Signature verification, as a receiver does it (independent of `signing.rs`).
@@ -431,61 +433,23 @@ fn load_plugins(dir: &Path, secrets: Arc<Secrets>) -> Result<Hooks, String> {
     Err("the plugin runtime is not available in this build yet".to_string())
 }
 
-/// The HTTP side of the demo.
-// TODO(flow): switch to `http::Deliverer` with a 127.0.0.0/8 allow-list once it lands.
+/// The HTTP side of the demo: the engine's pooled [`http::Deliverer`], with the SSRF guard
+/// allowing loopback (127.0.0.0/8) only.
 fn demo_deliverer() -> Result<Arc<dyn Deliver>, DemoError> {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| DemoError::Http(e.to_string()))?;
-    Ok(Arc::new(LoopbackDeliver { client }))
-}
-
-struct LoopbackDeliver {
-    client: reqwest::Client,
-}
-
-impl Deliver for LoopbackDeliver {
-    fn deliver<'a>(
-        &'a self,
-        request: &'a crate::hooks::Request,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = pipeline::Delivery> + Send + 'a>> {
-        Box::pin(async move {
-            let t0 = Instant::now();
-            let mut rb = self.client.post(&request.url).body(request.body.clone());
-            for (n, v) in &request.headers {
-                rb = rb.header(n, v);
-            }
-            let outcome = match rb.send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let headers = resp
-                        .headers()
-                        .iter()
-                        .filter_map(|(n, v)| {
-                            Some((n.as_str().to_string(), v.to_str().ok()?.to_string()))
-                        })
-                        .collect();
-                    let _ = resp.bytes().await;
-                    crate::hooks::Outcome::Response { status, headers }
-                }
-                Err(e) => crate::hooks::Outcome::Transport {
-                    kind: if e.is_timeout() {
-                        crate::hooks::TransportErrorKind::Timeout
-                    } else {
-                        crate::hooks::TransportErrorKind::Connect
-                    },
-                    message: e.to_string(),
-                },
-            };
-            pipeline::Delivery {
-                outcome,
-                latency: t0.elapsed(),
-            }
-        })
-    }
+    let allowlist = Allowlist::parse(&["127.0.0.0/8"]).expect("a valid CIDR");
+    let deliverer = Deliverer::new(&ClientOptions {
+        allowlist,
+        connect_timeout: Duration::from_secs(2),
+        pool_max_idle_per_host: http::POOL_MAX_IDLE_PER_HOST,
+    })
+    .map_err(|e| DemoError::Http(e.to_string()))?;
+    Ok(Arc::new(AppDelivery {
+        deliverer: Arc::new(deliverer),
+        opts: SendOptions {
+            timeout: Duration::from_secs(10),
+            max_response_bytes: 64 * 1024,
+        },
+    }))
 }
 
 struct Sample {
