@@ -230,30 +230,15 @@ impl Inspect for MemoryQueues {
     }
 }
 
-/// The SQS client settings for a config: region from `sqs.region`, else `AWS_REGION` /
-/// `AWS_DEFAULT_REGION`; endpoint from `sqs.endpoint_url`; credentials from the default AWS
-/// chain (environment, profile, role).
-pub fn sqs_settings(config: &Config) -> Result<SqsSettings, OpsError> {
-    let region = config
-        .sqs
-        .region
-        .clone()
-        .filter(|r| !r.is_empty())
-        .or_else(|| std::env::var("AWS_REGION").ok().filter(|r| !r.is_empty()))
-        .or_else(|| {
-            std::env::var("AWS_DEFAULT_REGION")
-                .ok()
-                .filter(|r| !r.is_empty())
-        })
-        .ok_or_else(|| OpsError::Config {
-            key: "sqs.region".into(),
-            message: "no region: set sqs.region in the config, or AWS_REGION".into(),
-        })?;
-    Ok(SqsSettings {
-        region,
+/// The SQS client settings for a config, as `squall run` builds them: region from
+/// `sqs.region` (empty: the AWS default chain, `AWS_REGION`...), endpoint from
+/// `sqs.endpoint_url`, credentials from the default AWS chain.
+pub fn sqs_settings(config: &Config) -> SqsSettings {
+    SqsSettings {
+        region: config.sqs.region.clone().unwrap_or_default(),
         endpoint_url: config.sqs.endpoint_url.clone().filter(|u| !u.is_empty()),
         static_credentials: None,
-    })
+    }
 }
 
 /// The queue URL of a configured application.

@@ -238,7 +238,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn connect(config: &Config) -> anyhow::Result<SqsQueues> {
-    Ok(SqsQueues::connect(&ops_lib::sqs_settings(config)?).await)
+    Ok(SqsQueues::connect(&ops_lib::sqs_settings(config)).await)
 }
 
 /// Run one operations command.
