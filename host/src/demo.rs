@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -138,10 +139,12 @@ pub struct Hit {
 
 /// A keep-alive HTTP/1.1 server on 127.0.0.1 answering `POST /<app>/<behaviour>`:
 /// `ok` -> 200, `flaky` -> 503 for the first two requests of each `webhook-id` then 200,
-/// `gone` -> 410; a signature that does not verify -> 401. Stops when dropped.
+/// `gone` -> 410, `slow` -> 200 after 50 ms; a signature that does not verify -> 401.
+/// Stops when dropped.
 pub struct Receiver {
     addr: SocketAddr,
     hits: Arc<Mutex<Vec<Hit>>>,
+    state: Arc<ReceiverState>,
     task: JoinHandle<()>,
 }
 
@@ -150,7 +153,13 @@ struct ReceiverState {
     record: bool,
     hits: Arc<Mutex<Vec<Hit>>>,
     flaky: Mutex<HashMap<String, u32>>,
+    served: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
+
+/// How long `slow` holds a request.
+pub const SLOW_DELAY: Duration = Duration::from_millis(50);
 
 impl Receiver {
     /// Start on an ephemeral loopback port. `secrets`: application -> secret to verify with
@@ -167,8 +176,13 @@ impl Receiver {
             record,
             hits: hits.clone(),
             flaky: Mutex::new(HashMap::new()),
+            served: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         });
+        let task_state = state.clone();
         let task = tokio::spawn(async move {
+            let state = task_state;
             // Connections live in this set: aborting the accept task closes them all.
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -186,7 +200,12 @@ impl Receiver {
                 while conns.try_join_next().is_some() {}
             }
         });
-        Ok(Receiver { addr, hits, task })
+        Ok(Receiver {
+            addr,
+            hits,
+            state,
+            task,
+        })
     }
 
     /// Where it listens.
@@ -199,7 +218,17 @@ impl Receiver {
         format!("http://{}/{app}/{behaviour}", self.addr)
     }
 
-    /// Requests answered so far.
+    /// Requests answered so far (counted even when not recorded).
+    pub fn served(&self) -> usize {
+        self.state.served.load(Ordering::Relaxed)
+    }
+
+    /// Most requests held at once so far.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests recorded so far.
     pub fn hits(&self) -> Vec<Hit> {
         self.hits.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -220,6 +249,18 @@ fn unix_secs() -> u64 {
 
 async fn answer(
     state: Arc<ReceiverState>,
+    req: HttpRequest<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let now = state.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    state.max_in_flight.fetch_max(now, Ordering::Relaxed);
+    let resp = answer_inner(&state, req).await;
+    state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    state.served.fetch_add(1, Ordering::Relaxed);
+    resp
+}
+
+async fn answer_inner(
+    state: &ReceiverState,
     req: HttpRequest<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut segs = req.uri().path().trim_start_matches('/').splitn(2, '/');
@@ -258,6 +299,10 @@ async fn answer(
     } else {
         match behaviour.as_str() {
             "gone" => 410,
+            "slow" => {
+                tokio::time::sleep(SLOW_DELAY).await;
+                200
+            }
             "flaky" => {
                 let mut f = state.flaky.lock().unwrap_or_else(|e| e.into_inner());
                 let n = f.entry(webhook_id.clone()).or_insert(0);

@@ -524,6 +524,28 @@ impl AppHooks {
     }
 }
 
+/// The hooks of one application: plugins where configured, else the built-ins.
+pub fn app_hooks(app: &AppConfig, secrets: Arc<Secrets>) -> Result<AppHooks, BuildError> {
+    let p = &app.plugins;
+    for (hook, cfg) in [
+        ("transform", &p.transform),
+        ("signer", &p.signer),
+        ("retry_policy", &p.retry_policy),
+    ] {
+        if let Some(cfg) = cfg {
+            return Err(BuildError::Plugin {
+                app: app.id.clone(),
+                hook,
+                message: format!(
+                    "{}: the plugin runtime is not wired into this build yet",
+                    cfg.path.display()
+                ),
+            });
+        }
+    }
+    Ok(AppHooks::builtins(app, secrets))
+}
+
 /// Build one application's pipeline context from its configuration (once per process):
 /// its hooks, its shared HTTP client wrapped in its per-endpoint limit, its limits.
 pub fn build_app(

@@ -4,11 +4,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use squall::config::{AppConfig, Config};
+use squall::config::Config;
 use squall::http::Deliverers;
 use squall::queue::sqs::{SqsQueues, SqsSettings};
-use squall::runner::{AppHooks, BuildError, Runner, RunnerSettings, build_app};
-use squall::secrets::Secrets;
+use squall::runner::{BuildError, Runner, RunnerSettings, app_hooks, build_app};
 
 /// Arguments of `squall run`.
 #[derive(Debug, clap::Args)]
@@ -55,7 +54,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
             .get(&app.id)
             .cloned()
             .ok_or_else(|| BuildError::MissingSecrets(app.id.clone()))?;
-        let hooks = hooks_for(app, s)?;
+        let hooks = app_hooks(app, s)?;
         apps.push(build_app(&config, app, hooks, &deliverers)?);
     }
     let settings = RunnerSettings::from_config(&config);
@@ -83,29 +82,6 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         tracing::warn!("some in-flight messages were not finished; they reappear on their queue");
     }
     Ok(())
-}
-
-/// The hooks of one application: plugins where configured, else the built-ins.
-fn hooks_for(app: &AppConfig, secrets: Arc<Secrets>) -> anyhow::Result<AppHooks> {
-    let p = &app.plugins;
-    for (hook, cfg) in [
-        ("transform", &p.transform),
-        ("signer", &p.signer),
-        ("retry_policy", &p.retry_policy),
-    ] {
-        if let Some(cfg) = cfg {
-            return Err(BuildError::Plugin {
-                app: app.id.clone(),
-                hook,
-                message: format!(
-                    "{}: the plugin runtime is not wired into `squall run` in this build yet",
-                    cfg.path.display()
-                ),
-            }
-            .into());
-        }
-    }
-    Ok(AppHooks::builtins(app, secrets))
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
