@@ -9,7 +9,7 @@
 //! | `hog` | allocates until memory runs out (the host's memory limit must stop it) |
 //! | `bad-url` | transform returns a `file:` URL |
 //! | `crlf-header` | returns a header value with CR/LF (header injection) |
-//! | `huge-body` | transform returns a 16 MiB body; signer a 16 MiB header value |
+//! | `huge-body` | transform returns a 2 MiB body; signer a 2 MiB header value; retry a 2 MiB reason |
 //! | `error` | returns a plugin error |
 //!
 //! `only_types` (comma-separated event types) limits the misbehaviour to those types;
@@ -100,7 +100,7 @@ impl transform::Guest for Component {
             Mode::CrlfHeader => request
                 .headers
                 .push(("x-injected".to_string(), "a\r\nset-cookie: evil=1".to_string())),
-            Mode::HugeBody => request.body = vec![b'x'; 16 << 20],
+            Mode::HugeBody => request.body = vec![b'x'; 2 << 20],
             _ => {}
         }
         Ok(TransformResult::Send(request))
@@ -113,7 +113,7 @@ impl signer::Guest for Component {
         misbehave(&mode)?;
         let value = match mode {
             Mode::CrlfHeader => "v1,abc\r\nx-evil: 1".to_string(),
-            Mode::HugeBody => "a".repeat(16 << 20),
+            Mode::HugeBody => "a".repeat(2 << 20),
             _ => format!("ok t={timestamp}"),
         };
         Ok(vec![("x-misbehave".to_string(), value)])
@@ -125,7 +125,7 @@ impl retry_policy::Guest for Component {
         let mode = mode_for(&ctx.event_type)?;
         misbehave(&mode)?;
         Ok(match mode {
-            Mode::HugeBody => RetryDecision::DeadLetter("r".repeat(16 << 20)),
+            Mode::HugeBody => RetryDecision::DeadLetter("r".repeat(2 << 20)),
             _ => RetryDecision::RetryAfterSeconds(10),
         })
     }
