@@ -1,1 +1,1667 @@
-//! (to be written)
+//! The envelope: the SQS message body a producer sends, decoded and validated.
+//!
+//! Version 1 is a JSON object (schema: `docs/envelope.schema.json`, example:
+//! `examples/envelope.json`):
+//!
+//! ```json
+//! { "version": 1, "id": "evt_1", "app_id": "billing", "type": "invoice.paid",
+//!   "endpoint": "https://hooks.example.com/squall", "created_at": "2026-11-28T10:00:00Z",
+//!   "payload": {"amount": 42}, "headers": {"x-tenant": "42"}, "signing_key": "default" }
+//! ```
+//!
+//! [`decode`] is a pure function on the per-event path: it never panics, never touches the
+//! network, and every way an envelope can be wrong is a distinct [`EnvelopeError`] variant whose
+//! message names the field. A JSON `payload` is kept as the producer's exact bytes, so the body
+//! on the wire equals what was sent.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use base64::Engine as _;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::hooks::{Event, Headers};
+
+/// The only envelope version this host understands.
+pub const VERSION: u64 = 1;
+/// Default cap on the message body: the SQS maximum message size (1 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Longest accepted `id` (it becomes the `webhook-id` header).
+pub const MAX_ID_LEN: usize = 256;
+/// Longest accepted `app_id`.
+pub const MAX_APP_ID_LEN: usize = 128;
+/// Longest accepted `type`.
+pub const MAX_TYPE_LEN: usize = 256;
+/// Longest accepted `endpoint` URL.
+pub const MAX_ENDPOINT_LEN: usize = 2048;
+/// Longest accepted `content_type`.
+pub const MAX_CONTENT_TYPE_LEN: usize = 256;
+/// Longest accepted `signing_key` name.
+pub const MAX_SIGNING_KEY_LEN: usize = 128;
+/// Most extra headers an envelope may carry.
+pub const MAX_HEADERS: usize = 64;
+/// Longest header name.
+pub const MAX_HEADER_NAME_LEN: usize = 256;
+/// Longest header value.
+pub const MAX_HEADER_VALUE_LEN: usize = 8192;
+
+/// Limits applied while decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted message body, bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// The event's payload, in one of the two forms a producer may use.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// `payload`: any JSON value, kept as the producer's exact text.
+    Json(Box<RawValue>),
+    /// `payload_base64`: arbitrary bytes (decoded).
+    Bytes(Vec<u8>),
+}
+
+/// Equal when the form and the bytes are equal (JSON compared as text, not as values).
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Payload::Json(a), Payload::Json(b)) => a.get() == b.get(),
+            (Payload::Bytes(a), Payload::Bytes(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Payload {
+    /// The body bytes this payload puts on the wire.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Payload::Json(raw) => raw.get().as_bytes(),
+            Payload::Bytes(b) => b,
+        }
+    }
+
+    /// The body bytes, moved out without a copy.
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Payload::Json(raw) => Box::<str>::from(raw).into_boxed_bytes().into_vec(),
+            Payload::Bytes(b) => b,
+        }
+    }
+
+    /// A JSON payload from a value (for producers, the demo and tests).
+    pub fn json(value: &serde_json::Value) -> Payload {
+        Payload::Json(serde_json::value::to_raw_value(value).expect("a Value always serialises"))
+    }
+}
+
+/// A decoded, validated envelope (version 1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Event id: becomes `webhook-id`, stable across retries. Visible ASCII, no spaces.
+    pub id: String,
+    /// Application id (matches `[apps.NAME]` in the configuration).
+    pub app_id: String,
+    /// Event type, for example `invoice.paid`.
+    pub event_type: String,
+    /// Subscriber endpoint: absolute http/https URL without userinfo (normalised by `url`).
+    pub endpoint: String,
+    /// Producer's creation time, Unix ms.
+    pub created_at_ms: u64,
+    /// The payload.
+    pub payload: Payload,
+    /// MIME type of the body: as given, else `application/json` for `payload` and
+    /// `application/octet-stream` for `payload_base64`.
+    pub content_type: String,
+    /// Extra headers, names lower-cased, in the producer's order.
+    pub headers: Headers,
+    /// Name of the signing secret to use (never a secret itself); `None` = the app default.
+    pub signing_key: Option<String>,
+}
+
+/// Why an envelope was refused. Every message names the field concerned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// The body exceeds the size cap.
+    #[error("envelope is {size} bytes, larger than the limit of {max} bytes")]
+    TooLarge {
+        /// Body size.
+        size: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The body is not UTF-8 (so not JSON).
+    #[error(
+        "envelope is not valid UTF-8 (first bad byte at offset {offset}); expected a JSON object"
+    )]
+    NotUtf8 {
+        /// Byte offset of the first invalid sequence.
+        offset: usize,
+    },
+    /// The body is not well-formed JSON.
+    #[error("envelope is not valid JSON: {detail}")]
+    NotJson {
+        /// Parser message with line and column.
+        detail: String,
+    },
+    /// The JSON is valid but not an object.
+    #[error("envelope must be a JSON object, found {found}")]
+    NotAnObject {
+        /// JSON type found.
+        found: &'static str,
+    },
+    /// A field this version does not define.
+    #[error("unknown field {field:?} (version 1 fields: {known})", known = FIELDS.join(", "))]
+    UnknownField {
+        /// The field name (truncated to 64 characters).
+        field: String,
+    },
+    /// A field given twice.
+    #[error("field {field:?} appears more than once")]
+    DuplicateField {
+        /// The field name.
+        field: &'static str,
+    },
+    /// A required field is absent.
+    #[error("missing required field {field:?}")]
+    Missing {
+        /// The field name.
+        field: &'static str,
+    },
+    /// A field has the wrong JSON type.
+    #[error("field {field:?} must be {expected}, found {found}")]
+    WrongType {
+        /// The field name.
+        field: &'static str,
+        /// What was expected.
+        expected: &'static str,
+        /// JSON type found.
+        found: &'static str,
+    },
+    /// `version` is not one this host understands.
+    #[error("field \"version\": unsupported envelope version {found} (this host understands 1)")]
+    UnsupportedVersion {
+        /// The version given (its JSON text, truncated).
+        found: String,
+    },
+    /// A string field that must not be empty is.
+    #[error("field {field:?} must not be empty")]
+    Empty {
+        /// The field name.
+        field: &'static str,
+    },
+    /// A string field is too long.
+    #[error("field {field:?} is {len} bytes long, longer than the limit of {max}")]
+    TooLong {
+        /// The field name.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A string field contains characters it may not.
+    #[error("field {field:?} {reason}")]
+    InvalidChars {
+        /// The field name.
+        field: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Both `payload` and `payload_base64` are present.
+    #[error("fields \"payload\" and \"payload_base64\" are both present; give exactly one")]
+    BothPayloads,
+    /// Neither `payload` nor `payload_base64` is present.
+    #[error("missing payload: give \"payload\" (JSON) or \"payload_base64\" (bytes)")]
+    NoPayload,
+    /// `payload_base64` is not valid base64.
+    #[error("field \"payload_base64\" is not valid standard base64: {detail}")]
+    BadBase64 {
+        /// Decoder message.
+        detail: String,
+    },
+    /// `endpoint` is not an acceptable URL. The URL itself is not repeated (it may carry tokens).
+    #[error("field \"endpoint\" {reason}")]
+    BadEndpoint {
+        /// What is wrong.
+        reason: String,
+    },
+    /// `created_at` is neither RFC 3339 nor Unix milliseconds.
+    #[error("field \"created_at\" {reason}")]
+    BadCreatedAt {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A header name is not an HTTP token.
+    #[error(
+        "field \"headers\": {name:?} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)"
+    )]
+    BadHeaderName {
+        /// The name (truncated).
+        name: String,
+    },
+    /// A header value contains CR, LF or another control character, or is not a string.
+    #[error("field \"headers\": value of {name:?} {reason}")]
+    BadHeaderValue {
+        /// The header name.
+        name: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A header the producer may not set.
+    #[error("field \"headers\": {name:?} is reserved and may not be set by the producer ({hint})")]
+    ReservedHeader {
+        /// The header name (lower-case).
+        name: String,
+        /// Why, or what to use instead.
+        hint: &'static str,
+    },
+    /// The same header (case-insensitively) given twice.
+    #[error("field \"headers\": {name:?} appears more than once (names are case-insensitive)")]
+    DuplicateHeader {
+        /// The header name (lower-case).
+        name: String,
+    },
+    /// Too many headers.
+    #[error("field \"headers\" has {count} entries, more than the limit of {max}")]
+    TooManyHeaders {
+        /// Number given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl EnvelopeError {
+    /// Stable short name for metrics and DLQ attributes.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EnvelopeError::TooLarge { .. } => "too-large",
+            EnvelopeError::NotUtf8 { .. } | EnvelopeError::NotJson { .. } => "not-json",
+            EnvelopeError::NotAnObject { .. } => "not-an-object",
+            EnvelopeError::UnknownField { .. } => "unknown-field",
+            EnvelopeError::DuplicateField { .. } => "duplicate-field",
+            EnvelopeError::Missing { .. } | EnvelopeError::NoPayload => "missing-field",
+            EnvelopeError::WrongType { .. } => "wrong-type",
+            EnvelopeError::UnsupportedVersion { .. } => "unsupported-version",
+            EnvelopeError::Empty { .. }
+            | EnvelopeError::TooLong { .. }
+            | EnvelopeError::InvalidChars { .. }
+            | EnvelopeError::BothPayloads
+            | EnvelopeError::BadBase64 { .. }
+            | EnvelopeError::BadCreatedAt { .. } => "invalid-field",
+            EnvelopeError::BadEndpoint { .. } => "bad-endpoint",
+            EnvelopeError::BadHeaderName { .. }
+            | EnvelopeError::BadHeaderValue { .. }
+            | EnvelopeError::ReservedHeader { .. }
+            | EnvelopeError::DuplicateHeader { .. }
+            | EnvelopeError::TooManyHeaders { .. } => "bad-header",
+        }
+    }
+}
+
+/// Field names of version 1, in documentation order.
+pub const FIELDS: &[&str] = &[
+    "version",
+    "id",
+    "app_id",
+    "type",
+    "endpoint",
+    "created_at",
+    "payload",
+    "payload_base64",
+    "content_type",
+    "headers",
+    "signing_key",
+];
+
+/// Decode and validate a message body.
+pub fn decode(body: &[u8], limits: &Limits) -> Result<Envelope, EnvelopeError> {
+    if body.len() > limits.max_body_bytes {
+        return Err(EnvelopeError::TooLarge {
+            size: body.len(),
+            max: limits.max_body_bytes,
+        });
+    }
+    let text = std::str::from_utf8(body).map_err(|e| EnvelopeError::NotUtf8 {
+        offset: e.valid_up_to(),
+    })?;
+    let raw = parse_fields(text)?;
+    raw.validate()
+}
+
+impl Envelope {
+    /// The event hooks see for this attempt (copies the envelope's data).
+    pub fn to_event(&self, attempt: u32, first_attempt_at_ms: u64) -> Event {
+        self.clone().into_event(attempt, first_attempt_at_ms)
+    }
+
+    /// The event hooks see for this attempt, moving the payload without a copy.
+    pub fn into_event(self, attempt: u32, first_attempt_at_ms: u64) -> Event {
+        Event {
+            id: self.id,
+            app_id: self.app_id,
+            event_type: self.event_type,
+            endpoint_url: self.endpoint,
+            headers: self.headers,
+            content_type: self.content_type,
+            body: self.payload.into_bytes(),
+            attempt,
+            created_at_ms: self.created_at_ms,
+            first_attempt_at_ms,
+        }
+    }
+
+    /// A JSON-payload envelope with the default content type and no extra headers.
+    pub fn new_json(
+        id: impl Into<String>,
+        app_id: impl Into<String>,
+        event_type: impl Into<String>,
+        endpoint: impl Into<String>,
+        created_at_ms: u64,
+        payload: &serde_json::Value,
+    ) -> Envelope {
+        Envelope {
+            id: id.into(),
+            app_id: app_id.into(),
+            event_type: event_type.into(),
+            endpoint: endpoint.into(),
+            created_at_ms,
+            payload: Payload::json(payload),
+            content_type: "application/json".to_string(),
+            headers: Vec::new(),
+            signing_key: None,
+        }
+    }
+
+    /// The version-1 JSON text of this envelope. `created_at` is written as RFC 3339 with
+    /// milliseconds; `content_type` only when it differs from the form's default. An envelope
+    /// built from invalid parts encodes fine and is refused by [`decode`].
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = String::with_capacity(256 + self.payload.as_bytes().len() * 4 / 3);
+        out.push_str("{\"version\":1,\"id\":");
+        push_json_str(&mut out, &self.id);
+        out.push_str(",\"app_id\":");
+        push_json_str(&mut out, &self.app_id);
+        out.push_str(",\"type\":");
+        push_json_str(&mut out, &self.event_type);
+        out.push_str(",\"endpoint\":");
+        push_json_str(&mut out, &self.endpoint);
+        out.push_str(",\"created_at\":");
+        push_json_str(&mut out, &format_rfc3339_ms(self.created_at_ms));
+        let default_ct = match &self.payload {
+            Payload::Json(raw) => {
+                out.push_str(",\"payload\":");
+                out.push_str(raw.get());
+                "application/json"
+            }
+            Payload::Bytes(b) => {
+                out.push_str(",\"payload_base64\":\"");
+                base64::engine::general_purpose::STANDARD.encode_string(b, &mut out);
+                out.push('"');
+                "application/octet-stream"
+            }
+        };
+        if self.content_type != default_ct {
+            out.push_str(",\"content_type\":");
+            push_json_str(&mut out, &self.content_type);
+        }
+        if !self.headers.is_empty() {
+            out.push_str(",\"headers\":{");
+            for (i, (n, v)) in self.headers.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                push_json_str(&mut out, n);
+                out.push(':');
+                push_json_str(&mut out, v);
+            }
+            out.push('}');
+        }
+        if let Some(k) = &self.signing_key {
+            out.push_str(",\"signing_key\":");
+            push_json_str(&mut out, k);
+        }
+        out.push('}');
+        out.into_bytes()
+    }
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    out.push_str(&serde_json::to_string(s).expect("a str always serialises"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stage 1: split the object into raw fields (one pass of the JSON parser, no typed decoding).
+
+#[derive(Default)]
+struct RawFields<'a> {
+    version: Option<&'a RawValue>,
+    id: Option<&'a RawValue>,
+    app_id: Option<&'a RawValue>,
+    event_type: Option<&'a RawValue>,
+    endpoint: Option<&'a RawValue>,
+    created_at: Option<&'a RawValue>,
+    payload: Option<&'a RawValue>,
+    payload_base64: Option<&'a RawValue>,
+    content_type: Option<&'a RawValue>,
+    headers: Option<&'a RawValue>,
+    signing_key: Option<&'a RawValue>,
+    /// First structural problem seen (unknown or duplicate field), reported after parsing.
+    problem: Option<EnvelopeError>,
+    /// Set when the top-level value is not an object.
+    not_object: Option<&'static str>,
+}
+
+fn parse_fields(text: &str) -> Result<RawFields<'_>, EnvelopeError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let raw = (&mut de)
+        .deserialize_any(FieldsVisitor)
+        .map_err(|e| EnvelopeError::NotJson {
+            detail: e.to_string(),
+        })?;
+    de.end().map_err(|e| EnvelopeError::NotJson {
+        detail: e.to_string(),
+    })?;
+    if let Some(found) = raw.not_object {
+        return Err(EnvelopeError::NotAnObject { found });
+    }
+    Ok(raw)
+}
+
+struct FieldsVisitor;
+
+/// A top-level key: borrowed when unescaped.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// The JSON type of a value from its first byte (values here are already well-formed).
+fn json_kind_of_first_byte(b: Option<u8>) -> &'static str {
+    match b {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't') | Some(b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+fn kind(raw: &RawValue) -> &'static str {
+    json_kind_of_first_byte(raw.get().as_bytes().first().copied())
+}
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = RawFields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawFields<'de>, A::Error> {
+        let mut raw = RawFields::default();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let value: &'de RawValue = map.next_value()?;
+            let (slot, name): (&mut Option<&'de RawValue>, &'static str) = match key.0.as_ref() {
+                "version" => (&mut raw.version, "version"),
+                "id" => (&mut raw.id, "id"),
+                "app_id" => (&mut raw.app_id, "app_id"),
+                "type" => (&mut raw.event_type, "type"),
+                "endpoint" => (&mut raw.endpoint, "endpoint"),
+                "created_at" => (&mut raw.created_at, "created_at"),
+                "payload" => (&mut raw.payload, "payload"),
+                "payload_base64" => (&mut raw.payload_base64, "payload_base64"),
+                "content_type" => (&mut raw.content_type, "content_type"),
+                "headers" => (&mut raw.headers, "headers"),
+                "signing_key" => (&mut raw.signing_key, "signing_key"),
+                other => {
+                    if raw.problem.is_none() {
+                        raw.problem = Some(EnvelopeError::UnknownField {
+                            field: truncate(other, 64),
+                        });
+                    }
+                    continue;
+                }
+            };
+            if slot.is_some() {
+                if raw.problem.is_none() {
+                    raw.problem = Some(EnvelopeError::DuplicateField { field: name });
+                }
+            } else {
+                *slot = Some(value);
+            }
+        }
+        Ok(raw)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<RawFields<'de>, E> {
+        Ok(not_object("a boolean"))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<RawFields<'de>, E> {
+        Ok(not_object("a number"))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<RawFields<'de>, E> {
+        Ok(not_object("a number"))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<RawFields<'de>, E> {
+        Ok(not_object("a number"))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<RawFields<'de>, E> {
+        Ok(not_object("a string"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<RawFields<'de>, E> {
+        Ok(not_object("null"))
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawFields<'de>, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(not_object("an array"))
+    }
+}
+
+fn not_object(found: &'static str) -> RawFields<'static> {
+    RawFields {
+        not_object: Some(found),
+        ..RawFields::default()
+    }
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stage 2: typed, validated fields.
+
+/// The content of a JSON string value: borrowed when it has no escapes.
+fn string_of<'a>(raw: &'a RawValue, field: &'static str) -> Result<Cow<'a, str>, EnvelopeError> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return Err(EnvelopeError::WrongType {
+            field,
+            expected: "a string",
+            found: kind(raw),
+        });
+    }
+    if !text.contains('\\') {
+        // A RawValue string is well-formed JSON: `"` ... `"` with no escapes inside.
+        return Ok(Cow::Borrowed(&text[1..text.len() - 1]));
+    }
+    serde_json::from_str::<String>(text)
+        .map(Cow::Owned)
+        .map_err(|e| EnvelopeError::NotJson {
+            detail: format!("field {field:?}: {e}"),
+        })
+}
+
+fn required<'a>(
+    raw: Option<&'a RawValue>,
+    field: &'static str,
+) -> Result<&'a RawValue, EnvelopeError> {
+    raw.ok_or(EnvelopeError::Missing { field })
+}
+
+/// A non-empty, bounded string of visible ASCII (no spaces, no control characters).
+fn token_string(raw: &RawValue, field: &'static str, max: usize) -> Result<String, EnvelopeError> {
+    let s = string_of(raw, field)?;
+    check_len(&s, field, max)?;
+    if !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(EnvelopeError::InvalidChars {
+            field,
+            reason: "may contain only visible ASCII characters (no spaces or control characters)",
+        });
+    }
+    Ok(s.into_owned())
+}
+
+/// A non-empty, bounded string without control characters.
+fn text_string(raw: &RawValue, field: &'static str, max: usize) -> Result<String, EnvelopeError> {
+    let s = string_of(raw, field)?;
+    check_len(&s, field, max)?;
+    if s.chars().any(char::is_control) {
+        return Err(EnvelopeError::InvalidChars {
+            field,
+            reason: "must not contain control characters (CR, LF, NUL...)",
+        });
+    }
+    Ok(s.into_owned())
+}
+
+fn check_len(s: &str, field: &'static str, max: usize) -> Result<(), EnvelopeError> {
+    if s.is_empty() {
+        return Err(EnvelopeError::Empty { field });
+    }
+    if s.len() > max {
+        return Err(EnvelopeError::TooLong {
+            field,
+            len: s.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+impl RawFields<'_> {
+    fn validate(self) -> Result<Envelope, EnvelopeError> {
+        if let Some(problem) = self.problem {
+            return Err(problem);
+        }
+        let version = required(self.version, "version")?;
+        match version.get().parse::<u64>() {
+            Ok(VERSION) => {}
+            Ok(_) => {
+                return Err(EnvelopeError::UnsupportedVersion {
+                    found: truncate(version.get(), 32),
+                });
+            }
+            Err(_) => {
+                return Err(EnvelopeError::WrongType {
+                    field: "version",
+                    expected: "the integer 1",
+                    found: if kind(version) == "a number" {
+                        "a non-integer number"
+                    } else {
+                        kind(version)
+                    },
+                });
+            }
+        }
+        let id = token_string(required(self.id, "id")?, "id", MAX_ID_LEN)?;
+        let app_id = token_string(required(self.app_id, "app_id")?, "app_id", MAX_APP_ID_LEN)?;
+        let event_type = text_string(required(self.event_type, "type")?, "type", MAX_TYPE_LEN)?;
+        let endpoint = validate_endpoint(required(self.endpoint, "endpoint")?)?;
+        let created_at_ms = parse_created_at(required(self.created_at, "created_at")?)?;
+        let (payload, default_ct) = match (self.payload, self.payload_base64) {
+            (Some(_), Some(_)) => return Err(EnvelopeError::BothPayloads),
+            (None, None) => return Err(EnvelopeError::NoPayload),
+            (Some(json), None) => (Payload::Json(json.to_owned()), "application/json"),
+            (None, Some(b64)) => {
+                let s = string_of(b64, "payload_base64")?;
+                let bytes = BASE64
+                    .decode(s.as_bytes())
+                    .map_err(|e| EnvelopeError::BadBase64 {
+                        detail: e.to_string(),
+                    })?;
+                (Payload::Bytes(bytes), "application/octet-stream")
+            }
+        };
+        let content_type = match self.content_type {
+            Some(ct) => text_string(ct, "content_type", MAX_CONTENT_TYPE_LEN)?,
+            None => default_ct.to_string(),
+        };
+        let headers = match self.headers {
+            Some(h) => validate_headers(h)?,
+            None => Vec::new(),
+        };
+        let signing_key = match self.signing_key {
+            Some(k) => {
+                let k = token_string(k, "signing_key", MAX_SIGNING_KEY_LEN)?;
+                if !k
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+                {
+                    return Err(EnvelopeError::InvalidChars {
+                        field: "signing_key",
+                        reason: "is a key name and may contain only letters, digits, '_', '-' and '.'",
+                    });
+                }
+                Some(k)
+            }
+            None => None,
+        };
+        Ok(Envelope {
+            id,
+            app_id,
+            event_type,
+            endpoint,
+            created_at_ms,
+            payload,
+            content_type,
+            headers,
+            signing_key,
+        })
+    }
+}
+
+/// Standard alphabet; padding optional (some producers strip it).
+const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+fn validate_endpoint(raw: &RawValue) -> Result<String, EnvelopeError> {
+    let s = string_of(raw, "endpoint")?;
+    check_len(&s, "endpoint", MAX_ENDPOINT_LEN)?;
+    let url = url::Url::parse(&s).map_err(|e| EnvelopeError::BadEndpoint {
+        reason: format!("is not an absolute URL: {e}"),
+    })?;
+    check_endpoint_url(&url).map_err(|reason| EnvelopeError::BadEndpoint {
+        reason: reason.to_string(),
+    })?;
+    Ok(url.into())
+}
+
+/// The rules an endpoint URL must meet (shared with the HTTP deliverer's pre-send check).
+pub fn check_endpoint_url(url: &url::Url) -> Result<(), &'static str> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must use the http or https scheme");
+    }
+    if url.host().is_none() {
+        return Err("must name a host");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "must not contain a user name or password (user:password@); use a signing key or headers",
+        );
+    }
+    Ok(())
+}
+
+fn parse_created_at(raw: &RawValue) -> Result<u64, EnvelopeError> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => {
+            let s = string_of(raw, "created_at")?;
+            parse_rfc3339_ms(&s).map_err(|reason| EnvelopeError::BadCreatedAt {
+                reason: format!(
+                    "is not an RFC 3339 date-time such as 2026-11-28T10:00:00Z: {reason}"
+                ),
+            })
+        }
+        Some(b'0'..=b'9') => text
+            .parse::<u64>()
+            .map_err(|_| EnvelopeError::BadCreatedAt {
+                reason: "must be an integer number of Unix milliseconds (or an RFC 3339 string)"
+                    .to_string(),
+            }),
+        Some(b'-') => Err(EnvelopeError::BadCreatedAt {
+            reason: "must not be negative (Unix milliseconds since 1970)".to_string(),
+        }),
+        _ => Err(EnvelopeError::WrongType {
+            field: "created_at",
+            expected: "an RFC 3339 string or an integer of Unix milliseconds",
+            found: kind(raw),
+        }),
+    }
+}
+
+/// Headers whose value Squall or the HTTP layer controls.
+fn reserved_header(name: &str) -> Option<&'static str> {
+    if name.starts_with("webhook-") {
+        return Some("the signer sets webhook-* headers");
+    }
+    if name.starts_with("proxy-") {
+        return Some("hop-by-hop proxy header");
+    }
+    match name {
+        "content-type" => Some("use the \"content_type\" field"),
+        "content-length" | "transfer-encoding" => Some("the HTTP client frames the body"),
+        "host" => Some("the host comes from \"endpoint\""),
+        "connection" | "keep-alive" | "upgrade" | "te" | "trailer" | "expect" => {
+            Some("hop-by-hop header controlled by the HTTP client")
+        }
+        _ => None,
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
+fn validate_headers(raw: &RawValue) -> Result<Headers, EnvelopeError> {
+    if !raw.get().starts_with('{') {
+        return Err(EnvelopeError::WrongType {
+            field: "headers",
+            expected: "an object of string values",
+            found: kind(raw),
+        });
+    }
+    // Keep the producer's order and see duplicates: parse as a sequence of pairs.
+    let pairs: Vec<(Key<'_>, &RawValue)> = {
+        struct Pairs;
+        impl<'de> Visitor<'de> for Pairs {
+            type Value = Vec<(Key<'de>, &'de RawValue)>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = map.next_key::<Key<'de>>()? {
+                    out.push((k, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(out)
+            }
+        }
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        (&mut de)
+            .deserialize_map(Pairs)
+            .map_err(|e| EnvelopeError::NotJson {
+                detail: format!("field \"headers\": {e}"),
+            })?
+    };
+    if pairs.len() > MAX_HEADERS {
+        return Err(EnvelopeError::TooManyHeaders {
+            count: pairs.len(),
+            max: MAX_HEADERS,
+        });
+    }
+    let mut out: Headers = Vec::with_capacity(pairs.len());
+    for (key, value) in pairs {
+        let name = key.0;
+        if name.is_empty() || name.len() > MAX_HEADER_NAME_LEN || !name.bytes().all(is_tchar) {
+            return Err(EnvelopeError::BadHeaderName {
+                name: truncate(&name, 64),
+            });
+        }
+        let name = name.to_ascii_lowercase();
+        if let Some(hint) = reserved_header(&name) {
+            return Err(EnvelopeError::ReservedHeader { name, hint });
+        }
+        if out.iter().any(|(n, _)| *n == name) {
+            return Err(EnvelopeError::DuplicateHeader { name });
+        }
+        if !value.get().starts_with('"') {
+            return Err(EnvelopeError::BadHeaderValue {
+                name,
+                reason: "must be a string",
+            });
+        }
+        let v = string_of(value, "headers")?;
+        if v.len() > MAX_HEADER_VALUE_LEN {
+            return Err(EnvelopeError::BadHeaderValue {
+                name,
+                reason: "is longer than 8192 bytes",
+            });
+        }
+        if v.bytes().any(|b| b == b'\r' || b == b'\n') {
+            return Err(EnvelopeError::BadHeaderValue {
+                name,
+                reason: "contains CR or LF",
+            });
+        }
+        if v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(EnvelopeError::BadHeaderValue {
+                name,
+                reason: "contains a control character",
+            });
+        }
+        out.push((name, v.into_owned()));
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 3339 without a date crate.
+
+/// Parse an RFC 3339 date-time (`2026-11-28T10:00:00Z`, `...T10:00:00.123+02:00`) to Unix ms.
+pub fn parse_rfc3339_ms(s: &str) -> Result<u64, &'static str> {
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return Err("too short");
+    }
+    let num = |from: usize, len: usize| -> Result<i64, &'static str> {
+        let part = b.get(from..from + len).ok_or("truncated")?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return Err("expected digits");
+        }
+        Ok(part
+            .iter()
+            .fold(0i64, |acc, d| acc * 10 + (d - b'0') as i64))
+    };
+    let sep = |at: usize, allowed: &[u8]| -> Result<(), &'static str> {
+        match b.get(at) {
+            Some(c) if allowed.contains(c) => Ok(()),
+            _ => Err("misplaced separator (expected YYYY-MM-DDTHH:MM:SS)"),
+        }
+    };
+    let year = num(0, 4)?;
+    sep(4, b"-")?;
+    let month = num(5, 2)?;
+    sep(7, b"-")?;
+    let day = num(8, 2)?;
+    sep(10, b"Tt ")?;
+    let hour = num(11, 2)?;
+    sep(13, b":")?;
+    let minute = num(14, 2)?;
+    sep(16, b":")?;
+    let second = num(17, 2)?;
+    if !(1..=12).contains(&month) {
+        return Err("month out of range");
+    }
+    if day < 1 || day > days_in_month(year, month) {
+        return Err("day out of range");
+    }
+    if hour > 23 || minute > 59 || second > 60 {
+        return Err("time out of range");
+    }
+    let mut i = 19;
+    let mut millis = 0i64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            if i - start < 3 {
+                millis = millis * 10 + (b[i] - b'0') as i64;
+            }
+            i += 1;
+        }
+        if i == start {
+            return Err("empty fraction of a second");
+        }
+        for _ in (i - start)..3 {
+            millis *= 10;
+        }
+    }
+    let offset_secs = match b.get(i) {
+        Some(b'Z') | Some(b'z') => {
+            i += 1;
+            0
+        }
+        Some(&c @ (b'+' | b'-')) => {
+            let oh = num(i + 1, 2)?;
+            sep(i + 3, b":")?;
+            let om = num(i + 4, 2)?;
+            if oh > 23 || om > 59 {
+                return Err("offset out of range");
+            }
+            i += 6;
+            let o = oh * 3600 + om * 60;
+            if c == b'+' { o } else { -o }
+        }
+        _ => return Err("missing time zone (Z or +HH:MM)"),
+    };
+    if i != b.len() {
+        return Err("unexpected characters after the time zone");
+    }
+    // A leap second is folded onto the second before it.
+    let second = second.min(59);
+    let secs = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+        - offset_secs;
+    let ms = secs * 1000 + millis;
+    u64::try_from(ms).map_err(|_| "before 1970-01-01T00:00:00Z")
+}
+
+/// Format Unix ms as RFC 3339 UTC with milliseconds.
+pub fn format_rfc3339_ms(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if is_leap(y) => 29,
+        _ => 28,
+    }
+}
+
+/// Days since 1970-01-01 (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../examples/envelope.json");
+
+    fn dec(s: &str) -> Result<Envelope, EnvelopeError> {
+        decode(s.as_bytes(), &Limits::default())
+    }
+
+    fn base() -> serde_json::Value {
+        serde_json::json!({
+            "version": 1, "id": "evt_1", "app_id": "billing", "type": "invoice.paid",
+            "endpoint": "https://hooks.example.com/squall", "created_at": "2026-11-28T10:00:00Z",
+            "payload": {"a": 1}
+        })
+    }
+
+    fn with(edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> String {
+        let mut v = base();
+        edit(v.as_object_mut().unwrap());
+        v.to_string()
+    }
+
+    #[test]
+    fn the_example_decodes() {
+        let env = dec(EXAMPLE).unwrap();
+        assert_eq!(env.app_id, "billing");
+        assert_eq!(env.event_type, "invoice.paid");
+        assert_eq!(env.signing_key.as_deref(), Some("default"));
+        assert_eq!(
+            env.headers,
+            vec![("x-tenant".to_string(), "42".to_string())]
+        );
+        assert_eq!(env.created_at_ms, 1_795_860_000_000);
+        assert_eq!(env.content_type, "application/json");
+    }
+
+    #[test]
+    fn payload_bytes_are_the_producers_exact_bytes() {
+        let body = r#"{"version":1,"id":"e","app_id":"a","type":"t","endpoint":"http://x.test/",
+            "created_at":1,"payload":  {"b" : 2,  "a":[1, 2.50, "\u00e9"]}  }"#;
+        let ev = dec(body).unwrap().into_event(3, 99);
+        assert_eq!(ev.body, br#"{"b" : 2,  "a":[1, 2.50, "\u00e9"]}"#);
+        assert_eq!(ev.attempt, 3);
+        assert_eq!(ev.first_attempt_at_ms, 99);
+        assert_eq!(ev.created_at_ms, 1);
+        assert_eq!(ev.endpoint_url, "http://x.test/");
+    }
+
+    #[test]
+    fn base64_payload_and_content_type() {
+        let body = with(|m| {
+            m.remove("payload");
+            m.insert("payload_base64".into(), "AAEC/w==".into());
+        });
+        let env = dec(&body).unwrap();
+        assert_eq!(env.payload, Payload::Bytes(vec![0, 1, 2, 255]));
+        assert_eq!(env.content_type, "application/octet-stream");
+        let body = with(|m| {
+            m.remove("payload");
+            m.insert("payload_base64".into(), "AAEC/w".into());
+            m.insert("content_type".into(), "image/png".into());
+        });
+        let env = dec(&body).unwrap();
+        assert_eq!(env.payload.as_bytes(), &[0, 1, 2, 255]);
+        assert_eq!(env.content_type, "image/png");
+    }
+
+    #[test]
+    fn encode_round_trips() {
+        let mut env = dec(EXAMPLE).unwrap();
+        assert_eq!(
+            dec(std::str::from_utf8(&env.encode()).unwrap()).unwrap(),
+            env
+        );
+        env.payload = Payload::Bytes(vec![9; 100]);
+        env.content_type = "application/octet-stream".into();
+        env.signing_key = None;
+        env.created_at_ms = 1_795_860_000_123;
+        let again = dec(std::str::from_utf8(&env.encode()).unwrap()).unwrap();
+        assert_eq!(again, env);
+        let j = Envelope::new_json(
+            "e 1",
+            "a",
+            "t \"q\"",
+            "http://h.test/",
+            5,
+            &serde_json::json!([1]),
+        );
+        let text = String::from_utf8(j.encode()).unwrap();
+        // `e 1` is not a valid id: encoding is faithful, decoding refuses it.
+        assert!(matches!(
+            dec(&text),
+            Err(EnvelopeError::InvalidChars { field: "id", .. })
+        ));
+    }
+
+    #[test]
+    fn rfc3339_and_unix_ms() {
+        let cases = [
+            ("1970-01-01T00:00:00Z", Ok(0)),
+            ("2026-11-28T10:00:00Z", Ok(1_795_860_000_000)),
+            ("2026-11-28T10:00:00.5Z", Ok(1_795_860_000_500)),
+            ("2026-11-28T10:00:00.123456789Z", Ok(1_795_860_000_123)),
+            ("2026-11-28t10:00:00z", Ok(1_795_860_000_000)),
+            ("2026-11-28 12:00:00+02:00", Ok(1_795_860_000_000)),
+            ("2026-11-28T05:30:00-04:30", Ok(1_795_860_000_000)),
+            ("2024-02-29T00:00:00Z", Ok(1_709_164_800_000)),
+            ("2016-12-31T23:59:60Z", Ok(1_483_228_799_000)),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_rfc3339_ms(s), want, "{s}");
+        }
+        for bad in [
+            "2026-11-28",
+            "2026-11-28T10:00:00",
+            "2025-02-29T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-28T24:00:00Z",
+            "2026-11-28T10:00:00.Z",
+            "2026-11-28T10:00:00+0200",
+            "2026-11-28T10:00:00Zjunk",
+            "1969-12-31T23:59:59Z",
+            "２０２６-11-28T10:00:00Z",
+        ] {
+            assert!(parse_rfc3339_ms(bad).is_err(), "{bad}");
+        }
+        for ms in [0, 1, 951_782_400_000, 1_795_860_000_123, 4_102_444_800_000] {
+            assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Ok(ms));
+        }
+        let env = dec(&with(|m| {
+            m.insert("created_at".into(), 1_795_860_000_000u64.into());
+        }))
+        .unwrap();
+        assert_eq!(env.created_at_ms, 1_795_860_000_000);
+    }
+
+    /// Each kind of bad input gets its own variant, and the message names the field.
+    #[test]
+    fn error_table() {
+        type Edit = Box<dyn Fn(&mut serde_json::Map<String, serde_json::Value>)>;
+        let cases: Vec<(Edit, &str, &str)> = vec![
+            (
+                Box::new(|m| {
+                    m.remove("id");
+                }),
+                "missing-field",
+                "\"id\"",
+            ),
+            (
+                Box::new(|m| {
+                    m.remove("version");
+                }),
+                "missing-field",
+                "\"version\"",
+            ),
+            (
+                Box::new(|m| {
+                    m.remove("created_at");
+                }),
+                "missing-field",
+                "\"created_at\"",
+            ),
+            (
+                Box::new(|m| {
+                    m.remove("payload");
+                }),
+                "missing-field",
+                "payload",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("payload_base64".into(), "AA==".into());
+                }),
+                "invalid-field",
+                "both present",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("version".into(), 2.into());
+                }),
+                "unsupported-version",
+                "version 2",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("version".into(), "1".into());
+                }),
+                "wrong-type",
+                "\"version\" must be the integer 1, found a string",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("version".into(), 1.5.into());
+                }),
+                "wrong-type",
+                "non-integer",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("id".into(), 7.into());
+                }),
+                "wrong-type",
+                "\"id\" must be a string, found a number",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("id".into(), "".into());
+                }),
+                "invalid-field",
+                "\"id\" must not be empty",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("id".into(), "x".repeat(257).into());
+                }),
+                "invalid-field",
+                "\"id\" is 257 bytes",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("id".into(), "a b".into());
+                }),
+                "invalid-field",
+                "\"id\" may contain only visible ASCII",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("type".into(), "x".repeat(300).into());
+                }),
+                "invalid-field",
+                "\"type\" is 300 bytes",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("type".into(), "a\nb".into());
+                }),
+                "invalid-field",
+                "\"type\" must not contain control",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("app_id".into(), serde_json::Value::Null);
+                }),
+                "wrong-type",
+                "\"app_id\" must be a string, found null",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("endpoint".into(), "/relative".into());
+                }),
+                "bad-endpoint",
+                "\"endpoint\" is not an absolute URL",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("endpoint".into(), "ftp://h.test/".into());
+                }),
+                "bad-endpoint",
+                "http or https",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("endpoint".into(), "https://u:p@h.test/".into());
+                }),
+                "bad-endpoint",
+                "user name or password",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("endpoint".into(), "https://u@h.test/".into());
+                }),
+                "bad-endpoint",
+                "user name or password",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("endpoint".into(), "https://".into());
+                }),
+                "bad-endpoint",
+                "\"endpoint\"",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("created_at".into(), "yesterday".into());
+                }),
+                "invalid-field",
+                "\"created_at\" is not an RFC 3339",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("created_at".into(), (-5).into());
+                }),
+                "invalid-field",
+                "\"created_at\" must not be negative",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("created_at".into(), 1.5.into());
+                }),
+                "invalid-field",
+                "\"created_at\" must be an integer",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("created_at".into(), true.into());
+                }),
+                "wrong-type",
+                "\"created_at\" must be an RFC 3339 string",
+            ),
+            (
+                Box::new(|m| {
+                    m.remove("payload");
+                    m.insert("payload_base64".into(), "**".into());
+                }),
+                "invalid-field",
+                "\"payload_base64\" is not valid",
+            ),
+            (
+                Box::new(|m| {
+                    m.remove("payload");
+                    m.insert("payload_base64".into(), 5.into());
+                }),
+                "wrong-type",
+                "\"payload_base64\" must be a string",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("content_type".into(), "text/plain\r\nx: y".into());
+                }),
+                "invalid-field",
+                "\"content_type\" must not contain control",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("headers".into(), serde_json::json!(["a"]));
+                }),
+                "wrong-type",
+                "\"headers\" must be an object",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("headers".into(), serde_json::json!({"bad name": "x"}));
+                }),
+                "bad-header",
+                "\"bad name\" is not a valid HTTP header name",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("headers".into(), serde_json::json!({"": "x"}));
+                }),
+                "bad-header",
+                "not a valid HTTP header name",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("headers".into(), serde_json::json!({"x-a": "1\r\nevil: 1"}));
+                }),
+                "bad-header",
+                "\"x-a\" contains CR or LF",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("headers".into(), serde_json::json!({"x-a": "a\u{0}b"}));
+                }),
+                "bad-header",
+                "control character",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("headers".into(), serde_json::json!({"x-a": 5}));
+                }),
+                "bad-header",
+                "must be a string",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert(
+                        "headers".into(),
+                        serde_json::json!({"Webhook-Signature": "v1,x"}),
+                    );
+                }),
+                "bad-header",
+                "\"webhook-signature\" is reserved",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("headers".into(), serde_json::json!({"Content-Length": "1"}));
+                }),
+                "bad-header",
+                "\"content-length\" is reserved",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("headers".into(), serde_json::json!({"host": "evil"}));
+                }),
+                "bad-header",
+                "\"host\" is reserved",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert(
+                        "headers".into(),
+                        serde_json::json!({"Transfer-Encoding": "chunked"}),
+                    );
+                }),
+                "bad-header",
+                "reserved",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("headers".into(), serde_json::json!({"content-type": "a/b"}));
+                }),
+                "bad-header",
+                "use the \"content_type\" field",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert(
+                        "headers".into(),
+                        serde_json::json!({"X-A": "1", "x-a": "2"}),
+                    );
+                }),
+                "bad-header",
+                "\"x-a\" appears more than once",
+            ),
+            (
+                Box::new(|m| {
+                    let h: serde_json::Map<_, _> = (0..65)
+                        .map(|i| (format!("x-{i}"), serde_json::Value::from("v")))
+                        .collect();
+                    m.insert("headers".into(), h.into());
+                }),
+                "bad-header",
+                "65 entries",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("signing_key".into(), "a/b".into());
+                }),
+                "invalid-field",
+                "\"signing_key\" is a key name",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("signing_key".into(), "".into());
+                }),
+                "invalid-field",
+                "\"signing_key\" must not be empty",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("payloadd".into(), 1.into());
+                }),
+                "unknown-field",
+                "unknown field \"payloadd\"",
+            ),
+        ];
+        for (edit, kind, needle) in cases {
+            let body = with(&*edit);
+            let err = dec(&body).expect_err(&body);
+            assert_eq!(err.kind(), kind, "{body}: {err}");
+            assert!(
+                err.to_string().contains(needle),
+                "{body}: {err} lacks {needle:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn structural_errors() {
+        let d = |b: &[u8]| decode(b, &Limits::default()).unwrap_err();
+        assert!(matches!(
+            d(b"\xff\xfe"),
+            EnvelopeError::NotUtf8 { offset: 0 }
+        ));
+        assert!(matches!(d(b"{\"version\":"), EnvelopeError::NotJson { .. }));
+        assert!(matches!(d(b""), EnvelopeError::NotJson { .. }));
+        assert!(matches!(d(b"{} x"), EnvelopeError::NotJson { .. }));
+        assert_eq!(
+            d(b"[1,2]"),
+            EnvelopeError::NotAnObject { found: "an array" }
+        );
+        assert_eq!(
+            d(b"\"s\""),
+            EnvelopeError::NotAnObject { found: "a string" }
+        );
+        assert_eq!(d(b"null"), EnvelopeError::NotAnObject { found: "null" });
+        assert_eq!(d(b"12"), EnvelopeError::NotAnObject { found: "a number" });
+        assert_eq!(
+            d(br#"{"version":1,"version":1}"#),
+            EnvelopeError::DuplicateField { field: "version" }
+        );
+        let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(DEFAULT_MAX_BODY_BYTES));
+        assert!(matches!(
+            d(big.as_bytes()),
+            EnvelopeError::TooLarge {
+                max: DEFAULT_MAX_BODY_BYTES,
+                ..
+            }
+        ));
+        let small = Limits { max_body_bytes: 10 };
+        assert!(matches!(
+            decode(EXAMPLE.as_bytes(), &small),
+            Err(EnvelopeError::TooLarge { max: 10, .. })
+        ));
+        // Escaped keys are keys like any other.
+        let escaped = EXAMPLE.replacen("\"app_id\"", "\"app\\u005fid\"", 1);
+        assert_eq!(dec(&escaped).unwrap().app_id, "billing");
+    }
+
+    /// The published schema describes exactly the fields and limits the decoder enforces.
+    #[test]
+    fn schema_matches_the_decoder() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/envelope.schema.json")).unwrap();
+        let props = schema["properties"].as_object().unwrap();
+        let mut documented: Vec<&str> = props.keys().map(String::as_str).collect();
+        let mut fields = FIELDS.to_vec();
+        documented.sort();
+        fields.sort();
+        assert_eq!(documented, fields);
+        assert_eq!(props["id"]["maxLength"], MAX_ID_LEN);
+        assert_eq!(props["app_id"]["maxLength"], MAX_APP_ID_LEN);
+        assert_eq!(props["type"]["maxLength"], MAX_TYPE_LEN);
+        assert_eq!(props["endpoint"]["maxLength"], MAX_ENDPOINT_LEN);
+        assert_eq!(props["headers"]["maxProperties"], MAX_HEADERS);
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        for field in FIELDS {
+            let mut v = base();
+            v.as_object_mut().unwrap().remove(*field);
+            let missing_is_error = dec(&v.to_string()).is_err();
+            assert_eq!(
+                missing_is_error,
+                required.contains(field) || *field == "payload",
+                "{field}"
+            );
+        }
+    }
+
+    /// No input makes decode panic: random bytes and mutations of a valid envelope.
+    #[test]
+    fn never_panics_on_random_or_mutated_input() {
+        let mut rng = fastrand::Rng::with_seed(0x5eed);
+        let seed = EXAMPLE.as_bytes();
+        let alphabet = b"{}[]\":,\\0123456789.eE+-truefalsnul \n\tabcxyz\xc3\xa9\xff";
+        let mut decoded = 0;
+        for i in 0..4000 {
+            let input: Vec<u8> = if i % 4 == 0 {
+                (0..rng.usize(0..200)).map(|_| rng.u8(..)).collect()
+            } else {
+                let mut v = seed.to_vec();
+                for _ in 0..rng.usize(1..6) {
+                    let at = rng.usize(..v.len().max(1));
+                    match rng.u8(0..4) {
+                        0 if !v.is_empty() => {
+                            v.remove(at.min(v.len() - 1));
+                        }
+                        1 => v.insert(at.min(v.len()), alphabet[rng.usize(..alphabet.len())]),
+                        2 if !v.is_empty() => {
+                            let at = at.min(v.len() - 1);
+                            v[at] = alphabet[rng.usize(..alphabet.len())];
+                        }
+                        _ => v.truncate(at),
+                    }
+                }
+                v
+            };
+            if let Ok(env) = decode(&input, &Limits::default()) {
+                decoded += 1;
+                // Whatever decodes re-encodes to an equal envelope.
+                assert_eq!(decode(&env.encode(), &Limits::default()).unwrap(), env);
+            }
+        }
+        assert!(
+            decoded > 0,
+            "no mutation survived: the test exercises nothing valid"
+        );
+    }
+}

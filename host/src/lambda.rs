@@ -1,1 +1,780 @@
-//! (to be written)
+//! The Lambda handler: an SQS batch in, partial batch failures out.
+//!
+//! Lifecycles: [`Function`] is built once per cold start (applications with their compiled
+//! plugins and pooled HTTP clients, the SQS client, the queue-ARN index, the metrics sink);
+//! [`Function::handle`] runs once per invocation.
+//!
+//! Per invocation, each message goes through the same [`pipeline::process`] as `squall run`
+//! (concurrently within the batch, up to the application's `max_concurrency`), then the
+//! function acts per ARCHITECTURE.md "Where a message ends", with one rule: **it never deletes
+//! a message**. The event source mapping deletes every message not reported as a batch item
+//! failure, so:
+//!
+//! | action | the function does | reports |
+//! |---|---|---|
+//! | delete (2xx, skip, discard) | nothing | success (the mapping deletes) |
+//! | retry by visibility | ChangeMessageVisibility(wait) | failure (SQS redelivers after the wait) |
+//! | re-send (long wait, hop) | SendMessage copy with DelaySeconds | success if sent, else failure |
+//! | dead-letter (give up, malformed) | SendMessage to the DLQ with reason attributes | success if sent, else failure |
+//! | message from an unknown queue, or missing a field | nothing | failure (the redrive policy ends a repeat) |
+//!
+//! Sends finish before the response is returned, so the mapping's delete always comes after
+//! the copy exists: a crash in between gives a duplicate, never a loss.
+//!
+//! Deciding what to report ([`report_for`]) and routing a message to its application
+//! ([`QueueKey`]) are plain functions; [`Function::handle`] does the I/O.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+
+use crate::metrics::{MetricRecord, MetricsSink};
+use crate::pipeline::{self, Action, App, Clock, ProcessOptions};
+use crate::queue::{Attributes, Outgoing, Queue, QueueError, Received, VisibilityChange};
+
+/// A queue's identity as both an event source ARN and a queue URL can name it:
+/// (account id, queue name). `arn:aws:sqs:eu-west-1:123456789012:billing` and
+/// `https://sqs.eu-west-1.amazonaws.com/123456789012/billing` give the same key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueKey {
+    /// AWS account id (moto uses `123456789012`).
+    pub account: String,
+    /// Queue name.
+    pub name: String,
+}
+
+impl QueueKey {
+    /// From an SQS ARN `arn:<partition>:sqs:<region>:<account>:<name>`.
+    pub fn from_arn(arn: &str) -> Option<QueueKey> {
+        let parts: Vec<&str> = arn.split(':').collect();
+        match parts.as_slice() {
+            ["arn", _partition, "sqs", _region, account, name]
+                if !account.is_empty() && !name.is_empty() =>
+            {
+                Some(QueueKey {
+                    account: account.to_string(),
+                    name: name.to_string(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// From a queue URL `<scheme>://<host>/<account>/<name>`.
+    pub fn from_url(url: &str) -> Option<QueueKey> {
+        let parsed = url::Url::parse(url).ok()?;
+        let mut segments = parsed.path_segments()?.filter(|s| !s.is_empty());
+        let account = segments.next()?;
+        let name = segments.next()?;
+        if segments.next().is_some() {
+            return None;
+        }
+        Some(QueueKey {
+            account: account.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+/// Why a record of the event could not be handed to the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// A field the function needs is absent.
+    #[error("SQS record {message_id}: missing {field}")]
+    Missing {
+        /// The record's message id (or `?`).
+        message_id: String,
+        /// The missing field.
+        field: &'static str,
+    },
+    /// The event source ARN names a queue that no configured application consumes.
+    #[error(
+        "SQS record {message_id}: event source {arn} is not the queue of any configured application"
+    )]
+    UnknownQueue {
+        /// The record's message id.
+        message_id: String,
+        /// The event source ARN.
+        arn: String,
+    },
+}
+
+/// Turn a record of an SQS event into what the pipeline reads. `ApproximateReceiveCount`
+/// and `SentTimestamp` come from the record's system attributes; the `squall-*` message
+/// attributes are its string message attributes.
+pub fn received_from_record(record: &SqsMessage) -> Result<Received, RecordError> {
+    let message_id = record.message_id.clone().ok_or(RecordError::Missing {
+        message_id: "?".into(),
+        field: "messageId",
+    })?;
+    let missing = |field| RecordError::Missing {
+        message_id: message_id.clone(),
+        field,
+    };
+    let receipt_handle = record
+        .receipt_handle
+        .clone()
+        .ok_or_else(|| missing("receiptHandle"))?;
+    let body = record.body.clone().ok_or_else(|| missing("body"))?;
+    let number = |name: &str| {
+        record
+            .attributes
+            .get(name)
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let receive_count = number("ApproximateReceiveCount")
+        .ok_or_else(|| missing("attributes.ApproximateReceiveCount"))?
+        .clamp(1, u32::MAX as u64) as u32;
+    let sent_timestamp_ms =
+        number("SentTimestamp").ok_or_else(|| missing("attributes.SentTimestamp"))?;
+    let attributes: Attributes = record
+        .message_attributes
+        .iter()
+        .filter_map(|(k, v)| v.string_value.as_ref().map(|s| (k.clone(), s.clone())))
+        .collect();
+    Ok(Received {
+        message_id,
+        receipt_handle,
+        body,
+        attributes,
+        receive_count,
+        sent_timestamp_ms,
+    })
+}
+
+/// What the function tells the event source mapping about one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// The mapping deletes the message.
+    Success,
+    /// The mapping leaves it; SQS makes it visible again (after the visibility we set, or the
+    /// queue's default).
+    Failure,
+}
+
+/// The report for a message whose pipeline action is `action`, given how the SQS call the
+/// action needed went (`Ok(())` when it needed none). See the module table.
+pub fn report_for(action: &Action, acted: &Result<(), QueueError>) -> Report {
+    match action {
+        Action::Delete { .. } => Report::Success,
+        Action::RetryByVisibility { .. } => Report::Failure,
+        Action::Resend { .. } | Action::DeadLetter { .. } => {
+            if acted.is_ok() {
+                Report::Success
+            } else {
+                Report::Failure
+            }
+        }
+    }
+}
+
+/// One application as the function serves it.
+pub struct FunctionApp {
+    /// The pipeline's per-application context.
+    pub app: Arc<App>,
+    /// Deliveries of one batch run at most this many at once (`max_concurrency`).
+    pub max_concurrency: usize,
+}
+
+/// Everything built once per cold start.
+pub struct Function<Q: Queue> {
+    queue: Arc<Q>,
+    apps: HashMap<QueueKey, FunctionApp>,
+    dead_letter_queue_url: String,
+    metrics: MetricsSink<Q>,
+    clock: Arc<dyn Clock>,
+}
+
+/// Why the function could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FunctionError {
+    /// An application's queue URL does not name an account and queue.
+    #[error(
+        "apps.{app}.queue_url = {url:?}: not an SQS queue URL (expected <endpoint>/<account>/<queue name>)"
+    )]
+    BadQueueUrl {
+        /// Application id.
+        app: String,
+        /// The URL.
+        url: String,
+    },
+    /// Two applications read the same queue.
+    #[error(
+        "apps.{first} and apps.{second} have the same queue {url}: each application needs its own queue"
+    )]
+    SharedQueue {
+        /// First application.
+        first: String,
+        /// Second application.
+        second: String,
+        /// The queue URL.
+        url: String,
+    },
+    /// No dead-letter queue URL.
+    #[error("sqs.dead_letter_queue_url is empty: the function needs the DLQ to dead-letter events")]
+    NoDeadLetterQueue,
+}
+
+impl<Q: Queue> Function<Q> {
+    /// Index the applications by their queue; check that each has its own queue.
+    pub fn new(
+        queue: Arc<Q>,
+        apps: Vec<FunctionApp>,
+        dead_letter_queue_url: String,
+        metrics_queue_url: Option<String>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Function<Q>, FunctionError> {
+        if dead_letter_queue_url.is_empty() {
+            return Err(FunctionError::NoDeadLetterQueue);
+        }
+        let mut index: HashMap<QueueKey, FunctionApp> = HashMap::new();
+        for fa in apps {
+            let key = QueueKey::from_url(&fa.app.queue_url).ok_or_else(|| {
+                FunctionError::BadQueueUrl {
+                    app: fa.app.id.clone(),
+                    url: fa.app.queue_url.clone(),
+                }
+            })?;
+            if let Some(other) = index.get(&key) {
+                return Err(FunctionError::SharedQueue {
+                    first: other.app.id.clone(),
+                    second: fa.app.id.clone(),
+                    url: fa.app.queue_url.clone(),
+                });
+            }
+            index.insert(key, fa);
+        }
+        Ok(Function {
+            metrics: MetricsSink::new(queue.clone(), metrics_queue_url),
+            queue,
+            apps: index,
+            dead_letter_queue_url,
+            clock,
+        })
+    }
+
+    /// The metrics sink (totals for logs and tests).
+    pub fn metrics(&self) -> &MetricsSink<Q> {
+        &self.metrics
+    }
+
+    /// Handle one invocation: every message is either reported as a batch item failure or
+    /// ends as the pipeline decided. The only error is a record without a message id, which
+    /// cannot be reported alone: the invocation fails, so the mapping deletes nothing.
+    pub async fn handle(&self, event: SqsEvent) -> Result<SqsBatchResponse, RecordError> {
+        let mut failures: Vec<String> = Vec::new();
+        // (message id, app, received) of the records that route to an application.
+        let mut routed: Vec<(Arc<App>, Received, usize)> = Vec::new();
+        for record in &event.records {
+            let received = match received_from_record(record) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "record left for SQS to redeliver");
+                    // Without a message id the mapping cannot be told which one failed:
+                    // the whole batch is reported failed instead (nothing is deleted).
+                    match &record.message_id {
+                        Some(id) => failures.push(id.clone()),
+                        None => return Err(e),
+                    }
+                    continue;
+                }
+            };
+            let arn = record.event_source_arn.clone().unwrap_or_default();
+            match QueueKey::from_arn(&arn).and_then(|k| self.apps.get(&k)) {
+                Some(fa) => routed.push((fa.app.clone(), received, fa.max_concurrency.max(1))),
+                None => {
+                    let e = RecordError::UnknownQueue {
+                        message_id: received.message_id.clone(),
+                        arn,
+                    };
+                    tracing::error!(error = %e, "record left for SQS to redeliver");
+                    failures.push(received.message_id);
+                }
+            }
+        }
+
+        let mut processed = Vec::with_capacity(routed.len());
+        for r in self.process_all(routed).await {
+            match r {
+                Ok(p) => processed.push(p),
+                Err(message_id) => failures.push(message_id),
+            }
+        }
+
+        // Act: visibility changes and sends, grouped per queue, batched.
+        let mut results: Vec<Result<(), QueueError>> = vec![Ok(()); processed.len()];
+        let mut visibility: HashMap<String, Vec<(usize, VisibilityChange)>> = HashMap::new();
+        let mut sends: HashMap<String, Vec<(usize, Outgoing)>> = HashMap::new();
+        let mut metrics: Vec<MetricRecord> = Vec::new();
+        for (i, (app, msg, p)) in processed.iter().enumerate() {
+            metrics.extend(p.metrics.iter().cloned());
+            match &p.action {
+                Action::Delete { .. } => {}
+                Action::RetryByVisibility { secs } => {
+                    visibility.entry(app.queue_url.clone()).or_default().push((
+                        i,
+                        VisibilityChange {
+                            receipt_handle: msg.receipt_handle.clone(),
+                            timeout_secs: *secs,
+                        },
+                    ))
+                }
+                Action::Resend {
+                    delay_secs,
+                    attributes,
+                    ..
+                } => sends.entry(app.queue_url.clone()).or_default().push((
+                    i,
+                    Outgoing {
+                        body: msg.body.clone(),
+                        delay_secs: *delay_secs,
+                        attributes: attributes.clone(),
+                    },
+                )),
+                Action::DeadLetter { attributes, .. } => sends
+                    .entry(self.dead_letter_queue_url.clone())
+                    .or_default()
+                    .push((
+                        i,
+                        Outgoing {
+                            body: msg.body.clone(),
+                            delay_secs: 0,
+                            attributes: attributes.clone(),
+                        },
+                    )),
+            }
+        }
+        for (url, entries) in &visibility {
+            let changes: Vec<VisibilityChange> = entries.iter().map(|(_, c)| c.clone()).collect();
+            let outcome = self.queue.change_visibility_batch(url, &changes).await;
+            for ((i, _), r) in entries.iter().zip(outcome) {
+                if let Err(e) = &r {
+                    // The message still comes back, after the queue's default visibility.
+                    tracing::warn!(message_id = %processed[*i].1.message_id, error = %e, "visibility change failed");
+                }
+                results[*i] = r;
+            }
+        }
+        for (url, entries) in &sends {
+            let messages: Vec<Outgoing> = entries.iter().map(|(_, m)| m.clone()).collect();
+            let outcome = self.queue.send_batch(url, &messages).await;
+            for ((i, _), r) in entries.iter().zip(outcome) {
+                if let Err(e) = &r {
+                    tracing::error!(message_id = %processed[*i].1.message_id, error = %e, "send failed: the message is left for SQS to redeliver");
+                }
+                results[*i] = r;
+            }
+        }
+        for ((_, msg, p), acted) in processed.iter().zip(&results) {
+            if report_for(&p.action, acted) == Report::Failure {
+                failures.push(msg.message_id.clone());
+            }
+        }
+        self.metrics.flush(&metrics).await;
+
+        let mut response = SqsBatchResponse::default();
+        for id in failures {
+            let mut f = BatchItemFailure::default();
+            f.item_identifier = id;
+            response.batch_item_failures.push(f);
+        }
+        Ok(response)
+    }
+
+    /// Run the pipeline over every routed message concurrently, at most `max_concurrency`
+    /// at once per application. Results come back in input order; a task that died (the
+    /// pipeline never panics by contract) gives its message id, to be reported as failed.
+    async fn process_all(
+        &self,
+        routed: Vec<(Arc<App>, Received, usize)>,
+    ) -> Vec<Result<(Arc<App>, Received, pipeline::Processed), String>> {
+        let mut limits: HashMap<String, Arc<tokio::sync::Semaphore>> = HashMap::new();
+        let mut tasks = Vec::with_capacity(routed.len());
+        for (app, msg, max) in routed {
+            let permits = limits
+                .entry(app.id.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max)))
+                .clone();
+            let clock = self.clock.clone();
+            let id = msg.message_id.clone();
+            tasks.push((
+                id,
+                tokio::spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    let p =
+                        pipeline::process(&app, &msg, clock.as_ref(), ProcessOptions::default())
+                            .await;
+                    (app, msg, p)
+                }),
+            ));
+        }
+        let mut out = Vec::with_capacity(tasks.len());
+        for (id, t) in tasks {
+            out.push(t.await.map_err(|e| {
+                tracing::error!(message_id = %id, error = %e, "pipeline task died: message left for SQS to redeliver");
+                id
+            }));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::envelope;
+    use crate::hooks::{Outcome, PassThrough, Request};
+    use crate::pipeline::{Deliver, Delivery, PluginErrorPolicy, SystemClock};
+    use crate::queue::memory::{MemoryQueues, QueueOptions};
+    use crate::retry::{Backoff, BackoffPolicy, RetryLimits};
+    use crate::secrets::{SecretKey, Secrets};
+    use crate::signing::StandardWebhooksSigner;
+
+    const QUEUE: &str = "http://memory.invalid/123456789012/billing";
+    const ARN: &str = "arn:aws:sqs:us-east-1:123456789012:billing";
+    const DLQ: &str = "http://memory.invalid/123456789012/dlq";
+    const METRICS: &str = "http://memory.invalid/123456789012/metrics";
+
+    #[test]
+    fn queue_keys_match_between_arns_and_urls() {
+        let k = QueueKey::from_arn(ARN).unwrap();
+        assert_eq!(
+            k,
+            QueueKey::from_url("https://sqs.us-east-1.amazonaws.com/123456789012/billing").unwrap()
+        );
+        assert_eq!(
+            k,
+            QueueKey::from_url("http://127.0.0.1:5000/123456789012/billing").unwrap()
+        );
+        assert_eq!(
+            k,
+            QueueKey::from_arn("arn:aws-cn:sqs:cn-north-1:123456789012:billing").unwrap()
+        );
+        assert_ne!(
+            k,
+            QueueKey::from_arn("arn:aws:sqs:us-east-1:999999999999:billing").unwrap()
+        );
+        assert_eq!(
+            QueueKey::from_arn("arn:aws:sns:us-east-1:123456789012:billing"),
+            None
+        );
+        assert_eq!(QueueKey::from_arn("billing"), None);
+        assert_eq!(QueueKey::from_url("http://127.0.0.1:5000/billing"), None);
+        assert_eq!(QueueKey::from_url("not a url"), None);
+    }
+
+    #[test]
+    fn reports_follow_the_table() {
+        let err = Err(QueueError::Transport {
+            queue: "q".into(),
+            operation: "SendMessageBatch",
+            message: "down".into(),
+        });
+        let delete = Action::Delete {
+            why: pipeline::DeleteReason::Delivered,
+        };
+        let vis = Action::RetryByVisibility { secs: 5 };
+        let resend = Action::Resend {
+            delay_secs: 900,
+            attributes: Attributes::new(),
+            hop: false,
+        };
+        let dlq = Action::DeadLetter {
+            reason: "status 410".into(),
+            attributes: Attributes::new(),
+        };
+        assert_eq!(report_for(&delete, &Ok(())), Report::Success);
+        assert_eq!(report_for(&vis, &Ok(())), Report::Failure);
+        assert_eq!(report_for(&vis, &err), Report::Failure);
+        assert_eq!(report_for(&resend, &Ok(())), Report::Success);
+        assert_eq!(report_for(&resend, &err), Report::Failure);
+        assert_eq!(report_for(&dlq, &Ok(())), Report::Success);
+        assert_eq!(report_for(&dlq, &err), Report::Failure);
+    }
+
+    fn record(msg: &Received, arn: &str) -> SqsMessage {
+        // As Lambda serialises it.
+        let attrs: serde_json::Map<String, serde_json::Value> = msg
+            .attributes
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    serde_json::json!({"stringValue": v, "dataType": "String"}),
+                )
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "messageId": msg.message_id,
+            "receiptHandle": msg.receipt_handle,
+            "body": msg.body,
+            "attributes": {
+                "ApproximateReceiveCount": msg.receive_count.to_string(),
+                "SentTimestamp": msg.sent_timestamp_ms.to_string(),
+                "SenderId": "AIDAEXAMPLE",
+                "ApproximateFirstReceiveTimestamp": "1"
+            },
+            "messageAttributes": attrs,
+            "md5OfBody": "x",
+            "eventSource": "aws:sqs",
+            "eventSourceARN": arn,
+            "awsRegion": "us-east-1"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn records_convert_with_counts_and_string_attributes() {
+        let msg = Received {
+            message_id: "m".into(),
+            receipt_handle: "h".into(),
+            body: "{}".into(),
+            attributes: [("squall-attempts".to_string(), "4".to_string())].into(),
+            receive_count: 2,
+            sent_timestamp_ms: 1_700_000_000_000,
+        };
+        assert_eq!(received_from_record(&record(&msg, ARN)).unwrap(), msg);
+        let mut r = record(&msg, ARN);
+        r.attributes.remove("SentTimestamp");
+        assert_eq!(
+            received_from_record(&r).unwrap_err().to_string(),
+            "SQS record m: missing attributes.SentTimestamp"
+        );
+    }
+
+    /// 200 for /ok, 503 for /retry, 503 + Retry-After: 3600 for /later, 410 for /gone.
+    struct ByPath;
+    impl Deliver for ByPath {
+        fn deliver<'a>(
+            &'a self,
+            request: &'a Request,
+        ) -> Pin<Box<dyn Future<Output = Delivery> + Send + 'a>> {
+            let (status, headers) = match request.url.rsplit('/').next().unwrap_or("") {
+                "ok" => (200, vec![]),
+                "retry" => (503, vec![]),
+                "later" => (503, vec![("retry-after".to_string(), "3600".to_string())]),
+                _ => (410, vec![]),
+            };
+            Box::pin(async move {
+                Delivery {
+                    outcome: Outcome::Response { status, headers },
+                    latency: Duration::from_millis(1),
+                }
+            })
+        }
+    }
+
+    fn app() -> FunctionApp {
+        let mut secrets = Secrets::new();
+        secrets.insert(
+            "default",
+            vec![SecretKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()],
+        );
+        let backoff = Backoff {
+            jitter: 0.0,
+            ..Backoff::default()
+        };
+        FunctionApp {
+            app: Arc::new(App {
+                id: "billing".into(),
+                queue_url: QUEUE.into(),
+                transform: Arc::new(PassThrough),
+                signer: Arc::new(StandardWebhooksSigner::new(Arc::new(secrets))),
+                retry_policy: Arc::new(BackoffPolicy {
+                    backoff: backoff.clone(),
+                }),
+                backoff,
+                limits: RetryLimits::default(),
+                envelope_limits: envelope::Limits::default(),
+                signing_key: "default".into(),
+                on_plugin_error: PluginErrorPolicy::Retry,
+                visibility_backoff_max_secs: 900,
+                deliver: Arc::new(ByPath),
+            }),
+            max_concurrency: 4,
+        }
+    }
+
+    fn envelope_to(id: &str, path: &str) -> String {
+        String::from_utf8(
+            envelope::Envelope::new_json(
+                id,
+                "billing",
+                "invoice.paid",
+                format!("https://hooks.example.com/{path}"),
+                SystemClock.now_ms(),
+                &serde_json::json!({"n": 1}),
+            )
+            .encode(),
+        )
+        .unwrap()
+    }
+
+    /// A mixed batch through the real pipeline and the in-process queue: what is reported,
+    /// and where each message ends.
+    #[tokio::test]
+    async fn mixed_batch_ends_where_the_table_says() {
+        let q = Arc::new(MemoryQueues::new());
+        q.create_queue(DLQ, QueueOptions::default()).unwrap();
+        q.create_queue(METRICS, QueueOptions::default()).unwrap();
+        q.create_queue(QUEUE, QueueOptions::default()).unwrap();
+        let bodies = [
+            envelope_to("evt_ok", "ok"),
+            envelope_to("evt_retry", "retry"),
+            envelope_to("evt_later", "later"),
+            envelope_to("evt_gone", "gone"),
+            "{not json".to_string(),
+        ];
+        let out: Vec<Outgoing> = bodies
+            .iter()
+            .map(|b| Outgoing {
+                body: b.clone(),
+                delay_secs: 0,
+                attributes: Attributes::new(),
+            })
+            .collect();
+        assert!(q.send_batch(QUEUE, &out).await.iter().all(|r| r.is_ok()));
+        let got = q.receive(QUEUE, 10, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), 5);
+        let id_of = |body: &str| {
+            got.iter()
+                .find(|m| m.body == body)
+                .unwrap()
+                .message_id
+                .clone()
+        };
+        let mut event = SqsEvent::default();
+        event.records = got.iter().map(|m| record(m, ARN)).collect();
+        // One record from a queue no application owns.
+        let stranger = Received {
+            message_id: "stranger".into(),
+            ..got[0].clone()
+        };
+        event.records.push(record(
+            &stranger,
+            "arn:aws:sqs:us-east-1:123456789012:other",
+        ));
+
+        let f = Function::new(
+            q.clone(),
+            vec![app()],
+            DLQ.into(),
+            Some(METRICS.into()),
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        let response = f.handle(event).await.unwrap();
+        let mut failed: Vec<String> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone())
+            .collect();
+        failed.sort();
+        let mut want = vec![id_of(&bodies[1]), "stranger".to_string()];
+        want.sort();
+        assert_eq!(
+            failed, want,
+            "only the visibility retry and the stranger are failures"
+        );
+
+        // DLQ: the 410 and the malformed body, bodies byte for byte, with reasons.
+        let dlq = q.messages(DLQ).unwrap();
+        assert_eq!(dlq.len(), 2);
+        let gone = dlq
+            .iter()
+            .find(|m| m.body == bodies[3])
+            .expect("410 dead-lettered");
+        assert_eq!(gone.attributes["squall-last-status"], "410");
+        assert_eq!(gone.attributes["squall-event-id"], "evt_gone");
+        let bad = dlq
+            .iter()
+            .find(|m| m.body == bodies[4])
+            .expect("malformed dead-lettered");
+        assert!(
+            bad.attributes["squall-reason"].contains("malformed envelope"),
+            "{:?}",
+            bad.attributes
+        );
+
+        // App queue: the function deleted nothing (5 originals) and added the re-sent copy.
+        let msgs = q.messages(QUEUE).unwrap();
+        assert_eq!(msgs.len(), 6);
+        let copies: Vec<_> = msgs
+            .iter()
+            .filter(|m| m.attributes.contains_key("squall-not-before-ms"))
+            .collect();
+        assert_eq!(copies.len(), 1);
+        assert_eq!(copies[0].body, bodies[2]);
+        assert_eq!(copies[0].attributes["squall-attempts"], "1");
+        // The visibility retry waits 5 s: nothing is receivable now (the rest are in flight
+        // until the mapping deletes them; the copy is delayed 900 s).
+        assert!(
+            q.receive(QUEUE, 10, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Metrics: one record per attempt (4 deliveries; none for the malformed body).
+        assert_eq!(q.messages(METRICS).unwrap().len(), 4);
+        assert_eq!(f.metrics().totals().sent, 4);
+    }
+
+    #[tokio::test]
+    async fn a_failed_dead_letter_send_is_a_batch_item_failure() {
+        let q = Arc::new(MemoryQueues::new());
+        q.create_queue(QUEUE, QueueOptions::default()).unwrap();
+        let body = envelope_to("evt_gone", "gone");
+        q.send_batch(
+            QUEUE,
+            &[Outgoing {
+                body,
+                delay_secs: 0,
+                attributes: Attributes::new(),
+            }],
+        )
+        .await;
+        let got = q.receive(QUEUE, 10, Duration::ZERO).await.unwrap();
+        let mut event = SqsEvent::default();
+        event.records = got.iter().map(|m| record(m, ARN)).collect();
+        // The DLQ does not exist: the send fails, so the message must not be reported done.
+        let f = Function::new(
+            q.clone(),
+            vec![app()],
+            DLQ.into(),
+            None,
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        let response = f.handle(event).await.unwrap();
+        assert_eq!(response.batch_item_failures.len(), 1);
+        assert_eq!(
+            response.batch_item_failures[0].item_identifier,
+            got[0].message_id
+        );
+    }
+
+    #[test]
+    fn each_app_needs_its_own_parseable_queue() {
+        let q = Arc::new(MemoryQueues::new());
+        let err = Function::new(
+            q.clone(),
+            vec![app(), app()],
+            DLQ.into(),
+            None,
+            Arc::new(SystemClock),
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, FunctionError::SharedQueue { .. }), "{err}");
+        let err = Function::new(q, vec![app()], String::new(), None, Arc::new(SystemClock))
+            .err()
+            .unwrap();
+        assert_eq!(err, FunctionError::NoDeadLetterQueue);
+    }
+}

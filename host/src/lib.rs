@@ -6,7 +6,9 @@
 //! See `ARCHITECTURE.md` at the repository root for the map.
 
 pub mod config;
+pub mod conformance;
 pub mod demo;
+pub mod deploy;
 pub mod envelope;
 pub mod hooks;
 pub mod http;

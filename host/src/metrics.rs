@@ -1,1 +1,234 @@
-//! (to be written)
+//! Metrics: one record per attempt (and per skip), as JSON messages on the shared metrics
+//! queue, sent with SendMessageBatch at the end of each batch.
+//!
+//! A metrics failure is logged and counted; it never fails, delays or re-delivers an event.
+//! Records carry ids, hosts, statuses and plugin identities: never a payload, a header value
+//! or a secret.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::queue::{Attributes, Outgoing, Queue};
+
+/// How an attempt ended, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricOutcome {
+    /// 2xx.
+    Delivered,
+    /// Failed; scheduled for another attempt.
+    Retry,
+    /// Failed; sent to the dead-letter queue.
+    DeadLetter,
+    /// Failed; the retry policy chose to drop it.
+    Discarded,
+    /// The transform skipped it; nothing was sent.
+    Skipped,
+    /// A plugin (or built-in hook) failed; see `error_kind` and `retry_in_secs`.
+    PluginError,
+}
+
+impl MetricOutcome {
+    /// The name used in the record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricOutcome::Delivered => "delivered",
+            MetricOutcome::Retry => "retry",
+            MetricOutcome::DeadLetter => "dead_letter",
+            MetricOutcome::Discarded => "discarded",
+            MetricOutcome::Skipped => "skipped",
+            MetricOutcome::PluginError => "plugin_error",
+        }
+    }
+}
+
+/// One metrics record (format version 1, see ARCHITECTURE.md "Metrics record").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MetricRecord {
+    /// Format version: 1.
+    pub v: u8,
+    /// Event id.
+    pub event_id: String,
+    /// Application id.
+    pub app_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// Host of the URL the request went (or would have gone) to.
+    pub endpoint_host: String,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// HTTP status, when one came back.
+    pub status: Option<u16>,
+    /// Transport error kind or hook error kind, when no status came back.
+    pub error_kind: Option<String>,
+    /// Time spent on this attempt, ms.
+    pub latency_ms: u64,
+    /// How it ended.
+    pub outcome: MetricOutcome,
+    /// Wait before the next attempt, when retried.
+    pub retry_in_secs: Option<u32>,
+    /// Transform identity.
+    pub transform: String,
+    /// Signer identity.
+    pub signer: String,
+    /// Retry policy identity.
+    pub retry_policy: String,
+    /// Unix ms when processing of this attempt started.
+    pub started_at_ms: u64,
+    /// Unix ms when it finished.
+    pub finished_at_ms: u64,
+}
+
+impl MetricRecord {
+    /// The JSON text sent to the metrics queue.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a metric record always serialises")
+    }
+}
+
+/// Totals of a sink since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsTotals {
+    /// Records accepted by the metrics queue.
+    pub sent: u64,
+    /// Records the metrics queue refused or that could not be sent (dropped, logged).
+    pub failed: u64,
+}
+
+/// Sends records to the metrics queue; `None` queue = records are only logged at debug.
+pub struct MetricsSink<Q: Queue> {
+    queue: Arc<Q>,
+    queue_url: Option<String>,
+    sent: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl<Q: Queue> MetricsSink<Q> {
+    /// A sink writing to `queue_url` on `queue` (no queue URL: log only).
+    pub fn new(queue: Arc<Q>, queue_url: Option<String>) -> MetricsSink<Q> {
+        MetricsSink {
+            queue,
+            queue_url: queue_url.filter(|u| !u.is_empty()),
+            sent: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    /// Send one batch's records (split into SendMessageBatch calls of 10). Never fails:
+    /// refused records are logged and counted.
+    pub async fn flush(&self, records: &[MetricRecord]) {
+        if records.is_empty() {
+            return;
+        }
+        let messages: Vec<Outgoing> = records
+            .iter()
+            .map(|r| {
+                let body = r.to_json();
+                tracing::debug!(target: "squall::metrics", record = %body, "metric");
+                Outgoing {
+                    body,
+                    delay_secs: 0,
+                    attributes: Attributes::new(),
+                }
+            })
+            .collect();
+        let Some(url) = &self.queue_url else {
+            return;
+        };
+        let results = self.queue.send_batch(url, &messages).await;
+        let mut failed = 0u64;
+        for (r, rec) in results.iter().zip(records) {
+            if let Err(e) = r {
+                failed += 1;
+                tracing::warn!(
+                    event_id = %rec.event_id,
+                    app_id = %rec.app_id,
+                    error = %e,
+                    "metrics record not sent (the event itself is unaffected)"
+                );
+            }
+        }
+        self.failed.fetch_add(failed, Ordering::Relaxed);
+        self.sent
+            .fetch_add(records.len() as u64 - failed, Ordering::Relaxed);
+    }
+
+    /// Totals so far.
+    pub fn totals(&self) -> MetricsTotals {
+        MetricsTotals {
+            sent: self.sent.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::memory::{MemoryQueues, QueueOptions};
+
+    fn record(id: &str) -> MetricRecord {
+        MetricRecord {
+            v: 1,
+            event_id: id.into(),
+            app_id: "billing".into(),
+            event_type: "invoice.paid".into(),
+            endpoint_host: "hooks.example.com".into(),
+            attempt: 2,
+            status: Some(503),
+            error_kind: None,
+            latency_ms: 12,
+            outcome: MetricOutcome::Retry,
+            retry_in_secs: Some(15),
+            transform: "builtin:pass-through".into(),
+            signer: "builtin:standard-webhooks".into(),
+            retry_policy: "builtin:exponential-backoff".into(),
+            started_at_ms: 1_700_000_000_000,
+            finished_at_ms: 1_700_000_000_012,
+        }
+    }
+
+    #[test]
+    fn record_json_has_every_field_in_order() {
+        assert_eq!(
+            record("evt_1").to_json(),
+            r#"{"v":1,"event_id":"evt_1","app_id":"billing","event_type":"invoice.paid","endpoint_host":"hooks.example.com","attempt":2,"status":503,"error_kind":null,"latency_ms":12,"outcome":"retry","retry_in_secs":15,"transform":"builtin:pass-through","signer":"builtin:standard-webhooks","retry_policy":"builtin:exponential-backoff","started_at_ms":1700000000000,"finished_at_ms":1700000000012}"#
+        );
+        for o in [
+            MetricOutcome::Delivered,
+            MetricOutcome::DeadLetter,
+            MetricOutcome::PluginError,
+        ] {
+            assert_eq!(
+                serde_json::to_value(o).unwrap(),
+                serde_json::Value::String(o.as_str().into())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn flush_sends_one_message_per_record_and_counts_failures() {
+        let qs = Arc::new(MemoryQueues::new());
+        qs.create_queue("metrics", QueueOptions::default()).unwrap();
+        let sink = MetricsSink::new(qs.clone(), Some("metrics".into()));
+        let recs: Vec<MetricRecord> = (0..13).map(|i| record(&format!("e{i}"))).collect();
+        sink.flush(&recs).await;
+        let stored = qs.messages("metrics").unwrap();
+        assert_eq!(stored.len(), 13);
+        let first: serde_json::Value = serde_json::from_str(&stored[0].body).unwrap();
+        assert_eq!(first["event_id"], "e0");
+        assert_eq!(
+            sink.totals(),
+            MetricsTotals {
+                sent: 13,
+                failed: 0
+            }
+        );
+        // A missing metrics queue: counted, not propagated.
+        let broken = MetricsSink::new(qs, Some("gone".into()));
+        broken.flush(&recs[..3]).await;
+        assert_eq!(broken.totals(), MetricsTotals { sent: 0, failed: 3 });
+    }
+}

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod deploy;
 mod plugin;
 mod run;
 
@@ -23,6 +24,9 @@ enum Command {
     /// Check and exercise plugins exactly as production loads them.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Generate the AWS deployment (CloudFormation template) from the config file.
+    #[command(subcommand)]
+    Deploy(deploy::DeployCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +35,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => run::main(args),
         Command::Demo(args) => demo::main(args),
         Command::Plugin(cmd) => plugin::main(cmd),
+        Command::Deploy(cmd) => deploy::main(cmd),
     }
 }

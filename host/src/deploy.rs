@@ -1,0 +1,881 @@
+//! The AWS infrastructure as a CloudFormation template, generated from the Squall config:
+//! one queue and one Lambda event source mapping per application, the shared dead-letter
+//! and metrics queues, the function, the alarms and a least-privilege role.
+//!
+//! Two steps, both plain functions: [`plan`] turns per-application settings into the
+//! numbers AWS needs (function timeout, visibility timeout, `MaximumConcurrency`,
+//! retention), checking them against the SQS and Lambda limits; [`template`] renders a plan
+//! as CloudFormation JSON (`serde_json::Value`; cfn-lint and `aws cloudformation deploy`
+//! accept JSON). Nothing here talks to AWS.
+//!
+//! The function finds its queues through environment variables set by the template
+//! (`SQUALL__APPS__<APP>__QUEUE_URL`, `SQUALL__SQS__DEAD_LETTER_QUEUE_URL`,
+//! `SQUALL__SQS__METRICS_QUEUE_URL`), which overlay the bundled config file, so the same
+//! config file serves `squall run` and the deployed stack.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+/// SQS: the longest retention, seconds (14 days).
+pub const MAX_RETENTION_SECS: u64 = 14 * 24 * 3600;
+/// SQS: the longest visibility timeout, seconds (12 h).
+pub const MAX_VISIBILITY_SECS: u64 = 43_200;
+/// Lambda: the longest function timeout, seconds.
+pub const MAX_FUNCTION_TIMEOUT_SECS: u64 = 900;
+/// Event source mapping: `ScalingConfig.MaximumConcurrency` range.
+pub const MAXIMUM_CONCURRENCY_RANGE: (u32, u32) = (2, 1000);
+/// Event source mapping: the largest SQS batch.
+pub const MAX_BATCH_SIZE: u32 = 10_000;
+/// Event source mapping: the longest batching window, seconds.
+pub const MAX_BATCHING_WINDOW_SECS: u32 = 300;
+/// Redrive policy `maxReceiveCount` on application queues: the safety net for messages that
+/// crash the function repeatedly (the retry mechanism re-sends every 5th receive, see
+/// ARCHITECTURE.md, so a healthy retry never reaches it).
+pub const MAX_RECEIVE_COUNT: u32 = 10;
+/// Seconds added to the longest delivery round when sizing the function timeout: plugin
+/// calls, SQS actions and the metrics flush.
+pub const FUNCTION_TIMEOUT_MARGIN_SECS: u64 = 15;
+/// The shortest function timeout the generator produces, seconds.
+pub const MIN_FUNCTION_TIMEOUT_SECS: u64 = 30;
+/// Where the packaged config file sits inside the function (`/var/task` is the zip's root).
+pub const PACKAGED_CONFIG_PATH: &str = "/var/task/squall.toml";
+
+/// CPU architecture of the function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// AWS Graviton (the default: cheaper per GB-s).
+    Arm64,
+    /// Intel/AMD.
+    X86_64,
+}
+
+impl Architecture {
+    /// The name CloudFormation uses (`arm64`, `x86_64`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Architecture::Arm64 => "arm64",
+            Architecture::X86_64 => "x86_64",
+        }
+    }
+}
+
+/// What the template needs to know about one application, read from its config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppSettings {
+    /// Application id (the key under `[apps]`).
+    pub id: String,
+    /// Concurrent deliveries allowed for the application in all (`max_concurrency`).
+    pub max_concurrency: u32,
+    /// Total HTTP timeout of one delivery, ms (`timeout_ms`).
+    pub delivery_timeout_ms: u64,
+    /// Retry horizon, seconds (`retry.horizon_secs`): the queue keeps messages this long at least.
+    pub retry_horizon_secs: u64,
+    /// Messages per Lambda invocation (event source mapping `BatchSize`).
+    pub batch_size: u32,
+    /// Event source mapping `MaximumBatchingWindowInSeconds`.
+    pub batching_window_secs: u32,
+    /// Alarm when the oldest message in the queue is older than this, seconds.
+    pub age_alarm_secs: u64,
+}
+
+/// Function-wide settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionSettings {
+    /// Default of the template's `Architecture` parameter.
+    pub architecture: Architecture,
+    /// Default of the template's `MemorySize` parameter, MB.
+    pub memory_mb: u32,
+    /// Function timeout, seconds; `None` derives it from the applications (see [`plan`]).
+    pub timeout_secs: Option<u64>,
+    /// Retention of the function's log group, days.
+    pub log_retention_days: u32,
+}
+
+impl Default for FunctionSettings {
+    fn default() -> Self {
+        FunctionSettings {
+            architecture: Architecture::Arm64,
+            memory_mb: 512,
+            timeout_secs: None,
+            log_retention_days: 30,
+        }
+    }
+}
+
+/// Everything the generator reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploySpec {
+    /// The applications, in config order.
+    pub apps: Vec<AppSettings>,
+    /// The function.
+    pub function: FunctionSettings,
+    /// Environment variables named by `env:NAME` secret references: each becomes a `NoEcho`
+    /// template parameter passed to the function, so no secret value is in the template.
+    pub secret_env_vars: Vec<String>,
+}
+
+/// A spec that AWS would refuse, or that could not work. Each names the application and key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeployError {
+    /// No application is configured.
+    #[error("the config has no application under [apps]: nothing to deploy")]
+    NoApps,
+    /// An application id cannot be turned into CloudFormation names.
+    #[error(
+        "apps.{app}: the id must be 1-40 characters of a-z, A-Z, 0-9, '_' or '-' to name its queue and resources"
+    )]
+    BadAppId {
+        /// The id.
+        app: String,
+    },
+    /// Two application ids map to the same resource name.
+    #[error(
+        "apps.{first} and apps.{second} both map to CloudFormation names '{logical}'; rename one"
+    )]
+    NameClash {
+        /// First id.
+        first: String,
+        /// Second id.
+        second: String,
+        /// The shared logical name.
+        logical: String,
+    },
+    /// A setting is outside what AWS accepts.
+    #[error("{key} = {value}: {reason}")]
+    OutOfRange {
+        /// Key path, for example `apps.billing.batch_size`.
+        key: String,
+        /// The value given.
+        value: String,
+        /// The accepted range or rule.
+        reason: String,
+    },
+    /// A secret environment variable name cannot be passed through a template parameter.
+    #[error(
+        "secret reference env:{name}: the variable name must be letters, digits and '_' (starting with a letter) to be passed to the function"
+    )]
+    BadSecretEnvVar {
+        /// The variable name.
+        name: String,
+    },
+}
+
+/// The derived numbers for one application.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppPlan {
+    /// The settings it came from.
+    pub settings: AppSettings,
+    /// Alphanumeric CloudFormation name stem, for example `Billing` for `billing`.
+    pub logical: String,
+    /// Upper-case form used in environment variable names, for example `BILLING`.
+    pub env_key: String,
+    /// `ScalingConfig.MaximumConcurrency`: invocations of the function at once for this app.
+    pub maximum_concurrency: u32,
+    /// Deliveries one invocation runs at once (`min(batch_size, max_concurrency)`).
+    pub per_invocation_concurrency: u32,
+    /// Queue `MessageRetentionPeriod`, seconds.
+    pub retention_secs: u64,
+}
+
+/// The derived numbers for the whole stack.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Per application, in config order.
+    pub apps: Vec<AppPlan>,
+    /// Function settings.
+    pub function: FunctionSettings,
+    /// Function timeout, seconds.
+    pub function_timeout_secs: u64,
+    /// Visibility timeout of every application queue: 6 x the function timeout (AWS advice).
+    pub visibility_timeout_secs: u64,
+    /// Secret env vars with their template parameter names.
+    pub secret_params: Vec<(String, String)>,
+}
+
+fn out_of_range(key: String, value: impl ToString, reason: &str) -> DeployError {
+    DeployError::OutOfRange {
+        key,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// `billing-eu` -> `BillingEu`; `None` if the id is empty, too long or has other characters.
+pub fn logical_name(app_id: &str) -> Option<String> {
+    if app_id.is_empty()
+        || app_id.len() > 40
+        || !app_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return None;
+    }
+    let mut out = String::with_capacity(app_id.len());
+    for part in app_id.split(['-', '_']).filter(|p| !p.is_empty()) {
+        let mut chars = part.chars();
+        if let Some(first) = chars.next() {
+            out.push(first.to_ascii_uppercase());
+            out.extend(chars);
+        }
+    }
+    if out.is_empty() { None } else { Some(out) }
+}
+
+/// `billing-eu` -> `BILLING_EU`: the app's segment in `SQUALL__APPS__<APP>__...` variables.
+pub fn env_key(app_id: &str) -> String {
+    app_id.to_ascii_uppercase().replace('-', "_")
+}
+
+/// `ceil(a / b)` for b > 0.
+fn div_ceil(a: u64, b: u64) -> u64 {
+    a.div_ceil(b)
+}
+
+/// Derive every number of the stack and check it against the AWS limits.
+///
+/// - Per invocation, a batch runs with up to `min(batch_size, max_concurrency)` deliveries at
+///   once, so `MaximumConcurrency = max_concurrency / that`, kept within 2..=1000 (2 is the
+///   event source mapping's minimum, so an app with `max_concurrency` below 2 x its per-batch
+///   concurrency can reach twice its limit: documented in docs/deploy.md).
+/// - Function timeout (unless given): the longest app's `ceil(batch / per-invocation
+///   concurrency)` delivery rounds x its delivery timeout, plus a margin, at least 30 s,
+///   at most 900 s.
+/// - Visibility timeout of the queues: 6 x the function timeout, at most 12 h.
+/// - Retention: the retry horizon plus one day, at least the SQS default of 4 days, at most
+///   14 days; the dead-letter queue always keeps 14 days.
+pub fn plan(spec: &DeploySpec) -> Result<Plan, DeployError> {
+    if spec.apps.is_empty() {
+        return Err(DeployError::NoApps);
+    }
+    let mut apps: Vec<AppPlan> = Vec::with_capacity(spec.apps.len());
+    let mut longest_round_secs = 0u64;
+    for app in &spec.apps {
+        let key = |k: &str| format!("apps.{}.{k}", app.id);
+        let logical = logical_name(&app.id).ok_or_else(|| DeployError::BadAppId {
+            app: app.id.clone(),
+        })?;
+        if let Some(other) = apps
+            .iter()
+            .find(|p| p.logical.eq_ignore_ascii_case(&logical) || p.env_key == env_key(&app.id))
+        {
+            return Err(DeployError::NameClash {
+                first: other.settings.id.clone(),
+                second: app.id.clone(),
+                logical,
+            });
+        }
+        if app.batch_size == 0 || app.batch_size > MAX_BATCH_SIZE {
+            return Err(out_of_range(
+                key("batch_size"),
+                app.batch_size,
+                "must be 1..=10000 (SQS event source mapping)",
+            ));
+        }
+        if app.batching_window_secs > MAX_BATCHING_WINDOW_SECS {
+            return Err(out_of_range(
+                key("batching_window_secs"),
+                app.batching_window_secs,
+                "must be 0..=300",
+            ));
+        }
+        if app.batch_size > 10 && app.batching_window_secs == 0 {
+            return Err(out_of_range(
+                key("batching_window_secs"),
+                0,
+                "a batch size above 10 needs a batching window of at least 1 s (AWS rule)",
+            ));
+        }
+        if app.max_concurrency == 0 {
+            return Err(out_of_range(
+                key("max_concurrency"),
+                0,
+                "must be at least 1",
+            ));
+        }
+        if app.delivery_timeout_ms == 0 {
+            return Err(out_of_range(key("timeout_ms"), 0, "must be at least 1"));
+        }
+        if app.retry_horizon_secs > MAX_RETENTION_SECS {
+            return Err(out_of_range(
+                key("retry.horizon_secs"),
+                app.retry_horizon_secs,
+                "must fit in the SQS retention of 14 days (1209600 s)",
+            ));
+        }
+        let per_invocation = app.batch_size.min(app.max_concurrency);
+        let (lo, hi) = MAXIMUM_CONCURRENCY_RANGE;
+        let maximum_concurrency = (app.max_concurrency / per_invocation).clamp(lo, hi);
+        let rounds = div_ceil(app.batch_size as u64, per_invocation as u64);
+        let round_secs = rounds * div_ceil(app.delivery_timeout_ms, 1000);
+        longest_round_secs = longest_round_secs.max(round_secs);
+        let retention_secs =
+            (app.retry_horizon_secs + 24 * 3600).clamp(4 * 24 * 3600, MAX_RETENTION_SECS);
+        apps.push(AppPlan {
+            settings: app.clone(),
+            logical,
+            env_key: env_key(&app.id),
+            maximum_concurrency,
+            per_invocation_concurrency: per_invocation,
+            retention_secs,
+        });
+    }
+    let function_timeout_secs = match spec.function.timeout_secs {
+        Some(t) => {
+            if !(1..=MAX_FUNCTION_TIMEOUT_SECS).contains(&t) {
+                return Err(out_of_range(
+                    "function timeout".to_string(),
+                    t,
+                    "must be 1..=900 s (Lambda)",
+                ));
+            }
+            t
+        }
+        None => (longest_round_secs + FUNCTION_TIMEOUT_MARGIN_SECS)
+            .clamp(MIN_FUNCTION_TIMEOUT_SECS, MAX_FUNCTION_TIMEOUT_SECS),
+    };
+    if function_timeout_secs * 6 > MAX_VISIBILITY_SECS {
+        return Err(out_of_range(
+            "function timeout".to_string(),
+            function_timeout_secs,
+            "6 x the function timeout must fit in the 12 h SQS visibility limit",
+        ));
+    }
+    if !(128..=10_240).contains(&spec.function.memory_mb) {
+        return Err(out_of_range(
+            "function memory".to_string(),
+            spec.function.memory_mb,
+            "must be 128..=10240 MB (Lambda)",
+        ));
+    }
+    let mut secret_params = Vec::new();
+    let mut seen = BTreeSet::new();
+    for name in &spec.secret_env_vars {
+        let ok = name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok {
+            return Err(DeployError::BadSecretEnvVar { name: name.clone() });
+        }
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let param = format!("Secret{}", name.replace('_', ""));
+        if secret_params.iter().any(|(_, p)| p == &param) {
+            return Err(DeployError::BadSecretEnvVar { name: name.clone() });
+        }
+        secret_params.push((name.clone(), param));
+    }
+    Ok(Plan {
+        apps,
+        function: spec.function.clone(),
+        function_timeout_secs,
+        visibility_timeout_secs: function_timeout_secs * 6,
+        secret_params,
+    })
+}
+
+/// The SQS actions the function needs on an application queue to consume it.
+pub const CONSUME_ACTIONS: [&str; 4] = [
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibility",
+    "sqs:GetQueueAttributes",
+];
+
+fn arn(logical: &str) -> Value {
+    json!({ "Fn::GetAtt": [logical, "Arn"] })
+}
+
+fn queue_logical(app: &AppPlan) -> String {
+    format!("{}Queue", app.logical)
+}
+
+fn alarm_actions() -> Value {
+    json!({ "Fn::If": ["HasAlarmTopic", [{ "Ref": "AlarmTopicArn" }], { "Ref": "AWS::NoValue" }] })
+}
+
+/// Render a plan as a CloudFormation template (JSON).
+pub fn template(plan: &Plan) -> Value {
+    let mut parameters = serde_json::Map::new();
+    parameters.insert(
+        "Architecture".into(),
+        json!({
+            "Type": "String",
+            "Default": plan.function.architecture.as_str(),
+            "AllowedValues": ["arm64", "x86_64"],
+            "Description": "CPU architecture of the function; the deployment zip must be built for it (scripts/package-lambda --arch)."
+        }),
+    );
+    parameters.insert(
+        "CodeS3Bucket".into(),
+        json!({ "Type": "String", "Description": "S3 bucket holding the deployment zip." }),
+    );
+    parameters.insert(
+        "CodeS3Key".into(),
+        json!({ "Type": "String", "Description": "S3 key of the deployment zip (change it to roll out a new build)." }),
+    );
+    parameters.insert(
+        "MemorySize".into(),
+        json!({ "Type": "Number", "Default": plan.function.memory_mb, "MinValue": 128, "MaxValue": 10240,
+                "Description": "Function memory, MB (CPU scales with it)." }),
+    );
+    parameters.insert(
+        "AlarmTopicArn".into(),
+        json!({ "Type": "String", "Default": "", "Description": "SNS topic notified by the alarms; empty for none." }),
+    );
+    for (var, param) in &plan.secret_params {
+        parameters.insert(
+            param.clone(),
+            json!({ "Type": "String", "NoEcho": true,
+                    "Description": format!("Value of the secret environment variable {var} (a config env: reference).") }),
+        );
+    }
+
+    let mut resources = serde_json::Map::new();
+    resources.insert(
+        "DeadLetterQueue".into(),
+        json!({
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": { "Fn::Sub": "${AWS::StackName}-dlq" },
+                "MessageRetentionPeriod": MAX_RETENTION_SECS
+            }
+        }),
+    );
+    resources.insert(
+        "MetricsQueue".into(),
+        json!({
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": { "Fn::Sub": "${AWS::StackName}-metrics" },
+                "MessageRetentionPeriod": 4 * 24 * 3600
+            }
+        }),
+    );
+
+    let mut env = serde_json::Map::new();
+    env.insert("SQUALL_CONFIG".into(), json!(PACKAGED_CONFIG_PATH));
+    env.insert(
+        "SQUALL__SQS__REGION".into(),
+        json!({ "Ref": "AWS::Region" }),
+    );
+    env.insert(
+        "SQUALL__SQS__DEAD_LETTER_QUEUE_URL".into(),
+        json!({ "Ref": "DeadLetterQueue" }),
+    );
+    env.insert(
+        "SQUALL__SQS__METRICS_QUEUE_URL".into(),
+        json!({ "Ref": "MetricsQueue" }),
+    );
+    for (var, param) in &plan.secret_params {
+        env.insert(var.clone(), json!({ "Ref": param }));
+    }
+
+    let mut outputs = serde_json::Map::new();
+    for app in &plan.apps {
+        let q = queue_logical(app);
+        resources.insert(
+            q.clone(),
+            json!({
+                "Type": "AWS::SQS::Queue",
+                "Properties": {
+                    "QueueName": { "Fn::Sub": format!("${{AWS::StackName}}-{}", app.settings.id) },
+                    "VisibilityTimeout": plan.visibility_timeout_secs,
+                    "MessageRetentionPeriod": app.retention_secs,
+                    "RedrivePolicy": {
+                        "deadLetterTargetArn": arn("DeadLetterQueue"),
+                        "maxReceiveCount": MAX_RECEIVE_COUNT
+                    }
+                }
+            }),
+        );
+        let mut mapping = json!({
+            "Type": "AWS::Lambda::EventSourceMapping",
+            "Properties": {
+                "EventSourceArn": arn(&q),
+                "FunctionName": { "Ref": "Function" },
+                "Enabled": true,
+                "BatchSize": app.settings.batch_size,
+                "FunctionResponseTypes": ["ReportBatchItemFailures"],
+                "ScalingConfig": { "MaximumConcurrency": app.maximum_concurrency }
+            }
+        });
+        if app.settings.batching_window_secs > 0 {
+            mapping["Properties"]["MaximumBatchingWindowInSeconds"] =
+                json!(app.settings.batching_window_secs);
+        }
+        resources.insert(format!("{}Mapping", app.logical), mapping);
+        resources.insert(
+            format!("{}OldestMessageAlarm", app.logical),
+            json!({
+                "Type": "AWS::CloudWatch::Alarm",
+                "Properties": {
+                    "AlarmDescription": format!(
+                        "Squall app {}: a message has waited more than {} s in its queue (deliveries stalled or too slow).",
+                        app.settings.id, app.settings.age_alarm_secs),
+                    "Namespace": "AWS/SQS",
+                    "MetricName": "ApproximateAgeOfOldestMessage",
+                    "Dimensions": [{ "Name": "QueueName", "Value": { "Fn::GetAtt": [q, "QueueName"] } }],
+                    "Statistic": "Maximum",
+                    "Period": 60,
+                    "EvaluationPeriods": 5,
+                    "Threshold": app.settings.age_alarm_secs,
+                    "ComparisonOperator": "GreaterThanThreshold",
+                    "TreatMissingData": "notBreaching",
+                    "AlarmActions": alarm_actions()
+                }
+            }),
+        );
+        env.insert(
+            format!("SQUALL__APPS__{}__QUEUE_URL", app.env_key),
+            json!({ "Ref": q }),
+        );
+        outputs.insert(
+            format!("{}QueueUrl", app.logical),
+            json!({ "Description": format!("Queue of app {} (producers send envelopes here).", app.settings.id),
+                    "Value": { "Ref": q } }),
+        );
+    }
+    resources.insert(
+        "DeadLetterQueueDepthAlarm".into(),
+        json!({
+            "Type": "AWS::CloudWatch::Alarm",
+            "Properties": {
+                "AlarmDescription": "Squall: events were dead-lettered; inspect the DLQ (reasons are in the message attributes).",
+                "Namespace": "AWS/SQS",
+                "MetricName": "ApproximateNumberOfMessagesVisible",
+                "Dimensions": [{ "Name": "QueueName", "Value": { "Fn::GetAtt": ["DeadLetterQueue", "QueueName"] } }],
+                "Statistic": "Maximum",
+                "Period": 60,
+                "EvaluationPeriods": 1,
+                "Threshold": 0,
+                "ComparisonOperator": "GreaterThanThreshold",
+                "TreatMissingData": "notBreaching",
+                "AlarmActions": alarm_actions()
+            }
+        }),
+    );
+
+    let app_arns: Vec<Value> = plan.apps.iter().map(|a| arn(&queue_logical(a))).collect();
+    let mut send_arns = app_arns.clone();
+    send_arns.push(arn("DeadLetterQueue"));
+    send_arns.push(arn("MetricsQueue"));
+    resources.insert(
+        "LogGroup".into(),
+        json!({
+            "Type": "AWS::Logs::LogGroup",
+            "Properties": {
+                "LogGroupName": { "Fn::Sub": "/aws/lambda/${AWS::StackName}-squall" },
+                "RetentionInDays": plan.function.log_retention_days
+            }
+        }),
+    );
+    resources.insert(
+        "FunctionRole".into(),
+        json!({
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "AssumeRolePolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [{
+                        "Effect": "Allow",
+                        "Principal": { "Service": "lambda.amazonaws.com" },
+                        "Action": "sts:AssumeRole"
+                    }]
+                },
+                "Policies": [{
+                    "PolicyName": "squall-function",
+                    "PolicyDocument": {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            { "Sid": "ConsumeAppQueues", "Effect": "Allow",
+                              "Action": CONSUME_ACTIONS, "Resource": app_arns },
+                            { "Sid": "SendRetriesDeadLettersMetrics", "Effect": "Allow",
+                              "Action": ["sqs:SendMessage"], "Resource": send_arns },
+                            { "Sid": "WriteLogs", "Effect": "Allow",
+                              "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                              "Resource": [{ "Fn::GetAtt": ["LogGroup", "Arn"] }] }
+                        ]
+                    }
+                }]
+            }
+        }),
+    );
+    resources.insert(
+        "Function".into(),
+        json!({
+            "Type": "AWS::Lambda::Function",
+            "Properties": {
+                "FunctionName": { "Fn::Sub": "${AWS::StackName}-squall" },
+                "Description": "Squall webhook delivery",
+                "Runtime": "provided.al2023",
+                "Handler": "bootstrap",
+                "Architectures": [{ "Ref": "Architecture" }],
+                "Code": { "S3Bucket": { "Ref": "CodeS3Bucket" }, "S3Key": { "Ref": "CodeS3Key" } },
+                "MemorySize": { "Ref": "MemorySize" },
+                "Timeout": plan.function_timeout_secs,
+                "Role": { "Fn::GetAtt": ["FunctionRole", "Arn"] },
+                "LoggingConfig": { "LogGroup": { "Ref": "LogGroup" }, "LogFormat": "Text" },
+                "Environment": { "Variables": env }
+            }
+        }),
+    );
+    outputs.insert(
+        "DeadLetterQueueUrl".into(),
+        json!({ "Description": "Shared dead-letter queue.", "Value": { "Ref": "DeadLetterQueue" } }),
+    );
+    outputs.insert(
+        "MetricsQueueUrl".into(),
+        json!({ "Description": "Shared metrics queue (one JSON record per attempt).", "Value": { "Ref": "MetricsQueue" } }),
+    );
+    outputs.insert(
+        "FunctionName".into(),
+        json!({ "Description": "The Squall function.", "Value": { "Ref": "Function" } }),
+    );
+
+    json!({
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": format!(
+            "Squall webhook delivery: {} application queue(s), shared DLQ and metrics queue, one Lambda function. Generated by `squall deploy template`; do not edit by hand.",
+            plan.apps.len()),
+        "Parameters": parameters,
+        "Conditions": {
+            "HasAlarmTopic": { "Fn::Not": [{ "Fn::Equals": [{ "Ref": "AlarmTopicArn" }, ""] }] }
+        },
+        "Resources": resources,
+        "Outputs": outputs
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(id: &str, max_concurrency: u32) -> AppSettings {
+        AppSettings {
+            id: id.to_string(),
+            max_concurrency,
+            delivery_timeout_ms: 15_000,
+            retry_horizon_secs: 3 * 24 * 3600,
+            batch_size: 10,
+            batching_window_secs: 0,
+            age_alarm_secs: 1800,
+        }
+    }
+
+    fn spec(apps: Vec<AppSettings>) -> DeploySpec {
+        DeploySpec {
+            apps,
+            function: FunctionSettings::default(),
+            secret_env_vars: vec!["BILLING_SECRET".into()],
+        }
+    }
+
+    #[test]
+    fn names_follow_app_ids() {
+        assert_eq!(logical_name("billing").as_deref(), Some("Billing"));
+        assert_eq!(logical_name("billing-eu_2").as_deref(), Some("BillingEu2"));
+        assert_eq!(logical_name(""), None);
+        assert_eq!(logical_name("a.b"), None);
+        assert_eq!(logical_name("--"), None);
+        assert_eq!(env_key("billing-eu"), "BILLING_EU");
+    }
+
+    #[test]
+    fn derived_numbers() {
+        let p = plan(&spec(vec![
+            app("billing", 64),
+            app("tiny", 1),
+            app("huge", 50_000),
+        ]))
+        .unwrap();
+        // 64 deliveries / 10 per invocation -> 6 invocations.
+        assert_eq!(p.apps[0].maximum_concurrency, 6);
+        // below the AWS minimum: clamped to 2.
+        assert_eq!(p.apps[1].maximum_concurrency, 2);
+        assert_eq!(p.apps[1].per_invocation_concurrency, 1);
+        // above the AWS maximum: clamped to 1000.
+        assert_eq!(p.apps[2].maximum_concurrency, 1000);
+        // "tiny" runs its 10 messages one at a time: 10 rounds x 15 s + 15 s margin.
+        assert_eq!(p.function_timeout_secs, 165);
+        assert_eq!(p.visibility_timeout_secs, 990);
+        assert_eq!(p.apps[0].retention_secs, 4 * 24 * 3600);
+        assert_eq!(
+            p.secret_params,
+            vec![("BILLING_SECRET".into(), "SecretBILLINGSECRET".into())]
+        );
+    }
+
+    #[test]
+    fn function_timeout_has_a_floor_and_visibility_is_six_times() {
+        let mut a = app("billing", 64);
+        a.delivery_timeout_ms = 1000;
+        let p = plan(&spec(vec![a])).unwrap();
+        assert_eq!(p.function_timeout_secs, MIN_FUNCTION_TIMEOUT_SECS);
+        assert_eq!(p.visibility_timeout_secs, 6 * MIN_FUNCTION_TIMEOUT_SECS);
+    }
+
+    #[test]
+    fn refuses_what_aws_refuses() {
+        let err = |mut a: AppSettings, f: &dyn Fn(&mut AppSettings)| {
+            f(&mut a);
+            plan(&spec(vec![a])).unwrap_err().to_string()
+        };
+        let base = app("billing", 64);
+        assert!(
+            err(base.clone(), &|a| a.batch_size = 0).starts_with("apps.billing.batch_size = 0")
+        );
+        assert!(err(base.clone(), &|a| a.batch_size = 20).contains("batching window"));
+        assert!(err(base.clone(), &|a| a.batching_window_secs = 301).contains("0..=300"));
+        assert!(
+            err(base.clone(), &|a| a.retry_horizon_secs = 15 * 24 * 3600)
+                .contains("retry.horizon_secs")
+        );
+        assert!(err(base.clone(), &|a| a.id = "bad id".into()).contains("apps.bad id"));
+        let clash = plan(&spec(vec![app("a-b", 4), app("a_b", 4)])).unwrap_err();
+        assert!(matches!(clash, DeployError::NameClash { .. }), "{clash}");
+        assert_eq!(plan(&spec(vec![])).unwrap_err(), DeployError::NoApps);
+        let mut s = spec(vec![base]);
+        s.secret_env_vars = vec!["1BAD".into()];
+        assert!(matches!(
+            plan(&s).unwrap_err(),
+            DeployError::BadSecretEnvVar { .. }
+        ));
+    }
+
+    fn resources_of_type<'a>(t: &'a Value, ty: &str) -> Vec<(&'a String, &'a Value)> {
+        t["Resources"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, r)| r["Type"] == ty)
+            .collect()
+    }
+
+    /// The logical ids a `Resource` list (GetAtt Arn only) points at.
+    fn arn_targets(resources: &Value) -> BTreeSet<String> {
+        resources
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let getatt = r["Fn::GetAtt"].as_array().expect("resources are GetAtt");
+                assert_eq!(getatt[1], "Arn");
+                getatt[0].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_app_has_a_queue_and_a_mapping_and_iam_is_least_privilege() {
+        let p = plan(&spec(vec![app("billing", 64), app("shipping-eu", 8)])).unwrap();
+        // Round-trip through text: what lands in deploy/ is what we check.
+        let text = serde_json::to_string_pretty(&template(&p)).unwrap();
+        let t: Value = serde_json::from_str(&text).unwrap();
+
+        let queues = resources_of_type(&t, "AWS::SQS::Queue");
+        assert_eq!(queues.len(), 4, "2 app queues + DLQ + metrics");
+        let mappings = resources_of_type(&t, "AWS::Lambda::EventSourceMapping");
+        assert_eq!(mappings.len(), 2);
+        for (a, want_max) in [("billing", 6), ("shipping-eu", 2)] {
+            let q = format!("{}Queue", logical_name(a).unwrap());
+            let queue = &t["Resources"][&q];
+            assert_eq!(queue["Type"], "AWS::SQS::Queue", "{a} has a queue");
+            assert_eq!(
+                queue["Properties"]["VisibilityTimeout"],
+                json!(6 * p.function_timeout_secs)
+            );
+            assert_eq!(queue["Properties"]["RedrivePolicy"]["maxReceiveCount"], 10);
+            let (_, m) = mappings
+                .iter()
+                .find(|(_, m)| m["Properties"]["EventSourceArn"]["Fn::GetAtt"][0] == q.as_str())
+                .unwrap_or_else(|| panic!("{a} has a mapping"));
+            assert_eq!(
+                m["Properties"]["FunctionResponseTypes"],
+                json!(["ReportBatchItemFailures"])
+            );
+            assert_eq!(
+                m["Properties"]["ScalingConfig"]["MaximumConcurrency"],
+                want_max
+            );
+            assert_eq!(m["Properties"]["BatchSize"], 10);
+            let env = &t["Resources"]["Function"]["Properties"]["Environment"]["Variables"];
+            assert_eq!(
+                env[format!("SQUALL__APPS__{}__QUEUE_URL", env_key(a))]["Ref"],
+                q.as_str()
+            );
+        }
+        assert_eq!(
+            t["Resources"]["DeadLetterQueue"]["Properties"]["MessageRetentionPeriod"],
+            1_209_600
+        );
+
+        // IAM: exactly these statements, these actions, these resources; nothing else.
+        let roles = resources_of_type(&t, "AWS::IAM::Role");
+        assert_eq!(roles.len(), 1);
+        let policies = roles[0].1["Properties"]["Policies"].as_array().unwrap();
+        assert_eq!(policies.len(), 1);
+        assert!(roles[0].1["Properties"].get("ManagedPolicyArns").is_none());
+        let statements = policies[0]["PolicyDocument"]["Statement"]
+            .as_array()
+            .unwrap();
+        let app_queues: BTreeSet<String> =
+            ["BillingQueue", "ShippingEuQueue"].map(String::from).into();
+        let mut seen_actions = BTreeSet::new();
+        for s in statements {
+            assert_eq!(s["Effect"], "Allow");
+            let actions: BTreeSet<&str> = s["Action"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap())
+                .collect();
+            for a in &actions {
+                assert!(!a.contains('*'), "no wildcard action: {a}");
+                assert!(seen_actions.insert(a.to_string()), "{a} granted twice");
+            }
+            match s["Sid"].as_str().unwrap() {
+                "ConsumeAppQueues" => {
+                    assert_eq!(actions, CONSUME_ACTIONS.into_iter().collect());
+                    assert_eq!(arn_targets(&s["Resource"]), app_queues);
+                }
+                "SendRetriesDeadLettersMetrics" => {
+                    assert_eq!(actions, ["sqs:SendMessage"].into());
+                    let mut want = app_queues.clone();
+                    want.insert("DeadLetterQueue".into());
+                    want.insert("MetricsQueue".into());
+                    assert_eq!(arn_targets(&s["Resource"]), want);
+                }
+                "WriteLogs" => {
+                    assert_eq!(
+                        actions,
+                        ["logs:CreateLogStream", "logs:PutLogEvents"].into()
+                    );
+                    assert_eq!(arn_targets(&s["Resource"]), ["LogGroup".to_string()].into());
+                }
+                other => panic!("unexpected statement {other}"),
+            }
+        }
+        assert_eq!(seen_actions.len(), 7);
+
+        // Alarms: DLQ depth, and oldest-message age per app queue.
+        let alarms = resources_of_type(&t, "AWS::CloudWatch::Alarm");
+        assert_eq!(alarms.len(), 3);
+        let dlq = &t["Resources"]["DeadLetterQueueDepthAlarm"]["Properties"];
+        assert_eq!(dlq["MetricName"], "ApproximateNumberOfMessagesVisible");
+        assert_eq!(dlq["Threshold"], 0);
+        assert_eq!(dlq["ComparisonOperator"], "GreaterThanThreshold");
+        let age = &t["Resources"]["BillingOldestMessageAlarm"]["Properties"];
+        assert_eq!(age["MetricName"], "ApproximateAgeOfOldestMessage");
+        assert_eq!(
+            age["Dimensions"][0]["Value"]["Fn::GetAtt"][0],
+            "BillingQueue"
+        );
+
+        // The secret is a NoEcho parameter; its value is never in the template.
+        assert_eq!(t["Parameters"]["SecretBILLINGSECRET"]["NoEcho"], true);
+        let f = &t["Resources"]["Function"]["Properties"];
+        assert_eq!(f["Runtime"], "provided.al2023");
+        assert_eq!(t["Parameters"]["Architecture"]["Default"], "arm64");
+    }
+}

@@ -1,0 +1,179 @@
+"""Reshape transform: the Python sample of Squall's shared reshape (plugins/conformance/README.md).
+
+The JavaScript (plugins/js/reshape-transform) and Rust (plugins/rust/reshape-transform) twins
+produce byte-identical requests; plugins/conformance/transform-reshape.json checks all three.
+"""
+
+import json
+
+from componentize_py_types import Err
+from wit_world import exports
+from wit_world.imports import host
+from wit_world.imports.types import (
+    Event,
+    PluginError,
+    Request,
+    TransformResult,
+    TransformResult_Send,
+    TransformResult_Skip,
+)
+
+MAX_SAFE_INTEGER = 2**53 - 1
+MAX_DEPTH = 64
+
+
+class ReshapeError(Exception):
+    pass
+
+
+def snake_case(key: str) -> str:
+    """customerId -> customer_id: an ASCII capital after an ASCII lower-case letter or digit
+    gets an underscore; every ASCII capital is lower-cased; nothing else changes."""
+    out = []
+    prev = ""
+    for ch in key:
+        if "A" <= ch <= "Z":
+            if ("a" <= prev <= "z") or ("0" <= prev <= "9"):
+                out.append("_")
+            out.append(chr(ord(ch) + 32))
+        else:
+            out.append(ch)
+        prev = ch
+    return "".join(out)
+
+
+def ascii_upper(s: str) -> str:
+    return "".join(chr(ord(c) - 32) if "a" <= c <= "z" else c for c in s)
+
+
+def ascii_lower(s: str) -> str:
+    return "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in s)
+
+
+def has_lone_surrogate(value) -> bool:
+    # A "\ud800" escape parses into a str that cannot be encoded as UTF-8.
+    if isinstance(value, str):
+        return any(0xD800 <= ord(ch) <= 0xDFFF for ch in value)
+    if isinstance(value, list):
+        return any(has_lone_surrogate(v) for v in value)
+    if isinstance(value, dict):
+        return any(has_lone_surrogate(k) or has_lone_surrogate(v) for k, v in value.items())
+    return False
+
+
+def quote(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+def reshape_value(value, path: str, depth: int):
+    if depth > MAX_DEPTH:
+        raise ReshapeError(f"body nests deeper than {MAX_DEPTH} levels")
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise ReshapeError(f"number at {path} is outside the safe integer range")
+        return value
+    if isinstance(value, list):
+        return [reshape_value(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+    out = {}
+    origin = {}
+    for key in sorted(value):
+        new_key = snake_case(key)
+        if new_key in origin:
+            raise ReshapeError(
+                f"fields {quote(origin[new_key])} and {quote(key)} at {path} "
+                f"both become {quote(new_key)}"
+            )
+        origin[new_key] = key
+        out[new_key] = reshape_value(value[key], f"{path}.{new_key}", depth + 1)
+    return out
+
+
+def parse_body(body: bytes):
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ReshapeError("body is not valid UTF-8")
+    floats = []
+
+    def float_token(token):
+        floats.append(token)
+        return 0
+
+    def constant(token):
+        raise ValueError(token)  # NaN and Infinity are not JSON
+
+    try:
+        payload = json.loads(text, parse_float=float_token, parse_constant=constant)
+    except (ValueError, RecursionError):
+        raise ReshapeError("body is not valid JSON")
+    if has_lone_surrogate(payload):
+        raise ReshapeError("body contains a lone surrogate escape")
+    if floats:
+        raise ReshapeError("body contains a number that is not an integer")
+    if not isinstance(payload, dict):
+        raise ReshapeError("body is not a JSON object")
+    return payload
+
+
+def format_cents(cents: int) -> str:
+    sign = "-" if cents < 0 else ""
+    cents = abs(cents)
+    return f"{sign}{cents // 100}.{cents % 100:02d}"
+
+
+def add_computed(data: dict) -> None:
+    cents = data.get("amount_cents")
+    if isinstance(cents, int) and not isinstance(cents, bool):
+        data["amount"] = format_cents(cents)
+    currency = data.get("currency")
+    if isinstance(currency, str):
+        data["currency"] = ascii_upper(currency)
+    items = data.get("items")
+    if isinstance(items, list):
+        data["item_count"] = len(items)
+
+
+def media_type(content_type: str) -> str:
+    return ascii_lower(content_type.split(";", 1)[0].strip(" \t"))
+
+
+def skip_list() -> list:
+    raw = host.config_get("skip-event-types")
+    if raw is None:
+        return []
+    return [t.strip(" \t") for t in raw.split(",") if t.strip(" \t")]
+
+
+def reshape(event: Event) -> TransformResult:
+    if event.event_type in skip_list():
+        return TransformResult_Skip(f"event type {event.event_type} is listed in skip-event-types")
+    mt = media_type(event.content_type)
+    if mt != "application/json":
+        return TransformResult_Skip(f"content type {mt} is not application/json")
+    payload = parse_body(bytes(event.body))
+    data = reshape_value(payload, "$", 1)
+    add_computed(data)
+    body = {
+        "attempt": event.attempt,
+        "data": data,
+        "id": event.id,
+        "occurred_at": event.created_at // 1000,
+        "source": event.app_id,
+        "type": event.event_type,
+    }
+    encoded = json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    headers = [("content-type", "application/json")]
+    headers += [(n, v) for (n, v) in event.headers if ascii_lower(n) != "content-type"]
+    return TransformResult_Send(
+        Request(method="POST", url=event.endpoint_url, headers=headers, body=encoded.encode("utf-8"))
+    )
+
+
+class Transform(exports.Transform):
+    def transform(self, event: Event) -> TransformResult:
+        try:
+            return reshape(event)
+        except ReshapeError as e:
+            raise Err(PluginError(message=f"reshape: {e}"))
