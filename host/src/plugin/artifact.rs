@@ -110,7 +110,9 @@ pub(crate) fn load(
     let len = u64::from_le_bytes(rest[64..72].try_into().expect("8 bytes"));
     let payload = &rest[72..];
     if payload.len() as u64 != len {
-        return Err(corrupt("truncated or padded (payload length does not match the header)"));
+        return Err(corrupt(
+            "truncated or padded (payload length does not match the header)",
+        ));
     }
     if Sha256::digest(payload).as_slice() != payload_digest {
         return Err(corrupt("payload checksum mismatch"));
@@ -124,8 +126,71 @@ pub(crate) fn load(
     // equals ours, and its SHA-256 matches the one recorded beside it, so it is not a
     // truncated, corrupted or foreign file. wasmtime additionally re-checks its own
     // version and configuration metadata and returns an error on a mismatch.
-    let component = unsafe { Component::deserialize(engine, payload) }.map_err(|e| {
-        foreign(format!("wasmtime refused the artifact: {e}"))
-    })?;
+    let component = unsafe { Component::deserialize(engine, payload) }
+        .map_err(|e| foreign(format!("wasmtime refused the artifact: {e}")))?;
     Ok((component, source_digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::Config;
+
+    fn sample() -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist/github-signer.wasm");
+        std::fs::read(&path).unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run scripts/build-plugins first",
+                path.display()
+            )
+        })
+    }
+
+    fn engine(epoch: bool) -> Engine {
+        let mut c = Config::new();
+        c.wasm_component_model(true);
+        c.epoch_interruption(epoch);
+        Engine::new(&c).unwrap()
+    }
+
+    #[test]
+    fn artifacts_from_another_engine_configuration_are_refused() {
+        let ours = engine(true);
+        let theirs = engine(false);
+        let (ours_digest, theirs_digest) = (engine_digest(&ours), engine_digest(&theirs));
+        assert_ne!(ours_digest, theirs_digest);
+        let wasm = sample();
+        let source: [u8; 32] = Sha256::digest(&wasm).into();
+        let payload = Component::new(&theirs, &wasm).unwrap().serialize().unwrap();
+        let path = Path::new("/bundle/github-signer.cwasm");
+
+        let honest = wrap(&theirs_digest, &source, &payload);
+        let err = load(&ours, &ours_digest, &honest, path).err().unwrap();
+        assert!(
+            matches!(err, PluginError::ForeignArtifact { .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("/bundle/github-signer.cwasm") && text.contains("another engine"),
+            "{text}"
+        );
+
+        // A header that lies about the engine: wasmtime's own metadata check still refuses.
+        let lying = wrap(&ours_digest, &source, &payload);
+        let err = load(&ours, &ours_digest, &lying, path).err().unwrap();
+        assert!(
+            matches!(err, PluginError::ForeignArtifact { .. }),
+            "{err:?}"
+        );
+
+        // The matching engine loads it.
+        let (_, digest) = load(&theirs, &theirs_digest, &honest, path).unwrap();
+        assert_eq!(digest, source);
+    }
+
+    #[test]
+    fn engine_digest_is_stable_for_one_configuration() {
+        assert_eq!(engine_digest(&engine(true)), engine_digest(&engine(true)));
+    }
 }

@@ -66,7 +66,11 @@ pub struct ComponentInfo {
 /// Read a component's imports and exports and check them against the contract:
 /// every `squall:plugin` item must be of a supported version, and every import must be
 /// `squall:plugin/host`, `squall:plugin/types` or a WASI interface.
-pub fn inspect(engine: &Engine, component: &Component, path: &Path) -> Result<ComponentInfo, PluginError> {
+pub fn inspect(
+    engine: &Engine,
+    component: &Component,
+    path: &Path,
+) -> Result<ComponentInfo, PluginError> {
     let ty = component.component_type();
     let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
@@ -141,9 +145,15 @@ mod tests {
 
     #[test]
     fn names_split() {
-        assert_eq!(split_squall("squall:plugin/host@0.1.0"), Some(("host", Some("0.1.0"))));
+        assert_eq!(
+            split_squall("squall:plugin/host@0.1.0"),
+            Some(("host", Some("0.1.0")))
+        );
         assert_eq!(split_squall("squall:plugin/host"), Some(("host", None)));
         assert_eq!(split_squall("wasi:io/streams@0.2.0"), None);
-        assert_eq!(Hook::RetryPolicy.export_name(), "squall:plugin/retry-policy@0.1.0");
+        assert_eq!(
+            Hook::RetryPolicy.export_name(),
+            "squall:plugin/retry-policy@0.1.0"
+        );
     }
 }

@@ -15,8 +15,8 @@ use super::output;
 use super::state::{AppBinding, HostState};
 use super::{Isolation, PluginLimits};
 use crate::hooks::{
-    AttemptContext, Event, Headers, HookError, Outcome, Request, RetryDecision, RetryPolicy, Signer,
-    Transform, TransformResult,
+    AttemptContext, Event, Headers, HookError, Outcome, Request, RetryDecision, RetryPolicy,
+    Signer, Transform, TransformResult,
 };
 
 /// The exported interface of one hook, as the runtime loads it. Implemented for the
@@ -27,7 +27,11 @@ pub trait HookExport: Sized + Send + 'static {
     /// Resolve the export in a pre-linked component (fails when it is missing).
     fn indices(pre: &InstancePre<HostState>) -> wasmtime::Result<Self::Indices>;
     /// Bind the export of a fresh instance.
-    fn load(indices: &Self::Indices, store: &mut Store<HostState>, instance: &Instance) -> wasmtime::Result<Self>;
+    fn load(
+        indices: &Self::Indices,
+        store: &mut Store<HostState>,
+        instance: &Instance,
+    ) -> wasmtime::Result<Self>;
 }
 
 macro_rules! hook_export {
@@ -37,7 +41,11 @@ macro_rules! hook_export {
             fn indices(pre: &InstancePre<HostState>) -> wasmtime::Result<Self::Indices> {
                 <$indices>::new(pre)
             }
-            fn load(indices: &Self::Indices, store: &mut Store<HostState>, instance: &Instance) -> wasmtime::Result<Self> {
+            fn load(
+                indices: &Self::Indices,
+                store: &mut Store<HostState>,
+                instance: &Instance,
+            ) -> wasmtime::Result<Self> {
                 indices.load(store, instance)
             }
         }
@@ -242,10 +250,9 @@ impl Transform for PluginHook<transform::Guest> {
 
     fn transform(&self, event: &Event) -> Result<TransformResult, HookError> {
         let arg = wit::Event::from(event);
-        let result: TransformResult = self
-            .call(|g, store| g.call_transform(store, &arg))?
-            .into();
-        output::check_transform(&result, self.limits.max_output_bytes).map_err(|r| self.invalid(r))?;
+        let result: TransformResult = self.call(|g, store| g.call_transform(store, &arg))?.into();
+        output::check_transform(&result, self.limits.max_output_bytes)
+            .map_err(|r| self.invalid(r))?;
         Ok(result)
     }
 }
@@ -255,10 +262,17 @@ impl Signer for PluginHook<signer::Guest> {
         &self.app.plugin
     }
 
-    fn sign(&self, ctx: &AttemptContext, request: &Request, key_name: &str, timestamp: u64) -> Result<Headers, HookError> {
+    fn sign(
+        &self,
+        ctx: &AttemptContext,
+        request: &Request,
+        key_name: &str,
+        timestamp: u64,
+    ) -> Result<Headers, HookError> {
         let (c, r) = (wit::AttemptContext::from(ctx), wit::Request::from(request));
         let headers = self.call(|g, store| g.call_sign(store, &c, &r, key_name, timestamp))?;
-        output::check_headers(&headers, self.limits.max_output_bytes).map_err(|r| self.invalid(r))?;
+        output::check_headers(&headers, self.limits.max_output_bytes)
+            .map_err(|r| self.invalid(r))?;
         Ok(headers)
     }
 }
@@ -271,7 +285,8 @@ impl RetryPolicy for PluginHook<retry_policy::Guest> {
     fn decide(&self, ctx: &AttemptContext, outcome: &Outcome) -> Result<RetryDecision, HookError> {
         let (c, o) = (wit::AttemptContext::from(ctx), wit::Outcome::from(outcome));
         let decision: RetryDecision = self.call(|g, store| g.call_decide(store, &c, &o))?.into();
-        output::check_decision(&decision, self.limits.max_output_bytes).map_err(|r| self.invalid(r))?;
+        output::check_decision(&decision, self.limits.max_output_bytes)
+            .map_err(|r| self.invalid(r))?;
         Ok(decision)
     }
 }

@@ -46,7 +46,9 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use contract::{ComponentInfo, Hook, SUPPORTED_VERSIONS};
-pub use hook::{HookExport, HookStats, PluginHook, PluginRetryPolicy, PluginSigner, PluginTransform};
+pub use hook::{
+    HookExport, HookStats, PluginHook, PluginRetryPolicy, PluginSigner, PluginTransform,
+};
 pub use state::HostState;
 
 use crate::hooks;
@@ -167,7 +169,11 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")))?;
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
     Some(base.join("squall").join("plugins"))
 }
 
@@ -228,7 +234,9 @@ pub enum PluginError {
         found: String,
     },
     /// The component uses a `squall:plugin` version this host does not link.
-    #[error("plugin {path}: {item} is not a supported WIT version (this host supports squall:plugin@{supported})")]
+    #[error(
+        "plugin {path}: {item} is not a supported WIT version (this host supports squall:plugin@{supported})"
+    )]
     UnsupportedVersion {
         /// The file.
         path: PathBuf,
@@ -238,7 +246,9 @@ pub enum PluginError {
         supported: String,
     },
     /// The component imports something the host does not offer.
-    #[error("plugin {path}: imports {import}, which the host does not provide (only squall:plugin/host and WASI)")]
+    #[error(
+        "plugin {path}: imports {import}, which the host does not provide (only squall:plugin/host and WASI)"
+    )]
     UnknownImport {
         /// The file.
         path: PathBuf,
@@ -349,7 +359,10 @@ impl PluginRuntime {
 
     /// Distinct components compiled or loaded so far (one per content digest).
     pub fn components_loaded(&self) -> usize {
-        self.components.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.components
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// The allocator in use.
@@ -383,36 +396,72 @@ impl PluginRuntime {
     }
 
     /// A transform for one application.
-    pub fn transform(&self, app_id: &str, spec: &PluginSpec, secrets: Arc<Secrets>) -> Result<Arc<dyn hooks::Transform>, PluginError> {
+    pub fn transform(
+        &self,
+        app_id: &str,
+        spec: &PluginSpec,
+        secrets: Arc<Secrets>,
+    ) -> Result<Arc<dyn hooks::Transform>, PluginError> {
         Ok(self.load_transform(app_id, spec, secrets)?)
     }
 
     /// A signer for one application.
-    pub fn signer(&self, app_id: &str, spec: &PluginSpec, secrets: Arc<Secrets>) -> Result<Arc<dyn hooks::Signer>, PluginError> {
+    pub fn signer(
+        &self,
+        app_id: &str,
+        spec: &PluginSpec,
+        secrets: Arc<Secrets>,
+    ) -> Result<Arc<dyn hooks::Signer>, PluginError> {
         Ok(self.load_signer(app_id, spec, secrets)?)
     }
 
     /// A retry policy for one application.
-    pub fn retry_policy(&self, app_id: &str, spec: &PluginSpec, secrets: Arc<Secrets>) -> Result<Arc<dyn hooks::RetryPolicy>, PluginError> {
+    pub fn retry_policy(
+        &self,
+        app_id: &str,
+        spec: &PluginSpec,
+        secrets: Arc<Secrets>,
+    ) -> Result<Arc<dyn hooks::RetryPolicy>, PluginError> {
         Ok(self.load_retry_policy(app_id, spec, secrets)?)
     }
 
     /// [`PluginRuntime::transform`] with the concrete type (for its [`HookStats`]).
-    pub fn load_transform(&self, app_id: &str, spec: &PluginSpec, secrets: Arc<Secrets>) -> Result<Arc<PluginTransform>, PluginError> {
+    pub fn load_transform(
+        &self,
+        app_id: &str,
+        spec: &PluginSpec,
+        secrets: Arc<Secrets>,
+    ) -> Result<Arc<PluginTransform>, PluginError> {
         self.load_hook(Hook::Transform, app_id, spec, secrets)
     }
 
     /// [`PluginRuntime::signer`] with the concrete type.
-    pub fn load_signer(&self, app_id: &str, spec: &PluginSpec, secrets: Arc<Secrets>) -> Result<Arc<PluginSigner>, PluginError> {
+    pub fn load_signer(
+        &self,
+        app_id: &str,
+        spec: &PluginSpec,
+        secrets: Arc<Secrets>,
+    ) -> Result<Arc<PluginSigner>, PluginError> {
         self.load_hook(Hook::Signer, app_id, spec, secrets)
     }
 
     /// [`PluginRuntime::retry_policy`] with the concrete type.
-    pub fn load_retry_policy(&self, app_id: &str, spec: &PluginSpec, secrets: Arc<Secrets>) -> Result<Arc<PluginRetryPolicy>, PluginError> {
+    pub fn load_retry_policy(
+        &self,
+        app_id: &str,
+        spec: &PluginSpec,
+        secrets: Arc<Secrets>,
+    ) -> Result<Arc<PluginRetryPolicy>, PluginError> {
         self.load_hook(Hook::RetryPolicy, app_id, spec, secrets)
     }
 
-    fn load_hook<G: HookExport>(&self, hook: Hook, app_id: &str, spec: &PluginSpec, secrets: Arc<Secrets>) -> Result<Arc<PluginHook<G>>, PluginError> {
+    fn load_hook<G: HookExport>(
+        &self,
+        hook: Hook,
+        app_id: &str,
+        spec: &PluginSpec,
+        secrets: Arc<Secrets>,
+    ) -> Result<Arc<PluginHook<G>>, PluginError> {
         let path = &spec.path;
         self.check_limits(spec)?;
         let loaded = self.component(path)?;
@@ -453,7 +502,10 @@ impl PluginRuntime {
             detail,
         };
         if l.timeout_ms == 0 || l.timeout_ms > 60_000 {
-            return Err(bad(format!("timeout_ms = {} (must be 1 to 60000)", l.timeout_ms)));
+            return Err(bad(format!(
+                "timeout_ms = {} (must be 1 to 60000)",
+                l.timeout_ms
+            )));
         }
         if l.memory_bytes < (1 << 20) || l.memory_bytes > self.opts.max_memory_bytes {
             return Err(bad(format!(
@@ -472,7 +524,8 @@ impl PluginRuntime {
     fn component(&self, path: &Path) -> Result<Arc<LoadedComponent>, PluginError> {
         let bytes = read(path)?;
         let (component, digest) = if artifact::is_artifact(&bytes) {
-            let (component, digest) = artifact::load(&self.engine, &self.engine_digest, &bytes, path)?;
+            let (component, digest) =
+                artifact::load(&self.engine, &self.engine_digest, &bytes, path)?;
             if let Some(hit) = self.cached(&digest) {
                 return Ok(hit);
             }
@@ -485,10 +538,13 @@ impl PluginRuntime {
             (self.compile_cached(path, &bytes, &digest)?, digest)
         };
         let info = contract::inspect(&self.engine, &component, path)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| PluginError::Link {
-            path: path.to_path_buf(),
-            detail: format!("{e:#}"),
-        })?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::Link {
+                path: path.to_path_buf(),
+                detail: format!("{e:#}"),
+            })?;
         let loaded = Arc::new(LoadedComponent { digest, info, pre });
         let mut map = self.components.lock().unwrap_or_else(|p| p.into_inner());
         Ok(map.entry(digest).or_insert(loaded).clone())
@@ -504,7 +560,12 @@ impl PluginRuntime {
 
     /// Compile, going through the disk cache when one is configured. A damaged or stale
     /// cache entry is recompiled over; a cache that cannot be written only costs speed.
-    fn compile_cached(&self, path: &Path, bytes: &[u8], digest: &[u8; 32]) -> Result<Component, PluginError> {
+    fn compile_cached(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        digest: &[u8; 32],
+    ) -> Result<Component, PluginError> {
         let Some(dir) = &self.opts.cache_dir else {
             return self.compile(path, bytes);
         };
@@ -516,7 +577,9 @@ impl PluginRuntime {
         if let Ok(cached) = std::fs::read(&file) {
             match artifact::load(&self.engine, &self.engine_digest, &cached, &file) {
                 Ok((component, d)) if d == *digest => return Ok(component),
-                Ok(_) => tracing::warn!(cache = %file.display(), "cached artifact is for other source bytes; recompiling"),
+                Ok(_) => {
+                    tracing::warn!(cache = %file.display(), "cached artifact is for other source bytes; recompiling")
+                }
                 Err(e) => tracing::warn!(error = %e, "ignoring cached artifact; recompiling"),
             }
         }
@@ -524,11 +587,19 @@ impl PluginRuntime {
         match component.serialize() {
             Ok(payload) => {
                 let wrapped = artifact::wrap(&self.engine_digest, digest, &payload);
-                if let Err(e) = std::fs::create_dir_all(dir).map_err(|source| PluginError::Io { path: dir.clone(), source }).and_then(|()| write_atomically(&file, &wrapped)) {
+                if let Err(e) = std::fs::create_dir_all(dir)
+                    .map_err(|source| PluginError::Io {
+                        path: dir.clone(),
+                        source,
+                    })
+                    .and_then(|()| write_atomically(&file, &wrapped))
+                {
                     tracing::warn!(error = %e, "cannot write the plugin cache; continuing without it");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot serialize a compiled plugin; continuing without the cache"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serialize a compiled plugin; continuing without the cache")
+            }
         }
         Ok(component)
     }
@@ -547,15 +618,18 @@ impl PluginRuntime {
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 0x0d, 0, 1, 0]) => {}
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
-                return Err(not("a core WebAssembly module, not a component (build for wasm32-wasip2, or encode it with `wasm-tools component new`)"));
+                return Err(not(
+                    "a core WebAssembly module, not a component (build for wasm32-wasip2, or encode it with `wasm-tools component new`)",
+                ));
             }
             _ => return Err(not("not a WebAssembly component (bad magic number)")),
         }
         let started = std::time::Instant::now();
-        let component = Component::from_binary(&self.engine, bytes).map_err(|e| PluginError::Compile {
-            path: path.to_path_buf(),
-            detail: format!("{e:#}"),
-        })?;
+        let component =
+            Component::from_binary(&self.engine, bytes).map_err(|e| PluginError::Compile {
+                path: path.to_path_buf(),
+                detail: format!("{e:#}"),
+            })?;
         tracing::info!(plugin = %path.display(), ms = started.elapsed().as_millis() as u64, "compiled plugin");
         Ok(component)
     }

@@ -32,8 +32,8 @@ pub fn check_request(request: &Request, max_bytes: usize) -> Result<(), String> 
 /// Check a URL: absolute, `http` or `https`, with a host. (The SSRF guard still runs
 /// later on the addresses it resolves to.)
 pub fn check_url(url: &str) -> Result<(), String> {
-    let parsed =
-        url::Url::parse(url).map_err(|e| format!("URL {:?} does not parse: {e}", truncate(url, 200)))?;
+    let parsed = url::Url::parse(url)
+        .map_err(|e| format!("URL {:?} does not parse: {e}", truncate(url, 200)))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!(
             "URL {:?} has scheme {:?}; only http and https are allowed",
@@ -53,7 +53,10 @@ pub fn check_headers(headers: &Headers, max_bytes: usize) -> Result<usize, Strin
     let mut total = 0usize;
     for (name, value) in headers {
         if name.is_empty() || !name.bytes().all(is_token_byte) {
-            return Err(format!("header name {:?} is not a valid HTTP token", truncate(name, 64)));
+            return Err(format!(
+                "header name {:?} is not a valid HTTP token",
+                truncate(name, 64)
+            ));
         }
         if let Some(bad) = value.bytes().find(|b| matches!(b, b'\r' | b'\n' | 0)) {
             return Err(format!(
@@ -126,14 +129,26 @@ mod tests {
         Request {
             method: method.into(),
             url: url.into(),
-            headers: headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             body: vec![b'x'; body],
         }
     }
 
     #[test]
     fn good_requests_pass() {
-        check_request(&req("POST", "https://example.com/hook", &[("content-type", "application/json")], 10), 1024).unwrap();
+        check_request(
+            &req(
+                "POST",
+                "https://example.com/hook",
+                &[("content-type", "application/json")],
+                10,
+            ),
+            1024,
+        )
+        .unwrap();
         check_request(&req("PUT", "http://10.0.0.1:8080/", &[], 0), 1024).unwrap();
     }
 
@@ -143,13 +158,34 @@ mod tests {
             (req("GET", "https://e.com", &[], 0), "method \"GET\""),
             (req("POST", "file:///etc/passwd", &[], 0), "scheme \"file\""),
             (req("POST", "/relative", &[], 0), "does not parse"),
-            (req("POST", "https://e.com", &[("bad name", "v")], 0), "not a valid HTTP token"),
-            (req("POST", "https://e.com", &[("", "v")], 0), "not a valid HTTP token"),
-            (req("POST", "https://e.com", &[("x", "a\r\nset-cookie: 1")], 0), "containing CR"),
-            (req("POST", "https://e.com", &[("x", "a\nb")], 0), "containing LF"),
-            (req("POST", "https://e.com", &[("x", "a\0b")], 0), "containing NUL"),
-            (req("POST", "https://e.com", &[], 2000), "body of 2000 bytes"),
-            (req("POST", "https://e.com", &[("x", &"v".repeat(1000))], 100), "exceed"),
+            (
+                req("POST", "https://e.com", &[("bad name", "v")], 0),
+                "not a valid HTTP token",
+            ),
+            (
+                req("POST", "https://e.com", &[("", "v")], 0),
+                "not a valid HTTP token",
+            ),
+            (
+                req("POST", "https://e.com", &[("x", "a\r\nset-cookie: 1")], 0),
+                "containing CR",
+            ),
+            (
+                req("POST", "https://e.com", &[("x", "a\nb")], 0),
+                "containing LF",
+            ),
+            (
+                req("POST", "https://e.com", &[("x", "a\0b")], 0),
+                "containing NUL",
+            ),
+            (
+                req("POST", "https://e.com", &[], 2000),
+                "body of 2000 bytes",
+            ),
+            (
+                req("POST", "https://e.com", &[("x", &"v".repeat(1000))], 100),
+                "exceed",
+            ),
         ];
         for (r, want) in cases {
             let err = check_request(&r, 1024).unwrap_err();

@@ -65,7 +65,6 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     }
 }
 
-
 /// The data of every plugin Store: the app binding, the memory limiter and an empty WASI
 /// context. Opaque outside the runtime.
 pub struct HostState {

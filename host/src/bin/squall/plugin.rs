@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use squall::hooks::{AttemptContext, Outcome, Request, RetryPolicy, Signer, Transform, TransportErrorKind};
+use squall::hooks::{
+    AttemptContext, Outcome, Request, RetryPolicy, Signer, Transform, TransportErrorKind,
+};
 use squall::plugin::{Hook, Isolation, PluginRuntime, PluginSpec, RuntimeOptions};
 use squall::secrets::{SecretKey, Secrets};
 
@@ -116,10 +118,20 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     let started = Instant::now();
     let info = rt.inspect(&path)?;
     println!("plugin:   {}", path.display());
-    println!("load:     {:.1} ms (compile or cache)", started.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "load:     {:.1} ms (compile or cache)",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     println!("wit:      squall:plugin@{}", info.wit_versions.join(", @"));
     let hooks: Vec<String> = info.hooks.iter().map(Hook::to_string).collect();
-    println!("hooks:    {}", if hooks.is_empty() { "none".to_string() } else { hooks.join(", ") });
+    println!(
+        "hooks:    {}",
+        if hooks.is_empty() {
+            "none".to_string()
+        } else {
+            hooks.join(", ")
+        }
+    );
     println!("exports:");
     for e in &info.exports {
         println!("  {e}");
@@ -180,7 +192,8 @@ fn parse_outcome(s: &str) -> anyhow::Result<Outcome> {
 
 fn test(args: TestArgs) -> anyhow::Result<()> {
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
-    let raw = std::fs::read(&args.event).with_context(|| format!("reading {}", args.event.display()))?;
+    let raw =
+        std::fs::read(&args.event).with_context(|| format!("reading {}", args.event.display()))?;
     let envelope = squall::envelope::decode(&raw, &squall::envelope::Limits::default())
         .with_context(|| format!("{} is not a valid envelope", args.event.display()))?;
     let signing_key = envelope.signing_key.clone();
@@ -195,7 +208,10 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
     for s in &args.secret {
         let (name, value) = key_value(s, "secret")?;
         let key = SecretKey::parse(&value).with_context(|| format!("--secret {name}"))?;
-        let mut keys = secrets.get(&name).map(<[SecretKey]>::to_vec).unwrap_or_default();
+        let mut keys = secrets
+            .get(&name)
+            .map(<[SecretKey]>::to_vec)
+            .unwrap_or_default();
         keys.push(key);
         secrets.insert(name, keys);
     }
@@ -208,7 +224,11 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
     spec.isolation = Isolation::Reuse;
 
     let rt = PluginRuntime::new(RuntimeOptions {
-        cache_dir: if args.no_cache { None } else { squall::plugin::default_cache_dir() },
+        cache_dir: if args.no_cache {
+            None
+        } else {
+            squall::plugin::default_cache_dir()
+        },
         ..RuntimeOptions::default()
     })?;
     let app = event.app_id.clone();
@@ -226,24 +246,35 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
         }
         HookArg::Sign => {
             let hook = rt.load_signer(&app, &spec, secrets)?;
-            println!("loaded in {:.2} ms", load_started.elapsed().as_secs_f64() * 1e3);
-            let key_name = args.key_name.or(signing_key).unwrap_or_else(|| "default".to_string());
+            println!(
+                "loaded in {:.2} ms",
+                load_started.elapsed().as_secs_f64() * 1e3
+            );
+            let key_name = args
+                .key_name
+                .or(signing_key)
+                .unwrap_or_else(|| "default".to_string());
             let timestamp = args.timestamp.unwrap_or(now_ms / 1000);
             let request = Request::from_event(&event);
             let started = Instant::now();
-            let r = hook.sign(&ctx, &request, &key_name, timestamp).map(|headers| {
-                headers
-                    .iter()
-                    .map(|(k, v)| format!("{k}: {v}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            });
+            let r = hook
+                .sign(&ctx, &request, &key_name, timestamp)
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {v}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                });
             (r, started.elapsed(), hook.stats())
         }
         HookArg::Retry => {
             let outcome = parse_outcome(&args.outcome)?;
             let hook = rt.load_retry_policy(&app, &spec, secrets)?;
-            println!("loaded in {:.2} ms", load_started.elapsed().as_secs_f64() * 1e3);
+            println!(
+                "loaded in {:.2} ms",
+                load_started.elapsed().as_secs_f64() * 1e3
+            );
             let started = Instant::now();
             let r = hook.decide(&ctx, &outcome).map(|d| format!("{d:?}"));
             (r, started.elapsed(), hook.stats())
