@@ -1081,6 +1081,74 @@ mod tests {
         assert_eq!(qs.counts("app").unwrap().total, 6);
     }
 
+    /// Holds each request 2 s; counts concurrent and total requests.
+    struct Slow {
+        now: AtomicU64,
+        max: AtomicU64,
+        total: AtomicU64,
+    }
+    impl Deliver for Slow {
+        fn deliver<'a>(
+            &'a self,
+            _request: &'a Request,
+        ) -> Pin<Box<dyn Future<Output = Delivery> + Send + 'a>> {
+            Box::pin(async move {
+                let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+                self.max.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                self.now.fetch_sub(1, Ordering::SeqCst);
+                self.total.fetch_add(1, Ordering::SeqCst);
+                Delivery {
+                    outcome: Outcome::Response {
+                        status: 200,
+                        headers: vec![],
+                    },
+                    latency: Duration::from_secs(2),
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_finishes_in_flight_deliveries_and_bounds_concurrency() {
+        let qs = queues(1000);
+        let slow = Arc::new(Slow {
+            now: AtomicU64::new(0),
+            max: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        });
+        qs.send_batch(
+            "app",
+            &(0..40).map(|i| event(&format!("e{i}"))).collect::<Vec<_>>(),
+        )
+        .await;
+        let runner = Runner::new(
+            qs.clone(),
+            vec![RunnerApp {
+                app: app(slow.clone()),
+                max_concurrency: 6,
+            }],
+            settings(),
+        );
+        let stats = runner.stats();
+        // Shut down while the first deliveries are still in progress.
+        let report = runner.run(until(stats, |c| c.received >= 6)).await;
+        assert!(report.drained);
+        assert_eq!(
+            slow.max.load(Ordering::SeqCst),
+            6,
+            "max_concurrency bounds deliveries"
+        );
+        // Everything received was delivered and deleted; the rest is untouched and visible.
+        let received = report.counts.received;
+        assert_eq!(received, 6);
+        assert_eq!(report.counts.delivered, received);
+        assert_eq!(slow.total.load(Ordering::SeqCst), received);
+        assert_eq!(report.metrics.sent, received);
+        let c = qs.counts("app").unwrap();
+        assert_eq!((c.total, c.in_flight), (40 - received as usize, 0));
+    }
+
     #[tokio::test]
     async fn endpoint_limiter_bounds_concurrency_per_host() {
         let limiter = Arc::new(EndpointLimiter::new(2));
