@@ -19,13 +19,14 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use crate::config::{AppConfig, Config, OnPluginError};
+use crate::config::{self, AppConfig, Config, OnPluginError, PluginConfig};
 use crate::hooks::{PassThrough, Request, RetryPolicy, Signer, Transform};
 use crate::http::Deliverers;
 use crate::metrics::{MetricRecord, MetricsSink, MetricsTotals};
 use crate::pipeline::{
     self, Action, App, DeleteReason, Deliver, Delivery, ProcessOptions, SystemClock,
 };
+use crate::plugin::{Isolation, PluginLimits, PluginRuntime, PluginSpec, RuntimeOptions};
 use crate::queue::{Outgoing, Queue, QueueError, Received, VisibilityChange};
 use crate::retry::BackoffPolicy;
 use crate::secrets::Secrets;
@@ -524,26 +525,80 @@ impl AppHooks {
     }
 }
 
-/// The hooks of one application: plugins where configured, else the built-ins.
-pub fn app_hooks(app: &AppConfig, secrets: Arc<Secrets>) -> Result<AppHooks, BuildError> {
-    let p = &app.plugins;
-    for (hook, cfg) in [
-        ("transform", &p.transform),
-        ("signer", &p.signer),
-        ("retry_policy", &p.retry_policy),
-    ] {
-        if let Some(cfg) = cfg {
-            return Err(BuildError::Plugin {
-                app: app.id.clone(),
-                hook,
-                message: format!(
-                    "{}: the plugin runtime is not wired into this build yet",
-                    cfg.path.display()
-                ),
-            });
-        }
+/// The plugin spec of a configured plugin.
+pub fn plugin_spec(cfg: &PluginConfig) -> PluginSpec {
+    PluginSpec {
+        path: cfg.path.clone(),
+        config: cfg.config.clone(),
+        limits: PluginLimits {
+            timeout_ms: cfg.limits.timeout_ms,
+            memory_bytes: cfg.limits.memory_bytes,
+            max_output_bytes: cfg.limits.max_output_bytes,
+        },
+        isolation: match cfg.limits.isolation {
+            config::Isolation::Reuse => Isolation::Reuse,
+            config::Isolation::Fresh => Isolation::FreshPerCall,
+        },
     }
-    Ok(AppHooks::builtins(app, secrets))
+}
+
+/// True if any application configures a plugin (so a plugin runtime is needed).
+pub fn uses_plugins(config: &Config) -> bool {
+    config.apps.iter().any(|a| {
+        a.plugins.transform.is_some()
+            || a.plugins.signer.is_some()
+            || a.plugins.retry_policy.is_some()
+    })
+}
+
+/// The plugin runtime options from `[plugins]` (an empty `cache_dir` = the default).
+pub fn runtime_options(config: &Config) -> RuntimeOptions {
+    let mut opts = RuntimeOptions::default();
+    if !config.plugins.cache_dir.as_os_str().is_empty() {
+        opts.cache_dir = Some(config.plugins.cache_dir.clone());
+    }
+    opts
+}
+
+/// The hooks of one application: plugins where configured (loaded, compiled and validated
+/// now, at start-up, through `runtime`), the built-ins for the others.
+pub fn app_hooks(
+    app: &AppConfig,
+    secrets: Arc<Secrets>,
+    runtime: Option<&PluginRuntime>,
+) -> Result<AppHooks, BuildError> {
+    let mut hooks = AppHooks::builtins(app, secrets.clone());
+    let p = &app.plugins;
+    let need = |hook: &'static str| -> Result<&PluginRuntime, BuildError> {
+        runtime.ok_or_else(|| BuildError::Plugin {
+            app: app.id.clone(),
+            hook,
+            message: "no plugin runtime was created".into(),
+        })
+    };
+    let err = |hook: &'static str| {
+        move |e: crate::plugin::PluginError| BuildError::Plugin {
+            app: app.id.clone(),
+            hook,
+            message: e.to_string(),
+        }
+    };
+    if let Some(c) = &p.transform {
+        hooks.transform = need("transform")?
+            .transform(&app.id, &plugin_spec(c), secrets.clone())
+            .map_err(err("transform"))?;
+    }
+    if let Some(c) = &p.signer {
+        hooks.signer = need("signer")?
+            .signer(&app.id, &plugin_spec(c), secrets.clone())
+            .map_err(err("signer"))?;
+    }
+    if let Some(c) = &p.retry_policy {
+        hooks.retry_policy = need("retry_policy")?
+            .retry_policy(&app.id, &plugin_spec(c), secrets.clone())
+            .map_err(err("retry_policy"))?;
+    }
+    Ok(hooks)
 }
 
 /// Build one application's pipeline context from its configuration (once per process):
