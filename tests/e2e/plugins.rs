@@ -1,0 +1,175 @@
+//! Plugin scenarios through `squall run`: a transform that skips, a transform that wraps,
+//! and a plugin that traps, sent to the DLQ or retried per `on_plugin_error`, without
+//! crashing the runner or disturbing another application.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use squall::envelope::Envelope;
+use squall_tests::process::{SquallRun, eventually};
+use squall_tests::receiver::{Receiver, Reply};
+use squall_tests::sqs::{TestQueues, msg_attr};
+use squall_tests::verify::verify_standard_webhooks;
+use squall_tests::{TEST_SECRET, config_toml, now_ms, plugin_path, sqs_or_skip};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn envelope(id: &str, app: &str, kind: &str, endpoint: &str) -> String {
+    let e = Envelope::new_json(id, app, kind, endpoint, now_ms(), &json!({"order": id}));
+    String::from_utf8(e.encode()).unwrap()
+}
+
+async fn settled(q: &TestQueues, apps: &[&str], dlq: u64) {
+    eventually(SETTLE, "queues to settle", || async {
+        for app in apps {
+            if q.depth(q.app(app)).await != (0, 0, 0) {
+                return None;
+            }
+        }
+        (q.depth(&q.dlq).await.0 == dlq).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transform_plugin_wraps_payloads_and_skips_by_type() {
+    let endpoint = sqs_or_skip!();
+    let q = TestQueues::create(&endpoint, &["shop"]).await;
+    let rx = Receiver::start(Reply::Status(200)).await;
+    let shop = format!(
+        "[apps.shop.plugins.transform]\npath = \"{}\"\nconfig = {{ skip_types = \"ping\" }}\n",
+        plugin_path("envelope-transform")
+    );
+    let run = SquallRun::start(&config_toml(&endpoint, &q, &[("shop", &shop)]));
+
+    q.send(
+        "shop",
+        &envelope("evt_ping", "shop", "ping", &rx.url("/shop")),
+    )
+    .await;
+    q.send(
+        "shop",
+        &envelope("evt_order", "shop", "order.created", &rx.url("/shop")),
+    )
+    .await;
+    eventually(SETTLE, "the order delivery", || async {
+        (!rx.requests_for("/shop").is_empty()).then_some(())
+    })
+    .await;
+    settled(&q, &["shop"], 0).await;
+    assert!(run.terminate().success());
+
+    let reqs = rx.requests_for("/shop");
+    assert_eq!(reqs.len(), 1, "the ping was skipped, not delivered");
+    assert_eq!(
+        verify_standard_webhooks(TEST_SECRET, &reqs[0]).unwrap(),
+        "evt_order"
+    );
+    let body: Value = serde_json::from_slice(&reqs[0].body).expect("wrapped body is JSON");
+    assert_eq!(body["type"], "order.created");
+    assert_eq!(body["id"], "evt_order");
+    assert_eq!(body["data"], json!({"order": "evt_order"}));
+
+    let records: Vec<Value> = q
+        .drain(&q.metrics)
+        .await
+        .iter()
+        .map(|m| serde_json::from_str(m.body().unwrap()).unwrap())
+        .collect();
+    let ping = records
+        .iter()
+        .find(|m| m["event_id"] == "evt_ping")
+        .expect("a record for the skip");
+    assert_eq!(ping["outcome"], "skipped");
+    assert!(
+        ping["transform"]
+            .as_str()
+            .unwrap()
+            .contains("envelope-transform")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trapping_plugin_goes_to_dlq_or_retry_per_config_and_the_runner_survives() {
+    let endpoint = sqs_or_skip!();
+    let q = TestQueues::create(&endpoint, &["strict", "patient", "healthy"]).await;
+    let rx = Receiver::start(Reply::Status(200)).await;
+    let trap = |policy: &str, app: &str| {
+        format!(
+            "on_plugin_error = \"{policy}\"\n[apps.{app}.retry]\nmax_attempts = 2\n[apps.{app}.plugins.transform]\npath = \"{}\"\nconfig = {{ mode = \"trap\" }}\n",
+            plugin_path("misbehave")
+        )
+    };
+    let run = SquallRun::start(&config_toml(
+        &endpoint,
+        &q,
+        &[
+            ("strict", &trap("dead-letter", "strict")),
+            ("patient", &trap("retry", "patient")),
+            ("healthy", ""),
+        ],
+    ));
+
+    q.send(
+        "strict",
+        &envelope("evt_strict", "strict", "order.created", &rx.url("/strict")),
+    )
+    .await;
+    q.send(
+        "patient",
+        &envelope(
+            "evt_patient",
+            "patient",
+            "order.created",
+            &rx.url("/patient"),
+        ),
+    )
+    .await;
+    q.send(
+        "healthy",
+        &envelope(
+            "evt_healthy",
+            "healthy",
+            "order.created",
+            &rx.url("/healthy"),
+        ),
+    )
+    .await;
+    settled(&q, &["strict", "patient", "healthy"], 2).await;
+    let mut run = run;
+    assert!(
+        run.is_running(),
+        "a trapping plugin never takes the runner down"
+    );
+    assert!(run.terminate().success());
+
+    assert!(rx.requests_for("/strict").is_empty() && rx.requests_for("/patient").is_empty());
+    assert_eq!(
+        rx.requests_for("/healthy").len(),
+        1,
+        "another application is unaffected"
+    );
+    let dead = q.drain(&q.dlq).await;
+    let find = |id: &str| {
+        dead.iter()
+            .find(|m| msg_attr(m, "squall-event-id").as_deref() == Some(id))
+            .unwrap_or_else(|| panic!("{id} in DLQ"))
+    };
+    let strict = find("evt_strict");
+    assert!(
+        msg_attr(strict, "squall-reason").unwrap().contains("trap"),
+        "{:?}",
+        msg_attr(strict, "squall-reason")
+    );
+    assert_eq!(
+        msg_attr(strict, "squall-attempts").as_deref(),
+        Some("1"),
+        "dead-letter policy: no retry"
+    );
+    let patient = find("evt_patient");
+    assert_eq!(
+        msg_attr(patient, "squall-attempts").as_deref(),
+        Some("2"),
+        "retry policy: retried up to max_attempts"
+    );
+}
