@@ -19,12 +19,17 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use crate::hooks::Request;
+use crate::config::{AppConfig, Config, OnPluginError};
+use crate::hooks::{PassThrough, Request, RetryPolicy, Signer, Transform};
+use crate::http::Deliverers;
 use crate::metrics::{MetricRecord, MetricsSink, MetricsTotals};
 use crate::pipeline::{
     self, Action, App, DeleteReason, Deliver, Delivery, ProcessOptions, SystemClock,
 };
 use crate::queue::{Outgoing, Queue, QueueError, Received, VisibilityChange};
+use crate::retry::BackoffPolicy;
+use crate::secrets::Secrets;
+use crate::signing::StandardWebhooksSigner;
 
 /// Where acting happens, which decides who deletes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -464,6 +469,132 @@ impl<Q: Queue> Runner<Q> {
         };
         tracing::info!(?report, "stopped");
         report
+    }
+}
+
+/// Why the applications could not be built from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// `apps.ID.queue_url` is missing.
+    #[error("apps.{0}.queue_url is required")]
+    MissingQueue(String),
+    /// No resolved secrets for an application.
+    #[error("apps.{0}: secrets were not resolved")]
+    MissingSecrets(String),
+    /// The HTTP client could not be built.
+    #[error("apps.{app}: {error}")]
+    Http {
+        /// Application id.
+        app: String,
+        /// Cause.
+        error: crate::http::ClientError,
+    },
+    /// A plugin could not be loaded.
+    #[error("apps.{app}.plugins.{hook}: {message}")]
+    Plugin {
+        /// Application id.
+        app: String,
+        /// `transform`, `signer` or `retry_policy`.
+        hook: &'static str,
+        /// What went wrong, naming the plugin file.
+        message: String,
+    },
+}
+
+/// An application's three hooks.
+pub struct AppHooks {
+    /// Transform.
+    pub transform: Arc<dyn Transform>,
+    /// Signer.
+    pub signer: Arc<dyn Signer>,
+    /// Retry policy.
+    pub retry_policy: Arc<dyn RetryPolicy>,
+}
+
+impl AppHooks {
+    /// The native built-ins: pass-through, Standard Webhooks, the app's exponential backoff.
+    pub fn builtins(app: &AppConfig, secrets: Arc<Secrets>) -> AppHooks {
+        AppHooks {
+            transform: Arc::new(PassThrough),
+            signer: Arc::new(StandardWebhooksSigner::new(secrets)),
+            retry_policy: Arc::new(BackoffPolicy {
+                backoff: app.backoff(),
+            }),
+        }
+    }
+}
+
+/// The hooks of one application: plugins where configured, else the built-ins.
+pub fn app_hooks(app: &AppConfig, secrets: Arc<Secrets>) -> Result<AppHooks, BuildError> {
+    let p = &app.plugins;
+    for (hook, cfg) in [
+        ("transform", &p.transform),
+        ("signer", &p.signer),
+        ("retry_policy", &p.retry_policy),
+    ] {
+        if let Some(cfg) = cfg {
+            return Err(BuildError::Plugin {
+                app: app.id.clone(),
+                hook,
+                message: format!(
+                    "{}: the plugin runtime is not wired into this build yet",
+                    cfg.path.display()
+                ),
+            });
+        }
+    }
+    Ok(AppHooks::builtins(app, secrets))
+}
+
+/// Build one application's pipeline context from its configuration (once per process):
+/// its hooks, its shared HTTP client wrapped in its per-endpoint limit, its limits.
+pub fn build_app(
+    config: &Config,
+    app: &AppConfig,
+    hooks: AppHooks,
+    deliverers: &Deliverers,
+) -> Result<RunnerApp, BuildError> {
+    let queue_url = app
+        .queue_url
+        .clone()
+        .ok_or_else(|| BuildError::MissingQueue(app.id.clone()))?;
+    let delivery = deliverers.for_app(app).map_err(|error| BuildError::Http {
+        app: app.id.clone(),
+        error,
+    })?;
+    let limiter = Arc::new(EndpointLimiter::new(app.max_per_endpoint as usize));
+    Ok(RunnerApp {
+        app: Arc::new(App {
+            id: app.id.clone(),
+            queue_url,
+            transform: hooks.transform,
+            signer: hooks.signer,
+            retry_policy: hooks.retry_policy,
+            backoff: app.backoff(),
+            limits: app.retry_limits(),
+            envelope_limits: app.envelope_limits(),
+            signing_key: app.signing_key.clone(),
+            on_plugin_error: match app.on_plugin_error {
+                OnPluginError::Retry => pipeline::PluginErrorPolicy::Retry,
+                OnPluginError::DeadLetter => pipeline::PluginErrorPolicy::DeadLetter,
+            },
+            visibility_backoff_max_secs: config.sqs.visibility_backoff_max_secs,
+            deliver: Arc::new(LimitedDeliver::new(Arc::new(delivery), limiter)),
+        }),
+        max_concurrency: app.max_concurrency as usize,
+    })
+}
+
+impl RunnerSettings {
+    /// From `[sqs]` and `[runner]`.
+    pub fn from_config(config: &Config) -> RunnerSettings {
+        RunnerSettings {
+            wait: Duration::from_secs(config.sqs.wait_time_secs as u64),
+            receive_batch: config.sqs.receive_batch as usize,
+            shutdown_grace: Duration::from_secs(config.runner.shutdown_grace_secs),
+            dead_letter_queue_url: config.sqs.dead_letter_queue_url.clone().unwrap_or_default(),
+            metrics_queue_url: config.sqs.metrics_queue_url.clone(),
+        }
     }
 }
 
