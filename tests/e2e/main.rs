@@ -1,2 +1,6 @@
-//! End-to-end scenarios.
+//! End-to-end scenarios against the real local parts (moto, HTTP receivers, the `squall`
+//! binary). Run by `scripts/test`, which starts moto and sets `SQUALL_TEST_SQS_ENDPOINT`.
+
+mod delivery;
 mod lambda;
+mod ops;
