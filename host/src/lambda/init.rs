@@ -2,7 +2,7 @@
 //! deliverers, the SQS client. Every failure is an [`InitError`] naming the file, key,
 //! application or plugin, which the bootstrap reports to the Runtime API as the init error.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Function, FunctionError};
@@ -71,7 +71,11 @@ pub async fn from_config(config: &Config) -> Result<Function<SqsQueues>, InitErr
             .get(&app.id)
             .cloned()
             .ok_or_else(|| BuildError::MissingSecrets(app.id.clone()))?;
-        let hooks = app_hooks(app, s, runtime.as_ref())?;
+        let hooks = app_hooks(
+            &prefer_artifacts(app, runtime.as_ref()),
+            s,
+            runtime.as_ref(),
+        )?;
         apps.push(build_app(config, app, hooks, &deliverers)?);
     }
     let sqs = SqsQueues::connect(&SqsSettings {
@@ -92,4 +96,37 @@ pub async fn from_config(config: &Config) -> Result<Function<SqsQueues>, InitErr
 fn has_plugins(app: &AppConfig) -> bool {
     let p = &app.plugins;
     p.transform.is_some() || p.signer.is_some() || p.retry_policy.is_some()
+}
+
+/// `x.wasm` -> `x.cwasm`: where `squall deploy bundle --precompile` puts the artifact.
+pub fn artifact_path(wasm: &Path) -> PathBuf {
+    wasm.with_extension("cwasm")
+}
+
+/// The app's config with each plugin path replaced by its bundled `.cwasm` when that
+/// artifact exists and this engine accepts it; otherwise the `.wasm` stays (compiled at
+/// init) and a warning says why the artifact was not used.
+fn prefer_artifacts(app: &AppConfig, runtime: Option<&PluginRuntime>) -> AppConfig {
+    let mut app = app.clone();
+    let Some(runtime) = runtime else { return app };
+    let p = &mut app.plugins;
+    for (hook, cfg) in [
+        ("transform", &mut p.transform),
+        ("signer", &mut p.signer),
+        ("retry_policy", &mut p.retry_policy),
+    ] {
+        let Some(cfg) = cfg else { continue };
+        let artifact = artifact_path(&cfg.path);
+        if artifact == cfg.path || !artifact.exists() {
+            continue;
+        }
+        match runtime.inspect(&artifact) {
+            Ok(_) => cfg.path = artifact,
+            Err(e) => {
+                tracing::warn!(app = %app.id, hook, artifact = %artifact.display(), error = %e,
+                "bundled precompiled plugin not usable by this engine; compiling the .wasm at init")
+            }
+        }
+    }
+    app
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use squall::config::{self, Config};
 use squall::deploy::{self, AppSettings, Architecture, DeploySpec, FunctionSettings};
 
@@ -11,6 +11,26 @@ use squall::deploy::{self, AppSettings, Architecture, DeploySpec, FunctionSettin
 pub enum DeployCommand {
     /// Print the CloudFormation template (JSON) for the applications in the config file.
     Template(TemplateArgs),
+    /// Stage the files of the deployment zip: the config as `squall.toml` with its plugins
+    /// under `plugins/` (paths rewritten), and optionally precompiled `.cwasm` beside them.
+    Bundle(BundleArgs),
+}
+
+/// Arguments of `squall deploy bundle`.
+#[derive(Debug, clap::Args)]
+pub struct BundleArgs {
+    /// The Squall config file to bundle.
+    #[arg(long, default_value = "squall.toml")]
+    pub config: PathBuf,
+    /// Staging directory (created; must be empty or absent).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write `<name>.cwasm` beside each plugin, precompiled by this machine's engine.
+    /// The function uses an artifact only if its own engine made the same kind (same
+    /// wasmtime, configuration and CPU architecture); otherwise it compiles the `.wasm` at
+    /// init and logs a warning.
+    #[arg(long)]
+    pub precompile: bool,
 }
 
 /// Arguments of `squall deploy template`.
@@ -33,7 +53,120 @@ pub fn main(cmd: DeployCommand) -> anyhow::Result<()> {
             println!("{out}");
             Ok(())
         }
+        DeployCommand::Bundle(args) => bundle(&args),
     }
+}
+
+/// Stage config + plugins. The bundled config names each plugin as `plugins/<file name>`.
+fn bundle(args: &BundleArgs) -> anyhow::Result<()> {
+    // Validate exactly as the function will (plugin files must exist).
+    let config = Config::load(Some(&args.config))?;
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading config file {}", args.config.display()))?;
+    let mut raw: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("config file {} is not valid TOML", args.config.display()))?;
+    if args.out.exists() && std::fs::read_dir(&args.out)?.next().is_some() {
+        bail!("staging directory {} is not empty", args.out.display());
+    }
+    std::fs::create_dir_all(args.out.join("plugins"))
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let runtime = if args.precompile {
+        Some(
+            squall::plugin::PluginRuntime::new(squall::plugin::RuntimeOptions {
+                cache_dir: None,
+                ..Default::default()
+            })
+            .context("starting the plugin runtime")?,
+        )
+    } else {
+        None
+    };
+    // file name -> source, so two different plugins with one name are caught.
+    let mut staged: std::collections::BTreeMap<String, PathBuf> = Default::default();
+    for app in &config.apps {
+        let p = &app.plugins;
+        for (hook, cfg) in [
+            ("transform", &p.transform),
+            ("signer", &p.signer),
+            ("retry_policy", &p.retry_policy),
+        ] {
+            let Some(cfg) = cfg else { continue };
+            let name = cfg
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .with_context(|| format!("apps.{}.plugins.{hook}.path: no file name", app.id))?
+                .to_string();
+            let src = std::fs::canonicalize(&cfg.path).with_context(|| {
+                format!(
+                    "apps.{}.plugins.{hook}.path: {}",
+                    app.id,
+                    cfg.path.display()
+                )
+            })?;
+            match staged.get(&name) {
+                Some(prev) if prev != &src => bail!(
+                    "apps.{}.plugins.{hook}.path: {} and {} have the same file name; rename one",
+                    app.id,
+                    prev.display(),
+                    src.display()
+                ),
+                Some(_) => {}
+                None => {
+                    let dst = args.out.join("plugins").join(&name);
+                    std::fs::copy(&src, &dst)
+                        .with_context(|| format!("copying {}", src.display()))?;
+                    if let Some(rt) = &runtime {
+                        rt.precompile(&src, &dst.with_extension("cwasm"))
+                            .with_context(|| {
+                                format!("apps.{}.plugins.{hook}: precompiling", app.id)
+                            })?;
+                    }
+                    eprintln!(
+                        "bundled plugins/{name}{}",
+                        if runtime.is_some() { " (+ .cwasm)" } else { "" }
+                    );
+                    staged.insert(name.clone(), src);
+                }
+            }
+        }
+    }
+    // Point every plugin table of the bundled config at plugins/<file name>.
+    let rewrite = |table: Option<&mut toml::Value>| {
+        let Some(plugins) = table
+            .and_then(|t| t.get_mut("plugins"))
+            .and_then(|p| p.as_table_mut())
+        else {
+            return;
+        };
+        for (_, spec) in plugins.iter_mut() {
+            if let Some(path) = spec.get_mut("path") {
+                let name = path
+                    .as_str()
+                    .and_then(|p| std::path::Path::new(p).file_name())
+                    .and_then(|n| n.to_str())
+                    .map(|n| format!("plugins/{n}"));
+                if let Some(name) = name {
+                    *path = toml::Value::String(name);
+                }
+            }
+        }
+    };
+    rewrite(raw.get_mut("app_defaults"));
+    if let Some(apps) = raw.get_mut("apps").and_then(|a| a.as_table_mut()) {
+        for (_, app) in apps.iter_mut() {
+            rewrite(Some(app));
+        }
+    }
+    let header = format!(
+        "# Bundled by `squall deploy bundle` from {}; plugin paths point into the zip.\n",
+        args.config.display()
+    );
+    std::fs::write(
+        args.out.join("squall.toml"),
+        header + &toml::to_string(&raw)?,
+    )?;
+    Ok(())
 }
 
 /// The deployment view of a loaded config.

@@ -1,0 +1,308 @@
+//! Lambda cold start: from `exec` of the real `bootstrap` binary to the response of its first
+//! SQS event (init: config, plugin runtime and plugins, HTTP and SQS clients; then one event
+//! delivered to a loopback receiver), against a minimal Lambda Runtime API served here.
+//!
+//! Variants: built-ins only; the Rust sample plugins bundled precompiled (`.cwasm` beside the
+//! `.wasm`, as `squall deploy bundle --precompile` stages them) and compiled at init; the same
+//! with the Python and JavaScript samples when `plugins/dist` has them.
+//!
+//! Run: `scripts/build-plugins && cargo bench -p squall --bench cold_start` (optional
+//! `COLD_START_RUNS=N`, default 10). Prints a table; `docs/benchmarks.md` keeps the results.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const BOOTSTRAP: &str = env!("CARGO_BIN_EXE_bootstrap");
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Serve `handler` on a fresh loopback port until the returned handle is aborted.
+async fn serve<F>(handler: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(
+            Request<Incoming>,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                break;
+            };
+            let handler = handler.clone();
+            conns.spawn(async move {
+                let svc = service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+fn sqs_event(receiver: SocketAddr) -> String {
+    let body = serde_json::json!({
+        "version": 1, "id": "evt_cold", "app_id": "bench", "type": "invoice.paid",
+        "endpoint": format!("http://{receiver}/hook"), "created_at": "2026-11-28T10:00:00Z",
+        "payload": {"amount": 42}
+    })
+    .to_string();
+    serde_json::json!({"Records": [{
+        "messageId": "m-1", "receiptHandle": "h-1", "body": body,
+        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1795000000000"},
+        "messageAttributes": {}, "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:bench", "awsRegion": "us-east-1"
+    }]})
+    .to_string()
+}
+
+/// One cold start: exec the binary, hand it one event, wait for its response. Returns the
+/// time to the response and the response body.
+async fn one_run(config: &Path, receiver: SocketAddr) -> (Duration, String) {
+    let event = sqs_event(receiver);
+    let (tx, rx) = oneshot::channel::<String>();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let served = Arc::new(Mutex::new(false));
+    let (api, task) = serve(move |req| {
+        let event = event.clone();
+        let tx = tx.clone();
+        let served = served.clone();
+        Box::pin(async move {
+            let path = req.uri().path().to_string();
+            if path.ends_with("/runtime/invocation/next") {
+                if std::mem::replace(&mut *served.lock().unwrap(), true) {
+                    // Only one event per process: park the second poll until we are killed.
+                    std::future::pending::<()>().await;
+                }
+                return Response::builder()
+                    .header("lambda-runtime-aws-request-id", "req-1")
+                    .header("lambda-runtime-deadline-ms", "99999999999999")
+                    .header(
+                        "lambda-runtime-invoked-function-arn",
+                        "arn:aws:lambda:us-east-1:123456789012:function:squall",
+                    )
+                    .body(Full::new(Bytes::from(event)))
+                    .unwrap();
+            }
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let text = if path.ends_with("/error") {
+                format!("ERROR at {path}: {text}")
+            } else {
+                text
+            };
+            if let Some(tx) = tx.lock().unwrap().take() {
+                let _ = tx.send(text);
+            }
+            Response::builder()
+                .status(202)
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        })
+    })
+    .await;
+    let started = Instant::now();
+    let mut child = Command::new(BOOTSTRAP)
+        .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "squall")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .env("AWS_LAMBDA_LOG_STREAM_NAME", "bench")
+        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/squall")
+        .env("AWS_ACCESS_KEY_ID", "bench")
+        .env("AWS_SECRET_ACCESS_KEY", "bench")
+        .env("AWS_REGION", "us-east-1")
+        .env("SQUALL_CONFIG", config)
+        .env("SQUALL_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start bootstrap");
+    let response = tokio::time::timeout(Duration::from_secs(120), rx)
+        .await
+        .expect("no response within 120 s")
+        .unwrap();
+    let elapsed = started.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    task.abort();
+    (elapsed, response)
+}
+
+/// A config with app `bench` (the event's) and, for `extra`, more apps whose plugins are
+/// loaded at init too. Plugin files are copied into `dir` (with `.cwasm` if `precompile`).
+fn stage(
+    dir: &Path,
+    receiver: SocketAddr,
+    apps: &[(&str, &[(&str, &str)])],
+    precompile: Option<&squall::plugin::PluginRuntime>,
+) -> PathBuf {
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    let _ = receiver;
+    let mut toml = String::from(
+        "allow_literal_secrets = true\n[sqs]\nregion = \"us-east-1\"\nendpoint_url = \"http://127.0.0.1:9\"\n\
+         dead_letter_queue_url = \"http://127.0.0.1:9/123456789012/dlq\"\n",
+    );
+    for (i, (app, plugins)) in apps.iter().enumerate() {
+        let queue = if i == 0 {
+            "bench".to_string()
+        } else {
+            format!("extra{i}")
+        };
+        toml.push_str(&format!(
+            "[apps.{app}]\nqueue_url = \"http://127.0.0.1:9/123456789012/{queue}\"\n\
+             allowed_networks = [\"127.0.0.0/8\"]\n\
+             secrets = {{ default = [\"literal:whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"] }}\n"
+        ));
+        for (hook, file) in *plugins {
+            let src = repo_root().join("plugins/dist").join(file);
+            let dst = dir.join("plugins").join(file);
+            if !dst.exists() {
+                std::fs::copy(&src, &dst).unwrap();
+                if let Some(rt) = precompile {
+                    rt.precompile(&src, &dst.with_extension("cwasm")).unwrap();
+                }
+            }
+            toml.push_str(&format!(
+                "[apps.{app}.plugins.{hook}]\npath = \"plugins/{file}\"\n"
+            ));
+        }
+    }
+    let path = dir.join("squall.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Hook -> plugin file name.
+type PluginSet<'a> = &'a [(&'a str, &'a str)];
+/// (name, apps with their plugins, precompiled, runs).
+type Variant<'a> = (String, Vec<(&'a str, PluginSet<'a>)>, bool, usize);
+
+fn median(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
+    v.sort();
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+#[tokio::main]
+async fn main() {
+    let runs: usize = std::env::var("COLD_START_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let (receiver, _rx_task) =
+        serve(|_req| Box::pin(async { Response::new(Full::new(Bytes::new())) })).await;
+    let dist = repo_root().join("plugins/dist");
+    let have = |f: &str| dist.join(f).exists();
+    let rust: &[(&str, &str)] = &[
+        ("transform", "envelope-transform.wasm"),
+        ("signer", "standard-webhooks-signer.wasm"),
+        ("retry_policy", "schedule-retry.wasm"),
+    ];
+    let python: &[(&str, &str)] = &[
+        ("transform", "python-reshape-transform.wasm"),
+        ("retry_policy", "python-status-retry.wasm"),
+    ];
+    let js: &[(&str, &str)] = &[
+        ("transform", "js-reshape-transform.wasm"),
+        ("signer", "js-stripe-signer.wasm"),
+    ];
+    let all_there = |set: &[(&str, &str)]| set.iter().all(|(_, f)| have(f));
+
+    let runtime = squall::plugin::PluginRuntime::new(squall::plugin::RuntimeOptions {
+        cache_dir: None,
+        ..Default::default()
+    })
+    .unwrap();
+    let base = std::env::temp_dir().join(format!("squall-cold-start-{}", std::process::id()));
+    let mut variants: Vec<Variant> =
+        vec![("built-ins only".into(), vec![("bench", &[])], false, runs)];
+    if all_there(rust) {
+        variants.push((
+            "Rust plugins (3), precompiled".into(),
+            vec![("bench", rust)],
+            true,
+            runs,
+        ));
+        variants.push((
+            "Rust plugins (3), compiled at init".into(),
+            vec![("bench", rust)],
+            false,
+            runs,
+        ));
+    } else {
+        println!("(no Rust sample plugins in plugins/dist: run scripts/build-plugins)");
+    }
+    if all_there(rust) && all_there(python) && all_there(js) {
+        let apps = vec![("bench", rust), ("py", python), ("js", js)];
+        variants.push((
+            "Rust + Python + JS (7), precompiled".into(),
+            apps.clone(),
+            true,
+            runs,
+        ));
+        variants.push((
+            "Rust + Python + JS (7), compiled at init".into(),
+            apps,
+            false,
+            runs.min(2),
+        ));
+    } else {
+        println!("(Python/JS samples not in plugins/dist: their rows are skipped)");
+    }
+
+    println!(
+        "\nLambda cold start: exec -> first SQS event handled ({runs} runs; min / median / max)\n"
+    );
+    println!("| variant | min | median | max |");
+    println!("|---|---:|---:|---:|");
+    for (i, (name, apps, precompiled, n)) in variants.into_iter().enumerate() {
+        let dir = base.join(format!("v{i}"));
+        let config = stage(&dir, receiver, &apps, precompiled.then_some(&runtime));
+        let mut times = Vec::new();
+        for _ in 0..n {
+            let (t, response) = one_run(&config, receiver).await;
+            assert!(
+                response.contains("batchItemFailures") && !response.contains("itemIdentifier"),
+                "{name}: the event was not handled: {response}"
+            );
+            times.push(t);
+        }
+        let (lo, mid, hi) = median(times);
+        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+        println!("| {name} | {} | {} | {} |", ms(lo), ms(mid), ms(hi));
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
