@@ -1,1 +1,969 @@
-//! (to be written)
+//! The no-AWS demo: real webhooks through the real pipeline and runner, with the embedded
+//! in-process queue (application queues, a dead-letter queue, a metrics queue) and a local
+//! receiver on 127.0.0.1 that verifies Standard Webhooks signatures itself.
+//!
+//! Two applications: `billing` with the native built-ins, and `shipping` with the sample
+//! plugins from `plugins/dist` when they are built (envelope transform that skips `ping`,
+//! the Standard Webhooks signer plugin, the schedule retry policy), else built-ins too.
+//! Sample events include one the receiver fails twice before accepting (retried on a short
+//! test schedule), one answered 410 (dead-lettered) and one malformed envelope.
+//!
+//! Never needs a network outside loopback.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request as HttpRequest, Response};
+use hyper_util::rt::TokioIo;
+use sha2::Sha256;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::envelope::Envelope;
+use crate::hooks::{PassThrough, RetryPolicy, Signer, Transform};
+use crate::http::{self, AppDelivery, ClientOptions, Deliverer, SendOptions};
+use crate::metrics::MetricOutcome;
+use crate::pipeline::{self, App, Deliver, PluginErrorPolicy};
+use crate::queue::memory::{MemoryQueues, QueueOptions, Redrive};
+use crate::queue::{Attributes, Outgoing, Queue};
+use crate::retry::{Backoff, BackoffPolicy, RetryLimits};
+use crate::runner::{RunReport, Runner, RunnerApp, RunnerSettings};
+use crate::secrets::{SecretKey, Secrets};
+use crate::signing::StandardWebhooksSigner;
+use crate::ssrf::Allowlist;
+
+// ---------------------------------------------------------------------------------------
+// Signature verification, as a receiver does it (independent of `signing.rs`).
+// ---------------------------------------------------------------------------------------
+
+/// Why a webhook's signature was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// A required header is absent or not text.
+    #[error("missing header {0}")]
+    MissingHeader(&'static str),
+    /// `webhook-timestamp` is not an integer.
+    #[error("webhook-timestamp is not an integer")]
+    BadTimestamp,
+    /// The timestamp is too far from now (replay protection).
+    #[error("webhook-timestamp is {0} s away from now (tolerance 300 s)")]
+    OutOfTolerance(u64),
+    /// The receiver's secret is unusable.
+    #[error("the receiver's secret is not valid (whsec_ followed by bad base64)")]
+    BadSecret,
+    /// No `v1,` signature matched.
+    #[error("no v1 signature matches")]
+    NoMatch,
+}
+
+/// Timestamps further than this from the receiver's clock are refused.
+pub const TIMESTAMP_TOLERANCE_SECS: u64 = 300;
+
+/// Verify a Standard Webhooks signature: HMAC-SHA256 over `id.timestamp.body` with the
+/// secret (`whsec_<base64>` decodes to the key; any other string is its own UTF-8 bytes),
+/// compared in constant time with each space-separated `v1,<base64>` entry.
+pub fn verify_standard_webhooks(
+    secret: &str,
+    msg_id: &str,
+    timestamp: &str,
+    signatures: &str,
+    body: &[u8],
+    now_secs: u64,
+) -> Result<(), VerifyError> {
+    let ts: u64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| VerifyError::BadTimestamp)?;
+    let skew = ts.abs_diff(now_secs);
+    if skew > TIMESTAMP_TOLERANCE_SECS {
+        return Err(VerifyError::OutOfTolerance(skew));
+    }
+    let key = match secret.strip_prefix("whsec_") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| VerifyError::BadSecret)?,
+        None => secret.as_bytes().to_vec(),
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| VerifyError::BadSecret)?;
+    mac.update(msg_id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.trim().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    for entry in signatures.split(' ') {
+        let Some(b64) = entry.strip_prefix("v1,") else {
+            continue;
+        };
+        let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+            continue;
+        };
+        if mac.clone().verify_slice(&sig).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(VerifyError::NoMatch)
+}
+
+// ---------------------------------------------------------------------------------------
+// The local receiver.
+// ---------------------------------------------------------------------------------------
+
+/// One request the receiver answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    /// First path segment: the application.
+    pub app: String,
+    /// Second path segment: `ok`, `flaky` or `gone`.
+    pub behaviour: String,
+    /// `webhook-id` header.
+    pub webhook_id: String,
+    /// Signature check result (`None` when the receiver has no secret for the app).
+    pub verified: Option<Result<(), VerifyError>>,
+    /// Status answered.
+    pub status: u16,
+    /// Body received.
+    pub body: Vec<u8>,
+}
+
+/// A keep-alive HTTP/1.1 server on 127.0.0.1 answering `POST /<app>/<behaviour>`:
+/// `ok` -> 200, `flaky` -> 503 for the first two requests of each `webhook-id` then 200,
+/// `gone` -> 410, `slow` -> 200 after 50 ms; a signature that does not verify -> 401.
+/// Stops when dropped.
+pub struct Receiver {
+    addr: SocketAddr,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    state: Arc<ReceiverState>,
+    task: JoinHandle<()>,
+}
+
+struct ReceiverState {
+    secrets: HashMap<String, String>,
+    record: bool,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    flaky: Mutex<HashMap<String, u32>>,
+    served: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// How long `slow` holds a request.
+pub const SLOW_DELAY: Duration = Duration::from_millis(50);
+
+impl Receiver {
+    /// Start on an ephemeral loopback port. `secrets`: application -> secret to verify with
+    /// (apps without one are not verified). `record = false` keeps no hits (benchmarks).
+    pub async fn start(
+        secrets: HashMap<String, String>,
+        record: bool,
+    ) -> std::io::Result<Receiver> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(ReceiverState {
+            secrets,
+            record,
+            hits: hits.clone(),
+            flaky: Mutex::new(HashMap::new()),
+            served: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        });
+        let task_state = state.clone();
+        let task = tokio::spawn(async move {
+            let state = task_state;
+            // Connections live in this set: aborting the accept task closes them all.
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| answer(state.clone(), req));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        Ok(Receiver {
+            addr,
+            hits,
+            state,
+            task,
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/<app>/<behaviour>`.
+    pub fn url(&self, app: &str, behaviour: &str) -> String {
+        format!("http://{}/{app}/{behaviour}", self.addr)
+    }
+
+    /// Requests answered so far (counted even when not recorded).
+    pub fn served(&self) -> usize {
+        self.state.served.load(Ordering::Relaxed)
+    }
+
+    /// Most requests held at once so far.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests recorded so far.
+    pub fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn answer(
+    state: Arc<ReceiverState>,
+    req: HttpRequest<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let now = state.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    state.max_in_flight.fetch_max(now, Ordering::Relaxed);
+    let resp = answer_inner(&state, req).await;
+    state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    state.served.fetch_add(1, Ordering::Relaxed);
+    resp
+}
+
+async fn answer_inner(
+    state: &ReceiverState,
+    req: HttpRequest<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut segs = req.uri().path().trim_start_matches('/').splitn(2, '/');
+    let app = segs.next().unwrap_or("").to_string();
+    let behaviour = segs.next().unwrap_or("ok").to_string();
+    let header = |name: &'static str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (id, ts, sig) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    );
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let verified = state.secrets.get(&app).map(|secret| {
+        let id = id
+            .as_deref()
+            .ok_or(VerifyError::MissingHeader("webhook-id"))?;
+        let ts = ts
+            .as_deref()
+            .ok_or(VerifyError::MissingHeader("webhook-timestamp"))?;
+        let sig = sig
+            .as_deref()
+            .ok_or(VerifyError::MissingHeader("webhook-signature"))?;
+        verify_standard_webhooks(secret, id, ts, sig, &body, unix_secs())
+    });
+    let webhook_id = id.unwrap_or_default();
+    let status = if matches!(verified, Some(Err(_))) {
+        401
+    } else {
+        match behaviour.as_str() {
+            "gone" => 410,
+            "slow" => {
+                tokio::time::sleep(SLOW_DELAY).await;
+                200
+            }
+            "flaky" => {
+                let mut f = state.flaky.lock().unwrap_or_else(|e| e.into_inner());
+                let n = f.entry(webhook_id.clone()).or_insert(0);
+                *n += 1;
+                if *n <= 2 { 503 } else { 200 }
+            }
+            _ => 200,
+        }
+    };
+    if state.record {
+        state
+            .hits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Hit {
+                app,
+                behaviour,
+                webhook_id,
+                verified,
+                status,
+                body: body.to_vec(),
+            });
+    }
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"")));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+    Ok(resp)
+}
+
+// ---------------------------------------------------------------------------------------
+// The demo itself.
+// ---------------------------------------------------------------------------------------
+
+/// Options of the demo.
+#[derive(Debug, Clone, Default)]
+pub struct DemoOptions {
+    /// Directory of the sample plugin components (`plugins/dist`); `None` or missing
+    /// files = built-ins for both applications.
+    pub plugins_dir: Option<PathBuf>,
+}
+
+/// One event's fate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    /// Application.
+    pub app: String,
+    /// Event id (or the SQS message id for a malformed body).
+    pub event_id: String,
+    /// Event type (empty if malformed).
+    pub event_type: String,
+    /// `delivered`, `skipped`, `dead-lettered`, ...
+    pub result: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Reason / signature check.
+    pub detail: String,
+}
+
+/// What the demo did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DemoSummary {
+    /// True if `shipping` ran the sample plugins.
+    pub shipping_uses_plugins: bool,
+    /// Why it did not, if it did not.
+    pub plugins_note: Option<String>,
+    /// Events enqueued.
+    pub events: usize,
+    /// Delivered (2xx) events.
+    pub delivered: usize,
+    /// Failed attempts that were retried.
+    pub retries: usize,
+    /// Skipped by the transform.
+    pub skipped: usize,
+    /// Dead-lettered: (event or message id, reason).
+    pub dead_lettered: Vec<(String, String)>,
+    /// Records on the metrics queue.
+    pub metrics_records: usize,
+    /// Requests whose signature the receiver could not verify.
+    pub signature_failures: usize,
+    /// Requests the receiver answered.
+    pub receiver_hits: usize,
+    /// One row per event.
+    pub rows: Vec<EventRow>,
+    /// Runner counters.
+    pub report: RunReport,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Could not run the demo.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The receiver could not listen.
+    #[error("demo receiver could not listen on 127.0.0.1: {0}")]
+    Receiver(#[from] std::io::Error),
+    /// A queue operation failed.
+    #[error("demo queue: {0}")]
+    Queue(#[from] crate::queue::QueueError),
+    /// The HTTP client could not be built.
+    #[error("demo HTTP client: {0}")]
+    Http(String),
+    /// Did not settle in time.
+    #[error("the demo did not settle within {0:?}")]
+    Timeout(Duration),
+}
+
+const DLQ: &str = "squall-dlq";
+const METRICS: &str = "squall-metrics";
+
+fn demo_secret(app: &str) -> String {
+    // Fresh per run: the receiver and the apps share it, nobody else needs it.
+    let mut bytes = [0u8; 24];
+    for b in &mut bytes {
+        *b = fastrand::u8(..);
+    }
+    let _ = app;
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+fn secrets_for(secret: &str) -> Arc<Secrets> {
+    let mut s = Secrets::new();
+    s.insert(
+        "default",
+        vec![SecretKey::parse(secret).expect("generated secret parses")],
+    );
+    Arc::new(s)
+}
+
+/// The short test schedule: 1 s, then 2 s, ...
+fn demo_backoff() -> Backoff {
+    Backoff {
+        initial_delay_secs: 1,
+        multiplier: 2.0,
+        jitter: 0.0,
+        ..Backoff::default()
+    }
+}
+
+type Hooks = (Arc<dyn Transform>, Arc<dyn Signer>, Arc<dyn RetryPolicy>);
+
+fn builtin_hooks(secrets: Arc<Secrets>) -> Hooks {
+    (
+        Arc::new(PassThrough),
+        Arc::new(StandardWebhooksSigner::new(secrets)),
+        Arc::new(BackoffPolicy {
+            backoff: demo_backoff(),
+        }),
+    )
+}
+
+/// The sample plugins for `shipping`, or why not.
+fn plugin_hooks(dir: &Path, secrets: Arc<Secrets>) -> Result<Hooks, String> {
+    let files = [
+        "envelope-transform.wasm",
+        "standard-webhooks-signer.wasm",
+        "schedule-retry.wasm",
+    ];
+    for f in files {
+        if !dir.join(f).is_file() {
+            return Err(format!(
+                "{} not found: run scripts/build-plugins to use the sample plugins",
+                dir.join(f).display()
+            ));
+        }
+    }
+    load_plugins(dir, secrets)
+}
+
+#[allow(unused_variables)]
+fn load_plugins(dir: &Path, secrets: Arc<Secrets>) -> Result<Hooks, String> {
+    Err("the plugin runtime is not available in this build yet".to_string())
+}
+
+/// The HTTP side of the demo: the engine's pooled [`http::Deliverer`], with the SSRF guard
+/// allowing loopback (127.0.0.0/8) only.
+fn demo_deliverer() -> Result<Arc<dyn Deliver>, DemoError> {
+    let allowlist = Allowlist::parse(&["127.0.0.0/8"]).expect("a valid CIDR");
+    let deliverer = Deliverer::new(&ClientOptions {
+        allowlist,
+        connect_timeout: Duration::from_secs(2),
+        pool_max_idle_per_host: http::POOL_MAX_IDLE_PER_HOST,
+    })
+    .map_err(|e| DemoError::Http(e.to_string()))?;
+    Ok(Arc::new(AppDelivery {
+        deliverer: Arc::new(deliverer),
+        opts: SendOptions {
+            timeout: Duration::from_secs(10),
+            max_response_bytes: 64 * 1024,
+        },
+    }))
+}
+
+struct Sample {
+    app: &'static str,
+    id: &'static str,
+    event_type: &'static str,
+    behaviour: &'static str,
+}
+
+const SAMPLES: &[Sample] = &[
+    Sample {
+        app: "billing",
+        id: "evt_bill_001",
+        event_type: "invoice.paid",
+        behaviour: "ok",
+    },
+    Sample {
+        app: "billing",
+        id: "evt_bill_002",
+        event_type: "invoice.created",
+        behaviour: "ok",
+    },
+    Sample {
+        app: "billing",
+        id: "evt_bill_003",
+        event_type: "invoice.paid",
+        behaviour: "flaky",
+    },
+    Sample {
+        app: "billing",
+        id: "evt_bill_004",
+        event_type: "customer.deleted",
+        behaviour: "gone",
+    },
+    Sample {
+        app: "shipping",
+        id: "evt_ship_001",
+        event_type: "shipment.created",
+        behaviour: "ok",
+    },
+    Sample {
+        app: "shipping",
+        id: "evt_ship_002",
+        event_type: "ping",
+        behaviour: "ok",
+    },
+    Sample {
+        app: "shipping",
+        id: "evt_ship_003",
+        event_type: "shipment.delayed",
+        behaviour: "flaky",
+    },
+];
+
+/// A malformed envelope (cut short) enqueued on `billing`: it must end in the DLQ.
+const MALFORMED: &str = r#"{"version":1,"id":"evt_bill_bad","app_id":"billing","type":"#;
+
+/// Run the demo to completion and return what happened.
+pub async fn run_demo(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
+    let t0 = Instant::now();
+    let apps = ["billing", "shipping"];
+    let secrets: HashMap<String, String> = apps
+        .iter()
+        .map(|a| (a.to_string(), demo_secret(a)))
+        .collect();
+    let receiver = Receiver::start(secrets.clone(), true).await?;
+
+    let qs = Arc::new(MemoryQueues::new());
+    qs.create_queue(DLQ, QueueOptions::default())?;
+    qs.create_queue(METRICS, QueueOptions::default())?;
+    for a in apps {
+        qs.create_queue(
+            a,
+            QueueOptions {
+                redrive: Some(Redrive {
+                    dead_letter_queue: DLQ.into(),
+                    max_receive_count: 10,
+                }),
+                ..QueueOptions::default()
+            },
+        )?;
+    }
+
+    let deliver = demo_deliverer()?;
+    let mut plugins_note = None;
+    let mut runner_apps = Vec::new();
+    let mut shipping_uses_plugins = false;
+    for a in apps {
+        let s = secrets_for(&secrets[a]);
+        let hooks = if a == "shipping" {
+            match &opts.plugins_dir {
+                None => {
+                    plugins_note = Some("sample plugins not requested: built-ins used".into());
+                    builtin_hooks(s.clone())
+                }
+                Some(dir) => match plugin_hooks(dir, s.clone()) {
+                    Ok(h) => {
+                        shipping_uses_plugins = true;
+                        h
+                    }
+                    Err(why) => {
+                        plugins_note = Some(format!("{why}; shipping uses the built-ins"));
+                        builtin_hooks(s.clone())
+                    }
+                },
+            }
+        } else {
+            builtin_hooks(s.clone())
+        };
+        runner_apps.push(RunnerApp {
+            app: Arc::new(App {
+                id: a.to_string(),
+                queue_url: a.to_string(),
+                transform: hooks.0,
+                signer: hooks.1,
+                retry_policy: hooks.2,
+                backoff: demo_backoff(),
+                limits: RetryLimits {
+                    max_attempts: 5,
+                    horizon_secs: 600,
+                },
+                envelope_limits: crate::envelope::Limits::default(),
+                signing_key: "default".into(),
+                on_plugin_error: PluginErrorPolicy::Retry,
+                visibility_backoff_max_secs: 900,
+                deliver: deliver.clone(),
+            }),
+            max_concurrency: 16,
+        });
+    }
+
+    // Enqueue the samples.
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    for a in apps {
+        let mut batch: Vec<Outgoing> = SAMPLES
+            .iter()
+            .filter(|s| s.app == a)
+            .map(|s| {
+                let env = Envelope::new_json(
+                    s.id,
+                    s.app,
+                    s.event_type,
+                    receiver.url(s.app, s.behaviour),
+                    created,
+                    &serde_json::json!({"id": s.id, "type": s.event_type, "amount_cents": 4200}),
+                );
+                Outgoing {
+                    body: String::from_utf8(env.encode()).expect("envelopes are UTF-8"),
+                    delay_secs: 0,
+                    attributes: Attributes::new(),
+                }
+            })
+            .collect();
+        if a == "billing" {
+            batch.push(Outgoing {
+                body: MALFORMED.into(),
+                delay_secs: 0,
+                attributes: Attributes::new(),
+            });
+        }
+        for r in qs.send_batch(a, &batch).await {
+            r?;
+        }
+    }
+    let events = SAMPLES.len() + 1;
+
+    let runner = Runner::new(
+        qs.clone(),
+        runner_apps,
+        RunnerSettings {
+            wait: Duration::from_secs(1),
+            receive_batch: 10,
+            shutdown_grace: Duration::from_secs(10),
+            dead_letter_queue_url: DLQ.into(),
+            metrics_queue_url: Some(METRICS.into()),
+        },
+    );
+    let settle_qs = qs.clone();
+    let settled = async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let empty = apps
+                .iter()
+                .all(|a| settle_qs.counts(a).map(|c| c.total == 0).unwrap_or(false));
+            if empty {
+                break;
+            }
+        }
+    };
+    let limit = Duration::from_secs(60);
+    let report = tokio::time::timeout(limit, runner.run(settled))
+        .await
+        .map_err(|_| DemoError::Timeout(limit))?;
+
+    summarize(
+        &qs,
+        &receiver,
+        report,
+        events,
+        shipping_uses_plugins,
+        plugins_note,
+        t0.elapsed(),
+    )
+}
+
+fn summarize(
+    qs: &MemoryQueues,
+    receiver: &Receiver,
+    report: RunReport,
+    events: usize,
+    shipping_uses_plugins: bool,
+    plugins_note: Option<String>,
+    elapsed: Duration,
+) -> Result<DemoSummary, DemoError> {
+    let metrics: Vec<serde_json::Value> = qs
+        .messages(METRICS)?
+        .iter()
+        .filter_map(|m| serde_json::from_str(&m.body).ok())
+        .collect();
+    let dead = qs.messages(DLQ)?;
+    let hits = receiver.hits();
+
+    // Per event: its metric records in attempt order.
+    let mut by_event: BTreeMap<(String, String), Vec<&serde_json::Value>> = BTreeMap::new();
+    for m in &metrics {
+        let key = (
+            m["app_id"].as_str().unwrap_or("").to_string(),
+            m["event_id"].as_str().unwrap_or("").to_string(),
+        );
+        by_event.entry(key).or_default().push(m);
+    }
+    let mut rows = Vec::new();
+    for ((app, id), mut recs) in by_event {
+        recs.sort_by_key(|r| r["attempt"].as_u64());
+        let last = recs.last().expect("non-empty");
+        let outcome = last["outcome"].as_str().unwrap_or("").to_string();
+        let verified = hits
+            .iter()
+            .filter(|h| h.webhook_id == id)
+            .map(|h| matches!(h.verified, Some(Ok(()))))
+            .collect::<Vec<_>>();
+        let statuses: Vec<String> = recs
+            .iter()
+            .map(|r| match r["status"].as_u64() {
+                Some(s) => s.to_string(),
+                None => r["error_kind"].as_str().unwrap_or("-").to_string(),
+            })
+            .collect();
+        let mut detail = format!("statuses {}", statuses.join(" -> "));
+        if !verified.is_empty() {
+            let ok = verified.iter().filter(|v| **v).count();
+            detail.push_str(&format!("; signature verified {ok}/{}", verified.len()));
+        }
+        if outcome == MetricOutcome::Skipped.as_str() {
+            detail = "skipped by the transform (ping)".into();
+        }
+        if let Some(d) = dead
+            .iter()
+            .find(|d| d.attributes.get(pipeline::ATTR_EVENT_ID) == Some(&id))
+        {
+            detail.push_str(&format!(
+                "; DLQ reason: {}",
+                d.attributes
+                    .get(pipeline::ATTR_REASON)
+                    .map_or("", String::as_str)
+            ));
+        }
+        rows.push(EventRow {
+            app,
+            event_id: id,
+            event_type: last["event_type"].as_str().unwrap_or("").to_string(),
+            result: outcome.replace('_', "-"),
+            attempts: recs.len() as u32,
+            detail,
+        });
+    }
+    for d in dead
+        .iter()
+        .filter(|d| !d.attributes.contains_key(pipeline::ATTR_EVENT_ID))
+    {
+        rows.push(EventRow {
+            app: d
+                .attributes
+                .get(pipeline::ATTR_APP_ID)
+                .cloned()
+                .unwrap_or_default(),
+            event_id: "(malformed)".into(),
+            event_type: String::new(),
+            result: "dead-letter".into(),
+            attempts: 0,
+            detail: format!(
+                "DLQ reason: {}",
+                d.attributes
+                    .get(pipeline::ATTR_REASON)
+                    .map_or("", String::as_str)
+            ),
+        });
+    }
+    let count = |o: MetricOutcome| {
+        metrics
+            .iter()
+            .filter(|m| m["outcome"] == o.as_str())
+            .count()
+    };
+    Ok(DemoSummary {
+        shipping_uses_plugins,
+        plugins_note,
+        events,
+        delivered: count(MetricOutcome::Delivered),
+        retries: count(MetricOutcome::Retry),
+        skipped: count(MetricOutcome::Skipped),
+        dead_lettered: dead
+            .iter()
+            .map(|d| {
+                (
+                    d.attributes
+                        .get(pipeline::ATTR_EVENT_ID)
+                        .cloned()
+                        .unwrap_or_else(|| "(malformed)".into()),
+                    d.attributes
+                        .get(pipeline::ATTR_REASON)
+                        .cloned()
+                        .unwrap_or_default(),
+                )
+            })
+            .collect(),
+        metrics_records: metrics.len(),
+        signature_failures: hits
+            .iter()
+            .filter(|h| matches!(h.verified, Some(Err(_))))
+            .count(),
+        receiver_hits: hits.len(),
+        rows,
+        report,
+        elapsed,
+    })
+}
+
+impl DemoSummary {
+    /// The summary as a printable table.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "Squall demo: {} events for 2 applications through the in-process queue, delivered to a local verifying receiver\n",
+            self.events
+        ));
+        out.push_str(&format!(
+            "  billing: built-ins (pass-through, Standard Webhooks signer, exponential backoff 1 s x2)\n  shipping: {}\n",
+            if self.shipping_uses_plugins {
+                "sample plugins (envelope-transform skipping ping, standard-webhooks-signer, schedule-retry)"
+            } else {
+                "built-ins"
+            }
+        ));
+        if let Some(n) = &self.plugins_note {
+            out.push_str(&format!("  note: {n}\n"));
+        }
+        out.push('\n');
+        out.push_str(&format!(
+            "{:<9} {:<16} {:<17} {:<12} {:>8}  {}\n",
+            "app", "event", "type", "result", "attempts", "detail"
+        ));
+        out.push_str(&format!("{}\n", "-".repeat(110)));
+        for r in &self.rows {
+            out.push_str(&format!(
+                "{:<9} {:<16} {:<17} {:<12} {:>8}  {}\n",
+                r.app, r.event_id, r.event_type, r.result, r.attempts, r.detail
+            ));
+        }
+        out.push('\n');
+        out.push_str(&format!("delivered      {}\n", self.delivered));
+        out.push_str(&format!(
+            "retried        {} failed attempts, each retried\n",
+            self.retries
+        ));
+        out.push_str(&format!("skipped        {}\n", self.skipped));
+        out.push_str(&format!("dead-lettered  {}\n", self.dead_lettered.len()));
+        for (id, reason) in &self.dead_lettered {
+            out.push_str(&format!("  {id}: {reason}\n"));
+        }
+        out.push_str(&format!(
+            "metrics        {} records on the metrics queue\n",
+            self.metrics_records
+        ));
+        out.push_str(&format!(
+            "receiver       {} requests, {} with a bad signature\n",
+            self.receiver_hits, self.signature_failures
+        ));
+        out.push_str(&format!(
+            "time           {:.1} s\n",
+            self.elapsed.as_secs_f64()
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifies_the_specification_vector_and_refuses_tampering() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let (id, ts, body) = (
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            "1614265330",
+            br#"{"test": 2432232314}"#,
+        );
+        let sig = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+        let now = 1614265330;
+        assert_eq!(
+            verify_standard_webhooks(secret, id, ts, sig, body, now),
+            Ok(())
+        );
+        // Rotation: another signature first, the right one second.
+        let two = format!("v1,AAAA {sig}");
+        assert_eq!(
+            verify_standard_webhooks(secret, id, ts, &two, body, now),
+            Ok(())
+        );
+        assert_eq!(
+            verify_standard_webhooks(secret, id, ts, sig, b"{\"test\": 1}", now),
+            Err(VerifyError::NoMatch)
+        );
+        assert_eq!(
+            verify_standard_webhooks(secret, "other", ts, sig, body, now),
+            Err(VerifyError::NoMatch)
+        );
+        assert_eq!(
+            verify_standard_webhooks(secret, id, ts, sig, body, now + 301),
+            Err(VerifyError::OutOfTolerance(301))
+        );
+        assert_eq!(
+            verify_standard_webhooks(secret, id, "x", sig, body, now),
+            Err(VerifyError::BadTimestamp)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_delivers_retries_and_dead_letters() {
+        let s = run_demo(&DemoOptions { plugins_dir: None }).await.unwrap();
+        print!("{}", s.render());
+        assert!(!s.shipping_uses_plugins);
+        assert_eq!(s.events, 8);
+        // 7 well-formed events: 6 delivered (two after two 503s each), 1 answered 410.
+        assert_eq!(s.delivered, 6);
+        assert_eq!(s.retries, 4);
+        assert_eq!(s.skipped, 0);
+        assert_eq!(s.dead_lettered.len(), 2);
+        let reasons: Vec<&str> = s.dead_lettered.iter().map(|(_, r)| r.as_str()).collect();
+        assert!(reasons.iter().any(|r| r.contains("410")), "{reasons:?}");
+        assert!(
+            reasons.iter().any(|r| r.contains("malformed envelope")),
+            "{reasons:?}"
+        );
+        // One record per attempt: 6 deliveries + 4 retries + 1 dead letter.
+        assert_eq!(s.metrics_records, 11);
+        assert_eq!(s.receiver_hits, 11);
+        assert_eq!(s.signature_failures, 0);
+        let flaky = s
+            .rows
+            .iter()
+            .find(|r| r.event_id == "evt_bill_003")
+            .unwrap();
+        assert_eq!((flaky.attempts, flaky.result.as_str()), (3, "delivered"));
+        assert!(s.elapsed < Duration::from_secs(20), "{:?}", s.elapsed);
+        assert_eq!(s.report.counts.act_failed, 0);
+    }
+}

@@ -1,1 +1,804 @@
-//! (to be written)
+//! The HTTP side of a delivery: one pooled reqwest client per distinct SSRF allow-list (and
+//! connect timeout), rustls, no redirects (a 3xx is a failure), no proxy, per-request total
+//! timeout, the response body read up to a cap, and every failure classified into a
+//! [`TransportErrorKind`].
+//!
+//! Lifecycle: [`Deliverers`] once per process; [`Deliverer`] shared by the applications with
+//! the same allow-list; [`AppDelivery`] once per application (its timeouts and caps), which is
+//! what the pipeline calls per event.
+
+use std::collections::HashMap;
+use std::error::Error as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::AppConfig;
+use crate::hooks::{Headers, Outcome, Request, TransportErrorKind};
+use crate::pipeline::{Deliver, Delivery};
+use crate::ssrf::{self, Allowlist, SsrfError};
+
+/// `User-Agent` of every delivery.
+pub const USER_AGENT: &str = concat!("Squall/", env!("CARGO_PKG_VERSION"));
+/// Response headers kept at most (the rest are dropped).
+pub const MAX_RESPONSE_HEADERS: usize = 64;
+/// Longest response header value kept, bytes (longer values are dropped).
+pub const MAX_RESPONSE_HEADER_VALUE: usize = 1024;
+
+/// Idle keep-alive connections kept per host: above any sane `max_per_endpoint`, so every
+/// concurrent delivery to a host finds its connection again.
+pub const POOL_MAX_IDLE_PER_HOST: usize = 1024;
+
+/// Per-request options (per application).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendOptions {
+    /// Total time: connect, send, response headers and the capped body.
+    pub timeout: Duration,
+    /// The response body is read up to this many bytes.
+    pub max_response_bytes: usize,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        SendOptions {
+            timeout: Duration::from_secs(15),
+            max_response_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Result of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// Status and headers, or the classified transport error.
+    pub outcome: Outcome,
+    /// From just before sending to the end of the (capped) body.
+    pub latency: Duration,
+    /// The first `max_response_bytes` of the response body.
+    pub body_prefix: Vec<u8>,
+    /// True when the body was longer than the cap (the rest was not read).
+    pub truncated: bool,
+}
+
+/// Settings of a shared client.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientOptions {
+    /// Networks allowed despite the SSRF guard.
+    pub allowlist: Allowlist,
+    /// TCP + TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle keep-alive connections kept per host.
+    pub pool_max_idle_per_host: usize,
+}
+
+/// The client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client: {0}")]
+pub struct ClientError(String);
+
+/// A pooled client with one SSRF allow-list.
+#[derive(Debug, Clone)]
+pub struct Deliverer {
+    client: reqwest::Client,
+    allowlist: Arc<Allowlist>,
+}
+
+impl Deliverer {
+    /// Build the client (once per distinct [`ClientOptions`]).
+    pub fn new(opts: &ClientOptions) -> Result<Deliverer, ClientError> {
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent(USER_AGENT)
+            .connect_timeout(opts.connect_timeout)
+            .pool_max_idle_per_host(opts.pool_max_idle_per_host)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .dns_resolver(Arc::new(ssrf::GuardedResolver::new(opts.allowlist.clone())))
+            .build()
+            .map_err(|e| ClientError(e.to_string()))?;
+        Ok(Deliverer {
+            client,
+            allowlist: Arc::new(opts.allowlist.clone()),
+        })
+    }
+
+    /// Send one request. Never fails: every problem is an [`Outcome::Transport`].
+    pub async fn send(&self, req: &Request, opts: &SendOptions) -> Attempt {
+        let started = Instant::now();
+        let refused = |message: String| Attempt {
+            outcome: Outcome::Transport {
+                kind: TransportErrorKind::RefusedByPolicy,
+                message,
+            },
+            latency: started.elapsed(),
+            body_prefix: Vec::new(),
+            truncated: false,
+        };
+        let prepared = match self.prepare(req) {
+            Ok(p) => p,
+            Err(message) => return refused(message),
+        };
+        let (method, url, headers) = prepared;
+        let sent = self
+            .client
+            .request(method, url)
+            .headers(headers)
+            .timeout(opts.timeout)
+            .body(req.body.clone())
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let (kind, message) = classify_error(&e);
+                return Attempt {
+                    outcome: Outcome::Transport { kind, message },
+                    latency: started.elapsed(),
+                    body_prefix: Vec::new(),
+                    truncated: false,
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let headers = keep_headers(response.headers());
+        let (body_prefix, truncated) = read_capped(&mut response, opts.max_response_bytes).await;
+        Attempt {
+            outcome: Outcome::Response { status, headers },
+            latency: started.elapsed(),
+            body_prefix,
+            truncated,
+        }
+    }
+
+    /// Checks before anything leaves the process: method, URL (incl. IP literals), headers.
+    /// Messages name the header, never its value.
+    fn prepare(&self, req: &Request) -> Result<(reqwest::Method, url::Url, HeaderMap), String> {
+        let method = if req.method.eq_ignore_ascii_case("POST") {
+            reqwest::Method::POST
+        } else if req.method.eq_ignore_ascii_case("PUT") {
+            reqwest::Method::PUT
+        } else {
+            return Err(format!(
+                "method {:?} is not allowed (POST or PUT)",
+                truncate(&req.method, 16)
+            ));
+        };
+        let url = url::Url::parse(&req.url)
+            .map_err(|e| format!("the endpoint is not an absolute URL: {e}"))?;
+        crate::envelope::check_endpoint_url(&url).map_err(|m| format!("the endpoint {m}"))?;
+        ssrf::check_url(&url, &self.allowlist).map_err(|e| e.to_string())?;
+        let mut headers = HeaderMap::with_capacity(req.headers.len());
+        for (name, value) in &req.headers {
+            let n = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("header name {:?} is not valid", truncate(name, 64)))?;
+            let v = HeaderValue::from_str(value)
+                .map_err(|_| format!("the value of header {n} contains invalid characters"))?;
+            headers.append(n, v);
+        }
+        Ok((method, url, headers))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Lower-cased names (reqwest already lower-cases), capped in count and value size.
+fn keep_headers(map: &HeaderMap) -> Headers {
+    let mut out = Vec::with_capacity(map.len().min(MAX_RESPONSE_HEADERS));
+    for (name, value) in map {
+        if out.len() == MAX_RESPONSE_HEADERS {
+            break;
+        }
+        if value.len() > MAX_RESPONSE_HEADER_VALUE {
+            continue;
+        }
+        if let Ok(v) = value.to_str() {
+            out.push((name.as_str().to_string(), v.to_string()));
+        }
+    }
+    out
+}
+
+/// Read the body until `cap` bytes; stop at the first chunk past the cap (the rest is not read).
+/// A read error keeps what arrived: the status is what counts.
+async fn read_capped(response: &mut reqwest::Response, cap: usize) -> (Vec<u8>, bool) {
+    let hint = response.content_length().unwrap_or(0).min(cap as u64) as usize;
+    let mut buf = Vec::with_capacity(hint);
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = cap - buf.len();
+                if chunk.len() > room {
+                    buf.extend_from_slice(&chunk[..room]);
+                    return (buf, true);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) | Err(_) => return (buf, false),
+        }
+    }
+}
+
+/// Classify a reqwest error by walking its source chain. The message is built from error
+/// descriptions only, never from the request (no headers, no body, no query string).
+pub fn classify_error(err: &reqwest::Error) -> (TransportErrorKind, String) {
+    let mut kind = None;
+    let mut detail = String::new();
+    let mut source = err.source();
+    while let Some(e) = source {
+        if let Some(s) = e.downcast_ref::<SsrfError>() {
+            let k = match s {
+                SsrfError::Forbidden { .. } => TransportErrorKind::RefusedByPolicy,
+                SsrfError::Dns { .. } => TransportErrorKind::Dns,
+            };
+            return (k, s.to_string());
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            kind = kind.or(match io.kind() {
+                ConnectionRefused => Some(TransportErrorKind::Connect),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
+                    Some(TransportErrorKind::Reset)
+                }
+                TimedOut => Some(TransportErrorKind::Timeout),
+                _ => None,
+            });
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_closed() || h.is_canceled())
+        {
+            kind = kind.or(Some(TransportErrorKind::Reset));
+        }
+        let text = e.to_string();
+        let lower = text.to_ascii_lowercase();
+        if kind.is_none()
+            && (lower.contains("certificate")
+                || lower.contains("tls")
+                || lower.contains("handshake")
+                || lower.contains("invalidcontenttype")
+                || lower.contains("peer is incompatible"))
+        {
+            kind = Some(TransportErrorKind::Tls);
+        }
+        if !detail.contains(&text) {
+            if !detail.is_empty() {
+                detail.push_str(": ");
+            }
+            detail.push_str(&text);
+        }
+        source = e.source();
+    }
+    let kind = if err.is_timeout() {
+        TransportErrorKind::Timeout
+    } else if let Some(k) = kind {
+        k
+    } else if err.is_connect() {
+        TransportErrorKind::Connect
+    } else {
+        TransportErrorKind::Other
+    };
+    let headline = match kind {
+        TransportErrorKind::Timeout => "timed out",
+        TransportErrorKind::Connect => "connect failed",
+        TransportErrorKind::Reset => "connection closed or reset",
+        TransportErrorKind::Tls => "TLS failed",
+        TransportErrorKind::Dns => "name resolution failed",
+        _ => "request failed",
+    };
+    let message = if detail.is_empty() {
+        headline.to_string()
+    } else {
+        format!("{headline}: {detail}")
+    };
+    (kind, message)
+}
+
+/// One shared client per distinct (allow-list, connect timeout): applications with the same
+/// settings share a connection pool.
+#[derive(Debug, Default)]
+pub struct Deliverers {
+    clients: Mutex<HashMap<ClientOptions, Arc<Deliverer>>>,
+}
+
+impl Deliverers {
+    /// An empty set.
+    pub fn new() -> Deliverers {
+        Deliverers::default()
+    }
+
+    /// The shared client for these options, built on first use.
+    pub fn get(&self, opts: &ClientOptions) -> Result<Arc<Deliverer>, ClientError> {
+        let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = map.get(opts) {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(Deliverer::new(opts)?);
+        map.insert(opts.clone(), d.clone());
+        Ok(d)
+    }
+
+    /// Distinct clients built so far.
+    pub fn len(&self) -> usize {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// True when no client was built yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The delivery handle of one application.
+    pub fn for_app(&self, app: &AppConfig) -> Result<AppDelivery, ClientError> {
+        let opts = ClientOptions {
+            allowlist: app.allowed_networks.clone(),
+            connect_timeout: Duration::from_millis(app.connect_timeout_ms),
+            // Not per app, so that apps differing only in concurrency share one pool.
+            pool_max_idle_per_host: POOL_MAX_IDLE_PER_HOST,
+        };
+        Ok(AppDelivery {
+            deliverer: self.get(&opts)?,
+            opts: SendOptions {
+                timeout: Duration::from_millis(app.timeout_ms),
+                max_response_bytes: app.max_response_bytes,
+            },
+        })
+    }
+}
+
+/// An application's way to deliver: a shared client and the application's options.
+#[derive(Debug, Clone)]
+pub struct AppDelivery {
+    /// The shared client.
+    pub deliverer: Arc<Deliverer>,
+    /// The application's per-request options.
+    pub opts: SendOptions,
+}
+
+impl AppDelivery {
+    /// Send with this application's options.
+    pub async fn send(&self, req: &Request) -> Attempt {
+        self.deliverer.send(req, &self.opts).await
+    }
+}
+
+impl Deliver for AppDelivery {
+    fn deliver<'a>(
+        &'a self,
+        request: &'a Request,
+    ) -> Pin<Box<dyn Future<Output = Delivery> + Send + 'a>> {
+        Box::pin(async move {
+            let a = self.deliverer.send(request, &self.opts).await;
+            Delivery {
+                outcome: a.outcome,
+                latency: a.latency,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// What the test server saw of one request.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        method: String,
+        path: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    type Reply = (u16, Vec<(&'static str, String)>, Vec<u8>, Duration);
+
+    /// A real hyper HTTP/1.1 server on 127.0.0.1; stopped when dropped.
+    struct Server {
+        addr: SocketAddr,
+        seen: Arc<Mutex<Vec<Seen>>>,
+        connections: Arc<AtomicUsize>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl Server {
+        async fn start(reply: fn(&Seen) -> Reply) -> Server {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let connections = Arc::new(AtomicUsize::new(0));
+            let (seen2, conns2) = (seen.clone(), connections.clone());
+            let task = tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    conns2.fetch_add(1, Ordering::SeqCst);
+                    let seen = seen2.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(
+                            move |req: hyper::Request<hyper::body::Incoming>| {
+                                let seen = seen.clone();
+                                async move {
+                                    let method = req.method().to_string();
+                                    let path = req.uri().to_string();
+                                    let headers = req
+                                        .headers()
+                                        .iter()
+                                        .map(|(n, v)| {
+                                            (n.to_string(), v.to_str().unwrap_or("").to_string())
+                                        })
+                                        .collect();
+                                    let body = req
+                                        .into_body()
+                                        .collect()
+                                        .await
+                                        .unwrap()
+                                        .to_bytes()
+                                        .to_vec();
+                                    let s = Seen {
+                                        method,
+                                        path,
+                                        headers,
+                                        body,
+                                    };
+                                    let (status, headers, body, delay) = reply(&s);
+                                    seen.lock().unwrap().push(s);
+                                    tokio::time::sleep(delay).await;
+                                    let mut resp = hyper::Response::builder().status(status);
+                                    for (n, v) in headers {
+                                        resp = resp.header(n, v);
+                                    }
+                                    Ok::<_, Infallible>(
+                                        resp.body(Full::new(Bytes::from(body))).unwrap(),
+                                    )
+                                }
+                            },
+                        );
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            });
+            Server {
+                addr,
+                seen,
+                connections,
+                task,
+            }
+        }
+
+        fn url(&self, path: &str) -> String {
+            format!("http://{}{path}", self.addr)
+        }
+
+        fn seen(&self) -> Vec<Seen> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
+    fn loopback() -> Deliverer {
+        Deliverer::new(&ClientOptions {
+            allowlist: Allowlist::parse(&["127.0.0.0/8", "::1/128"]).unwrap(),
+            connect_timeout: Duration::from_secs(2),
+            pool_max_idle_per_host: POOL_MAX_IDLE_PER_HOST,
+        })
+        .unwrap()
+    }
+
+    fn post(url: &str, body: &[u8]) -> Request {
+        Request {
+            method: "POST".into(),
+            url: url.into(),
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("webhook-id".into(), "evt_1".into()),
+            ],
+            body: body.to_vec(),
+        }
+    }
+
+    fn opts(timeout_ms: u64, cap: usize) -> SendOptions {
+        SendOptions {
+            timeout: Duration::from_millis(timeout_ms),
+            max_response_bytes: cap,
+        }
+    }
+
+    fn kind(a: &Attempt) -> Option<TransportErrorKind> {
+        match &a.outcome {
+            Outcome::Transport { kind, .. } => Some(*kind),
+            Outcome::Response { .. } => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn delivers_exact_bytes_and_caps_the_response_body() {
+        let server = Server::start(|s| {
+            let size = if s.path == "/big" { 100_000 } else { 10 };
+            (
+                200,
+                vec![("x-reply", "ok".into())],
+                vec![b'r'; size],
+                Duration::ZERO,
+            )
+        })
+        .await;
+        let d = loopback();
+        let body = br#"{"b" : 2,  "a":[1, 2.50]}"#;
+        let a = d
+            .send(&post(&server.url("/big"), body), &opts(5000, 1000))
+            .await;
+        assert!(a.outcome.is_success(), "{:?}", a.outcome);
+        assert_eq!(a.body_prefix, vec![b'r'; 1000]);
+        assert!(a.truncated);
+        assert_eq!(a.outcome.header("x-reply"), Some("ok"));
+        let small = d
+            .send(&post(&server.url("/small"), body), &opts(5000, 1000))
+            .await;
+        assert_eq!(small.body_prefix, b"rrrrrrrrrr");
+        assert!(!small.truncated);
+
+        let seen = server.seen();
+        assert_eq!(seen.len(), 2);
+        let first = &seen[0];
+        assert_eq!(first.method, "POST");
+        assert_eq!(first.body, body);
+        let header = |n: &str| {
+            first
+                .headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(header("user-agent"), Some(USER_AGENT));
+        assert!(USER_AGENT.starts_with("Squall/"));
+        assert_eq!(header("webhook-id"), Some("evt_1"));
+        assert_eq!(header("content-type"), Some("application/json"));
+        assert_eq!(
+            header("content-length"),
+            Some(body.len().to_string().as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn keeps_connections_alive_across_requests() {
+        let server = Server::start(|_| (204, vec![], vec![], Duration::ZERO)).await;
+        let d = loopback();
+        for _ in 0..5 {
+            let a = d
+                .send(&post(&server.url("/"), b"{}"), &opts(5000, 100))
+                .await;
+            assert!(a.outcome.is_success());
+        }
+        assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let server = Server::start(|s| {
+            if s.path == "/moved" {
+                (
+                    302,
+                    vec![("location", "/target".into())],
+                    vec![],
+                    Duration::ZERO,
+                )
+            } else {
+                (200, vec![], vec![], Duration::ZERO)
+            }
+        })
+        .await;
+        let a = loopback()
+            .send(&post(&server.url("/moved"), b"{}"), &opts(5000, 100))
+            .await;
+        assert!(
+            matches!(a.outcome, Outcome::Response { status: 302, .. }),
+            "{:?}",
+            a.outcome
+        );
+        assert!(!a.outcome.is_success());
+        assert_eq!(a.outcome.header("location"), Some("/target"));
+        assert_eq!(
+            server.seen().len(),
+            1,
+            "the redirect target must not be requested"
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_visible_in_the_outcome() {
+        let server = Server::start(|_| {
+            (
+                429,
+                vec![("retry-after", "7".into())],
+                b"slow down".to_vec(),
+                Duration::ZERO,
+            )
+        })
+        .await;
+        let a = loopback()
+            .send(&post(&server.url("/"), b"{}"), &opts(5000, 100))
+            .await;
+        assert!(matches!(a.outcome, Outcome::Response { status: 429, .. }));
+        assert_eq!(a.outcome.header("retry-after"), Some("7"));
+        assert_eq!(a.body_prefix, b"slow down");
+    }
+
+    #[tokio::test]
+    async fn a_slow_server_is_a_timeout() {
+        let server = Server::start(|_| (200, vec![], vec![], Duration::from_secs(3))).await;
+        let a = loopback()
+            .send(&post(&server.url("/"), b"{}"), &opts(300, 100))
+            .await;
+        assert_eq!(
+            kind(&a),
+            Some(TransportErrorKind::Timeout),
+            "{:?}",
+            a.outcome
+        );
+        assert!(a.latency < Duration::from_secs(2), "{:?}", a.latency);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_is_a_reset() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            for i in 0.. {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                if i % 2 == 1 {
+                    // RST instead of FIN.
+                    #[allow(deprecated)]
+                    let _ = stream.set_linger(Some(Duration::ZERO));
+                }
+                drop(stream);
+            }
+        });
+        let d = loopback();
+        for _ in 0..2 {
+            let a = d
+                .send(&post(&format!("http://{addr}/"), b"{}"), &opts(5000, 100))
+                .await;
+            assert_eq!(kind(&a), Some(TransportErrorKind::Reset), "{:?}", a.outcome);
+        }
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let a = loopback()
+            .send(&post(&format!("http://{addr}/"), b"{}"), &opts(5000, 100))
+            .await;
+        assert_eq!(
+            kind(&a),
+            Some(TransportErrorKind::Connect),
+            "{:?}",
+            a.outcome
+        );
+    }
+
+    #[tokio::test]
+    async fn the_ssrf_guard_refuses_without_an_allow_list() {
+        let server = Server::start(|_| (200, vec![], vec![], Duration::ZERO)).await;
+        let d = Deliverer::new(&ClientOptions {
+            allowlist: Allowlist::default(),
+            connect_timeout: Duration::from_secs(2),
+            pool_max_idle_per_host: 8,
+        })
+        .unwrap();
+        let port = server.addr.port();
+        for url in [
+            format!("http://127.0.0.1:{port}/"),
+            format!("http://2130706433:{port}/"),
+            format!("http://[::ffff:127.0.0.1]:{port}/"),
+            format!("http://localhost:{port}/"),
+        ] {
+            let a = d.send(&post(&url, b"{}"), &opts(5000, 100)).await;
+            assert_eq!(
+                kind(&a),
+                Some(TransportErrorKind::RefusedByPolicy),
+                "{url}: {:?}",
+                a.outcome
+            );
+            let Outcome::Transport { message, .. } = &a.outcome else {
+                unreachable!()
+            };
+            assert!(
+                message.contains("loopback") && message.contains("SSRF"),
+                "{message}"
+            );
+        }
+        assert!(server.seen().is_empty(), "nothing may reach the server");
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused_before_sending_without_leaking_values() {
+        let d = loopback();
+        let mut get = post("http://127.0.0.1:9/", b"");
+        get.method = "GET".into();
+        let a = d.send(&get, &opts(1000, 10)).await;
+        assert_eq!(kind(&a), Some(TransportErrorKind::RefusedByPolicy));
+        let mut crlf = post("http://127.0.0.1:9/", b"");
+        crlf.headers
+            .push(("x-token".into(), "s3cret\r\nx-evil: 1".into()));
+        let a = d.send(&crlf, &opts(1000, 10)).await;
+        let Outcome::Transport { kind: k, message } = &a.outcome else {
+            panic!()
+        };
+        assert_eq!(*k, TransportErrorKind::RefusedByPolicy);
+        assert!(
+            message.contains("x-token") && !message.contains("s3cret"),
+            "{message}"
+        );
+        for url in ["ftp://h.test/", "http://user:pw@h.test/", "/relative"] {
+            let a = d.send(&post(url, b""), &opts(1000, 10)).await;
+            assert_eq!(kind(&a), Some(TransportErrorKind::RefusedByPolicy), "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn apps_with_the_same_allow_list_share_a_client() {
+        let text = r#"
+            [apps.a]
+            secrets = { default = "env:A" }
+            allowed_networks = ["127.0.0.0/8"]
+            timeout_ms = 6000
+            [apps.b]
+            secrets = { default = "env:B" }
+            allowed_networks = ["127.0.0.0/8"]
+            max_concurrency = 2
+            max_per_endpoint = 2
+            [apps.c]
+            secrets = { default = "env:C" }
+        "#;
+        let c = crate::config::Config::from_toml_str(text, std::path::Path::new("."), Vec::new())
+            .unwrap();
+        let ds = Deliverers::new();
+        let a = ds.for_app(c.app("a").unwrap()).unwrap();
+        let b = ds.for_app(c.app("b").unwrap()).unwrap();
+        let cc = ds.for_app(c.app("c").unwrap()).unwrap();
+        assert!(Arc::ptr_eq(&a.deliverer, &b.deliverer));
+        assert!(!Arc::ptr_eq(&a.deliverer, &cc.deliverer));
+        assert_eq!(ds.len(), 2);
+        assert_eq!(a.opts.timeout, Duration::from_millis(6000));
+        assert_eq!(b.opts.timeout, Duration::from_millis(15000));
+
+        // Through the pipeline's trait.
+        let server = Server::start(|_| (503, vec![], vec![], Duration::ZERO)).await;
+        let delivery = Deliver::deliver(&a, &post(&server.url("/"), b"{}")).await;
+        assert!(matches!(
+            delivery.outcome,
+            Outcome::Response { status: 503, .. }
+        ));
+    }
+}

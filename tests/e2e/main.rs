@@ -1,1 +1,1 @@
-
+//! End-to-end scenarios.

@@ -1,9 +1,109 @@
-//! `squall run` (to be written).
+//! `squall run`: long-poll every configured application queue and deliver.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use squall::config::Config;
+use squall::http::Deliverers;
+use squall::queue::sqs::{SqsQueues, SqsSettings};
+use squall::runner::{BuildError, Runner, RunnerSettings, app_hooks, build_app};
 
 /// Arguments of `squall run`.
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {}
+pub struct RunArgs {
+    /// The configuration file (TOML; see docs/config.md).
+    #[arg(long, short, env = "SQUALL_CONFIG")]
+    config: PathBuf,
+    /// Log format: one JSON object per line (CloudWatch, log shippers) or human text.
+    #[arg(long, value_enum, default_value = "json")]
+    log_format: LogFormat,
+}
 
-pub fn main(_args: RunArgs) -> anyhow::Result<()> {
-    anyhow::bail!("squall run is not implemented yet")
+/// Log line format.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Logs to stderr, filtered by `SQUALL_LOG` (tracing env-filter syntax), else `default`.
+pub fn init_logging(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SQUALL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+pub fn main(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format, "info");
+    let config = Config::load(Some(&args.config))?;
+    config.require_queues()?;
+    let secrets = config.resolve_secrets()?;
+    let deliverers = Deliverers::new();
+    let mut apps = Vec::new();
+    for app in &config.apps {
+        let s = secrets
+            .get(&app.id)
+            .cloned()
+            .ok_or_else(|| BuildError::MissingSecrets(app.id.clone()))?;
+        let hooks = app_hooks(app, s)?;
+        apps.push(build_app(&config, app, hooks, &deliverers)?);
+    }
+    let settings = RunnerSettings::from_config(&config);
+    let sqs_settings = SqsSettings {
+        region: config.sqs.region.clone().unwrap_or_default(),
+        endpoint_url: config.sqs.endpoint_url.clone(),
+        static_credentials: None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = rt.block_on(async move {
+        let sqs = Arc::new(SqsQueues::connect(&sqs_settings).await);
+        tracing::info!(
+            apps = apps.len(),
+            endpoint = sqs_settings.endpoint_url.as_deref().unwrap_or("aws"),
+            "squall run starting"
+        );
+        Runner::new(sqs, apps, settings)
+            .run(shutdown_signal())
+            .await
+    });
+    if !report.drained {
+        tracing::warn!("some in-flight messages were not finished; they reappear on their queue");
+    }
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

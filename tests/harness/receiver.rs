@@ -1,0 +1,240 @@
+//! A real HTTP/1.1 subscriber on 127.0.0.1 with scripted faults. Hand-written over tokio so a
+//! test can do what a real endpoint does wrong: hang past a timeout, reset the connection,
+//! answer slowly, or answer 429 with Retry-After. Every request is recorded byte for byte.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the receiver does with one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Answer this status with an empty body.
+    Status(u16),
+    /// Answer this status with these headers.
+    StatusWith(u16, Vec<(String, String)>),
+    /// Read the request, then say nothing for this long, then close.
+    Hang(Duration),
+    /// Read the request, then reset the connection (RST).
+    Reset,
+    /// Wait this long, then answer this status.
+    Slow(Duration, u16),
+}
+
+/// One request as it arrived.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Request path.
+    pub path: String,
+    /// Method.
+    pub method: String,
+    /// Headers in arrival order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// Arrival time.
+    pub at: Instant,
+    /// What the receiver did.
+    pub reply: String,
+}
+
+impl Recorded {
+    /// First header with this (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    scripts: HashMap<String, VecDeque<Reply>>,
+    requests: Vec<Recorded>,
+}
+
+/// A running receiver. Dropping it stops accepting.
+pub struct Receiver {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    default: Reply,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Start on a free loopback port; requests with no script left get `default`.
+    pub async fn start(default: Reply) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let (st, def) = (state.clone(), default.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (st, def) = (st.clone(), def.clone());
+                tokio::spawn(async move {
+                    let _ = serve(stream, st, def).await;
+                });
+            }
+        });
+        Receiver {
+            addr,
+            state,
+            default,
+            task,
+        }
+    }
+
+    /// The URL of `path` on this receiver.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The socket address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Queue replies for `path`, used in order before falling back to the default.
+    pub fn script(&self, path: &str, replies: Vec<Reply>) {
+        self.state
+            .lock()
+            .unwrap()
+            .scripts
+            .entry(path.to_string())
+            .or_default()
+            .extend(replies);
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Requests to one path.
+    pub fn requests_for(&self, path: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    /// The default reply.
+    pub fn default_reply(&self) -> &Reply {
+        &self.default
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    state: Arc<Mutex<State>>,
+    default: Reply,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        // Read one request head.
+        let head_end = loop {
+            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let mut lines = head.split("\r\n");
+        let mut first = lines.next().unwrap_or("").split(' ');
+        let method = first.next().unwrap_or("").to_string();
+        let path = first.next().unwrap_or("").to_string();
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            let mut chunk = [0u8; 8192];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = buf[head_end..head_end + len].to_vec();
+        buf.drain(..head_end + len);
+
+        let reply = {
+            let mut st = state.lock().unwrap();
+            let reply = st
+                .scripts
+                .get_mut(&path)
+                .and_then(VecDeque::pop_front)
+                .unwrap_or(default.clone());
+            st.requests.push(Recorded {
+                path,
+                method,
+                headers,
+                body,
+                at: Instant::now(),
+                reply: format!("{reply:?}"),
+            });
+            reply
+        };
+        match reply {
+            Reply::Status(s) => respond(&mut stream, s, &[]).await?,
+            Reply::StatusWith(s, h) => respond(&mut stream, s, &h).await?,
+            Reply::Slow(d, s) => {
+                tokio::time::sleep(d).await;
+                respond(&mut stream, s, &[]).await?
+            }
+            Reply::Hang(d) => {
+                tokio::time::sleep(d).await;
+                return Ok(());
+            }
+            Reply::Reset => {
+                // A zero linger makes close send RST at once; it never blocks, which is
+                // what tokio's deprecation warns about.
+                #[allow(deprecated)]
+                stream.set_linger(Some(Duration::ZERO))?;
+                drop(stream);
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    headers: &[(String, String)],
+) -> std::io::Result<()> {
+    let mut out = format!("HTTP/1.1 {status} Scripted\r\ncontent-length: 0\r\n");
+    for (n, v) in headers {
+        out.push_str(&format!("{n}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    stream.write_all(out.as_bytes()).await
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
