@@ -160,7 +160,11 @@ async fn engine(
     let s = secrets["bench"].clone();
     let app_hooks = match hooks {
         Hooks::Builtins => AppHooks::builtins(app_cfg, s),
-        Hooks::Plugins => squall::runner::app_hooks(app_cfg, s).map_err(|e| e.to_string())?,
+        Hooks::Plugins => {
+            let rt = squall::plugin::PluginRuntime::new(squall::runner::runtime_options(&cfg))
+                .map_err(|e| e.to_string())?;
+            squall::runner::app_hooks(app_cfg, s, Some(&rt)).map_err(|e| e.to_string())?
+        }
     };
     let deliverers = Deliverers::new();
     let app = build_app(&cfg, app_cfg, app_hooks, &deliverers).map_err(|e| e.to_string())?;

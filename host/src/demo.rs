@@ -36,6 +36,7 @@ use crate::hooks::{PassThrough, RetryPolicy, Signer, Transform};
 use crate::http::{self, AppDelivery, ClientOptions, Deliverer, SendOptions};
 use crate::metrics::MetricOutcome;
 use crate::pipeline::{self, App, Deliver, PluginErrorPolicy};
+use crate::plugin::{PluginRuntime, PluginSpec, RuntimeOptions};
 use crate::queue::memory::{MemoryQueues, QueueOptions, Redrive};
 use crate::queue::{Attributes, Outgoing, Queue};
 use crate::retry::{Backoff, BackoffPolicy, RetryLimits};
@@ -455,27 +456,35 @@ fn builtin_hooks(secrets: Arc<Secrets>) -> Hooks {
     )
 }
 
-/// The sample plugins for `shipping`, or why not.
-fn plugin_hooks(dir: &Path, secrets: Arc<Secrets>) -> Result<Hooks, String> {
-    let files = [
-        "envelope-transform.wasm",
-        "standard-webhooks-signer.wasm",
-        "schedule-retry.wasm",
-    ];
-    for f in files {
-        if !dir.join(f).is_file() {
-            return Err(format!(
+/// The sample plugins for `shipping` (and the runtime, which must outlive them), or why not.
+fn plugin_hooks(dir: &Path, secrets: Arc<Secrets>) -> Result<(Hooks, PluginRuntime), String> {
+    let file = |f: &str| -> Result<PathBuf, String> {
+        let p = dir.join(f);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!(
                 "{} not found: run scripts/build-plugins to use the sample plugins",
-                dir.join(f).display()
-            ));
+                p.display()
+            ))
         }
-    }
-    load_plugins(dir, secrets)
-}
-
-#[allow(unused_variables)]
-fn load_plugins(dir: &Path, secrets: Arc<Secrets>) -> Result<Hooks, String> {
-    Err("the plugin runtime is not available in this build yet".to_string())
+    };
+    let mut transform = PluginSpec::new(file("envelope-transform.wasm")?);
+    transform.config.insert("skip_types".into(), "ping".into());
+    let signer = PluginSpec::new(file("standard-webhooks-signer.wasm")?);
+    let mut retry = PluginSpec::new(file("schedule-retry.wasm")?);
+    // The short test schedule, as for billing: 1 s, 2 s, then give up.
+    retry.config.insert("schedule".into(), "1s,2s,4s".into());
+    let rt = PluginRuntime::new(RuntimeOptions::default()).map_err(|e| e.to_string())?;
+    let hooks: Hooks = (
+        rt.transform("shipping", &transform, secrets.clone())
+            .map_err(|e| e.to_string())?,
+        rt.signer("shipping", &signer, secrets.clone())
+            .map_err(|e| e.to_string())?,
+        rt.retry_policy("shipping", &retry, secrets)
+            .map_err(|e| e.to_string())?,
+    );
+    Ok((hooks, rt))
 }
 
 /// The HTTP side of the demo: the engine's pooled [`http::Deliverer`], with the SSRF guard
@@ -582,6 +591,7 @@ pub async fn run_demo(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
     let mut plugins_note = None;
     let mut runner_apps = Vec::new();
     let mut shipping_uses_plugins = false;
+    let mut plugin_runtime: Option<PluginRuntime> = None;
     for a in apps {
         let s = secrets_for(&secrets[a]);
         let hooks = if a == "shipping" {
@@ -591,8 +601,9 @@ pub async fn run_demo(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
                     builtin_hooks(s.clone())
                 }
                 Some(dir) => match plugin_hooks(dir, s.clone()) {
-                    Ok(h) => {
+                    Ok((h, rt)) => {
                         shipping_uses_plugins = true;
+                        plugin_runtime = Some(rt);
                         h
                     }
                     Err(why) => {
@@ -692,6 +703,7 @@ pub async fn run_demo(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
         .await
         .map_err(|_| DemoError::Timeout(limit))?;
 
+    drop(plugin_runtime);
     summarize(
         &qs,
         &receiver,
@@ -965,5 +977,36 @@ mod tests {
         assert_eq!((flaky.attempts, flaky.result.as_str()), (3, "delivered"));
         assert!(s.elapsed < Duration::from_secs(20), "{:?}", s.elapsed);
         assert_eq!(s.report.counts.act_failed, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_with_the_sample_plugins_skips_ping() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
+        if !dir.join("envelope-transform.wasm").is_file() {
+            eprintln!(
+                "SKIPPED: run scripts/build-plugins to test the demo with the sample plugins"
+            );
+            return;
+        }
+        let s = run_demo(&DemoOptions {
+            plugins_dir: Some(dir),
+        })
+        .await
+        .unwrap();
+        print!("{}", s.render());
+        assert!(s.shipping_uses_plugins, "{:?}", s.plugins_note);
+        assert_eq!(
+            (s.delivered, s.retries, s.skipped, s.dead_lettered.len()),
+            (5, 4, 1, 2)
+        );
+        assert_eq!(s.metrics_records, 11);
+        assert_eq!((s.receiver_hits, s.signature_failures), (10, 0));
+        // Retried by the schedule-retry plugin (1 s, 2 s), delivered on the third attempt.
+        let ship = s
+            .rows
+            .iter()
+            .find(|r| r.event_id == "evt_ship_003")
+            .unwrap();
+        assert_eq!((ship.attempts, ship.result.as_str()), (3, "delivered"));
     }
 }

@@ -846,3 +846,193 @@ fn spec_vector_base64_is_standard() {
         .unwrap();
     assert_eq!(raw.len(), 24);
 }
+
+/// The commands of docs/plugins.md, run as written.
+#[test]
+fn cli_check_and_test_work_as_documented() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cache = temp_dir("cli-cache");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_squall"))
+            .args(args)
+            .current_dir(&root)
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    dist("github-signer");
+
+    let (ok, text) = run(&["plugin", "check", "plugins/dist/github-signer.wasm"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("hooks:    signer") && text.contains("squall:plugin/host@0.1.0"),
+        "{text}"
+    );
+
+    let (ok, text) = run(&[
+        "plugin",
+        "test",
+        "plugins/dist/standard-webhooks-signer.wasm",
+        "--hook",
+        "sign",
+        "--event",
+        "examples/envelope.json",
+        "--secret",
+        "default=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "--timestamp",
+        "1614265330",
+    ]);
+    assert!(ok, "{text}");
+    let envelope = squall::envelope::decode(
+        &std::fs::read(root.join("examples/envelope.json")).unwrap(),
+        &squall::envelope::Limits::default(),
+    )
+    .unwrap();
+    let event = envelope.into_event(1, 0);
+    let want = standard_webhooks_headers(
+        &[SecretKey::parse(SPEC_SECRET).unwrap()],
+        &event.id,
+        1614265330,
+        &event.body,
+    );
+    assert!(
+        text.contains(&format!("webhook-signature: {}", want[2].1)),
+        "{text}"
+    );
+    assert!(text.contains("call:") && text.contains("memory:"), "{text}");
+
+    let (ok, text) = run(&[
+        "plugin",
+        "test",
+        "plugins/dist/envelope-transform.wasm",
+        "--hook",
+        "transform",
+        "--event",
+        "examples/envelope.json",
+        "--config",
+        "skip_types=ping",
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("send: POST https://hooks.example.com/squall"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"{"type":"invoice.paid","id":"evt_2Q7x9KpLmN4vR8sT","#),
+        "{text}"
+    );
+
+    let (ok, text) = run(&[
+        "plugin",
+        "test",
+        "plugins/dist/schedule-retry.wasm",
+        "--hook",
+        "retry",
+        "--event",
+        "examples/envelope.json",
+        "--outcome",
+        "429;retry-after=30",
+        "--attempt",
+        "2",
+    ]);
+    assert!(ok && text.contains("RetryAfterSeconds(30)"), "{text}");
+
+    // A plugin failure exits non-zero and names the kind.
+    let (ok, text) = run(&[
+        "plugin",
+        "test",
+        "plugins/dist/misbehave.wasm",
+        "--hook",
+        "transform",
+        "--event",
+        "examples/envelope.json",
+        "--config",
+        "mode=trap",
+    ]);
+    assert!(!ok && text.contains("plugin-trap"), "{text}");
+    // A signer asked to transform fails at load, naming the export.
+    let (ok, text) = run(&[
+        "plugin",
+        "test",
+        "plugins/dist/github-signer.wasm",
+        "--hook",
+        "transform",
+        "--event",
+        "examples/envelope.json",
+    ]);
+    assert!(
+        !ok && text.contains("squall:plugin/transform@0.1.0"),
+        "{text}"
+    );
+
+    let out = cache.join("gh.cwasm");
+    let (ok, text) = run(&[
+        "plugin",
+        "precompile",
+        "plugins/dist/github-signer.wasm",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["plugin", "check", out.to_str().unwrap()]);
+    assert!(ok && text.contains("hooks:    signer"), "{text}");
+}
+
+#[test]
+fn concurrent_calls_each_get_an_instance_and_on_demand_allocation_works() {
+    for allocator in [
+        squall::plugin::AllocatorChoice::Auto,
+        squall::plugin::AllocatorChoice::OnDemand,
+    ] {
+        let rt = PluginRuntime::new(RuntimeOptions {
+            cache_dir: None,
+            allocator,
+            ..RuntimeOptions::default()
+        })
+        .unwrap();
+        if allocator == squall::plugin::AllocatorChoice::OnDemand {
+            assert_eq!(rt.allocator(), squall::plugin::Allocator::OnDemand);
+        }
+        let signer = rt
+            .load_signer(
+                "billing",
+                &spec("standard-webhooks-signer", &[]),
+                secrets(&[("main", &[SPEC_SECRET])]),
+            )
+            .unwrap();
+        let key = [SecretKey::parse(SPEC_SECRET).unwrap()];
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (signer, key) = (&signer, &key);
+                scope.spawn(move || {
+                    for i in 0..200 {
+                        let id = format!("evt_{t}_{i}");
+                        let body = format!("{{\"n\":{i}}}");
+                        let got = signer
+                            .sign(
+                                &ctx(&id, "t", 1),
+                                &request(body.as_bytes()),
+                                "main",
+                                1_700_000_000,
+                            )
+                            .unwrap();
+                        assert_eq!(
+                            got,
+                            standard_webhooks_headers(key, &id, 1_700_000_000, body.as_bytes())
+                        );
+                    }
+                });
+            }
+        });
+        let stats = signer.stats();
+        assert_eq!(stats.calls, 800);
+        assert!(stats.instances_created <= 5, "{stats:?}");
+        assert_eq!(stats.instances_discarded, 0);
+    }
+}

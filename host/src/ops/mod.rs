@@ -24,6 +24,8 @@ use crate::queue::memory::MemoryQueues;
 use crate::queue::sqs::{SqsQueues, SqsSettings};
 use crate::queue::{Attributes, Queue, QueueError, Received};
 
+pub mod exporter;
+pub mod metrics;
 pub mod redrive;
 pub mod scan;
 pub mod send;

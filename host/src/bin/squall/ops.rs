@@ -29,6 +29,53 @@ pub enum OpsCommand {
     Delete(DeleteArgs),
     /// Put one event on an application's queue.
     Send(SendArgs),
+    /// Drain the metrics queue and aggregate per application and endpoint host; optionally
+    /// serve Prometheus text on --listen.
+    Metrics(MetricsArgs),
+}
+
+/// Output format of `squall metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsFormat {
+    /// A text table per window.
+    Table,
+    /// One JSON object per window.
+    Json,
+    /// Prometheus text exposition per window.
+    Prometheus,
+    /// CloudWatch Embedded Metric Format lines.
+    Emf,
+}
+
+/// Arguments of `squall metrics`.
+#[derive(Debug, clap::Args)]
+pub struct MetricsArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Window length: drain, aggregate and print this often.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = MetricsFormat::Table)]
+    format: MetricsFormat,
+    /// Serve Prometheus text on this address at /metrics (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Drain once, print one window and exit.
+    #[arg(long)]
+    once: bool,
+    /// Stop after this many windows (0 = run until interrupted).
+    #[arg(long, default_value_t = 0)]
+    windows: u64,
+    /// An endpoint is failing after this many failed attempts in a row...
+    #[arg(long, default_value_t = 10)]
+    fail_after: u32,
+    /// ...or after failing with no success for this long.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    fail_for: Duration,
+    /// Read at most this many records per window.
+    #[arg(long, default_value_t = 100_000)]
+    max_per_window: usize,
 }
 
 /// Where the config comes from.
@@ -250,6 +297,7 @@ pub fn main(cmd: OpsCommand) -> anyhow::Result<()> {
         OpsCommand::Redrive(a) => rt.block_on(redrive_cmd(a)),
         OpsCommand::Delete(a) => rt.block_on(delete_cmd(a)),
         OpsCommand::Send(a) => rt.block_on(send_cmd(a)),
+        OpsCommand::Metrics(a) => rt.block_on(metrics_cmd(a)),
     }
 }
 
@@ -490,4 +538,63 @@ async fn send_cmd(a: SendArgs) -> anyhow::Result<()> {
     result.with_context(|| format!("sending event {} to {queue}", env.id))?;
     println!("sent event {} ({}) to {queue}", env.id, env.event_type);
     Ok(())
+}
+
+async fn metrics_cmd(a: MetricsArgs) -> anyhow::Result<()> {
+    use squall::ops::exporter;
+    use squall::ops::metrics::{self as agg, Aggregator, Thresholds};
+
+    let config = a.config.load()?;
+    let queue = ops_lib::metrics_queue_url(&config)?.to_string();
+    let q = connect(&config).await?;
+    let mut aggregator = Aggregator::new(Thresholds {
+        consecutive_failures: a.fail_after,
+        failing_for_ms: a.fail_for.as_millis() as u64,
+    });
+    let exposition = exporter::Exposition::default();
+    if let Some(addr) = a.listen {
+        exposition.publish(agg::prometheus_text(&aggregator.snapshot()));
+        let bound = exporter::serve(addr, exposition.clone())
+            .await
+            .with_context(|| format!("--listen {addr}"))?;
+        eprintln!("serving Prometheus text on http://{bound}/metrics");
+    }
+    let mut window = 0u64;
+    let mut next = tokio::time::Instant::now();
+    loop {
+        window += 1;
+        let drained = agg::drain(&q, &queue, a.max_per_window)
+            .await
+            .with_context(|| format!("draining the metrics queue {queue}"))?;
+        aggregator.malformed(drained.malformed);
+        aggregator.ingest(&drained.records);
+        let snap = aggregator.snapshot();
+        exposition.publish(agg::prometheus_text(&snap));
+        match a.format {
+            MetricsFormat::Table => {
+                println!(
+                    "window {window}: {} record(s) read",
+                    drained.records.len() as u64 + drained.malformed
+                );
+                print!("{}", agg::render_table(&snap));
+            }
+            MetricsFormat::Json => println!("{}", serde_json::to_string(&snap)?),
+            MetricsFormat::Prometheus => print!("{}", agg::prometheus_text(&snap)),
+            MetricsFormat::Emf => {
+                for line in agg::emf_lines(&snap, "Squall", ops_lib::now_ms()) {
+                    println!("{line}");
+                }
+            }
+        }
+        std::io::stdout().flush().ok();
+        aggregator.end_window();
+        if a.once || (a.windows > 0 && window >= a.windows) {
+            return Ok(());
+        }
+        next += a.interval;
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
 }

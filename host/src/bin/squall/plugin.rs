@@ -9,7 +9,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use squall::hooks::{
-    AttemptContext, Outcome, Request, RetryPolicy, Signer, Transform, TransportErrorKind,
+    AttemptContext, Outcome, Request, RetryPolicy, Signer, Transform, TransformResult,
+    TransportErrorKind,
 };
 use squall::plugin::{Hook, Isolation, PluginRuntime, PluginSpec, RuntimeOptions};
 use squall::secrets::{SecretKey, Secrets};
@@ -268,7 +269,18 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
             let load = load_started.elapsed();
             println!("loaded in {:.2} ms", load.as_secs_f64() * 1e3);
             let started = Instant::now();
-            let r = hook.transform(&event).map(|r| format!("{r:#?}"));
+            let r = hook.transform(&event).map(|r| match r {
+                TransformResult::Skip(reason) => format!("skip: {reason}"),
+                TransformResult::Send(req) => {
+                    let mut out = format!("send: {} {}\n", req.method, req.url);
+                    for (k, v) in &req.headers {
+                        out.push_str(&format!("{k}: {v}\n"));
+                    }
+                    out.push('\n');
+                    out.push_str(&String::from_utf8_lossy(&req.body));
+                    out
+                }
+            });
             (r, started.elapsed(), hook.stats())
         }
         HookArg::Sign => {

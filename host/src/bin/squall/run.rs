@@ -6,8 +6,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use squall::config::Config;
 use squall::http::Deliverers;
+use squall::plugin::PluginRuntime;
 use squall::queue::sqs::{SqsQueues, SqsSettings};
-use squall::runner::{BuildError, Runner, RunnerSettings, app_hooks, build_app};
+use squall::runner::{
+    BuildError, Runner, RunnerSettings, app_hooks, build_app, runtime_options, uses_plugins,
+};
 
 /// Arguments of `squall run`.
 #[derive(Debug, clap::Args)]
@@ -48,13 +51,19 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     config.require_queues()?;
     let secrets = config.resolve_secrets()?;
     let deliverers = Deliverers::new();
+    // Once per process, and only if some application configures a plugin.
+    let runtime = if uses_plugins(&config) {
+        Some(PluginRuntime::new(runtime_options(&config)).context("creating the plugin runtime")?)
+    } else {
+        None
+    };
     let mut apps = Vec::new();
     for app in &config.apps {
         let s = secrets
             .get(&app.id)
             .cloned()
             .ok_or_else(|| BuildError::MissingSecrets(app.id.clone()))?;
-        let hooks = app_hooks(app, s)?;
+        let hooks = app_hooks(app, s, runtime.as_ref())?;
         apps.push(build_app(&config, app, hooks, &deliverers)?);
     }
     let settings = RunnerSettings::from_config(&config);
