@@ -28,21 +28,57 @@ struct Subject {
 }
 
 const SUBJECTS: &[Subject] = &[
-    Subject { language: "Rust", plugin: "reshape-transform", kind: Kind::Transform },
-    Subject { language: "Python", plugin: "python-reshape-transform", kind: Kind::Transform },
-    Subject { language: "JavaScript", plugin: "js-reshape-transform", kind: Kind::Transform },
-    Subject { language: "Rust", plugin: "stripe-signer", kind: Kind::Signer },
-    Subject { language: "JavaScript", plugin: "js-stripe-signer", kind: Kind::Signer },
-    Subject { language: "Rust", plugin: "github-signer", kind: Kind::Signer },
-    Subject { language: "C", plugin: "c-github-signer", kind: Kind::Signer },
-    Subject { language: "Python", plugin: "python-status-retry", kind: Kind::Retry },
+    Subject {
+        language: "Rust",
+        plugin: "reshape-transform",
+        kind: Kind::Transform,
+    },
+    Subject {
+        language: "Python",
+        plugin: "python-reshape-transform",
+        kind: Kind::Transform,
+    },
+    Subject {
+        language: "JavaScript",
+        plugin: "js-reshape-transform",
+        kind: Kind::Transform,
+    },
+    Subject {
+        language: "Rust",
+        plugin: "stripe-signer",
+        kind: Kind::Signer,
+    },
+    Subject {
+        language: "JavaScript",
+        plugin: "js-stripe-signer",
+        kind: Kind::Signer,
+    },
+    Subject {
+        language: "Rust",
+        plugin: "github-signer",
+        kind: Kind::Signer,
+    },
+    Subject {
+        language: "C",
+        plugin: "c-github-signer",
+        kind: Kind::Signer,
+    },
+    Subject {
+        language: "Python",
+        plugin: "python-status-retry",
+        kind: Kind::Retry,
+    },
 ];
 
 fn dist(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../plugins/dist")
         .join(format!("{name}.wasm"));
-    assert!(path.exists(), "{} is missing: run scripts/build-plugins first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-plugins first",
+        path.display()
+    );
     path
 }
 
@@ -51,7 +87,11 @@ fn payload_1k() -> Vec<u8> {
     let mut items = Vec::new();
     let mut i = 0;
     loop {
-        items.push(format!(r#"{{"skuId":"SKU-{i:04}","unitPriceCents":{},"qty":{}}}"#, 100 + i * 7, 1 + i % 3));
+        items.push(format!(
+            r#"{{"skuId":"SKU-{i:04}","unitPriceCents":{},"qty":{}}}"#,
+            100 + i * 7,
+            1 + i % 3
+        ));
         let body = format!(
             r#"{{"customerId":"cus_0123456789","amountCents":123456,"currency":"usd","invoiceNumber":"INV-2026-000042","items":[{}]}}"#,
             items.join(",")
@@ -117,12 +157,18 @@ fn make_call(rt: &PluginRuntime, s: &Subject, isolation: Isolation) -> Call {
                 body,
             };
             let c = ctx();
-            Box::new(move || hook.sign(&c, &req, "main", 1_700_000_000).is_ok_and(|h| h.len() == 1))
+            Box::new(move || {
+                hook.sign(&c, &req, "main", 1_700_000_000)
+                    .is_ok_and(|h| h.len() == 1)
+            })
         }
         Kind::Retry => {
             let hook: Arc<dyn RetryPolicy> = rt.retry_policy("bench", &spec, secrets()).unwrap();
             let c = ctx();
-            let outcome = Outcome::Response { status: 503, headers: vec![] };
+            let outcome = Outcome::Response {
+                status: 503,
+                headers: vec![],
+            };
             Box::new(move || hook.decide(&c, &outcome).is_ok())
         }
     }
@@ -147,7 +193,10 @@ fn measure(call: &Call, n: usize) -> Stats {
         })
         .collect();
     times.sort();
-    Stats { median: times[n / 2], p90: times[n * 9 / 10] }
+    Stats {
+        median: times[n / 2],
+        p90: times[n * 9 / 10],
+    }
 }
 
 fn us(d: Duration) -> String {
@@ -159,22 +208,39 @@ fn ms(d: Duration) -> String {
 }
 
 fn runtime(cache: Option<&Path>) -> PluginRuntime {
-    PluginRuntime::new(RuntimeOptions { cache_dir: cache.map(Path::to_path_buf), ..RuntimeOptions::default() })
-        .unwrap()
+    PluginRuntime::new(RuntimeOptions {
+        cache_dir: cache.map(Path::to_path_buf),
+        ..RuntimeOptions::default()
+    })
+    .unwrap()
 }
 
 fn main() {
     // `cargo bench` passes --bench; anything else is a filter on the plugin name.
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let calls: usize = std::env::var("SQUALL_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let calls: usize = std::env::var("SQUALL_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     let tmp = std::env::temp_dir().join(format!("squall-bench-languages-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
 
-    println!("payload {} bytes, {calls} calls per measurement", payload_1k().len());
+    println!(
+        "payload {} bytes, {calls} calls per measurement",
+        payload_1k().len()
+    );
     println!();
-    println!("| language | plugin | size | compile | load precompiled | fresh instance + call, median / p90 | reused instance call, median / p90 |");
+    println!(
+        "| language | plugin | size | compile | load precompiled | fresh instance + call, median / p90 | reused instance call, median / p90 |"
+    );
     println!("|---|---|---|---|---|---|---|");
-    for s in SUBJECTS.iter().filter(|s| filter.is_empty() || filter.iter().any(|f| s.plugin.contains(f.as_str()))) {
+    for s in SUBJECTS
+        .iter()
+        .filter(|s| filter.is_empty() || filter.iter().any(|f| s.plugin.contains(f.as_str())))
+    {
         let path = dist(s.plugin);
         let size = std::fs::metadata(&path).unwrap().len();
 
@@ -192,7 +258,10 @@ fn main() {
         fresh_rt.inspect(&artifact).unwrap();
         let load = t.elapsed();
 
-        let fresh = measure(&make_call(&cold, s, Isolation::FreshPerCall), calls.min(500));
+        let fresh = measure(
+            &make_call(&cold, s, Isolation::FreshPerCall),
+            calls.min(500),
+        );
         let reused = measure(&make_call(&cold, s, Isolation::Reuse), calls);
         println!(
             "| {} | {} | {:.1} MB | {} ms | {} ms | {} / {} µs | {} / {} µs |",

@@ -169,7 +169,12 @@ fn conformance(path: PathBuf, vector_files: Vec<PathBuf>) -> anyhow::Result<()> 
     for file in &vector_files {
         let vectors = squall::conformance::load(file)?;
         let report = squall::conformance::run(&vectors, &hooks);
-        println!("{} ({} vectors) against {}", file.display(), report.kind, path.display());
+        println!(
+            "{} ({} vectors) against {}",
+            file.display(),
+            report.kind,
+            path.display()
+        );
         println!("{report}");
         failed += report.failed();
     }
