@@ -2,3 +2,4 @@
 //! binary). Run by `scripts/test`, which starts moto and sets `SQUALL_TEST_SQS_ENDPOINT`.
 
 mod delivery;
+mod plugins;
