@@ -726,6 +726,35 @@ fn load_errors_name_the_path_and_the_missing_thing() {
         "{err}"
     );
 
+    let future = dist("fixture-future-wit");
+    let err = rt
+        .signer("app", &PluginSpec::new(&future), secrets(&[]))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, PluginError::UnsupportedVersion { .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("fixture-future-wit.wasm")
+            && text.contains("squall:plugin/signer@0.2.0")
+            && text.contains("0.1.0"),
+        "{text}"
+    );
+
+    let unknown = dist("fixture-unknown-import");
+    let err = rt
+        .signer("app", &PluginSpec::new(&unknown), secrets(&[]))
+        .err()
+        .unwrap();
+    assert!(matches!(err, PluginError::UnknownImport { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("fixture-unknown-import.wasm") && text.contains("acme:net/socket@1.0.0"),
+        "{text}"
+    );
+
     let mut s = PluginSpec::new(&path);
     s.limits.memory_bytes = 1 << 40;
     let err = rt.signer("app", &s, secrets(&[])).err().unwrap();

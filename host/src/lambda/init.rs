@@ -1,0 +1,95 @@
+//! Init, once per cold start: the config file, each application's hooks, the HTTP
+//! deliverers, the SQS client. Every failure is an [`InitError`] naming the file, key,
+//! application or plugin, which the bootstrap reports to the Runtime API as the init error.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{Function, FunctionError};
+use crate::config::{self, AppConfig, Config};
+use crate::http::Deliverers;
+use crate::pipeline::SystemClock;
+use crate::plugin::{PluginError, PluginRuntime, RuntimeOptions};
+use crate::queue::sqs::{SqsQueues, SqsSettings};
+use crate::runner::{BuildError, app_hooks, build_app};
+
+/// Why the function could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// The config file (or the environment overlay) is invalid.
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    /// An application could not be built (hooks, plugins, HTTP client).
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    /// The plugin runtime could not start.
+    #[error("plugin runtime: {0}")]
+    Runtime(PluginError),
+    /// The applications and queues do not make a function.
+    #[error("{0}")]
+    Function(#[from] FunctionError),
+}
+
+impl InitError {
+    /// Short error type for the Runtime API (`Squall.<kind>`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InitError::Config(_) | InitError::Function(_) => "ConfigError",
+            InitError::Build(BuildError::Plugin { .. }) | InitError::Runtime(_) => "PluginError",
+            InitError::Build(_) => "BuildError",
+        }
+    }
+}
+
+/// Build the function from the config file at `path` (overlaid by `SQUALL__...` variables).
+pub async fn from_config_file(path: &Path) -> Result<Function<SqsQueues>, InitError> {
+    let config = Config::load(Some(path))?;
+    from_config(&config).await
+}
+
+/// Build the function from a loaded config.
+pub async fn from_config(config: &Config) -> Result<Function<SqsQueues>, InitError> {
+    config.require_queues()?;
+    let secrets = config.resolve_secrets()?;
+    let deliverers = Deliverers::new();
+    // No disk cache: /var/task is read-only and every cold start is a fresh sandbox. Bundled
+    // `.cwasm` artifacts are what makes plugin loading cheap (see `hooks`).
+    let runtime = if config.apps.iter().any(has_plugins) {
+        Some(
+            PluginRuntime::new(RuntimeOptions {
+                cache_dir: None,
+                ..RuntimeOptions::default()
+            })
+            .map_err(InitError::Runtime)?,
+        )
+    } else {
+        None
+    };
+    let mut apps = Vec::with_capacity(config.apps.len());
+    for app in &config.apps {
+        let s = secrets
+            .get(&app.id)
+            .cloned()
+            .ok_or_else(|| BuildError::MissingSecrets(app.id.clone()))?;
+        let hooks = app_hooks(app, s, runtime.as_ref())?;
+        apps.push(build_app(config, app, hooks, &deliverers)?);
+    }
+    let sqs = SqsQueues::connect(&SqsSettings {
+        region: config.sqs.region.clone().unwrap_or_default(),
+        endpoint_url: config.sqs.endpoint_url.clone(),
+        static_credentials: None,
+    })
+    .await;
+    Ok(Function::new(
+        Arc::new(sqs),
+        apps,
+        config.sqs.dead_letter_queue_url.clone().unwrap_or_default(),
+        config.sqs.metrics_queue_url.clone(),
+        Arc::new(SystemClock),
+    )?)
+}
+
+fn has_plugins(app: &AppConfig) -> bool {
+    let p = &app.plugins;
+    p.transform.is_some() || p.signer.is_some() || p.retry_policy.is_some()
+}
