@@ -257,7 +257,7 @@ fn main() {
         // cache hit (hash the .wasm, deserialize the artifact).
         let (compile, load, rt, component) = match &cache {
             Some(dir) => {
-                let rt = runtime(Some(dir));
+                let rt = runtime(Some(dir.as_path()));
                 let t = Instant::now();
                 rt.inspect(&path).unwrap();
                 (None, t.elapsed(), rt, path.clone())
