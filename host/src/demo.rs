@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,14 +33,17 @@ use tokio::task::JoinHandle;
 
 use crate::envelope::Envelope;
 use crate::hooks::{PassThrough, RetryPolicy, Signer, Transform};
+use crate::http::{self, AppDelivery, ClientOptions, Deliverer, SendOptions};
 use crate::metrics::MetricOutcome;
 use crate::pipeline::{self, App, Deliver, PluginErrorPolicy};
+use crate::plugin::{PluginRuntime, PluginSpec, RuntimeOptions};
 use crate::queue::memory::{MemoryQueues, QueueOptions, Redrive};
 use crate::queue::{Attributes, Outgoing, Queue};
 use crate::retry::{Backoff, BackoffPolicy, RetryLimits};
 use crate::runner::{RunReport, Runner, RunnerApp, RunnerSettings};
 use crate::secrets::{SecretKey, Secrets};
 use crate::signing::StandardWebhooksSigner;
+use crate::ssrf::Allowlist;
 
 // ---------------------------------------------------------------------------------------
 // Signature verification, as a receiver does it (independent of `signing.rs`).
@@ -136,10 +140,12 @@ pub struct Hit {
 
 /// A keep-alive HTTP/1.1 server on 127.0.0.1 answering `POST /<app>/<behaviour>`:
 /// `ok` -> 200, `flaky` -> 503 for the first two requests of each `webhook-id` then 200,
-/// `gone` -> 410; a signature that does not verify -> 401. Stops when dropped.
+/// `gone` -> 410, `slow` -> 200 after 50 ms; a signature that does not verify -> 401.
+/// Stops when dropped.
 pub struct Receiver {
     addr: SocketAddr,
     hits: Arc<Mutex<Vec<Hit>>>,
+    state: Arc<ReceiverState>,
     task: JoinHandle<()>,
 }
 
@@ -148,7 +154,13 @@ struct ReceiverState {
     record: bool,
     hits: Arc<Mutex<Vec<Hit>>>,
     flaky: Mutex<HashMap<String, u32>>,
+    served: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
+
+/// How long `slow` holds a request.
+pub const SLOW_DELAY: Duration = Duration::from_millis(50);
 
 impl Receiver {
     /// Start on an ephemeral loopback port. `secrets`: application -> secret to verify with
@@ -165,8 +177,13 @@ impl Receiver {
             record,
             hits: hits.clone(),
             flaky: Mutex::new(HashMap::new()),
+            served: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         });
+        let task_state = state.clone();
         let task = tokio::spawn(async move {
+            let state = task_state;
             // Connections live in this set: aborting the accept task closes them all.
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -184,7 +201,12 @@ impl Receiver {
                 while conns.try_join_next().is_some() {}
             }
         });
-        Ok(Receiver { addr, hits, task })
+        Ok(Receiver {
+            addr,
+            hits,
+            state,
+            task,
+        })
     }
 
     /// Where it listens.
@@ -197,7 +219,17 @@ impl Receiver {
         format!("http://{}/{app}/{behaviour}", self.addr)
     }
 
-    /// Requests answered so far.
+    /// Requests answered so far (counted even when not recorded).
+    pub fn served(&self) -> usize {
+        self.state.served.load(Ordering::Relaxed)
+    }
+
+    /// Most requests held at once so far.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests recorded so far.
     pub fn hits(&self) -> Vec<Hit> {
         self.hits.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -218,6 +250,18 @@ fn unix_secs() -> u64 {
 
 async fn answer(
     state: Arc<ReceiverState>,
+    req: HttpRequest<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let now = state.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    state.max_in_flight.fetch_max(now, Ordering::Relaxed);
+    let resp = answer_inner(&state, req).await;
+    state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    state.served.fetch_add(1, Ordering::Relaxed);
+    resp
+}
+
+async fn answer_inner(
+    state: &ReceiverState,
     req: HttpRequest<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut segs = req.uri().path().trim_start_matches('/').splitn(2, '/');
@@ -256,6 +300,10 @@ async fn answer(
     } else {
         match behaviour.as_str() {
             "gone" => 410,
+            "slow" => {
+                tokio::time::sleep(SLOW_DELAY).await;
+                200
+            }
             "flaky" => {
                 let mut f = state.flaky.lock().unwrap_or_else(|e| e.into_inner());
                 let n = f.entry(webhook_id.clone()).or_insert(0);
@@ -408,84 +456,54 @@ fn builtin_hooks(secrets: Arc<Secrets>) -> Hooks {
     )
 }
 
-/// The sample plugins for `shipping`, or why not.
-fn plugin_hooks(dir: &Path, secrets: Arc<Secrets>) -> Result<Hooks, String> {
-    let files = [
-        "envelope-transform.wasm",
-        "standard-webhooks-signer.wasm",
-        "schedule-retry.wasm",
-    ];
-    for f in files {
-        if !dir.join(f).is_file() {
-            return Err(format!(
+/// The sample plugins for `shipping` (and the runtime, which must outlive them), or why not.
+fn plugin_hooks(dir: &Path, secrets: Arc<Secrets>) -> Result<(Hooks, PluginRuntime), String> {
+    let file = |f: &str| -> Result<PathBuf, String> {
+        let p = dir.join(f);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!(
                 "{} not found: run scripts/build-plugins to use the sample plugins",
-                dir.join(f).display()
-            ));
+                p.display()
+            ))
         }
-    }
-    load_plugins(dir, secrets)
+    };
+    let mut transform = PluginSpec::new(file("envelope-transform.wasm")?);
+    transform.config.insert("skip_types".into(), "ping".into());
+    let signer = PluginSpec::new(file("standard-webhooks-signer.wasm")?);
+    let mut retry = PluginSpec::new(file("schedule-retry.wasm")?);
+    // The short test schedule, as for billing: 1 s, 2 s, then give up.
+    retry.config.insert("schedule".into(), "1s,2s,4s".into());
+    let rt = PluginRuntime::new(RuntimeOptions::default()).map_err(|e| e.to_string())?;
+    let hooks: Hooks = (
+        rt.transform("shipping", &transform, secrets.clone())
+            .map_err(|e| e.to_string())?,
+        rt.signer("shipping", &signer, secrets.clone())
+            .map_err(|e| e.to_string())?,
+        rt.retry_policy("shipping", &retry, secrets)
+            .map_err(|e| e.to_string())?,
+    );
+    Ok((hooks, rt))
 }
 
-#[allow(unused_variables)]
-fn load_plugins(dir: &Path, secrets: Arc<Secrets>) -> Result<Hooks, String> {
-    Err("the plugin runtime is not available in this build yet".to_string())
-}
-
-/// The HTTP side of the demo.
-// TODO(flow): switch to `http::Deliverer` with a 127.0.0.0/8 allow-list once it lands.
+/// The HTTP side of the demo: the engine's pooled [`http::Deliverer`], with the SSRF guard
+/// allowing loopback (127.0.0.0/8) only.
 fn demo_deliverer() -> Result<Arc<dyn Deliver>, DemoError> {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| DemoError::Http(e.to_string()))?;
-    Ok(Arc::new(LoopbackDeliver { client }))
-}
-
-struct LoopbackDeliver {
-    client: reqwest::Client,
-}
-
-impl Deliver for LoopbackDeliver {
-    fn deliver<'a>(
-        &'a self,
-        request: &'a crate::hooks::Request,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = pipeline::Delivery> + Send + 'a>> {
-        Box::pin(async move {
-            let t0 = Instant::now();
-            let mut rb = self.client.post(&request.url).body(request.body.clone());
-            for (n, v) in &request.headers {
-                rb = rb.header(n, v);
-            }
-            let outcome = match rb.send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let headers = resp
-                        .headers()
-                        .iter()
-                        .filter_map(|(n, v)| {
-                            Some((n.as_str().to_string(), v.to_str().ok()?.to_string()))
-                        })
-                        .collect();
-                    let _ = resp.bytes().await;
-                    crate::hooks::Outcome::Response { status, headers }
-                }
-                Err(e) => crate::hooks::Outcome::Transport {
-                    kind: if e.is_timeout() {
-                        crate::hooks::TransportErrorKind::Timeout
-                    } else {
-                        crate::hooks::TransportErrorKind::Connect
-                    },
-                    message: e.to_string(),
-                },
-            };
-            pipeline::Delivery {
-                outcome,
-                latency: t0.elapsed(),
-            }
-        })
-    }
+    let allowlist = Allowlist::parse(&["127.0.0.0/8"]).expect("a valid CIDR");
+    let deliverer = Deliverer::new(&ClientOptions {
+        allowlist,
+        connect_timeout: Duration::from_secs(2),
+        pool_max_idle_per_host: http::POOL_MAX_IDLE_PER_HOST,
+    })
+    .map_err(|e| DemoError::Http(e.to_string()))?;
+    Ok(Arc::new(AppDelivery {
+        deliverer: Arc::new(deliverer),
+        opts: SendOptions {
+            timeout: Duration::from_secs(10),
+            max_response_bytes: 64 * 1024,
+        },
+    }))
 }
 
 struct Sample {
@@ -573,6 +591,7 @@ pub async fn run_demo(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
     let mut plugins_note = None;
     let mut runner_apps = Vec::new();
     let mut shipping_uses_plugins = false;
+    let mut plugin_runtime: Option<PluginRuntime> = None;
     for a in apps {
         let s = secrets_for(&secrets[a]);
         let hooks = if a == "shipping" {
@@ -582,8 +601,9 @@ pub async fn run_demo(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
                     builtin_hooks(s.clone())
                 }
                 Some(dir) => match plugin_hooks(dir, s.clone()) {
-                    Ok(h) => {
+                    Ok((h, rt)) => {
                         shipping_uses_plugins = true;
+                        plugin_runtime = Some(rt);
                         h
                     }
                     Err(why) => {
@@ -683,6 +703,7 @@ pub async fn run_demo(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
         .await
         .map_err(|_| DemoError::Timeout(limit))?;
 
+    drop(plugin_runtime);
     summarize(
         &qs,
         &receiver,
@@ -956,5 +977,36 @@ mod tests {
         assert_eq!((flaky.attempts, flaky.result.as_str()), (3, "delivered"));
         assert!(s.elapsed < Duration::from_secs(20), "{:?}", s.elapsed);
         assert_eq!(s.report.counts.act_failed, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_with_the_sample_plugins_skips_ping() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
+        if !dir.join("envelope-transform.wasm").is_file() {
+            eprintln!(
+                "SKIPPED: run scripts/build-plugins to test the demo with the sample plugins"
+            );
+            return;
+        }
+        let s = run_demo(&DemoOptions {
+            plugins_dir: Some(dir),
+        })
+        .await
+        .unwrap();
+        print!("{}", s.render());
+        assert!(s.shipping_uses_plugins, "{:?}", s.plugins_note);
+        assert_eq!(
+            (s.delivered, s.retries, s.skipped, s.dead_lettered.len()),
+            (5, 4, 1, 2)
+        );
+        assert_eq!(s.metrics_records, 11);
+        assert_eq!((s.receiver_hits, s.signature_failures), (10, 0));
+        // Retried by the schedule-retry plugin (1 s, 2 s), delivered on the third attempt.
+        let ship = s
+            .rows
+            .iter()
+            .find(|r| r.event_id == "evt_ship_003")
+            .unwrap();
+        assert_eq!((ship.attempts, ship.result.as_str()), (3, "delivered"));
     }
 }

@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod http;
 pub mod lambda;
 pub mod metrics;
+pub mod ops;
 pub mod pipeline;
 pub mod plugin;
 pub mod queue;

@@ -19,12 +19,18 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use crate::hooks::Request;
+use crate::config::{self, AppConfig, Config, OnPluginError, PluginConfig};
+use crate::hooks::{PassThrough, Request, RetryPolicy, Signer, Transform};
+use crate::http::Deliverers;
 use crate::metrics::{MetricRecord, MetricsSink, MetricsTotals};
 use crate::pipeline::{
     self, Action, App, DeleteReason, Deliver, Delivery, ProcessOptions, SystemClock,
 };
+use crate::plugin::{Isolation, PluginLimits, PluginRuntime, PluginSpec, RuntimeOptions};
 use crate::queue::{Outgoing, Queue, QueueError, Received, VisibilityChange};
+use crate::retry::BackoffPolicy;
+use crate::secrets::Secrets;
+use crate::signing::StandardWebhooksSigner;
 
 /// Where acting happens, which decides who deletes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -464,6 +470,186 @@ impl<Q: Queue> Runner<Q> {
         };
         tracing::info!(?report, "stopped");
         report
+    }
+}
+
+/// Why the applications could not be built from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// `apps.ID.queue_url` is missing.
+    #[error("apps.{0}.queue_url is required")]
+    MissingQueue(String),
+    /// No resolved secrets for an application.
+    #[error("apps.{0}: secrets were not resolved")]
+    MissingSecrets(String),
+    /// The HTTP client could not be built.
+    #[error("apps.{app}: {error}")]
+    Http {
+        /// Application id.
+        app: String,
+        /// Cause.
+        error: crate::http::ClientError,
+    },
+    /// A plugin could not be loaded.
+    #[error("apps.{app}.plugins.{hook}: {message}")]
+    Plugin {
+        /// Application id.
+        app: String,
+        /// `transform`, `signer` or `retry_policy`.
+        hook: &'static str,
+        /// What went wrong, naming the plugin file.
+        message: String,
+    },
+}
+
+/// An application's three hooks.
+pub struct AppHooks {
+    /// Transform.
+    pub transform: Arc<dyn Transform>,
+    /// Signer.
+    pub signer: Arc<dyn Signer>,
+    /// Retry policy.
+    pub retry_policy: Arc<dyn RetryPolicy>,
+}
+
+impl AppHooks {
+    /// The native built-ins: pass-through, Standard Webhooks, the app's exponential backoff.
+    pub fn builtins(app: &AppConfig, secrets: Arc<Secrets>) -> AppHooks {
+        AppHooks {
+            transform: Arc::new(PassThrough),
+            signer: Arc::new(StandardWebhooksSigner::new(secrets)),
+            retry_policy: Arc::new(BackoffPolicy {
+                backoff: app.backoff(),
+            }),
+        }
+    }
+}
+
+/// The plugin spec of a configured plugin.
+pub fn plugin_spec(cfg: &PluginConfig) -> PluginSpec {
+    PluginSpec {
+        path: cfg.path.clone(),
+        config: cfg.config.clone(),
+        limits: PluginLimits {
+            timeout_ms: cfg.limits.timeout_ms,
+            memory_bytes: cfg.limits.memory_bytes,
+            max_output_bytes: cfg.limits.max_output_bytes,
+        },
+        isolation: match cfg.limits.isolation {
+            config::Isolation::Reuse => Isolation::Reuse,
+            config::Isolation::Fresh => Isolation::FreshPerCall,
+        },
+    }
+}
+
+/// True if any application configures a plugin (so a plugin runtime is needed).
+pub fn uses_plugins(config: &Config) -> bool {
+    config.apps.iter().any(|a| {
+        a.plugins.transform.is_some()
+            || a.plugins.signer.is_some()
+            || a.plugins.retry_policy.is_some()
+    })
+}
+
+/// The plugin runtime options from `[plugins]` (an empty `cache_dir` = the default).
+pub fn runtime_options(config: &Config) -> RuntimeOptions {
+    let mut opts = RuntimeOptions::default();
+    if !config.plugins.cache_dir.as_os_str().is_empty() {
+        opts.cache_dir = Some(config.plugins.cache_dir.clone());
+    }
+    opts
+}
+
+/// The hooks of one application: plugins where configured (loaded, compiled and validated
+/// now, at start-up, through `runtime`), the built-ins for the others.
+pub fn app_hooks(
+    app: &AppConfig,
+    secrets: Arc<Secrets>,
+    runtime: Option<&PluginRuntime>,
+) -> Result<AppHooks, BuildError> {
+    let mut hooks = AppHooks::builtins(app, secrets.clone());
+    let p = &app.plugins;
+    let need = |hook: &'static str| -> Result<&PluginRuntime, BuildError> {
+        runtime.ok_or_else(|| BuildError::Plugin {
+            app: app.id.clone(),
+            hook,
+            message: "no plugin runtime was created".into(),
+        })
+    };
+    let err = |hook: &'static str| {
+        move |e: crate::plugin::PluginError| BuildError::Plugin {
+            app: app.id.clone(),
+            hook,
+            message: e.to_string(),
+        }
+    };
+    if let Some(c) = &p.transform {
+        hooks.transform = need("transform")?
+            .transform(&app.id, &plugin_spec(c), secrets.clone())
+            .map_err(err("transform"))?;
+    }
+    if let Some(c) = &p.signer {
+        hooks.signer = need("signer")?
+            .signer(&app.id, &plugin_spec(c), secrets.clone())
+            .map_err(err("signer"))?;
+    }
+    if let Some(c) = &p.retry_policy {
+        hooks.retry_policy = need("retry_policy")?
+            .retry_policy(&app.id, &plugin_spec(c), secrets.clone())
+            .map_err(err("retry_policy"))?;
+    }
+    Ok(hooks)
+}
+
+/// Build one application's pipeline context from its configuration (once per process):
+/// its hooks, its shared HTTP client wrapped in its per-endpoint limit, its limits.
+pub fn build_app(
+    config: &Config,
+    app: &AppConfig,
+    hooks: AppHooks,
+    deliverers: &Deliverers,
+) -> Result<RunnerApp, BuildError> {
+    let queue_url = app
+        .queue_url
+        .clone()
+        .ok_or_else(|| BuildError::MissingQueue(app.id.clone()))?;
+    let delivery = deliverers.for_app(app).map_err(|error| BuildError::Http {
+        app: app.id.clone(),
+        error,
+    })?;
+    let limiter = Arc::new(EndpointLimiter::new(app.max_per_endpoint as usize));
+    Ok(RunnerApp {
+        app: Arc::new(App {
+            id: app.id.clone(),
+            queue_url,
+            transform: hooks.transform,
+            signer: hooks.signer,
+            retry_policy: hooks.retry_policy,
+            backoff: app.backoff(),
+            limits: app.retry_limits(),
+            envelope_limits: app.envelope_limits(),
+            signing_key: app.signing_key.clone(),
+            on_plugin_error: match app.on_plugin_error {
+                OnPluginError::Retry => pipeline::PluginErrorPolicy::Retry,
+                OnPluginError::DeadLetter => pipeline::PluginErrorPolicy::DeadLetter,
+            },
+            visibility_backoff_max_secs: config.sqs.visibility_backoff_max_secs,
+            deliver: Arc::new(LimitedDeliver::new(Arc::new(delivery), limiter)),
+        }),
+        max_concurrency: app.max_concurrency as usize,
+    })
+}
+
+impl RunnerSettings {
+    /// From `[sqs]` and `[runner]`.
+    pub fn from_config(config: &Config) -> RunnerSettings {
+        RunnerSettings {
+            wait: Duration::from_secs(config.sqs.wait_time_secs as u64),
+            receive_batch: config.sqs.receive_batch as usize,
+            shutdown_grace: Duration::from_secs(config.runner.shutdown_grace_secs),
+            dead_letter_queue_url: config.sqs.dead_letter_queue_url.clone().unwrap_or_default(),
+            metrics_queue_url: config.sqs.metrics_queue_url.clone(),
+        }
     }
 }
 
@@ -948,6 +1134,74 @@ mod tests {
         assert_eq!(report.counts.dead_lettered, 0);
         // Nothing lost: six events are still queued (copies or parked originals).
         assert_eq!(qs.counts("app").unwrap().total, 6);
+    }
+
+    /// Holds each request 2 s; counts concurrent and total requests.
+    struct Slow {
+        now: AtomicU64,
+        max: AtomicU64,
+        total: AtomicU64,
+    }
+    impl Deliver for Slow {
+        fn deliver<'a>(
+            &'a self,
+            _request: &'a Request,
+        ) -> Pin<Box<dyn Future<Output = Delivery> + Send + 'a>> {
+            Box::pin(async move {
+                let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+                self.max.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                self.now.fetch_sub(1, Ordering::SeqCst);
+                self.total.fetch_add(1, Ordering::SeqCst);
+                Delivery {
+                    outcome: Outcome::Response {
+                        status: 200,
+                        headers: vec![],
+                    },
+                    latency: Duration::from_secs(2),
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_finishes_in_flight_deliveries_and_bounds_concurrency() {
+        let qs = queues(1000);
+        let slow = Arc::new(Slow {
+            now: AtomicU64::new(0),
+            max: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        });
+        qs.send_batch(
+            "app",
+            &(0..40).map(|i| event(&format!("e{i}"))).collect::<Vec<_>>(),
+        )
+        .await;
+        let runner = Runner::new(
+            qs.clone(),
+            vec![RunnerApp {
+                app: app(slow.clone()),
+                max_concurrency: 6,
+            }],
+            settings(),
+        );
+        let stats = runner.stats();
+        // Shut down while the first deliveries are still in progress.
+        let report = runner.run(until(stats, |c| c.received >= 6)).await;
+        assert!(report.drained);
+        assert_eq!(
+            slow.max.load(Ordering::SeqCst),
+            6,
+            "max_concurrency bounds deliveries"
+        );
+        // Everything received was delivered and deleted; the rest is untouched and visible.
+        let received = report.counts.received;
+        assert_eq!(received, 6);
+        assert_eq!(report.counts.delivered, received);
+        assert_eq!(slow.total.load(Ordering::SeqCst), received);
+        assert_eq!(report.metrics.sent, received);
+        let c = qs.counts("app").unwrap();
+        assert_eq!((c.total, c.in_flight), (40 - received as usize, 0));
     }
 
     #[tokio::test]

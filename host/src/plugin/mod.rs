@@ -1,1 +1,675 @@
-//! (to be written)
+//! The WebAssembly plugin runtime: loads components that implement the hooks of
+//! `wit/v0.1.0` and runs them sandboxed, with limits, behind the traits of
+//! [`crate::hooks`].
+//!
+//! Lifecycles:
+//! - once per process, [`PluginRuntime`]: the wasmtime `Engine` (epoch interruption, the
+//!   pooling allocator or on-demand allocation), the `Linker` with the `host` imports and
+//!   an empty WASI context, the epoch ticker thread, and the compiled components (each
+//!   file compiled once, cached on disk as a verified `.cwasm`);
+//! - once per application and hook, [`PluginHook`] (returned as `Arc<dyn Transform>`...):
+//!   the pre-linked template, the app's plugin config and secrets, its own instance pool;
+//! - once per call: a `Store` with a memory limit and a wall-time deadline, on a pooled
+//!   instance ([`Isolation::Reuse`]) or a fresh one ([`Isolation::FreshPerCall`]).
+//!
+//! A plugin never panics or hangs the host: traps, timeouts, memory exhaustion, plugin
+//! errors and invalid outputs all come back as [`crate::hooks::HookError`].
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use squall::hooks::{AttemptContext, Request};
+//! use squall::plugin::{PluginRuntime, PluginSpec, RuntimeOptions};
+//! use squall::secrets::{SecretKey, Secrets};
+//!
+//! let runtime = PluginRuntime::new(RuntimeOptions::default())?;
+//! let mut secrets = Secrets::new();
+//! secrets.insert("main", vec![SecretKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()]);
+//! let spec = PluginSpec::new("plugins/dist/standard-webhooks-signer.wasm");
+//! let signer = runtime.signer("billing", &spec, Arc::new(secrets))?;
+//! # Ok::<(), squall::plugin::PluginError>(())
+//! ```
+
+mod artifact;
+pub mod bindings;
+mod contract;
+mod hook;
+pub mod output;
+mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use contract::{ComponentInfo, Hook, SUPPORTED_VERSIONS};
+pub use hook::{
+    HookExport, HookStats, PluginHook, PluginRetryPolicy, PluginSigner, PluginTransform,
+};
+pub use state::HostState;
+
+use crate::hooks;
+use crate::secrets::Secrets;
+use state::AppBinding;
+
+/// Per-call limits of a plugin, configurable per application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginLimits {
+    /// Wall time per call, milliseconds (enforced by epoch interruption, to within one tick).
+    pub timeout_ms: u64,
+    /// Largest linear memory, bytes.
+    pub memory_bytes: usize,
+    /// Largest output: request body plus headers, or headers, or a reason, bytes.
+    pub max_output_bytes: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            timeout_ms: 100,
+            memory_bytes: 64 << 20,
+            max_output_bytes: 1 << 20,
+        }
+    }
+}
+
+/// How instances are shared between calls of one application's hook.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// Instances are pooled and reused across events of the same application (never
+    /// across applications); an instance that trapped is dropped.
+    #[default]
+    Reuse,
+    /// A fresh instance for every call: nothing survives from one event to the next.
+    FreshPerCall,
+}
+
+/// Which plugin to load for an application, with what config and limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginSpec {
+    /// A component (`.wasm`) or an artifact made by [`PluginRuntime::precompile`] (`.cwasm`).
+    pub path: PathBuf,
+    /// Values the plugin reads with `config-get`.
+    pub config: BTreeMap<String, String>,
+    /// Per-call limits.
+    pub limits: PluginLimits,
+    /// Instance sharing.
+    pub isolation: Isolation,
+}
+
+impl PluginSpec {
+    /// A spec with empty config and default limits and isolation.
+    pub fn new(path: impl Into<PathBuf>) -> PluginSpec {
+        PluginSpec {
+            path: path.into(),
+            config: BTreeMap::new(),
+            limits: PluginLimits::default(),
+            isolation: Isolation::default(),
+        }
+    }
+}
+
+/// How the engine allocates instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AllocatorChoice {
+    /// The pooling allocator, or on-demand allocation when address space cannot be reserved.
+    #[default]
+    Auto,
+    /// The pooling allocator; fail if it cannot be set up.
+    Pooling,
+    /// Allocate every instance on demand.
+    OnDemand,
+}
+
+/// The allocator the runtime ended up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocator {
+    /// Pre-reserved slots, fast instantiation.
+    Pooling,
+    /// mmap per instance.
+    OnDemand,
+}
+
+/// Process-wide runtime settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeOptions {
+    /// Where compiled components are cached; `None` disables the disk cache.
+    /// Default: `$XDG_CACHE_HOME/squall/plugins`, else `$HOME/.cache/squall/plugins`.
+    pub cache_dir: Option<PathBuf>,
+    /// Epoch tick: the granularity of the wall-time limit. Default 10 ms.
+    pub epoch_tick: Duration,
+    /// Allocation strategy. Default [`AllocatorChoice::Auto`].
+    pub allocator: AllocatorChoice,
+    /// The largest `memory_bytes` any plugin may be given (sizes the pool slots). Default 256 MiB.
+    pub max_memory_bytes: usize,
+    /// Component instances the pool holds at once (idle plus running). Default 1000.
+    pub pooled_instances: u32,
+    /// Idle instances kept per application hook. Default 4.
+    pub max_idle_per_hook: usize,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            cache_dir: default_cache_dir(),
+            epoch_tick: Duration::from_millis(10),
+            allocator: AllocatorChoice::Auto,
+            max_memory_bytes: 256 << 20,
+            pooled_instances: 1000,
+            max_idle_per_hook: 4,
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/squall/plugins`, else `$HOME/.cache/squall/plugins`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
+    Some(base.join("squall").join("plugins"))
+}
+
+/// Why a plugin could not be loaded. Every variant names the plugin's path.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The engine could not be created.
+    #[error("cannot create the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The file could not be read or written.
+    #[error("plugin {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not a WebAssembly component.
+    #[error("plugin {path}: {detail}")]
+    NotAComponent {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        detail: String,
+    },
+    /// Cranelift refused the component.
+    #[error("plugin {path}: does not compile: {detail}")]
+    Compile {
+        /// The file.
+        path: PathBuf,
+        /// Compiler message.
+        detail: String,
+    },
+    /// A precompiled artifact for another engine, CPU, wasmtime version or format.
+    #[error("plugin {path}: precompiled artifact refused: {detail}")]
+    ForeignArtifact {
+        /// The file.
+        path: PathBuf,
+        /// Which mismatch.
+        detail: String,
+    },
+    /// A precompiled artifact that is damaged.
+    #[error("plugin {path}: precompiled artifact is corrupt: {detail}")]
+    CorruptArtifact {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The component does not export the requested hook.
+    #[error("plugin {path}: does not export {export} (it exports: {found})")]
+    MissingExport {
+        /// The file.
+        path: PathBuf,
+        /// The missing export, e.g. `squall:plugin/transform@0.1.0`.
+        export: String,
+        /// What it does export.
+        found: String,
+    },
+    /// The component uses a `squall:plugin` version this host does not link.
+    #[error(
+        "plugin {path}: {item} is not a supported WIT version (this host supports squall:plugin@{supported})"
+    )]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The import or export.
+        item: String,
+        /// Supported versions.
+        supported: String,
+    },
+    /// The component imports something the host does not offer.
+    #[error(
+        "plugin {path}: imports {import}, which the host does not provide (only squall:plugin/host and WASI)"
+    )]
+    UnknownImport {
+        /// The file.
+        path: PathBuf,
+        /// The import.
+        import: String,
+    },
+    /// Linking failed (for example a WASI interface of an unknown version).
+    #[error("plugin {path}: cannot be linked: {detail}")]
+    Link {
+        /// The file.
+        path: PathBuf,
+        /// wasmtime's message, naming the import.
+        detail: String,
+    },
+    /// The first instance could not be created (start function trapped, pool exhausted...).
+    #[error("plugin {path}: cannot be instantiated: {detail}")]
+    Instantiate {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// Limits out of range.
+    #[error("plugin {path}: invalid limits: {detail}")]
+    Limits {
+        /// The file.
+        path: PathBuf,
+        /// Which limit.
+        detail: String,
+    },
+}
+
+/// A compiled component with its pre-linked template, shared by every app using it.
+struct LoadedComponent {
+    digest: [u8; 32],
+    info: ComponentInfo,
+    pre: InstancePre<HostState>,
+}
+
+/// The process-wide plugin runtime. See the module docs.
+pub struct PluginRuntime {
+    engine: Engine,
+    engine_digest: [u8; 32],
+    linker: Linker<HostState>,
+    allocator: Allocator,
+    opts: RuntimeOptions,
+    components: Mutex<HashMap<[u8; 32], Arc<LoadedComponent>>>,
+}
+
+impl std::fmt::Debug for PluginRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginRuntime")
+            .field("allocator", &self.allocator)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginRuntime {
+    /// Create the engine, the linker and the epoch ticker.
+    pub fn new(opts: RuntimeOptions) -> Result<PluginRuntime, PluginError> {
+        if opts.epoch_tick.is_zero() {
+            return Err(PluginError::Engine("epoch_tick must be above zero".into()));
+        }
+        let (engine, allocator) = match opts.allocator {
+            AllocatorChoice::OnDemand => (make_engine(&opts, false)?, Allocator::OnDemand),
+            AllocatorChoice::Pooling => (make_engine(&opts, true)?, Allocator::Pooling),
+            AllocatorChoice::Auto => match make_engine(&opts, true) {
+                Ok(e) => (e, Allocator::Pooling),
+                Err(err) => {
+                    tracing::warn!(error = %err, "pooling allocator unavailable, falling back to on-demand allocation");
+                    (make_engine(&opts, false)?, Allocator::OnDemand)
+                }
+            },
+        };
+        tracing::info!(allocator = ?allocator, epoch_tick_ms = opts.epoch_tick.as_millis() as u64, "plugin runtime ready");
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| PluginError::Engine(format!("linking WASI: {e:#}")))?;
+        bindings::AllHooks::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Engine(format!("linking the host interface: {e:#}")))?;
+
+        let weak = engine.weak();
+        let tick = opts.epoch_tick;
+        std::thread::Builder::new()
+            .name("squall-plugin-epoch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(tick);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| PluginError::Engine(format!("starting the epoch ticker: {e}")))?;
+
+        Ok(PluginRuntime {
+            engine_digest: artifact::engine_digest(&engine),
+            engine,
+            linker,
+            allocator,
+            opts,
+            components: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Distinct components compiled or loaded so far (one per content digest).
+    pub fn components_loaded(&self) -> usize {
+        self.components
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// The allocator in use.
+    pub fn allocator(&self) -> Allocator {
+        self.allocator
+    }
+
+    /// The options the runtime was created with.
+    pub fn options(&self) -> &RuntimeOptions {
+        &self.opts
+    }
+
+    /// Load a component (or artifact) and report what it exports and imports, checked
+    /// against the contract and linked, exactly as a hook load would do.
+    pub fn inspect(&self, path: &Path) -> Result<ComponentInfo, PluginError> {
+        Ok(self.component(path)?.info.clone())
+    }
+
+    /// Compile `path` (a `.wasm` component) for this engine and write a verified artifact
+    /// to `out`, for deployment bundles: loading it needs no Cranelift work.
+    pub fn precompile(&self, path: &Path, out: &Path) -> Result<(), PluginError> {
+        let bytes = read(path)?;
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let component = self.compile(path, &bytes)?;
+        contract::inspect(&self.engine, &component, path)?;
+        let payload = component.serialize().map_err(|e| PluginError::Compile {
+            path: path.to_path_buf(),
+            detail: format!("serializing: {e:#}"),
+        })?;
+        write_atomically(out, &artifact::wrap(&self.engine_digest, &digest, &payload))
+    }
+
+    /// A transform for one application.
+    pub fn transform(
+        &self,
+        app_id: &str,
+        spec: &PluginSpec,
+        secrets: Arc<Secrets>,
+    ) -> Result<Arc<dyn hooks::Transform>, PluginError> {
+        Ok(self.load_transform(app_id, spec, secrets)?)
+    }
+
+    /// A signer for one application.
+    pub fn signer(
+        &self,
+        app_id: &str,
+        spec: &PluginSpec,
+        secrets: Arc<Secrets>,
+    ) -> Result<Arc<dyn hooks::Signer>, PluginError> {
+        Ok(self.load_signer(app_id, spec, secrets)?)
+    }
+
+    /// A retry policy for one application.
+    pub fn retry_policy(
+        &self,
+        app_id: &str,
+        spec: &PluginSpec,
+        secrets: Arc<Secrets>,
+    ) -> Result<Arc<dyn hooks::RetryPolicy>, PluginError> {
+        Ok(self.load_retry_policy(app_id, spec, secrets)?)
+    }
+
+    /// [`PluginRuntime::transform`] with the concrete type (for its [`HookStats`]).
+    pub fn load_transform(
+        &self,
+        app_id: &str,
+        spec: &PluginSpec,
+        secrets: Arc<Secrets>,
+    ) -> Result<Arc<PluginTransform>, PluginError> {
+        self.load_hook(Hook::Transform, app_id, spec, secrets)
+    }
+
+    /// [`PluginRuntime::signer`] with the concrete type.
+    pub fn load_signer(
+        &self,
+        app_id: &str,
+        spec: &PluginSpec,
+        secrets: Arc<Secrets>,
+    ) -> Result<Arc<PluginSigner>, PluginError> {
+        self.load_hook(Hook::Signer, app_id, spec, secrets)
+    }
+
+    /// [`PluginRuntime::retry_policy`] with the concrete type.
+    pub fn load_retry_policy(
+        &self,
+        app_id: &str,
+        spec: &PluginSpec,
+        secrets: Arc<Secrets>,
+    ) -> Result<Arc<PluginRetryPolicy>, PluginError> {
+        self.load_hook(Hook::RetryPolicy, app_id, spec, secrets)
+    }
+
+    fn load_hook<G: HookExport>(
+        &self,
+        hook: Hook,
+        app_id: &str,
+        spec: &PluginSpec,
+        secrets: Arc<Secrets>,
+    ) -> Result<Arc<PluginHook<G>>, PluginError> {
+        let path = &spec.path;
+        self.check_limits(spec)?;
+        let loaded = self.component(path)?;
+        contract::require(&loaded.info, hook, path)?;
+        let indices = G::indices(&loaded.pre).map_err(|e| PluginError::MissingExport {
+            path: path.clone(),
+            export: hook.export_name(),
+            found: format!("{e:#}"),
+        })?;
+        let app = Arc::new(AppBinding {
+            app_id: app_id.to_string(),
+            plugin: format!("{}#{}", path.display(), hex::encode(&loaded.digest[..6])),
+            config: spec.config.clone(),
+            secrets,
+        });
+        let hook = PluginHook::<G>::new(
+            app,
+            loaded.pre.clone(),
+            indices,
+            spec.limits,
+            spec.isolation,
+            self.opts.epoch_tick,
+            self.opts.max_idle_per_hook,
+        );
+        // Instantiate once now, so a component that cannot start fails at load time; in
+        // Reuse mode the instance then serves the first event.
+        hook.prewarm().map_err(|e| PluginError::Instantiate {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(Arc::new(hook))
+    }
+
+    fn check_limits(&self, spec: &PluginSpec) -> Result<(), PluginError> {
+        let l = &spec.limits;
+        let bad = |detail: String| PluginError::Limits {
+            path: spec.path.clone(),
+            detail,
+        };
+        if l.timeout_ms == 0 || l.timeout_ms > 60_000 {
+            return Err(bad(format!(
+                "timeout_ms = {} (must be 1 to 60000)",
+                l.timeout_ms
+            )));
+        }
+        if l.memory_bytes < (1 << 20) || l.memory_bytes > self.opts.max_memory_bytes {
+            return Err(bad(format!(
+                "memory_bytes = {} (must be 1 MiB to {} bytes, the runtime's max_memory_bytes)",
+                l.memory_bytes, self.opts.max_memory_bytes
+            )));
+        }
+        if l.max_output_bytes == 0 {
+            return Err(bad("max_output_bytes = 0 (must be above zero)".into()));
+        }
+        Ok(())
+    }
+
+    /// The compiled, checked and pre-linked component at `path`, compiled at most once
+    /// per content digest.
+    fn component(&self, path: &Path) -> Result<Arc<LoadedComponent>, PluginError> {
+        let bytes = read(path)?;
+        let (component, digest) = if artifact::is_artifact(&bytes) {
+            let (component, digest) =
+                artifact::load(&self.engine, &self.engine_digest, &bytes, path)?;
+            if let Some(hit) = self.cached(&digest) {
+                return Ok(hit);
+            }
+            (component, digest)
+        } else {
+            let digest: [u8; 32] = Sha256::digest(&bytes).into();
+            if let Some(hit) = self.cached(&digest) {
+                return Ok(hit);
+            }
+            (self.compile_cached(path, &bytes, &digest)?, digest)
+        };
+        let info = contract::inspect(&self.engine, &component, path)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::Link {
+                path: path.to_path_buf(),
+                detail: format!("{e:#}"),
+            })?;
+        let loaded = Arc::new(LoadedComponent { digest, info, pre });
+        let mut map = self.components.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(map.entry(digest).or_insert(loaded).clone())
+    }
+
+    fn cached(&self, digest: &[u8; 32]) -> Option<Arc<LoadedComponent>> {
+        self.components
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
+    /// Compile, going through the disk cache when one is configured. A damaged or stale
+    /// cache entry is recompiled over; a cache that cannot be written only costs speed.
+    fn compile_cached(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        digest: &[u8; 32],
+    ) -> Result<Component, PluginError> {
+        let Some(dir) = &self.opts.cache_dir else {
+            return self.compile(path, bytes);
+        };
+        let file = dir.join(format!(
+            "{}-{}.cwasm",
+            hex::encode(digest),
+            hex::encode(&self.engine_digest[..8])
+        ));
+        if let Ok(cached) = std::fs::read(&file) {
+            match artifact::load(&self.engine, &self.engine_digest, &cached, &file) {
+                Ok((component, d)) if d == *digest => return Ok(component),
+                Ok(_) => {
+                    tracing::warn!(cache = %file.display(), "cached artifact is for other source bytes; recompiling")
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring cached artifact; recompiling"),
+            }
+        }
+        let component = self.compile(path, bytes)?;
+        match component.serialize() {
+            Ok(payload) => {
+                let wrapped = artifact::wrap(&self.engine_digest, digest, &payload);
+                if let Err(e) = std::fs::create_dir_all(dir)
+                    .map_err(|source| PluginError::Io {
+                        path: dir.clone(),
+                        source,
+                    })
+                    .and_then(|()| write_atomically(&file, &wrapped))
+                {
+                    tracing::warn!(error = %e, "cannot write the plugin cache; continuing without it");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serialize a compiled plugin; continuing without the cache")
+            }
+        }
+        Ok(component)
+    }
+
+    fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Component, PluginError> {
+        if Engine::detect_precompiled(bytes).is_some() {
+            return Err(PluginError::ForeignArtifact {
+                path: path.to_path_buf(),
+                detail: "a raw wasmtime artifact without Squall's verified header; make one with `squall plugin precompile`".into(),
+            });
+        }
+        let not = |detail: &str| PluginError::NotAComponent {
+            path: path.to_path_buf(),
+            detail: detail.to_string(),
+        };
+        match bytes.get(..8) {
+            Some([0, b'a', b's', b'm', 0x0d, 0, 1, 0]) => {}
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+                return Err(not(
+                    "a core WebAssembly module, not a component (build for wasm32-wasip2, or encode it with `wasm-tools component new`)",
+                ));
+            }
+            _ => return Err(not("not a WebAssembly component (bad magic number)")),
+        }
+        let started = std::time::Instant::now();
+        let component =
+            Component::from_binary(&self.engine, bytes).map_err(|e| PluginError::Compile {
+                path: path.to_path_buf(),
+                detail: format!("{e:#}"),
+            })?;
+        tracing::info!(plugin = %path.display(), ms = started.elapsed().as_millis() as u64, "compiled plugin");
+        Ok(component)
+    }
+}
+
+fn make_engine(opts: &RuntimeOptions, pooling: bool) -> Result<Engine, PluginError> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.parallel_compilation(true);
+    if pooling {
+        let n = opts.pooled_instances.max(1);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(4))
+            .total_memories(n.saturating_mul(2))
+            .total_tables(n.saturating_mul(4))
+            .max_memory_size(opts.max_memory_bytes)
+            .max_unused_warm_slots(n.min(100));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, PluginError> {
+    std::fs::read(path).map_err(|source| PluginError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PluginError> {
+    let tmp = path.with_extension(format!("tmp.{}.{}", std::process::id(), fastrand::u32(..)));
+    let io = |source| PluginError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
+}

@@ -26,7 +26,7 @@ use super::{
 /// How to reach SQS.
 #[derive(Debug, Clone, Default)]
 pub struct SqsSettings {
-    /// AWS region, e.g. `us-east-1`.
+    /// AWS region, e.g. `us-east-1`; empty = the AWS default chain (AWS_REGION, profile...).
     pub region: String,
     /// Endpoint override (e.g. `http://127.0.0.1:4566` for a local server); `None` = AWS.
     pub endpoint_url: Option<String>,
@@ -47,9 +47,10 @@ impl SqsQueues {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
             .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(aws_config::Region::new(settings.region.clone()))
-            .http_client(http);
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+        if !settings.region.is_empty() {
+            loader = loader.region(aws_config::Region::new(settings.region.clone()));
+        }
         if let Some(url) = &settings.endpoint_url {
             loader = loader.endpoint_url(url.clone());
         }

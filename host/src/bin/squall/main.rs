@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 mod deploy;
+mod ops;
 mod plugin;
 mod run;
 
@@ -27,6 +28,8 @@ enum Command {
     /// Generate the AWS deployment (CloudFormation template) from the config file.
     #[command(subcommand)]
     Deploy(deploy::DeployCommand),
+    #[command(flatten)]
+    Ops(ops::OpsCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::main(args),
         Command::Plugin(cmd) => plugin::main(cmd),
         Command::Deploy(cmd) => deploy::main(cmd),
+        Command::Ops(cmd) => ops::main(cmd),
     }
 }

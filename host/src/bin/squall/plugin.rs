@@ -1,15 +1,308 @@
-//! `squall plugin ...` (to be written).
+//! `squall plugin check|test|precompile`: a plugin author's loop. Every subcommand loads
+//! the plugin through the same `PluginRuntime` path as production (same engine
+//! settings, same contract checks, same limits).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use squall::hooks::{
+    AttemptContext, Outcome, Request, RetryPolicy, Signer, Transform, TransformResult,
+    TransportErrorKind,
+};
+use squall::plugin::{Hook, Isolation, PluginRuntime, PluginSpec, RuntimeOptions};
+use squall::secrets::{SecretKey, Secrets};
 
 /// Plugin subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum PluginCommand {
-    /// Validate a plugin's exports, imports and WIT version.
+    /// Validate a plugin's exports, imports and WIT version; list the hooks it provides.
     Check {
-        /// Path to the component (.wasm).
-        path: std::path::PathBuf,
+        /// Path to the component (.wasm) or precompiled artifact (.cwasm).
+        path: PathBuf,
+    },
+    /// Run one hook of a plugin on a sample event, as production would, and print the
+    /// result, the time and the memory used. Exits non-zero on a plugin error.
+    Test(TestArgs),
+    /// Compile a component for this host and write a verified .cwasm for deployment
+    /// bundles (loading it needs no compilation).
+    Precompile {
+        /// The component (.wasm).
+        path: PathBuf,
+        /// Where to write the artifact.
+        #[arg(short, long)]
+        output: PathBuf,
     },
 }
 
-pub fn main(_cmd: PluginCommand) -> anyhow::Result<()> {
-    anyhow::bail!("squall plugin is not implemented yet")
+/// Which hook `squall plugin test` runs.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum HookArg {
+    /// `transform`: event -> request or skip.
+    Transform,
+    /// `signer`: request -> signature headers.
+    Sign,
+    /// `retry-policy`: failed attempt -> decision.
+    Retry,
+}
+
+/// Arguments of `squall plugin test`.
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Path to the component (.wasm) or precompiled artifact (.cwasm).
+    pub path: PathBuf,
+    /// The hook to run.
+    #[arg(long)]
+    pub hook: HookArg,
+    /// An event envelope (the JSON a producer sends to the queue; see docs/envelope.schema.json).
+    #[arg(long)]
+    pub event: PathBuf,
+    /// For `--hook retry`: the failed attempt's outcome: a status with optional response
+    /// headers (`503`, `429;retry-after=30`) or a transport error kind (`timeout`, `dns`,
+    /// `connect`, `tls`, `reset`, `refused-by-policy`, `response-too-large`, `other`).
+    #[arg(long, default_value = "503")]
+    pub outcome: String,
+    /// Attempt number (1 for the first delivery).
+    #[arg(long, default_value_t = 1)]
+    pub attempt: u32,
+    /// Plugin config value, `key=value` (repeatable).
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    pub config: Vec<String>,
+    /// Application secret, `name=value` (repeatable; `whsec_` values are base64).
+    #[arg(long = "secret", value_name = "NAME=VALUE")]
+    pub secret: Vec<String>,
+    /// For `--hook sign`: the secret name to sign with (default: the envelope's
+    /// `signing_key`, else `default`).
+    #[arg(long)]
+    pub key_name: Option<String>,
+    /// For `--hook sign`: Unix seconds to sign with (default: now).
+    #[arg(long)]
+    pub timestamp: Option<u64>,
+    /// Wall-time limit per call, ms.
+    #[arg(long, default_value_t = 100)]
+    pub timeout_ms: u64,
+    /// Memory limit, MiB.
+    #[arg(long, default_value_t = 64)]
+    pub memory_mib: usize,
+    /// Output limit, bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_output_bytes: usize,
+    /// Do not use or fill the on-disk compilation cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// Run a plugin subcommand.
+pub fn main(cmd: PluginCommand) -> anyhow::Result<()> {
+    match cmd {
+        PluginCommand::Check { path } => check(path),
+        PluginCommand::Test(args) => test(args),
+        PluginCommand::Precompile { path, output } => {
+            let rt = PluginRuntime::new(RuntimeOptions::default())?;
+            let started = Instant::now();
+            rt.precompile(&path, &output)?;
+            println!(
+                "wrote {} ({} bytes) in {:.1} ms",
+                output.display(),
+                std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0),
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            Ok(())
+        }
+    }
+}
+
+fn check(path: PathBuf) -> anyhow::Result<()> {
+    let rt = PluginRuntime::new(RuntimeOptions::default())?;
+    let started = Instant::now();
+    let info = rt.inspect(&path)?;
+    println!("plugin:   {}", path.display());
+    println!(
+        "load:     {:.1} ms (compile or cache)",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    println!("wit:      squall:plugin@{}", info.wit_versions.join(", @"));
+    let hooks: Vec<String> = info.hooks.iter().map(Hook::to_string).collect();
+    println!(
+        "hooks:    {}",
+        if hooks.is_empty() {
+            "none".to_string()
+        } else {
+            hooks.join(", ")
+        }
+    );
+    println!("exports:");
+    for e in &info.exports {
+        println!("  {e}");
+    }
+    println!("imports:");
+    for i in &info.imports {
+        println!("  {i}");
+    }
+    if info.hooks.is_empty() {
+        bail!(
+            "{} exports no Squall hook (expected one of {})",
+            path.display(),
+            Hook::ALL.map(Hook::export_name).join(", ")
+        );
+    }
+    println!("ok");
+    Ok(())
+}
+
+fn key_value(s: &str, what: &str) -> anyhow::Result<(String, String)> {
+    let (k, v) = s
+        .split_once('=')
+        .with_context(|| format!("--{what} {s:?}: expected NAME=VALUE"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn parse_outcome(s: &str) -> anyhow::Result<Outcome> {
+    let kinds = [
+        TransportErrorKind::Dns,
+        TransportErrorKind::Connect,
+        TransportErrorKind::Tls,
+        TransportErrorKind::Timeout,
+        TransportErrorKind::Reset,
+        TransportErrorKind::RefusedByPolicy,
+        TransportErrorKind::ResponseTooLarge,
+        TransportErrorKind::Other,
+    ];
+    if let Some(kind) = kinds.into_iter().find(|k| k.as_str() == s) {
+        return Ok(Outcome::Transport {
+            kind,
+            message: "simulated by squall plugin test".into(),
+        });
+    }
+    let mut parts = s.split(';');
+    let status: u16 = parts
+        .next()
+        .unwrap_or("")
+        .trim()
+        .parse()
+        .ok()
+        .filter(|s| (100..1000).contains(s))
+        .with_context(|| format!("--outcome {s:?}: expected a status (e.g. 503 or 429;retry-after=30) or a transport error kind"))?;
+    let headers = parts
+        .map(|h| key_value(h.trim(), "outcome").map(|(k, v)| (k.to_ascii_lowercase(), v)))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Outcome::Response { status, headers })
+}
+
+fn test(args: TestArgs) -> anyhow::Result<()> {
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+    let raw =
+        std::fs::read(&args.event).with_context(|| format!("reading {}", args.event.display()))?;
+    let envelope = squall::envelope::decode(&raw, &squall::envelope::Limits::default())
+        .with_context(|| format!("{} is not a valid envelope", args.event.display()))?;
+    let signing_key = envelope.signing_key.clone();
+    let event = envelope.into_event(args.attempt, now_ms);
+
+    let config: BTreeMap<String, String> = args
+        .config
+        .iter()
+        .map(|s| key_value(s, "config"))
+        .collect::<anyhow::Result<_>>()?;
+    let mut secrets = Secrets::new();
+    for s in &args.secret {
+        let (name, value) = key_value(s, "secret")?;
+        let key = SecretKey::parse(&value).with_context(|| format!("--secret {name}"))?;
+        let mut keys = secrets
+            .get(&name)
+            .map(<[SecretKey]>::to_vec)
+            .unwrap_or_default();
+        keys.push(key);
+        secrets.insert(name, keys);
+    }
+    let secrets = Arc::new(secrets);
+    let mut spec = PluginSpec::new(&args.path);
+    spec.config = config;
+    spec.limits.timeout_ms = args.timeout_ms;
+    spec.limits.memory_bytes = args.memory_mib << 20;
+    spec.limits.max_output_bytes = args.max_output_bytes;
+    spec.isolation = Isolation::Reuse;
+
+    let rt = PluginRuntime::new(RuntimeOptions {
+        cache_dir: if args.no_cache {
+            None
+        } else {
+            squall::plugin::default_cache_dir()
+        },
+        ..RuntimeOptions::default()
+    })?;
+    let app = event.app_id.clone();
+    let load_started = Instant::now();
+    let ctx = AttemptContext::for_event(&event, now_ms);
+    // The first call runs on the instance made at load time, as in production.
+    let (result, call_time, stats) = match args.hook {
+        HookArg::Transform => {
+            let hook = rt.load_transform(&app, &spec, secrets)?;
+            let load = load_started.elapsed();
+            println!("loaded in {:.2} ms", load.as_secs_f64() * 1e3);
+            let started = Instant::now();
+            let r = hook.transform(&event).map(|r| match r {
+                TransformResult::Skip(reason) => format!("skip: {reason}"),
+                TransformResult::Send(req) => {
+                    let mut out = format!("send: {} {}\n", req.method, req.url);
+                    for (k, v) in &req.headers {
+                        out.push_str(&format!("{k}: {v}\n"));
+                    }
+                    out.push('\n');
+                    out.push_str(&String::from_utf8_lossy(&req.body));
+                    out
+                }
+            });
+            (r, started.elapsed(), hook.stats())
+        }
+        HookArg::Sign => {
+            let hook = rt.load_signer(&app, &spec, secrets)?;
+            println!(
+                "loaded in {:.2} ms",
+                load_started.elapsed().as_secs_f64() * 1e3
+            );
+            let key_name = args
+                .key_name
+                .or(signing_key)
+                .unwrap_or_else(|| "default".to_string());
+            let timestamp = args.timestamp.unwrap_or(now_ms / 1000);
+            let request = Request::from_event(&event);
+            let started = Instant::now();
+            let r = hook
+                .sign(&ctx, &request, &key_name, timestamp)
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {v}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                });
+            (r, started.elapsed(), hook.stats())
+        }
+        HookArg::Retry => {
+            let outcome = parse_outcome(&args.outcome)?;
+            let hook = rt.load_retry_policy(&app, &spec, secrets)?;
+            println!(
+                "loaded in {:.2} ms",
+                load_started.elapsed().as_secs_f64() * 1e3
+            );
+            let started = Instant::now();
+            let r = hook.decide(&ctx, &outcome).map(|d| format!("{d:?}"));
+            (r, started.elapsed(), hook.stats())
+        }
+    };
+    println!("call:     {:.1} us", call_time.as_secs_f64() * 1e6);
+    println!(
+        "memory:   {} KiB peak linear memory (limit {} MiB)",
+        stats.peak_memory_bytes / 1024,
+        args.memory_mib
+    );
+    match result {
+        Ok(text) => {
+            println!("result:\n{text}");
+            Ok(())
+        }
+        Err(e) => bail!("{} ({})", e, e.kind()),
+    }
 }

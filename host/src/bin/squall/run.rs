@@ -1,6 +1,16 @@
 //! `squall run`: long-poll every configured application queue and deliver.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use squall::config::Config;
+use squall::http::Deliverers;
+use squall::plugin::PluginRuntime;
+use squall::queue::sqs::{SqsQueues, SqsSettings};
+use squall::runner::{
+    BuildError, Runner, RunnerSettings, app_hooks, build_app, runtime_options, uses_plugins,
+};
 
 /// Arguments of `squall run`.
 #[derive(Debug, clap::Args)]
@@ -37,6 +47,72 @@ pub fn init_logging(format: LogFormat, default: &str) {
 
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_format, "info");
-    let _ = args.config;
-    anyhow::bail!("squall run is not wired to the configuration yet")
+    let config = Config::load(Some(&args.config))?;
+    config.require_queues()?;
+    let secrets = config.resolve_secrets()?;
+    let deliverers = Deliverers::new();
+    // Once per process, and only if some application configures a plugin.
+    let runtime = if uses_plugins(&config) {
+        Some(PluginRuntime::new(runtime_options(&config)).context("creating the plugin runtime")?)
+    } else {
+        None
+    };
+    let mut apps = Vec::new();
+    for app in &config.apps {
+        let s = secrets
+            .get(&app.id)
+            .cloned()
+            .ok_or_else(|| BuildError::MissingSecrets(app.id.clone()))?;
+        let hooks = app_hooks(app, s, runtime.as_ref())?;
+        apps.push(build_app(&config, app, hooks, &deliverers)?);
+    }
+    let settings = RunnerSettings::from_config(&config);
+    let sqs_settings = SqsSettings {
+        region: config.sqs.region.clone().unwrap_or_default(),
+        endpoint_url: config.sqs.endpoint_url.clone(),
+        static_credentials: None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = rt.block_on(async move {
+        let sqs = Arc::new(SqsQueues::connect(&sqs_settings).await);
+        tracing::info!(
+            apps = apps.len(),
+            endpoint = sqs_settings.endpoint_url.as_deref().unwrap_or("aws"),
+            "squall run starting"
+        );
+        Runner::new(sqs, apps, settings)
+            .run(shutdown_signal())
+            .await
+    });
+    if !report.drained {
+        tracing::warn!("some in-flight messages were not finished; they reappear on their queue");
+    }
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

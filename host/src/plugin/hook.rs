@@ -1,0 +1,305 @@
+//! One plugin hook bound to one application (once per application): its pre-linked
+//! template, its config and secrets, and its own pool of idle instances. Each call
+//! (once per event) takes an instance, or makes a fresh one, under a wall-time deadline
+//! and a memory limit; an instance that trapped or timed out is dropped, never reused.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::Store;
+use wasmtime::component::{Instance, InstancePre};
+
+use super::bindings::{retry_policy, signer, transform, wit};
+use super::output;
+use super::state::{AppBinding, HostState};
+use super::{Isolation, PluginLimits};
+use crate::hooks::{
+    AttemptContext, Event, Headers, HookError, Outcome, Request, RetryDecision, RetryPolicy,
+    Signer, Transform, TransformResult,
+};
+
+/// The exported interface of one hook, as the runtime loads it. Implemented for the
+/// three generated `Guest` types; not meant to be implemented elsewhere.
+pub trait HookExport: Sized + Send + 'static {
+    /// Per-component export indices, resolved once at load time.
+    type Indices: Send + Sync + 'static;
+    /// Resolve the export in a pre-linked component (fails when it is missing).
+    fn indices(pre: &InstancePre<HostState>) -> wasmtime::Result<Self::Indices>;
+    /// Bind the export of a fresh instance.
+    fn load(
+        indices: &Self::Indices,
+        store: &mut Store<HostState>,
+        instance: &Instance,
+    ) -> wasmtime::Result<Self>;
+}
+
+macro_rules! hook_export {
+    ($guest:ty, $indices:ty) => {
+        impl HookExport for $guest {
+            type Indices = $indices;
+            fn indices(pre: &InstancePre<HostState>) -> wasmtime::Result<Self::Indices> {
+                <$indices>::new(pre)
+            }
+            fn load(
+                indices: &Self::Indices,
+                store: &mut Store<HostState>,
+                instance: &Instance,
+            ) -> wasmtime::Result<Self> {
+                indices.load(store, instance)
+            }
+        }
+    };
+}
+hook_export!(transform::Guest, transform::GuestIndices);
+hook_export!(signer::Guest, signer::GuestIndices);
+hook_export!(retry_policy::Guest, retry_policy::GuestIndices);
+
+/// A plugin transform bound to one application.
+pub type PluginTransform = PluginHook<transform::Guest>;
+/// A plugin signer bound to one application.
+pub type PluginSigner = PluginHook<signer::Guest>;
+/// A plugin retry policy bound to one application.
+pub type PluginRetryPolicy = PluginHook<retry_policy::Guest>;
+
+/// Counters of one hook object, for tests, `squall plugin test` and diagnostics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HookStats {
+    /// Calls made.
+    pub calls: u64,
+    /// Instances created (fresh per call, or to refill the pool after a trap).
+    pub instances_created: u64,
+    /// Instances dropped after a trap, timeout or memory error.
+    pub instances_discarded: u64,
+    /// Idle instances in the pool now.
+    pub idle: usize,
+    /// Largest linear memory any instance of this hook reached, bytes.
+    pub peak_memory_bytes: usize,
+}
+
+struct Live<G> {
+    store: Store<HostState>,
+    guest: G,
+}
+
+/// One hook of one plugin for one application.
+pub struct PluginHook<G: HookExport> {
+    app: Arc<AppBinding>,
+    pre: InstancePre<HostState>,
+    indices: G::Indices,
+    limits: PluginLimits,
+    isolation: Isolation,
+    deadline_ticks: u64,
+    max_idle: usize,
+    idle: Mutex<Vec<Live<G>>>,
+    calls: AtomicU64,
+    created: AtomicU64,
+    discarded: AtomicU64,
+    peak_memory: AtomicUsize,
+}
+
+impl<G: HookExport> PluginHook<G> {
+    pub(crate) fn new(
+        app: Arc<AppBinding>,
+        pre: InstancePre<HostState>,
+        indices: G::Indices,
+        limits: PluginLimits,
+        isolation: Isolation,
+        tick: Duration,
+        max_idle: usize,
+    ) -> Self {
+        let tick_ms = tick.as_millis().max(1) as u64;
+        // The deadline fires between (ticks - 1) and ticks epochs from now: one extra
+        // tick makes sure a plugin always gets at least its full time.
+        let deadline_ticks = limits.timeout_ms.div_ceil(tick_ms).max(1) + 1;
+        PluginHook {
+            app,
+            pre,
+            indices,
+            limits,
+            isolation,
+            deadline_ticks,
+            max_idle,
+            idle: Mutex::new(Vec::new()),
+            calls: AtomicU64::new(0),
+            created: AtomicU64::new(0),
+            discarded: AtomicU64::new(0),
+            peak_memory: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> HookStats {
+        HookStats {
+            calls: self.calls.load(Ordering::Relaxed),
+            instances_created: self.created.load(Ordering::Relaxed),
+            instances_discarded: self.discarded.load(Ordering::Relaxed),
+            idle: self.idle.lock().map(|v| v.len()).unwrap_or(0),
+            peak_memory_bytes: self.peak_memory.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The application this hook belongs to.
+    pub fn app_id(&self) -> &str {
+        &self.app.app_id
+    }
+
+    fn plugin(&self) -> String {
+        self.app.plugin.clone()
+    }
+
+    fn instantiate(&self) -> Result<Live<G>, HookError> {
+        self.created.fetch_add(1, Ordering::Relaxed);
+        let mut store = Store::new(
+            self.pre.engine(),
+            HostState::new(self.app.clone(), self.limits.memory_bytes),
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.deadline_ticks);
+        let instance = match self.pre.instantiate(&mut store) {
+            Ok(i) => i,
+            Err(e) => return Err(self.classify(e, &store)),
+        };
+        let guest = G::load(&self.indices, &mut store, &instance).map_err(|e| HookError::Trap {
+            plugin: self.plugin(),
+            detail: format!("export lookup failed: {e}"),
+        })?;
+        Ok(Live { store, guest })
+    }
+
+    /// Run one call on a pooled or fresh instance.
+    fn call<R>(
+        &self,
+        f: impl FnOnce(&G, &mut Store<HostState>) -> wasmtime::Result<Result<R, wit::PluginError>>,
+    ) -> Result<R, HookError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let pooled = match self.isolation {
+            Isolation::Reuse => self.idle.lock().ok().and_then(|mut v| v.pop()),
+            Isolation::FreshPerCall => None,
+        };
+        let mut live = match pooled {
+            Some(live) => live,
+            None => self.instantiate()?,
+        };
+        live.store.data_mut().limiter.refused = false;
+        live.store.set_epoch_deadline(self.deadline_ticks);
+        let result = f(&live.guest, &mut live.store);
+        self.peak_memory
+            .fetch_max(live.store.data().limiter.peak_bytes, Ordering::Relaxed);
+        match result {
+            Ok(r) => {
+                if self.isolation == Isolation::Reuse
+                    && let Ok(mut idle) = self.idle.lock()
+                    && idle.len() < self.max_idle
+                {
+                    idle.push(live);
+                }
+                r.map_err(|e| HookError::Plugin {
+                    plugin: self.plugin(),
+                    message: e.message,
+                })
+            }
+            Err(e) => {
+                self.discarded.fetch_add(1, Ordering::Relaxed);
+                Err(self.classify(e, &live.store))
+            }
+        }
+    }
+
+    fn classify(&self, e: wasmtime::Error, store: &Store<HostState>) -> HookError {
+        let plugin = self.plugin();
+        if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+            return HookError::Timeout {
+                plugin,
+                limit_ms: self.limits.timeout_ms,
+            };
+        }
+        if store.data().limiter.refused {
+            return HookError::Memory {
+                plugin,
+                limit_bytes: self.limits.memory_bytes,
+            };
+        }
+        let mut detail = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => format!("{trap}"),
+            None => format!("{e:#}"),
+        };
+        // The first guest frame says where; the rest of the backtrace is noise in a DLQ reason.
+        if let Some(bt) = e.downcast_ref::<wasmtime::WasmBacktrace>()
+            && let Some(frame) = bt.frames().iter().find_map(|f| f.func_name())
+        {
+            detail.push_str(" in ");
+            detail.push_str(frame);
+        }
+        detail.truncate(detail.floor_char_boundary(512));
+        HookError::Trap { plugin, detail }
+    }
+
+    fn invalid(&self, reason: String) -> HookError {
+        HookError::InvalidOutput {
+            plugin: self.plugin(),
+            reason,
+        }
+    }
+}
+
+impl Transform for PluginHook<transform::Guest> {
+    fn identity(&self) -> &str {
+        &self.app.plugin
+    }
+
+    fn transform(&self, event: &Event) -> Result<TransformResult, HookError> {
+        let arg = wit::Event::from(event);
+        let result: TransformResult = self.call(|g, store| g.call_transform(store, &arg))?.into();
+        output::check_transform(&result, self.limits.max_output_bytes)
+            .map_err(|r| self.invalid(r))?;
+        Ok(result)
+    }
+}
+
+impl Signer for PluginHook<signer::Guest> {
+    fn identity(&self) -> &str {
+        &self.app.plugin
+    }
+
+    fn sign(
+        &self,
+        ctx: &AttemptContext,
+        request: &Request,
+        key_name: &str,
+        timestamp: u64,
+    ) -> Result<Headers, HookError> {
+        let (c, r) = (wit::AttemptContext::from(ctx), wit::Request::from(request));
+        let headers = self.call(|g, store| g.call_sign(store, &c, &r, key_name, timestamp))?;
+        output::check_headers(&headers, self.limits.max_output_bytes)
+            .map_err(|r| self.invalid(r))?;
+        Ok(headers)
+    }
+}
+
+impl RetryPolicy for PluginHook<retry_policy::Guest> {
+    fn identity(&self) -> &str {
+        &self.app.plugin
+    }
+
+    fn decide(&self, ctx: &AttemptContext, outcome: &Outcome) -> Result<RetryDecision, HookError> {
+        let (c, o) = (wit::AttemptContext::from(ctx), wit::Outcome::from(outcome));
+        let decision: RetryDecision = self.call(|g, store| g.call_decide(store, &c, &o))?.into();
+        output::check_decision(&decision, self.limits.max_output_bytes)
+            .map_err(|r| self.invalid(r))?;
+        Ok(decision)
+    }
+}
+
+impl<G: HookExport> PluginHook<G> {
+    /// Create one instance now: fails at load time when the component cannot start.
+    pub(crate) fn prewarm(&self) -> Result<(), HookError> {
+        let live = self.instantiate()?;
+        if self.isolation == Isolation::Reuse
+            && let Ok(mut idle) = self.idle.lock()
+        {
+            idle.push(live);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds every Rust sample plugin for wasm32-wasip2 and copies the components to
+# plugins/dist/<crate-name>.wasm.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+dist="$(cd "$here/.." && pwd)/dist"
+target_dir="${CARGO_TARGET_DIR:-$HOME/.cache/squall-plugins-target}"
+mkdir -p "$dist"
+cargo build --manifest-path "$here/Cargo.toml" --workspace --release --target wasm32-wasip2 --target-dir "$target_dir"
+for manifest in "$here"/*/Cargo.toml; do
+    name="$(basename "$(dirname "$manifest")")"
+    artifact="$target_dir/wasm32-wasip2/release/${name//-/_}.wasm"
+    if [[ ! -f "$artifact" ]]; then
+        echo "plugins/rust/build.sh: expected $artifact after the build" >&2
+        exit 1
+    fi
+    cp "$artifact" "$dist/$name.wasm"
+    echo "plugins/dist/$name.wasm ($(wc -c <"$artifact") bytes)"
+done

@@ -1,0 +1,103 @@
+//! Envelope transform: POSTs
+//! `{"type": <event type>, "id": <event id>, "timestamp": <created-at, ISO-8601 UTC>, "data": <payload>}`
+//! to the event's endpoint. The payload is embedded as JSON when it is valid JSON, as a
+//! JSON string when it is other UTF-8 text, and refused (plugin error) when it is binary.
+//!
+//! Config: `skip_types` (comma-separated event types) are skipped with a reason.
+
+wit_bindgen::generate!({
+    path: "../../../wit/v0.1.0",
+    world: "transformer",
+});
+
+use exports::squall::plugin::transform::Guest;
+use squall::plugin::host;
+use squall::plugin::types::{Event, PluginError, Request, TransformResult};
+
+struct Component;
+
+impl Guest for Component {
+    fn transform(event: Event) -> Result<TransformResult, PluginError> {
+        if let Some(skip) = host::config_get("skip_types") {
+            if skip.split(',').map(str::trim).any(|t| !t.is_empty() && t == event.event_type) {
+                return Ok(TransformResult::Skip(format!(
+                    "event type {} is listed in skip_types",
+                    event.event_type
+                )));
+            }
+        }
+        let data_is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&event.body).is_ok();
+        let mut body = String::with_capacity(event.body.len() + event.id.len() + event.event_type.len() + 96);
+        body.push_str("{\"type\":");
+        push_json_string(&event.event_type, &mut body);
+        body.push_str(",\"id\":");
+        push_json_string(&event.id, &mut body);
+        body.push_str(",\"timestamp\":\"");
+        push_iso8601(event.created_at, &mut body);
+        body.push_str("\",\"data\":");
+        if data_is_json {
+            // Valid JSON is valid UTF-8.
+            body.push_str(core::str::from_utf8(&event.body).unwrap_or("null").trim());
+        } else {
+            match core::str::from_utf8(&event.body) {
+                Ok(text) => push_json_string(text, &mut body),
+                Err(_) => {
+                    return Err(PluginError {
+                        message: format!(
+                            "payload of event {} is neither JSON nor UTF-8 text ({} bytes, content-type {})",
+                            event.id,
+                            event.body.len(),
+                            event.content_type
+                        ),
+                    });
+                }
+            }
+        }
+        body.push('}');
+
+        let mut headers = Vec::with_capacity(event.headers.len() + 1);
+        headers.push(("content-type".to_string(), "application/json".to_string()));
+        headers.extend(
+            event
+                .headers
+                .into_iter()
+                .filter(|(name, _)| !name.eq_ignore_ascii_case("content-type")),
+        );
+        Ok(TransformResult::Send(Request {
+            method: "POST".to_string(),
+            url: event.endpoint_url,
+            headers,
+            body: body.into_bytes(),
+        }))
+    }
+}
+
+fn push_json_string(s: &str, out: &mut String) {
+    // serde_json's escaping, without building a Value.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string()));
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for Unix milliseconds (proleptic Gregorian, UTC).
+fn push_iso8601(ms: u64, out: &mut String) {
+    let secs = ms / 1000;
+    let (days, sod) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    out.push_str(&format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60,
+        ms % 1000
+    ));
+}
+
+export!(Component);

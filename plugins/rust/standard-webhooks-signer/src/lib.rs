@@ -1,0 +1,67 @@
+//! Standard Webhooks signer as a plugin: `webhook-id`, `webhook-timestamp` and
+//! `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, one signature per
+//! active secret (newest first, space-separated). The HMAC is computed by the host with
+//! the application's secret, which never enters this component. Byte-identical to the
+//! host's built-in signer (`host/src/signing.rs`).
+
+wit_bindgen::generate!({
+    path: "../../../wit/v0.1.0",
+    world: "signer-plugin",
+});
+
+use exports::squall::plugin::signer::Guest;
+use squall::plugin::host;
+use squall::plugin::types::{AttemptContext, Headers, PluginError, Request};
+
+struct Component;
+
+impl Guest for Component {
+    fn sign(
+        ctx: AttemptContext,
+        request: Request,
+        key_name: String,
+        timestamp: u64,
+    ) -> Result<Headers, PluginError> {
+        let ts = timestamp.to_string();
+        let mut signed = Vec::with_capacity(ctx.event_id.len() + ts.len() + 2 + request.body.len());
+        signed.extend_from_slice(ctx.event_id.as_bytes());
+        signed.push(b'.');
+        signed.extend_from_slice(ts.as_bytes());
+        signed.push(b'.');
+        signed.extend_from_slice(&request.body);
+        let macs = host::hmac_sha256_all(&key_name, &signed)
+            .map_err(|message| PluginError { message })?;
+        let mut signature = String::with_capacity(macs.len() * 48);
+        for (i, mac) in macs.iter().enumerate() {
+            if i > 0 {
+                signature.push(' ');
+            }
+            signature.push_str("v1,");
+            base64_encode(mac, &mut signature);
+        }
+        Ok(vec![
+            ("webhook-id".to_string(), ctx.event_id),
+            ("webhook-timestamp".to_string(), ts),
+            ("webhook-signature".to_string(), signature),
+        ])
+    }
+}
+
+/// Standard base64 with padding (RFC 4648 section 4).
+fn base64_encode(bytes: &[u8], out: &mut String) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(ALPHABET[(n >> 18) as usize & 63] as char);
+        out.push(ALPHABET[(n >> 12) as usize & 63] as char);
+        out.push(if chunk.len() > 1 { ALPHABET[(n >> 6) as usize & 63] as char } else { '=' });
+        out.push(if chunk.len() > 2 { ALPHABET[n as usize & 63] as char } else { '=' });
+    }
+}
+
+export!(Component);

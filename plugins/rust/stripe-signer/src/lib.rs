@@ -1,0 +1,48 @@
+//! Stripe-style signer: `Stripe-Signature: t=<timestamp>,v1=<hex HMAC-SHA256 of
+//! "<timestamp>.<body>">`, one `v1=` entry per active secret (newest first), as Stripe
+//! does during a secret rotation. The HMAC is computed by the host.
+
+wit_bindgen::generate!({
+    path: "../../../wit/v0.1.0",
+    world: "signer-plugin",
+});
+
+use exports::squall::plugin::signer::Guest;
+use squall::plugin::host;
+use squall::plugin::types::{AttemptContext, Headers, PluginError, Request};
+
+struct Component;
+
+impl Guest for Component {
+    fn sign(
+        _ctx: AttemptContext,
+        request: Request,
+        key_name: String,
+        timestamp: u64,
+    ) -> Result<Headers, PluginError> {
+        let ts = timestamp.to_string();
+        let mut signed = Vec::with_capacity(ts.len() + 1 + request.body.len());
+        signed.extend_from_slice(ts.as_bytes());
+        signed.push(b'.');
+        signed.extend_from_slice(&request.body);
+        let macs = host::hmac_sha256_all(&key_name, &signed).map_err(|message| PluginError { message })?;
+        let mut value = String::with_capacity(2 + ts.len() + macs.len() * 68);
+        value.push_str("t=");
+        value.push_str(&ts);
+        for mac in &macs {
+            value.push_str(",v1=");
+            hex_encode(mac, &mut value);
+        }
+        Ok(vec![("Stripe-Signature".to_string(), value)])
+    }
+}
+
+fn hex_encode(bytes: &[u8], out: &mut String) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+}
+
+export!(Component);

@@ -1,0 +1,395 @@
+//! Delivery scenarios through the real `squall run` binary, moto queues and real HTTP
+//! receivers: signatures on the wire, retries after each transient failure, dead-letters
+//! with reasons, malformed envelopes, SSRF refusals, and one metric per attempt.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use squall::envelope::Envelope;
+use squall_tests::process::{SquallRun, eventually};
+use squall_tests::receiver::{Receiver, Reply};
+use squall_tests::sqs::{TestQueues, msg_attr};
+use squall_tests::verify::verify_standard_webhooks;
+use squall_tests::{TEST_SECRET, config_toml, now_ms, sqs_or_skip};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn envelope(id: &str, app: &str, endpoint: &str, payload: Value) -> String {
+    let e = Envelope::new_json(id, app, "invoice.paid", endpoint, now_ms(), &payload);
+    String::from_utf8(e.encode()).unwrap()
+}
+
+async fn metrics_records(q: &TestQueues) -> Vec<Value> {
+    q.drain(&q.metrics)
+        .await
+        .iter()
+        .map(|m| serde_json::from_str(m.body().unwrap()).expect("metric record is JSON"))
+        .collect()
+}
+
+async fn wait_requests(rx: &Receiver, path: &str, n: usize) {
+    eventually(SETTLE, &format!("{n} requests on {path}"), || async {
+        (rx.requests_for(path).len() >= n).then_some(())
+    })
+    .await;
+}
+
+async fn wait_settled(q: &TestQueues, app: &str, dlq_expected: u64) {
+    eventually(SETTLE, "queues to settle", || async {
+        let app_depth = q.depth(q.app(app)).await;
+        let dlq = q.depth(&q.dlq).await;
+        (app_depth == (0, 0, 0) && dlq.0 == dlq_expected).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delivers_signed_bytes_and_one_metric_per_attempt() {
+    let endpoint = sqs_or_skip!();
+    let q = TestQueues::create(&endpoint, &["billing"]).await;
+    let rx = Receiver::start(Reply::Status(200)).await;
+    let run = SquallRun::start(&config_toml(&endpoint, &q, &[("billing", "")]));
+
+    let payloads = [
+        json!({"invoice": "in_1", "amount": 4200}),
+        json!({"n": [1, 2, 3]}),
+        json!("text"),
+    ];
+    for (i, p) in payloads.iter().enumerate() {
+        q.send(
+            "billing",
+            &envelope(&format!("evt_{i}"), "billing", &rx.url("/hook"), p.clone()),
+        )
+        .await;
+    }
+    wait_requests(&rx, "/hook", 3).await;
+    wait_settled(&q, "billing", 0).await;
+
+    let mut seen = Vec::new();
+    for r in rx.requests_for("/hook") {
+        assert_eq!(r.method, "POST");
+        let id =
+            verify_standard_webhooks(TEST_SECRET, &r).expect("valid Standard Webhooks signature");
+        let i: usize = id.strip_prefix("evt_").unwrap().parse().unwrap();
+        assert_eq!(
+            r.body,
+            serde_json::to_vec(&payloads[i]).unwrap(),
+            "body bytes of {id}"
+        );
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert!(r.header("user-agent").unwrap_or("").starts_with("Squall/"));
+        let ts: u64 = r.header("webhook-timestamp").unwrap().parse().unwrap();
+        assert!(ts.abs_diff(now_ms() / 1000) < 120, "timestamp {ts} is now");
+        seen.push(id);
+    }
+    seen.sort();
+    assert_eq!(seen, ["evt_0", "evt_1", "evt_2"]);
+    assert!(run.terminate().success());
+
+    let records = metrics_records(&q).await;
+    assert_eq!(records.len(), 3, "one record per attempt: {records:?}");
+    for m in &records {
+        assert_eq!(m["v"], 1);
+        assert_eq!(m["app_id"], "billing");
+        assert_eq!(m["event_type"], "invoice.paid");
+        assert_eq!(m["endpoint_host"], "127.0.0.1");
+        assert_eq!(m["attempt"], 1);
+        assert_eq!(m["status"], 200);
+        assert_eq!(m["outcome"], "delivered");
+        assert_eq!(m["signer"], "builtin:standard-webhooks");
+        assert!(m["finished_at_ms"].as_u64() >= m["started_at_ms"].as_u64());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fails_twice_then_succeeds_exactly_once_with_a_stable_id() {
+    let endpoint = sqs_or_skip!();
+    let q = TestQueues::create(&endpoint, &["billing"]).await;
+    let rx = Receiver::start(Reply::Status(200)).await;
+    rx.script("/flaky", vec![Reply::Status(500), Reply::Status(500)]);
+    let run = SquallRun::start(&config_toml(&endpoint, &q, &[("billing", "")]));
+
+    q.send(
+        "billing",
+        &envelope("evt_flaky", "billing", &rx.url("/flaky"), json!({"k": 1})),
+    )
+    .await;
+    wait_requests(&rx, "/flaky", 3).await;
+    wait_settled(&q, "billing", 0).await;
+    // No fourth attempt comes later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(run.terminate().success());
+
+    let reqs = rx.requests_for("/flaky");
+    assert_eq!(reqs.len(), 3, "exactly three attempts");
+    let ids: Vec<String> = reqs
+        .iter()
+        .map(|r| verify_standard_webhooks(TEST_SECRET, r).unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["evt_flaky", "evt_flaky", "evt_flaky"],
+        "webhook-id stable across retries"
+    );
+    let oks = reqs.iter().filter(|r| r.reply == "Status(200)").count();
+    assert_eq!(oks, 1, "delivered exactly once");
+
+    let mut records = metrics_records(&q).await;
+    records.sort_by_key(|m| m["attempt"].as_u64());
+    let summary: Vec<(u64, String)> = records
+        .iter()
+        .map(|m| {
+            (
+                m["attempt"].as_u64().unwrap(),
+                m["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, "retry".to_string()),
+            (2, "retry".to_string()),
+            (3, "delivered".to_string())
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_after_5xx_timeout_reset_and_429_honouring_retry_after() {
+    let endpoint = sqs_or_skip!();
+    let q = TestQueues::create(&endpoint, &["billing"]).await;
+    let rx = Receiver::start(Reply::Status(204)).await;
+    rx.script("/5xx", vec![Reply::Status(503)]);
+    rx.script("/timeout", vec![Reply::Hang(Duration::from_secs(4))]);
+    rx.script("/reset", vec![Reply::Reset]);
+    rx.script(
+        "/429",
+        vec![Reply::StatusWith(
+            429,
+            vec![("retry-after".into(), "4".into())],
+        )],
+    );
+    let run = SquallRun::start(&config_toml(&endpoint, &q, &[("billing", "")]));
+
+    for path in ["/5xx", "/timeout", "/reset", "/429"] {
+        q.send(
+            "billing",
+            &envelope(
+                &format!("evt{}", path.replace('/', "_")),
+                "billing",
+                &rx.url(path),
+                json!({}),
+            ),
+        )
+        .await;
+    }
+    for path in ["/5xx", "/timeout", "/reset", "/429"] {
+        wait_requests(&rx, path, 2).await;
+    }
+    wait_settled(&q, "billing", 0).await;
+    assert!(run.terminate().success());
+
+    for path in ["/5xx", "/timeout", "/reset", "/429"] {
+        assert_eq!(
+            rx.requests_for(path).len(),
+            2,
+            "{path}: one failure, one success"
+        );
+    }
+    let r429 = rx.requests_for("/429");
+    let gap = r429[1].at - r429[0].at;
+    assert!(
+        gap >= Duration::from_millis(3900),
+        "Retry-After: 4 honoured, gap was {gap:?}"
+    );
+
+    let records = metrics_records(&q).await;
+    let kind = |id: &str| {
+        records
+            .iter()
+            .find(|m| m["event_id"] == id && m["attempt"] == 1)
+            .map(|m| {
+                (
+                    m["status"].clone(),
+                    m["error_kind"].clone(),
+                    m["outcome"].clone(),
+                )
+            })
+            .unwrap_or_else(|| panic!("no first-attempt record for {id}: {records:?}"))
+    };
+    assert_eq!(kind("evt_5xx"), (json!(503), Value::Null, json!("retry")));
+    assert_eq!(
+        kind("evt_timeout"),
+        (Value::Null, json!("timeout"), json!("retry"))
+    );
+    assert_eq!(kind("evt_reset").2, json!("retry"));
+    assert!(
+        matches!(
+            kind("evt_reset").1.as_str(),
+            Some("reset") | Some("connect")
+        ),
+        "reset classified: {:?}",
+        kind("evt_reset")
+    );
+    assert_eq!(kind("evt_429"), (json!(429), Value::Null, json!("retry")));
+    assert_eq!(records.len(), 8, "one record per attempt");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_410_and_400_with_reason_attributes() {
+    let endpoint = sqs_or_skip!();
+    let q = TestQueues::create(&endpoint, &["billing"]).await;
+    let rx = Receiver::start(Reply::Status(200)).await;
+    rx.script("/gone", vec![Reply::Status(410)]);
+    rx.script("/bad", vec![Reply::Status(400)]);
+    let run = SquallRun::start(&config_toml(&endpoint, &q, &[("billing", "")]));
+
+    let gone = envelope("evt_gone", "billing", &rx.url("/gone"), json!({"a": 1}));
+    q.send("billing", &gone).await;
+    q.send(
+        "billing",
+        &envelope("evt_bad", "billing", &rx.url("/bad"), json!({"b": 2})),
+    )
+    .await;
+    wait_settled(&q, "billing", 2).await;
+    assert!(run.terminate().success());
+
+    assert_eq!(
+        rx.requests_for("/gone").len(),
+        1,
+        "a permanent failure is not retried"
+    );
+    assert_eq!(rx.requests_for("/bad").len(), 1);
+    let dead = q.drain(&q.dlq).await;
+    assert_eq!(dead.len(), 2);
+    for m in &dead {
+        let id = msg_attr(m, "squall-event-id").expect("event id attribute");
+        let status = if id == "evt_gone" { "410" } else { "400" };
+        assert_eq!(msg_attr(m, "squall-app-id").as_deref(), Some("billing"));
+        assert_eq!(msg_attr(m, "squall-last-status").as_deref(), Some(status));
+        assert_eq!(msg_attr(m, "squall-attempts").as_deref(), Some("1"));
+        assert!(
+            msg_attr(m, "squall-reason").unwrap().contains(status),
+            "reason names the status"
+        );
+        assert_eq!(
+            msg_attr(m, "squall-source-queue").as_deref(),
+            Some(q.app("billing"))
+        );
+        if id == "evt_gone" {
+            assert_eq!(
+                m.body(),
+                Some(gone.as_str()),
+                "DLQ keeps the original body byte for byte"
+            );
+        }
+    }
+    let records = metrics_records(&q).await;
+    assert_eq!(
+        records
+            .iter()
+            .filter(|m| m["outcome"] == "dead_letter")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_envelopes_are_dead_lettered_with_reasons() {
+    let endpoint = sqs_or_skip!();
+    let q = TestQueues::create(&endpoint, &["billing"]).await;
+    let rx = Receiver::start(Reply::Status(200)).await;
+    let run = SquallRun::start(&config_toml(&endpoint, &q, &[("billing", "")]));
+
+    let good = envelope("evt_ok", "billing", &rx.url("/ok"), json!({}));
+    let mut no_endpoint: Value = serde_json::from_str(&good).unwrap();
+    no_endpoint.as_object_mut().unwrap().remove("endpoint");
+    let mut bad_version: Value = serde_json::from_str(&good).unwrap();
+    bad_version["version"] = json!(99);
+    let mut bad_url: Value = serde_json::from_str(&good).unwrap();
+    bad_url["endpoint"] = json!("ftp://example.com/x");
+    let cases = [
+        ("this is not json".to_string(), "json"),
+        (no_endpoint.to_string(), "endpoint"),
+        (bad_version.to_string(), "version"),
+        (bad_url.to_string(), "endpoint"),
+    ];
+    for (body, _) in &cases {
+        q.send("billing", body).await;
+    }
+    q.send("billing", &good).await;
+    wait_requests(&rx, "/ok", 1).await;
+    wait_settled(&q, "billing", cases.len() as u64).await;
+    assert!(run.terminate().success());
+
+    let dead = q.drain(&q.dlq).await;
+    assert_eq!(dead.len(), cases.len());
+    for (body, word) in &cases {
+        let m = dead
+            .iter()
+            .find(|m| m.body() == Some(body.as_str()))
+            .expect("original body kept");
+        let reason = msg_attr(m, "squall-reason").expect("reason").to_lowercase();
+        assert!(
+            reason.contains("envelope") && reason.contains(word),
+            "reason {reason:?} names {word}"
+        );
+        assert_eq!(msg_attr(m, "squall-app-id").as_deref(), Some("billing"));
+    }
+    assert_eq!(
+        rx.requests_for("/ok").len(),
+        1,
+        "the valid event in the same batch is delivered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssrf_forbidden_targets_are_refused_before_connecting() {
+    let endpoint = sqs_or_skip!();
+    let q = TestQueues::create(&endpoint, &["billing"]).await;
+    let rx = Receiver::start(Reply::Status(200)).await;
+    let port = rx.addr().port();
+    // No allow-list for this application: loopback in every spelling must be refused.
+    let run = SquallRun::start(&config_toml(
+        &endpoint,
+        &q,
+        &[("billing", "allowed_networks = []")],
+    ));
+    let targets = [
+        format!("http://127.0.0.1:{port}/a"),
+        format!("http://2130706433:{port}/b"),
+        format!("http://0x7f.0.0.1:{port}/c"),
+        format!("http://0177.0.0.1:{port}/d"),
+        format!("http://127.1:{port}/e"),
+        format!("http://[::1]:{port}/f"),
+        format!("http://[::ffff:127.0.0.1]:{port}/g"),
+        format!("http://localhost:{port}/h"),
+        format!("http://0.0.0.0:{port}/i"),
+    ];
+    for (i, t) in targets.iter().enumerate() {
+        q.send(
+            "billing",
+            &envelope(&format!("evt_ssrf_{i}"), "billing", t, json!({})),
+        )
+        .await;
+    }
+    wait_settled(&q, "billing", targets.len() as u64).await;
+    assert!(run.terminate().success());
+    assert!(
+        rx.requests().is_empty(),
+        "no request reached the loopback receiver"
+    );
+    let dead = q.drain(&q.dlq).await;
+    assert_eq!(dead.len(), targets.len());
+    for m in &dead {
+        let reason = msg_attr(m, "squall-reason").unwrap();
+        assert!(reason.contains("refused"), "SSRF reason: {reason}");
+        assert!(
+            msg_attr(m, "squall-last-error")
+                .unwrap_or_default()
+                .starts_with("refused-by-policy"),
+            "{reason}"
+        );
+    }
+}
