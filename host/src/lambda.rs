@@ -31,7 +31,10 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 
 use crate::metrics::{MetricRecord, MetricsSink};
 use crate::pipeline::{self, Action, App, Clock, ProcessOptions};
-use crate::queue::{Attributes, Outgoing, Queue, QueueError, Received, VisibilityChange};
+use crate::queue::{Attributes, Queue, Received};
+use crate::runner::{ActError, ActMode, Actor, RunnerApp};
+
+pub mod init;
 
 /// A queue's identity as both an event source ARN and a queue URL can name it:
 /// (account id, queue name). `arn:aws:sqs:eu-west-1:123456789012:billing` and
@@ -155,7 +158,7 @@ pub enum Report {
 
 /// The report for a message whose pipeline action is `action`, given how the SQS call the
 /// action needed went (`Ok(())` when it needed none). See the module table.
-pub fn report_for(action: &Action, acted: &Result<(), QueueError>) -> Report {
+pub fn report_for(action: &Action, acted: &Result<(), ActError>) -> Report {
     match action {
         Action::Delete { .. } => Report::Success,
         Action::RetryByVisibility { .. } => Report::Failure,
@@ -169,19 +172,10 @@ pub fn report_for(action: &Action, acted: &Result<(), QueueError>) -> Report {
     }
 }
 
-/// One application as the function serves it.
-pub struct FunctionApp {
-    /// The pipeline's per-application context.
-    pub app: Arc<App>,
-    /// Deliveries of one batch run at most this many at once (`max_concurrency`).
-    pub max_concurrency: usize,
-}
-
 /// Everything built once per cold start.
 pub struct Function<Q: Queue> {
-    queue: Arc<Q>,
-    apps: HashMap<QueueKey, FunctionApp>,
-    dead_letter_queue_url: String,
+    apps: HashMap<QueueKey, RunnerApp>,
+    actor: Actor<Q>,
     metrics: MetricsSink<Q>,
     clock: Arc<dyn Clock>,
 }
@@ -220,7 +214,7 @@ impl<Q: Queue> Function<Q> {
     /// Index the applications by their queue; check that each has its own queue.
     pub fn new(
         queue: Arc<Q>,
-        apps: Vec<FunctionApp>,
+        apps: Vec<RunnerApp>,
         dead_letter_queue_url: String,
         metrics_queue_url: Option<String>,
         clock: Arc<dyn Clock>,
@@ -228,7 +222,7 @@ impl<Q: Queue> Function<Q> {
         if dead_letter_queue_url.is_empty() {
             return Err(FunctionError::NoDeadLetterQueue);
         }
-        let mut index: HashMap<QueueKey, FunctionApp> = HashMap::new();
+        let mut index: HashMap<QueueKey, RunnerApp> = HashMap::new();
         for fa in apps {
             let key = QueueKey::from_url(&fa.app.queue_url).ok_or_else(|| {
                 FunctionError::BadQueueUrl {
@@ -247,9 +241,8 @@ impl<Q: Queue> Function<Q> {
         }
         Ok(Function {
             metrics: MetricsSink::new(queue.clone(), metrics_queue_url),
-            queue,
+            actor: Actor::new(queue, dead_letter_queue_url, ActMode::Lambda),
             apps: index,
-            dead_letter_queue_url,
             clock,
         })
     }
@@ -302,73 +295,27 @@ impl<Q: Queue> Function<Q> {
             }
         }
 
-        // Act: visibility changes and sends, grouped per queue, batched.
-        let mut results: Vec<Result<(), QueueError>> = vec![Ok(()); processed.len()];
-        let mut visibility: HashMap<String, Vec<(usize, VisibilityChange)>> = HashMap::new();
-        let mut sends: HashMap<String, Vec<(usize, Outgoing)>> = HashMap::new();
-        let mut metrics: Vec<MetricRecord> = Vec::new();
-        for (i, (app, msg, p)) in processed.iter().enumerate() {
-            metrics.extend(p.metrics.iter().cloned());
-            match &p.action {
-                Action::Delete { .. } => {}
-                Action::RetryByVisibility { secs } => {
-                    visibility.entry(app.queue_url.clone()).or_default().push((
-                        i,
-                        VisibilityChange {
-                            receipt_handle: msg.receipt_handle.clone(),
-                            timeout_secs: *secs,
-                        },
-                    ))
-                }
-                Action::Resend {
-                    delay_secs,
-                    attributes,
-                    ..
-                } => sends.entry(app.queue_url.clone()).or_default().push((
-                    i,
-                    Outgoing {
-                        body: msg.body.clone(),
-                        delay_secs: *delay_secs,
-                        attributes: attributes.clone(),
-                    },
-                )),
-                Action::DeadLetter { attributes, .. } => sends
-                    .entry(self.dead_letter_queue_url.clone())
-                    .or_default()
-                    .push((
-                        i,
-                        Outgoing {
-                            body: msg.body.clone(),
-                            delay_secs: 0,
-                            attributes: attributes.clone(),
-                        },
-                    )),
-            }
+        // Act per application queue with the shared actor in Lambda mode: sends and
+        // visibility changes, batched, never a delete.
+        let metrics: Vec<MetricRecord> = processed
+            .iter()
+            .flat_map(|(_, _, p)| p.metrics.iter().cloned())
+            .collect();
+        let mut by_queue: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, (app, _, _)) in processed.iter().enumerate() {
+            by_queue.entry(app.queue_url.as_str()).or_default().push(i);
         }
-        for (url, entries) in &visibility {
-            let changes: Vec<VisibilityChange> = entries.iter().map(|(_, c)| c.clone()).collect();
-            let outcome = self.queue.change_visibility_batch(url, &changes).await;
-            for ((i, _), r) in entries.iter().zip(outcome) {
-                if let Err(e) = &r {
-                    // The message still comes back, after the queue's default visibility.
-                    tracing::warn!(message_id = %processed[*i].1.message_id, error = %e, "visibility change failed");
+        for (queue_url, idx) in by_queue {
+            let msgs: Vec<&Received> = idx.iter().map(|&i| &processed[i].1).collect();
+            let actions: Vec<&Action> = idx.iter().map(|&i| &processed[i].2.action).collect();
+            let results = self.actor.apply(queue_url, &msgs, &actions).await;
+            for ((msg, action), acted) in msgs.iter().zip(&actions).zip(&results) {
+                if let Err(e) = acted {
+                    tracing::warn!(message_id = %msg.message_id, error = %e, "action failed: the message is left for SQS to redeliver");
                 }
-                results[*i] = r;
-            }
-        }
-        for (url, entries) in &sends {
-            let messages: Vec<Outgoing> = entries.iter().map(|(_, m)| m.clone()).collect();
-            let outcome = self.queue.send_batch(url, &messages).await;
-            for ((i, _), r) in entries.iter().zip(outcome) {
-                if let Err(e) = &r {
-                    tracing::error!(message_id = %processed[*i].1.message_id, error = %e, "send failed: the message is left for SQS to redeliver");
+                if report_for(action, acted) == Report::Failure {
+                    failures.push(msg.message_id.clone());
                 }
-                results[*i] = r;
-            }
-        }
-        for ((_, msg, p), acted) in processed.iter().zip(&results) {
-            if report_for(&p.action, acted) == Report::Failure {
-                failures.push(msg.message_id.clone());
             }
         }
         self.metrics.flush(&metrics).await;
@@ -431,6 +378,7 @@ mod tests {
     use crate::hooks::{Outcome, PassThrough, Request};
     use crate::pipeline::{Deliver, Delivery, PluginErrorPolicy, SystemClock};
     use crate::queue::memory::{MemoryQueues, QueueOptions};
+    use crate::queue::{Outgoing, QueueError};
     use crate::retry::{Backoff, BackoffPolicy, RetryLimits};
     use crate::secrets::{SecretKey, Secrets};
     use crate::signing::StandardWebhooksSigner;
@@ -470,11 +418,11 @@ mod tests {
 
     #[test]
     fn reports_follow_the_table() {
-        let err = Err(QueueError::Transport {
+        let err = Err(ActError::Send(QueueError::Transport {
             queue: "q".into(),
             operation: "SendMessageBatch",
             message: "down".into(),
-        });
+        }));
         let delete = Action::Delete {
             why: pipeline::DeleteReason::Delivered,
         };
@@ -569,7 +517,7 @@ mod tests {
         }
     }
 
-    fn app() -> FunctionApp {
+    fn app() -> RunnerApp {
         let mut secrets = Secrets::new();
         secrets.insert(
             "default",
@@ -579,7 +527,7 @@ mod tests {
             jitter: 0.0,
             ..Backoff::default()
         };
-        FunctionApp {
+        RunnerApp {
             app: Arc::new(App {
                 id: "billing".into(),
                 queue_url: QUEUE.into(),

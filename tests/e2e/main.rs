@@ -2,3 +2,5 @@
 //! binary). Run by `scripts/test`, which starts moto and sets `SQUALL_TEST_SQS_ENDPOINT`.
 
 mod delivery;
+mod lambda;
+mod ops;

@@ -1,0 +1,252 @@
+//! Operations against a real SQS-compatible server: peek, status, redrive, delete and the
+//! metrics drain move (or leave) exactly the messages they should.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use squall::metrics::{MetricOutcome, MetricRecord, MetricsSink};
+use squall::ops::metrics::{Aggregator, Percentiles, Thresholds, drain};
+use squall::ops::redrive::{self, RedriveOptions};
+use squall::ops::scan::{self, Filter, ScanLimits};
+use squall::ops::status;
+use squall::pipeline::{DeadLetterFacts, LastFailure, dead_letter_attributes};
+use squall::queue::sqs::SqsQueues;
+use squall::queue::{Outgoing, Queue};
+use squall_tests::sqs::{TestQueues, msg_attr, settings};
+use squall_tests::sqs_or_skip;
+
+fn envelope(id: &str, app: &str, ty: &str) -> String {
+    format!(
+        r#"{{"version":1,"id":"{id}","app_id":"{app}","type":"{ty}","endpoint":"https://hooks.example.com/in","created_at":"2026-11-28T00:00:00Z","payload":{{"n": 1}}}}"#
+    )
+}
+
+fn dead_letter(id: &str, app: &str, source: &str, reason: &str) -> Outgoing {
+    Outgoing {
+        body: envelope(id, app, "invoice.paid"),
+        delay_secs: 0,
+        attributes: dead_letter_attributes(&DeadLetterFacts {
+            app_id: app,
+            event_id: Some(id),
+            reason,
+            last: LastFailure::Status(503),
+            attempts: 25,
+            first_attempt_ms: 1_000,
+            source_queue: source,
+            now_ms: 2_000,
+        }),
+    }
+}
+
+const MAX_ATTEMPTS: &str = "gave up after 25 attempts (max_attempts); last: status 503";
+const GONE: &str = "status 410 is not retryable (4xx other than 408, 409, 425, 429)";
+
+fn limits() -> ScanLimits {
+    ScanLimits {
+        hold: Duration::from_secs(30),
+        ..ScanLimits::default()
+    }
+}
+
+#[tokio::test]
+async fn peek_and_status_count_exactly_and_leave_every_message() {
+    let ep = sqs_or_skip!();
+    let t = TestQueues::create(&ep, &["billing"]).await;
+    let q = SqsQueues::connect(&settings(&ep)).await;
+    for i in 0..3 {
+        t.send(
+            "billing",
+            &envelope(&format!("evt_{i}"), "billing", "invoice.paid"),
+        )
+        .await;
+    }
+    let mut dead: Vec<Outgoing> = (0..4)
+        .map(|i| dead_letter(&format!("d{i}"), "billing", t.app("billing"), MAX_ATTEMPTS))
+        .collect();
+    dead.push(dead_letter("d9", "billing", t.app("billing"), GONE));
+    assert!(q.send_batch(&t.dlq, &dead).await.iter().all(Result::is_ok));
+
+    let filter = Filter {
+        reason: Some("not retryable".into()),
+        ..Filter::default()
+    };
+    let views = scan::peek(&q, &t.dlq, &filter, limits(), 50).await.unwrap();
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].event_id.as_deref(), Some("d9"));
+    assert_eq!(views[0].last.as_deref(), Some("status 503"));
+    assert_eq!(t.depth(&t.dlq).await, (5, 0, 0), "all visible again");
+
+    let app = status::app_status(
+        &q,
+        "billing",
+        t.app("billing"),
+        20,
+        limits(),
+        squall::ops::now_ms(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((app.depth.visible, app.depth.in_flight), (3, 0));
+    assert_eq!(app.sampled, 3);
+    assert!(app.oldest_age_secs.unwrap() < 600);
+    let dl = status::dead_letter_status(&q, &t.dlq, 1000, limits())
+        .await
+        .unwrap();
+    assert_eq!(dl.scanned, 5);
+    assert_eq!(dl.by_app_reason["billing"]["max-attempts"], 4);
+    assert_eq!(dl.by_app_reason["billing"]["permanent-status"], 1);
+    assert_eq!(t.depth(t.app("billing")).await, (3, 0, 0));
+    // Each peek was a receive: the app messages now show receive count 2.
+    let msgs = t.drain(t.app("billing")).await;
+    assert!(msgs.iter().all(|m| {
+        m.attributes.as_ref().unwrap()
+            [&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount]
+            == "2"
+    }));
+}
+
+#[tokio::test]
+async fn redrive_returns_the_exact_body_with_the_attempt_count_reset() {
+    let ep = sqs_or_skip!();
+    let t = TestQueues::create(&ep, &["billing", "shop"]).await;
+    let q = SqsQueues::connect(&settings(&ep)).await;
+    let mut dead: Vec<Outgoing> = (0..12)
+        .map(|i| dead_letter(&format!("b{i}"), "billing", t.app("billing"), MAX_ATTEMPTS))
+        .collect();
+    dead.push(dead_letter("s1", "shop", t.app("shop"), MAX_ATTEMPTS));
+    dead.push(dead_letter("b99", "billing", t.app("billing"), GONE));
+    assert!(q.send_batch(&t.dlq, &dead).await.iter().all(Result::is_ok));
+
+    let filter = Filter {
+        app: Some("billing".into()),
+        reason: Some("max_attempts".into()),
+        ..Filter::default()
+    };
+    let none = |_: &str| None;
+    let opts = RedriveOptions {
+        dry_run: false,
+        rate_per_sec: 0,
+        limits: limits(),
+    };
+    let r = redrive::redrive(&q, &t.dlq, &filter, &none, opts, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.scanned, r.matched, r.sent, r.deleted, r.in_both, r.left),
+        (14, 12, 12, 12, 0, 0)
+    );
+
+    let back = t.drain(t.app("billing")).await;
+    assert_eq!(back.len(), 12);
+    for m in &back {
+        let id = m.body().unwrap().split('"').nth(5).unwrap().to_string();
+        assert_eq!(m.body().unwrap(), envelope(&id, "billing", "invoice.paid"));
+        assert_eq!(msg_attr(m, "squall-attempts"), None);
+        assert_eq!(msg_attr(m, "squall-reason"), None);
+        assert!(m.message_attributes.as_ref().is_none_or(|a| a.is_empty()));
+    }
+    let left = t.drain(&t.dlq).await;
+    let mut ids: Vec<String> = left
+        .iter()
+        .filter_map(|m| msg_attr(m, "squall-event-id"))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["b99", "s1"]);
+    assert!(t.drain(t.app("shop")).await.is_empty());
+}
+
+#[tokio::test]
+async fn delete_by_type_removes_only_those() {
+    let ep = sqs_or_skip!();
+    let t = TestQueues::create(&ep, &["billing"]).await;
+    let q = SqsQueues::connect(&settings(&ep)).await;
+    for i in 0..6 {
+        let ty = if i % 3 == 0 {
+            "test.ping"
+        } else {
+            "invoice.paid"
+        };
+        t.send("billing", &envelope(&format!("e{i}"), "billing", ty))
+            .await;
+    }
+    let filter = Filter {
+        app: Some("billing".into()),
+        event_type: Some("test.ping".into()),
+        ..Filter::default()
+    };
+    let held = redrive::select(&q, t.app("billing"), &filter, limits())
+        .await
+        .unwrap();
+    assert_eq!(held.matched.len(), 2);
+    assert_eq!(
+        redrive::delete_held(&q, t.app("billing"), &held).await,
+        (2, 0)
+    );
+    assert_eq!(t.depth(t.app("billing")).await, (4, 0, 0));
+}
+
+#[tokio::test]
+async fn metrics_drain_aggregates_what_the_engine_sink_wrote() {
+    let ep = sqs_or_skip!();
+    let t = TestQueues::create(&ep, &[]).await;
+    let q = Arc::new(SqsQueues::connect(&settings(&ep)).await);
+    let sink = MetricsSink::new(q.clone(), Some(t.metrics.clone()));
+    let records: Vec<MetricRecord> = (1..=25u64)
+        .map(|i| MetricRecord {
+            v: 1,
+            event_id: format!("e{i}"),
+            app_id: "billing".into(),
+            event_type: "invoice.paid".into(),
+            endpoint_host: "hooks.example.com".into(),
+            attempt: 1,
+            status: Some(if i % 5 == 0 { 503 } else { 200 }),
+            error_kind: None,
+            latency_ms: i,
+            outcome: if i % 5 == 0 {
+                MetricOutcome::Retry
+            } else {
+                MetricOutcome::Delivered
+            },
+            retry_in_secs: None,
+            transform: "t".into(),
+            signer: "s".into(),
+            retry_policy: "r".into(),
+            started_at_ms: i * 1000,
+            finished_at_ms: i * 1000 + i,
+        })
+        .collect();
+    sink.flush(&records).await;
+    assert_eq!(sink.totals().sent, 25);
+    t.client
+        .send_message()
+        .queue_url(&t.metrics)
+        .message_body("not a record")
+        .send()
+        .await
+        .unwrap();
+
+    let drained = drain(q.as_ref(), &t.metrics, 1000).await.unwrap();
+    assert_eq!((drained.records.len(), drained.malformed), (25, 1));
+    assert_eq!(
+        t.depth(&t.metrics).await,
+        (0, 0, 0),
+        "drained means deleted"
+    );
+    let mut agg = Aggregator::new(Thresholds::default());
+    agg.ingest(&drained.records);
+    let s = agg.snapshot();
+    let r = &s.endpoints[0];
+    assert_eq!(
+        (r.window.attempts, r.window.delivered, r.window.retries),
+        (25, 20, 5)
+    );
+    assert_eq!(r.window.statuses["503"], 5);
+    assert_eq!(
+        r.latency,
+        Some(Percentiles {
+            p50: 13,
+            p90: 23,
+            p99: 25
+        })
+    );
+}
