@@ -6,9 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{Function, FunctionError};
-use crate::config::{self, Config};
+use crate::config::{self, AppConfig, Config};
 use crate::http::Deliverers;
 use crate::pipeline::SystemClock;
+use crate::plugin::{PluginError, PluginRuntime, RuntimeOptions};
 use crate::queue::sqs::{SqsQueues, SqsSettings};
 use crate::runner::{BuildError, app_hooks, build_app};
 
@@ -21,6 +22,9 @@ pub enum InitError {
     /// An application could not be built (hooks, plugins, HTTP client).
     #[error("{0}")]
     Build(#[from] BuildError),
+    /// The plugin runtime could not start.
+    #[error("plugin runtime: {0}")]
+    Runtime(PluginError),
     /// The applications and queues do not make a function.
     #[error("{0}")]
     Function(#[from] FunctionError),
@@ -31,7 +35,7 @@ impl InitError {
     pub fn kind(&self) -> &'static str {
         match self {
             InitError::Config(_) | InitError::Function(_) => "ConfigError",
-            InitError::Build(BuildError::Plugin { .. }) => "PluginError",
+            InitError::Build(BuildError::Plugin { .. }) | InitError::Runtime(_) => "PluginError",
             InitError::Build(_) => "BuildError",
         }
     }
@@ -48,13 +52,26 @@ pub async fn from_config(config: &Config) -> Result<Function<SqsQueues>, InitErr
     config.require_queues()?;
     let secrets = config.resolve_secrets()?;
     let deliverers = Deliverers::new();
+    // No disk cache: /var/task is read-only and every cold start is a fresh sandbox. Bundled
+    // `.cwasm` artifacts are what makes plugin loading cheap (see `hooks`).
+    let runtime = if config.apps.iter().any(has_plugins) {
+        Some(
+            PluginRuntime::new(RuntimeOptions {
+                cache_dir: None,
+                ..RuntimeOptions::default()
+            })
+            .map_err(InitError::Runtime)?,
+        )
+    } else {
+        None
+    };
     let mut apps = Vec::with_capacity(config.apps.len());
     for app in &config.apps {
         let s = secrets
             .get(&app.id)
             .cloned()
             .ok_or_else(|| BuildError::MissingSecrets(app.id.clone()))?;
-        let hooks = app_hooks(app, s)?;
+        let hooks = app_hooks(app, s, runtime.as_ref())?;
         apps.push(build_app(config, app, hooks, &deliverers)?);
     }
     let sqs = SqsQueues::connect(&SqsSettings {
@@ -70,4 +87,9 @@ pub async fn from_config(config: &Config) -> Result<Function<SqsQueues>, InitErr
         config.sqs.metrics_queue_url.clone(),
         Arc::new(SystemClock),
     )?)
+}
+
+fn has_plugins(app: &AppConfig) -> bool {
+    let p = &app.plugins;
+    p.transform.is_some() || p.signer.is_some() || p.retry_policy.is_some()
 }
