@@ -182,6 +182,15 @@ pub enum OnPluginError {
     DeadLetter,
 }
 
+impl From<OnPluginError> for crate::pipeline::PluginErrorPolicy {
+    fn from(v: OnPluginError) -> Self {
+        match v {
+            OnPluginError::Retry => crate::pipeline::PluginErrorPolicy::Retry,
+            OnPluginError::DeadLetter => crate::pipeline::PluginErrorPolicy::DeadLetter,
+        }
+    }
+}
+
 /// Plugin instance sharing (`isolation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -392,6 +401,8 @@ impl Config {
                     .filter(|d| !d.as_os_str().is_empty())
                     .map(Path::to_path_buf)
                     .unwrap_or_else(|| PathBuf::from("."));
+                // Absolute, so plugin paths and messages do not depend on the working directory.
+                let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
                 (Some(text), dir, p.display().to_string())
             }
             None => (None, PathBuf::from("."), "inline config".to_string()),

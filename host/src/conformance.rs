@@ -891,6 +891,65 @@ impl HookFactory for BuiltinHooks {
     }
 }
 
+/// Plugins loaded through the real runtime as a [`HookFactory`]: every vector gets a hook of
+/// its own with that vector's config and secrets, exactly as an application would (the
+/// compiled component is shared, so this costs one instantiation per vector).
+pub struct PluginHooks<'a> {
+    runtime: &'a crate::plugin::PluginRuntime,
+    spec: crate::plugin::PluginSpec,
+    app_id: String,
+}
+
+impl<'a> PluginHooks<'a> {
+    /// Check the component at `spec.path` (its limits and isolation are kept; its config is
+    /// replaced by each vector's).
+    pub fn new(runtime: &'a crate::plugin::PluginRuntime, spec: crate::plugin::PluginSpec) -> Self {
+        PluginHooks {
+            runtime,
+            spec,
+            app_id: "conformance".to_string(),
+        }
+    }
+
+    fn spec_with(&self, config: &PluginConfig) -> crate::plugin::PluginSpec {
+        let mut spec = self.spec.clone();
+        spec.config = config.clone();
+        spec
+    }
+}
+
+impl HookFactory for PluginHooks<'_> {
+    fn transform(
+        &self,
+        config: &PluginConfig,
+        secrets: Arc<Secrets>,
+    ) -> Result<Arc<dyn Transform>, String> {
+        self.runtime
+            .transform(&self.app_id, &self.spec_with(config), secrets)
+            .map_err(|e| e.to_string())
+    }
+
+    fn signer(
+        &self,
+        config: &PluginConfig,
+        secrets: Arc<Secrets>,
+    ) -> Result<Arc<dyn Signer>, String> {
+        self.runtime
+            .signer(&self.app_id, &self.spec_with(config), secrets)
+            .map_err(|e| e.to_string())
+    }
+
+    fn retry_policy(
+        &self,
+        config: &PluginConfig,
+        secrets: Arc<Secrets>,
+    ) -> Result<Arc<dyn RetryPolicy>, String> {
+        self.runtime
+            .retry_policy(&self.app_id, &self.spec_with(config), secrets)
+            .map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

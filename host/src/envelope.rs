@@ -1664,4 +1664,27 @@ mod tests {
             "no mutation survived: the test exercises nothing valid"
         );
     }
+
+    /// Decode cost on the per-event path. Run:
+    /// `cargo test --release -p squall --lib envelope::tests::decode_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore = "benchmark"]
+    fn decode_speed() {
+        let payload = serde_json::json!({"items": (0..40).map(|i| serde_json::json!({"sku": format!("sku-{i}"), "qty": i, "price": 12.5})).collect::<Vec<_>>()});
+        let mut env = dec(EXAMPLE).unwrap();
+        env.payload = Payload::json(&payload);
+        let body = env.encode();
+        let n = 100_000;
+        let started = std::time::Instant::now();
+        let mut total = 0;
+        for _ in 0..n {
+            let e = decode(std::hint::black_box(&body), &Limits::default()).unwrap();
+            total += e.into_event(1, 0).body.len();
+        }
+        let per = started.elapsed() / n;
+        eprintln!(
+            "envelope of {} bytes: decode + into_event {per:?} per event ({total})",
+            body.len()
+        );
+    }
 }

@@ -801,4 +801,71 @@ mod tests {
             Outcome::Response { status: 503, .. }
         ));
     }
+
+    /// Throughput of `Deliverer::send` beside a plain reqwest POST loop against the same
+    /// keep-alive loopback server, same concurrency. Run:
+    /// `cargo test --release -p squall --lib http::tests::throughput -- --ignored --nocapture`
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "benchmark"]
+    async fn throughput_against_plain_reqwest() {
+        const TOTAL: usize = 20_000;
+        const CONCURRENCY: usize = 32;
+        let server = Server::start(|_| (200, vec![], vec![], Duration::ZERO)).await;
+        let url = server.url("/hook");
+        let body = vec![b'x'; 1024];
+        let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+        let d = Arc::new(loopback());
+
+        async fn run<F, Fut>(f: F) -> f64
+        where
+            F: Fn() -> Fut + Clone + Send + 'static,
+            Fut: Future<Output = ()> + Send,
+        {
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..CONCURRENCY)
+                .map(|_| {
+                    let f = f.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..TOTAL / CONCURRENCY {
+                            f().await;
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            (TOTAL / CONCURRENCY * CONCURRENCY) as f64 / started.elapsed().as_secs_f64()
+        }
+
+        let mut results = Vec::new();
+        for round in 0..2 {
+            let (c, u, b) = (plain.clone(), url.clone(), body.clone());
+            let plain_rate = run(move || {
+                let (c, u, b) = (c.clone(), u.clone(), b.clone());
+                async move {
+                    let r = c.post(&u).body(b).send().await.unwrap();
+                    assert!(r.status().is_success());
+                    let _ = r.bytes().await;
+                }
+            })
+            .await;
+            let req = post(&url, &body);
+            let (d2, r2) = (d.clone(), req.clone());
+            let squall_rate = run(move || {
+                let (d, r) = (d2.clone(), r2.clone());
+                async move {
+                    let a = d.send(&r, &opts(5000, 65536)).await;
+                    assert!(a.outcome.is_success());
+                }
+            })
+            .await;
+            eprintln!(
+                "round {round}: plain reqwest {plain_rate:.0} req/s, Deliverer {squall_rate:.0} req/s, ratio {:.2}",
+                squall_rate / plain_rate
+            );
+            results.push(squall_rate / plain_rate);
+        }
+        assert!(results.iter().any(|r| *r >= 0.7), "{results:?}");
+    }
 }

@@ -4,3 +4,4 @@
 mod delivery;
 mod lambda;
 mod ops;
+mod plugins;

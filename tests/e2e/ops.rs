@@ -250,3 +250,114 @@ async fn metrics_drain_aggregates_what_the_engine_sink_wrote() {
         })
     );
 }
+
+/// An empty zip archive whose comment makes its bytes (and SHA-256) distinct.
+fn zip(comment: &str) -> Vec<u8> {
+    let mut z = b"PK\x05\x06".to_vec();
+    z.extend_from_slice(&[0; 16]);
+    z.extend_from_slice(&(comment.len() as u16).to_le_bytes());
+    z.extend_from_slice(comment.as_bytes());
+    z
+}
+
+/// moto's CreateFunction wants a role that exists in its IAM: create it with the IAM query API
+/// (moto routes by the credential scope of the Authorization header; it checks no signature).
+async fn create_role(endpoint: &str, name: &str) -> String {
+    let doc = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    let r = reqwest::Client::new()
+        .post(endpoint)
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20261128/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .form(&[
+            ("Action", "CreateRole"),
+            ("Version", "2010-05-08"),
+            ("RoleName", name),
+            ("AssumeRolePolicyDocument", doc),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    format!("arn:aws:iam::123456789012:role/{name}")
+}
+
+#[tokio::test]
+async fn rollout_updates_code_publishes_and_moves_the_alias() {
+    use squall::ops::rollout::{self, Selector, sdk};
+    let ep = sqs_or_skip!();
+    let client = rollout::connect(&settings(&ep)).await;
+    let tag = format!("r{:08x}", fastrand::u32(..));
+    let role = create_role(&ep, &format!("{tag}-role")).await;
+    for name in [
+        format!("{tag}-squall-a"),
+        format!("{tag}-squall-b"),
+        format!("{tag}-other"),
+    ] {
+        client
+            .create_function()
+            .function_name(&name)
+            .runtime(sdk::types::Runtime::Providedal2023)
+            .handler("bootstrap")
+            .role(&role)
+            .code(
+                sdk::types::FunctionCode::builder()
+                    .zip_file(sdk::primitives::Blob::new(zip("v0")))
+                    .build(),
+            )
+            .tags("squall-rollout", &tag)
+            .send()
+            .await
+            .unwrap();
+    }
+    let listed = rollout::list(&client, true).await.unwrap();
+    let prefix = Selector::Prefix(format!("{tag}-squall"));
+    let names = rollout::select(&listed, &prefix);
+    assert_eq!(
+        names,
+        [format!("{tag}-squall-a"), format!("{tag}-squall-b")]
+    );
+    assert_eq!(
+        rollout::select(
+            &listed,
+            &Selector::Tag("squall-rollout".into(), tag.clone())
+        )
+        .len(),
+        3
+    );
+
+    let wait = Duration::from_secs(30);
+    let mut shas = Vec::new();
+    for (round, code) in ["v1", "v2"].iter().enumerate() {
+        for name in &names {
+            let r = rollout::roll_one(&client, name, &zip(code), "live", wait)
+                .await
+                .unwrap();
+            let expected_prev = (round > 0).then(|| r.version.clone().unwrap().replace('2', "1"));
+            assert_eq!(r.previous, expected_prev, "{name}");
+            assert_eq!(
+                rollout::alias_version(&client, name, "live").await.unwrap(),
+                r.version,
+                "{name}: alias follows the new version"
+            );
+            shas.push(r.code_sha256.clone().unwrap());
+        }
+    }
+    // Round 1 published version 1 with alias created; round 2 version 2 with alias updated.
+    assert_eq!(
+        rollout::alias_version(&client, &names[0], "live")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("2")
+    );
+    assert_ne!(shas[0], shas[2], "new code, new hash");
+    // The function outside the selection is untouched: no alias, no version.
+    assert_eq!(
+        rollout::alias_version(&client, &format!("{tag}-other"), "live")
+            .await
+            .unwrap(),
+        None
+    );
+}

@@ -27,6 +27,7 @@ use crate::queue::{Attributes, Queue, QueueError, Received};
 pub mod exporter;
 pub mod metrics;
 pub mod redrive;
+pub mod rollout;
 pub mod scan;
 pub mod send;
 pub mod status;

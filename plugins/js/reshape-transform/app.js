@@ -34,18 +34,22 @@ const asciiUpper = (s) => s.replace(/[a-z]/g, (c) => c.toUpperCase());
 const asciiLower = (s) => s.replace(/[A-Z]/g, (c) => c.toLowerCase());
 const quote = (s) => JSON.stringify(s);
 
-// Keys are ordered by Unicode code point (as Python and Rust do), not by UTF-16 unit.
+// Keys are ordered by Unicode code point (as Python and Rust do), not by UTF-16 unit: the two
+// orders differ only between a surrogate (U+D800-DFFF units) and a unit in U+E000-FFFF.
 function compareCodePoints(a, b) {
-  const ia = a[Symbol.iterator]();
-  const ib = b[Symbol.iterator]();
-  for (;;) {
-    const x = ia.next();
-    const y = ib.next();
-    if (x.done || y.done) return x.done === y.done ? 0 : x.done ? -1 : 1;
-    const cx = x.value.codePointAt(0);
-    const cy = y.value.codePointAt(0);
-    if (cx !== cy) return cx < cy ? -1 : 1;
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    let x = a.charCodeAt(i);
+    let y = b.charCodeAt(i);
+    if (x !== y) {
+      if (x >= 0xd800 && y >= 0xd800) {
+        x = x >= 0xe000 ? x - 0x800 : x + 0x2000;
+        y = y >= 0xe000 ? y - 0x800 : y + 0x2000;
+      }
+      return x < y ? -1 : 1;
+    }
   }
+  return a.length - b.length;
 }
 
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
@@ -59,22 +63,13 @@ function hasLoneSurrogate(value) {
   return false;
 }
 
-// JSON.parse turns 1.0 into 1: look for number tokens with a fraction or exponent in the text.
+// JSON.parse turns 1.0 into 1: look for number tokens with a fraction or exponent in the text
+// (strings are matched first so digits inside them are skipped).
+const TOKENS = /"(?:[^"\\]|\\.)*"|-?\d+(\.\d+)?([eE][+-]?\d+)?/g;
+
 function hasNonIntegerToken(text) {
-  let inString = false;
-  for (let i = 0; i < text.length; i++) {
-    const c = text[i];
-    if (inString) {
-      if (c === '\\') i++;
-      else if (c === '"') inString = false;
-    } else if (c === '"') {
-      inString = true;
-    } else if (c === '-' || (c >= '0' && c <= '9')) {
-      let j = i;
-      while (j < text.length && /[0-9eE.+-]/.test(text[j])) j++;
-      if (/[.eE]/.test(text.slice(i, j))) return true;
-      i = j - 1;
-    }
+  for (const m of text.matchAll(TOKENS)) {
+    if (m[1] !== undefined || m[2] !== undefined) return true;
   }
   return false;
 }
@@ -118,7 +113,8 @@ function parseBody(bytes) {
   } catch {
     throw new ReshapeError('body is not valid JSON');
   }
-  if (hasLoneSurrogate(payload)) throw new ReshapeError('body contains a lone surrogate escape');
+  // Only a \u escape can produce a lone surrogate: skip the walk when there is none.
+  if (text.includes('\\u') && hasLoneSurrogate(payload)) throw new ReshapeError('body contains a lone surrogate escape');
   if (hasNonIntegerToken(text)) throw new ReshapeError('body contains a number that is not an integer');
   if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) {
     throw new ReshapeError('body is not a JSON object');

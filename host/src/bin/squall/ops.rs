@@ -32,6 +32,39 @@ pub enum OpsCommand {
     /// Drain the metrics queue and aggregate per application and endpoint host; optionally
     /// serve Prometheus text on --listen.
     Metrics(MetricsArgs),
+    /// Upload a deployment zip to every matching Lambda function, publish a version and move
+    /// an alias to it.
+    Rollout(RolloutArgs),
+}
+
+/// Arguments of `squall rollout`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("select").required(true).args(["prefix", "tag"])))]
+pub struct RolloutArgs {
+    /// The deployment zip (bootstrap + config + plugins).
+    #[arg(long)]
+    zip: PathBuf,
+    /// Functions whose name starts with this.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Functions tagged KEY=VALUE.
+    #[arg(long)]
+    tag: Option<String>,
+    /// The alias to move to the new version (created if missing).
+    #[arg(long, default_value = "live")]
+    alias: String,
+    /// List the functions and their alias versions; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Region (default: the AWS default chain).
+    #[arg(long, env = "AWS_REGION", default_value = "")]
+    region: String,
+    /// Lambda endpoint override (a local server).
+    #[arg(long)]
+    endpoint_url: Option<String>,
+    /// Give up waiting for one function's code update after this long.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    wait: Duration,
 }
 
 /// Output format of `squall metrics`.
@@ -298,6 +331,7 @@ pub fn main(cmd: OpsCommand) -> anyhow::Result<()> {
         OpsCommand::Delete(a) => rt.block_on(delete_cmd(a)),
         OpsCommand::Send(a) => rt.block_on(send_cmd(a)),
         OpsCommand::Metrics(a) => rt.block_on(metrics_cmd(a)),
+        OpsCommand::Rollout(a) => rt.block_on(rollout_cmd(a)),
     }
 }
 
@@ -597,4 +631,58 @@ async fn metrics_cmd(a: MetricsArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
+}
+
+async fn rollout_cmd(a: RolloutArgs) -> anyhow::Result<()> {
+    use squall::ops::rollout::{self, Selector};
+
+    let zip =
+        std::fs::read(&a.zip).with_context(|| format!("reading --zip {}", a.zip.display()))?;
+    if !zip.starts_with(b"PK") {
+        bail!("--zip {}: not a zip file", a.zip.display());
+    }
+    let selector = match (&a.prefix, &a.tag) {
+        (Some(p), _) => Selector::Prefix(p.clone()),
+        (None, Some(t)) => Selector::tag(t).map_err(anyhow::Error::msg)?,
+        (None, None) => bail!("give --prefix or --tag"),
+    };
+    let client = rollout::connect(&squall::queue::sqs::SqsSettings {
+        region: a.region.clone(),
+        endpoint_url: a.endpoint_url.clone(),
+        static_credentials: None,
+    })
+    .await;
+    let listed = rollout::list(&client, matches!(selector, Selector::Tag(..))).await?;
+    let names = rollout::select(&listed, &selector);
+    if names.is_empty() {
+        bail!(
+            "no function matches {selector:?} (of {} listed)",
+            listed.len()
+        );
+    }
+    for name in &names {
+        if a.dry_run {
+            let v = rollout::alias_version(&client, name, &a.alias).await?;
+            println!(
+                "would update {name}: alias {} now -> {}",
+                a.alias,
+                v.as_deref().unwrap_or("(none: would be created)")
+            );
+            continue;
+        }
+        let r = rollout::roll_one(&client, name, &zip, &a.alias, a.wait)
+            .await
+            .with_context(|| {
+                format!("rollout stopped at {name}; functions after it are unchanged")
+            })?;
+        println!(
+            "{name}: published version {}, alias {} {} -> {} (code sha256 {})",
+            r.version.as_deref().unwrap_or("?"),
+            a.alias,
+            r.previous.as_deref().unwrap_or("(new)"),
+            r.version.as_deref().unwrap_or("?"),
+            r.code_sha256.as_deref().unwrap_or("?")
+        );
+    }
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! `squall plugin check|test|precompile`: a plugin author's loop. Every subcommand loads
+//! `squall plugin check|test|precompile|conformance`: a plugin author's loop. Every subcommand loads
 //! the plugin through the same `PluginRuntime` path as production (same engine
 //! settings, same contract checks, same limits).
 
@@ -34,6 +34,15 @@ pub enum PluginCommand {
         /// Where to write the artifact.
         #[arg(short, long)]
         output: PathBuf,
+    },
+    /// Run a plugin against conformance vectors (plugins/conformance/*.json): every vector
+    /// through the runtime with its own config and secrets. Exits non-zero if any fails.
+    Conformance {
+        /// Path to the component (.wasm) or precompiled artifact (.cwasm).
+        path: PathBuf,
+        /// A vector file (repeatable).
+        #[arg(long, required = true)]
+        vectors: Vec<PathBuf>,
     },
 }
 
@@ -99,6 +108,7 @@ pub fn main(cmd: PluginCommand) -> anyhow::Result<()> {
     match cmd {
         PluginCommand::Check { path } => check(path),
         PluginCommand::Test(args) => test(args),
+        PluginCommand::Conformance { path, vectors } => conformance(path, vectors),
         PluginCommand::Precompile { path, output } => {
             let rt = PluginRuntime::new(RuntimeOptions::default())?;
             let started = Instant::now();
@@ -149,6 +159,28 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
         );
     }
     println!("ok");
+    Ok(())
+}
+
+fn conformance(path: PathBuf, vector_files: Vec<PathBuf>) -> anyhow::Result<()> {
+    let rt = PluginRuntime::new(RuntimeOptions::default())?;
+    let hooks = squall::conformance::PluginHooks::new(&rt, PluginSpec::new(&path));
+    let mut failed = 0;
+    for file in &vector_files {
+        let vectors = squall::conformance::load(file)?;
+        let report = squall::conformance::run(&vectors, &hooks);
+        println!(
+            "{} ({} vectors) against {}",
+            file.display(),
+            report.kind,
+            path.display()
+        );
+        println!("{report}");
+        failed += report.failed();
+    }
+    if failed > 0 {
+        bail!("{failed} conformance vector(s) failed");
+    }
     Ok(())
 }
 
