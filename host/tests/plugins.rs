@@ -521,6 +521,42 @@ fn traps_are_typed_and_the_instance_is_not_reused() {
     );
 }
 
+/// A panicking guest writes its message to WASI stderr; wasmtime-wasi's synchronous shims
+/// block on the ambient tokio runtime to do that. Called from inside a runtime (as `squall run`
+/// and the Lambda do), this must still come back as a typed trap, on both runtime flavours.
+#[test]
+fn traps_inside_a_tokio_runtime_are_typed_not_panics() {
+    let rt = runtime();
+    let (t, _, _) = misbehave(&rt, "trap", 100);
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let current = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for (flavour, runtime) in [("multi-thread", &multi), ("current-thread", &current)] {
+        let t = t.clone();
+        let (bad, good) = runtime.block_on(async move {
+            tokio::spawn(async move {
+                let bad = t.transform(&event("bad", b"{}"));
+                let good = t.transform(&event("good", b"{}"));
+                (bad, good)
+            })
+            .await
+            .expect("the task must not panic")
+        });
+        assert!(
+            matches!(bad, Err(HookError::Trap { .. })),
+            "{flavour}: {bad:?}"
+        );
+        assert!(
+            matches!(good, Ok(TransformResult::Send(_))),
+            "{flavour}: {good:?}"
+        );
+    }
+}
+
 #[test]
 fn infinite_loops_time_out_within_the_limit() {
     let rt = runtime();

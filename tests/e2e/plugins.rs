@@ -90,7 +90,6 @@ async fn transform_plugin_wraps_payloads_and_skips_by_type() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "known bug: a trapping guest writes to WASI stderr and wasmtime-wasi's sync bindings block_on inside the tokio worker, so the task panics and the message stays queued; fix: run plugin calls off the async workers"]
 async fn trapping_plugin_goes_to_dlq_or_retry_per_config_and_the_runner_survives() {
     let endpoint = sqs_or_skip!();
     let q = TestQueues::create(&endpoint, &["strict", "patient", "healthy"]).await;

@@ -167,8 +167,16 @@ impl<G: HookExport> PluginHook<G> {
         Ok(Live { store, guest })
     }
 
-    /// Run one call on a pooled or fresh instance.
-    fn call<R>(
+    /// Run one call on a pooled or fresh instance, off the async reactor (see `off_reactor`).
+    fn call<R: Send>(
+        &self,
+        f: impl FnOnce(&G, &mut Store<HostState>) -> wasmtime::Result<Result<R, wit::PluginError>>
+        + Send,
+    ) -> Result<R, HookError> {
+        off_reactor(|| self.call_here(f))
+    }
+
+    fn call_here<R>(
         &self,
         f: impl FnOnce(&G, &mut Store<HostState>) -> wasmtime::Result<Result<R, wit::PluginError>>,
     ) -> Result<R, HookError> {
@@ -243,6 +251,25 @@ impl<G: HookExport> PluginHook<G> {
     }
 }
 
+/// Run guest code where it may block. wasmtime-wasi's synchronous WASI shims (a guest writing
+/// its panic message to stderr, dropping a stream) call `Handle::block_on` on the ambient tokio
+/// runtime, which panics on a runtime worker thread; and a plugin running up to its deadline
+/// must not stall the other deliveries scheduled on that worker. So on a multi-threaded
+/// runtime the call runs under `block_in_place` (the worker hands its queue to another thread
+/// meanwhile); on a current-thread runtime, which cannot do that, on a scoped thread; outside
+/// any runtime (benchmarks, tools), right here.
+fn off_reactor<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        Ok(_) => std::thread::scope(|s| match s.spawn(f).join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
+        Err(_) => f(),
+    }
+}
+
 impl Transform for PluginHook<transform::Guest> {
     fn identity(&self) -> &str {
         &self.app.plugin
@@ -294,7 +321,7 @@ impl RetryPolicy for PluginHook<retry_policy::Guest> {
 impl<G: HookExport> PluginHook<G> {
     /// Create one instance now: fails at load time when the component cannot start.
     pub(crate) fn prewarm(&self) -> Result<(), HookError> {
-        let live = self.instantiate()?;
+        let live = off_reactor(|| self.instantiate())?;
         if self.isolation == Isolation::Reuse
             && let Ok(mut idle) = self.idle.lock()
         {
