@@ -5,3 +5,4 @@ mod delivery;
 mod lambda;
 mod ops;
 mod plugins;
+mod ssrf;

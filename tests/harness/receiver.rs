@@ -69,9 +69,13 @@ pub struct Receiver {
 impl Receiver {
     /// Start on a free loopback port; requests with no script left get `default`.
     pub async fn start(default: Reply) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind receiver");
+        Receiver::start_on(std::net::Ipv4Addr::LOCALHOST.into(), default).await
+    }
+
+    /// Start on a free port of `ip` (a loopback address, e.g. `::1`).
+    pub async fn start_on(ip: std::net::IpAddr, default: Reply) -> Receiver {
+        assert!(ip.is_loopback(), "test receivers listen on loopback only");
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind receiver");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let (st, def) = (state.clone(), default.clone());
