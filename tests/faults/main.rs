@@ -338,7 +338,9 @@ async fn run() -> anyhow::Result<bool> {
     let mut last_print = Instant::now();
     let settled_for_needed = 3;
     let mut settled_for = 0;
-    let drain_deadline = t0 + a.drain_limit + Duration::from_secs((a.events / a.rate) as u64);
+    // The drain limit counts from the end of production (moto's pace varies with load).
+    let mut drain_deadline: Option<Instant> = None;
+    let mut queues_empty = false;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let sent_now = sent.load(Ordering::Relaxed);
@@ -405,14 +407,19 @@ async fn run() -> anyhow::Result<bool> {
         if done && known && total == (0, 0, 0) {
             settled_for += 1;
             if settled_for >= settled_for_needed {
+                queues_empty = true;
                 break;
             }
         } else {
             settled_for = 0;
         }
-        if Instant::now() > drain_deadline {
+        if producer.is_finished() && drain_deadline.is_none() {
+            drain_deadline = Some(Instant::now() + a.drain_limit);
+        }
+        if drain_deadline.is_some_and(|d| Instant::now() > d) {
             println!(
-                "  drain limit reached at t={:.1}s with {total:?} still queued",
+                "  drain limit ({} s after the last send) reached at t={:.1}s with {total:?} still queued",
+                a.drain_limit.as_secs(),
                 t0.elapsed().as_secs_f64()
             );
             break;
@@ -420,10 +427,12 @@ async fn run() -> anyhow::Result<bool> {
     }
     producer.await?;
     let drained_at = t0.elapsed();
-    println!(
-        "  t={:>6.1}s  all application queues empty (visible, in flight, delayed = 0, three polls in a row)",
-        drained_at.as_secs_f64()
-    );
+    if queues_empty {
+        println!(
+            "  t={:>6.1}s  all application queues empty (visible, in flight, delayed = 0, three polls in a row)",
+            drained_at.as_secs_f64()
+        );
+    }
     let (status, _) = tokio::task::block_in_place(|| runner.stop("TERM"));
     println!("  final SIGTERM: runner exited ({status})");
     if let Some(out) = &a.out {
