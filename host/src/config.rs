@@ -20,7 +20,7 @@ use toml::{Table, Value};
 
 use crate::envelope;
 use crate::retry::{Backoff, RetryLimits};
-use crate::secrets::{SecretError, SecretKey, Secrets};
+use crate::secrets::{SecretError, SecretFormat, SecretKey, Secrets};
 use crate::ssrf::Allowlist;
 
 /// The defaults file, embedded.
@@ -291,6 +291,8 @@ pub struct AppConfig {
     pub on_plugin_error: OnPluginError,
     /// Default signing key name.
     pub signing_key: String,
+    /// How secret values become key bytes.
+    pub secret_format: SecretFormat,
     /// Built-in backoff parameters.
     pub backoff: Backoff,
     /// Limits every retry policy is held to.
@@ -356,7 +358,7 @@ impl AppConfig {
                     },
                     SecretRef::Literal(v) => (v.clone(), "literal".to_string()),
                 };
-                match SecretKey::parse(&value) {
+                match SecretKey::parse_as(&value, self.secret_format) {
                     Ok(k) => keys.push(k),
                     Err(reason) => problems.push(ConfigError::SecretInvalid {
                         key,
@@ -703,6 +705,7 @@ struct RawAppSettings {
     allowed_networks: Vec<String>,
     on_plugin_error: OnPluginError,
     signing_key: String,
+    secret_format: SecretFormat,
     retry: RawRetry,
     plugin_limits: RawPluginLimits,
     lambda: RawAppLambda,
@@ -1363,6 +1366,7 @@ fn build_app(
         allowed_networks,
         on_plugin_error: s.on_plugin_error,
         signing_key: s.signing_key,
+        secret_format: s.secret_format,
         backoff: Backoff {
             initial_delay_secs: s.retry.initial_delay_secs,
             multiplier: s.retry.multiplier,
@@ -1435,6 +1439,57 @@ mod tests {
             app.secret_env_vars().collect::<Vec<_>>(),
             ["BILLING_SECRET", "BILLING_SECRET_OLD"]
         );
+    }
+
+    #[test]
+    fn secret_format_raw_keeps_whsec_values_as_text() {
+        // A Stripe secret starts with whsec_ but is not base64: Stripe HMACs with its text.
+        let stripe = "whsec_Stripe+Looking/Secret!";
+        let text = r#"
+            [sqs]
+            dead_letter_queue_url = "http://127.0.0.1:5000/123/dlq"
+            [apps.stripe]
+            secret_format = "raw"
+            secrets = { default = "env:STRIPE_SECRET" }
+            [apps.standard]
+            secrets = { default = "env:STANDARD_SECRET" }
+        "#;
+        let c = load(text, &[]).unwrap();
+        let lookup = |v: &str| match v {
+            "STRIPE_SECRET" => Some(stripe.to_string()),
+            "STANDARD_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string()),
+            _ => None,
+        };
+        let resolved = c.resolve_secrets_with(&lookup).unwrap();
+        let key = &resolved["stripe"].get("default").unwrap()[0];
+        assert_eq!(
+            key.hmac_sha256(b"t.body"),
+            SecretKey::from_bytes(stripe.as_bytes().to_vec()).hmac_sha256(b"t.body")
+        );
+        let standard = &resolved["standard"].get("default").unwrap()[0];
+        let decoded = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )
+        .unwrap();
+        assert_eq!(
+            standard.hmac_sha256(b"t.body"),
+            SecretKey::from_bytes(decoded).hmac_sha256(b"t.body")
+        );
+        // The same Stripe value under the default format is refused, naming the key path.
+        let text = text.replace("secret_format = \"raw\"", "");
+        let e = load(&text, &[])
+            .unwrap()
+            .resolve_secrets_with(&lookup)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("apps.stripe.secrets.default[0]") && e.contains("base64"),
+            "{e}"
+        );
+        assert!(!e.contains("Stripe+Looking"), "no secret in errors: {e}");
+        let e = err(&format!("{ONE_APP}\nsecret_format = \"hex\""), &[]);
+        assert!(e.contains("apps.billing.secret_format"), "{e}");
     }
 
     #[test]

@@ -140,7 +140,8 @@ pub struct Hit {
 
 /// A keep-alive HTTP/1.1 server on 127.0.0.1 answering `POST /<app>/<behaviour>`:
 /// `ok` -> 200, `flaky` -> 503 for the first two requests of each `webhook-id` then 200,
-/// `gone` -> 410, `slow` -> 200 after 50 ms; a signature that does not verify -> 401.
+/// `gone` -> 410, `slow` -> 200 after 50 ms, `hold` -> 200 after 2 s (holds many requests
+/// open at once, for memory measurements); a signature that does not verify -> 401.
 /// Stops when dropped.
 pub struct Receiver {
     addr: SocketAddr,
@@ -161,6 +162,8 @@ struct ReceiverState {
 
 /// How long `slow` holds a request.
 pub const SLOW_DELAY: Duration = Duration::from_millis(50);
+/// How long `hold` holds a request.
+pub const HOLD_DELAY: Duration = Duration::from_secs(2);
 
 impl Receiver {
     /// Start on an ephemeral loopback port. `secrets`: application -> secret to verify with
@@ -302,6 +305,10 @@ async fn answer_inner(
             "gone" => 410,
             "slow" => {
                 tokio::time::sleep(SLOW_DELAY).await;
+                200
+            }
+            "hold" => {
+                tokio::time::sleep(HOLD_DELAY).await;
                 200
             }
             "flaky" => {

@@ -172,12 +172,17 @@ pub fn report_for(action: &Action, acted: &Result<(), ActError>) -> Report {
     }
 }
 
+/// Where the function writes its CloudWatch Embedded Metric Format lines (stdout in a real
+/// Lambda, where CloudWatch Logs turns them into metrics).
+pub type EmfSink = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Everything built once per cold start.
 pub struct Function<Q: Queue> {
     apps: HashMap<QueueKey, RunnerApp>,
     actor: Actor<Q>,
     metrics: MetricsSink<Q>,
     clock: Arc<dyn Clock>,
+    emf: Option<(String, EmfSink)>,
 }
 
 /// Why the function could not be built.
@@ -244,7 +249,15 @@ impl<Q: Queue> Function<Q> {
             actor: Actor::new(queue, dead_letter_queue_url, ActMode::Lambda),
             apps: index,
             clock,
+            emf: None,
         })
+    }
+
+    /// After each invocation, write the EMF lines of its attempts (per application and
+    /// endpoint host, namespace `namespace`) to `sink`.
+    pub fn with_emf(mut self, namespace: impl Into<String>, sink: EmfSink) -> Function<Q> {
+        self.emf = Some((namespace.into(), sink));
+        self
     }
 
     /// The metrics sink (totals for logs and tests).
@@ -319,6 +332,12 @@ impl<Q: Queue> Function<Q> {
             }
         }
         self.metrics.flush(&metrics).await;
+        if let Some((namespace, sink)) = &self.emf {
+            for line in crate::ops::metrics::emf_lines_for(&metrics, namespace, self.clock.now_ms())
+            {
+                sink(&line);
+            }
+        }
 
         let mut response = SqsBatchResponse::default();
         for id in failures {
@@ -608,6 +627,8 @@ mod tests {
             "arn:aws:sqs:us-east-1:123456789012:other",
         ));
 
+        let emf = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let emf2 = emf.clone();
         let f = Function::new(
             q.clone(),
             vec![app()],
@@ -615,7 +636,11 @@ mod tests {
             Some(METRICS.into()),
             Arc::new(SystemClock),
         )
-        .unwrap();
+        .unwrap()
+        .with_emf(
+            "Squall",
+            Arc::new(move |l: &str| emf2.lock().unwrap().push(l.to_string())),
+        );
         let response = f.handle(event).await.unwrap();
         let mut failed: Vec<String> = response
             .batch_item_failures
@@ -671,6 +696,20 @@ mod tests {
         // Metrics: one record per attempt (4 deliveries; none for the malformed body).
         assert_eq!(q.messages(METRICS).unwrap().len(), 4);
         assert_eq!(f.metrics().totals().sent, 4);
+
+        // The same attempts as EMF log lines: one for the endpoint host, one for the app.
+        let lines = emf.lock().unwrap().clone();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        let per_app: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+        assert_eq!(
+            per_app["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+            "Squall"
+        );
+        assert_eq!(per_app["app_id"], "billing");
+        assert_eq!(per_app["Attempts"], 4);
+        assert_eq!(per_app["Delivered"], 1);
+        assert_eq!(per_app["Retries"], 2);
+        assert_eq!(per_app["DeadLetters"], 1);
     }
 
     #[tokio::test]

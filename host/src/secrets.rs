@@ -13,12 +13,21 @@ use sha2::Sha256;
 pub struct SecretKey(Vec<u8>);
 
 impl SecretKey {
-    /// Parse a secret value. `whsec_<base64>` (Standard Webhooks) decodes to its bytes;
-    /// anything else is used as its UTF-8 bytes (GitHub and Stripe style secrets).
+    /// Parse a secret value the Standard Webhooks way: `whsec_<base64>` decodes to its
+    /// bytes; anything else is used as its UTF-8 bytes (GitHub style secrets).
     pub fn parse(value: &str) -> Result<SecretKey, SecretError> {
+        SecretKey::parse_as(value, SecretFormat::StandardWebhooks)
+    }
+
+    /// Parse a secret value in `format`. Stripe's secrets also start with `whsec_` but are
+    /// used as text: those need [`SecretFormat::Raw`].
+    pub fn parse_as(value: &str, format: SecretFormat) -> Result<SecretKey, SecretError> {
         let value = value.trim();
         if value.is_empty() {
             return Err(SecretError::Empty);
+        }
+        if format == SecretFormat::Raw {
+            return Ok(SecretKey(value.as_bytes().to_vec()));
         }
         match value.strip_prefix("whsec_") {
             Some(b64) => base64::engine::general_purpose::STANDARD
@@ -49,6 +58,17 @@ impl SecretKey {
         }
         mac.finalize().into_bytes().into()
     }
+}
+
+/// How a secret's text becomes key bytes (`secret_format` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecretFormat {
+    /// `whsec_<base64>` is decoded (Standard Webhooks); any other value is its UTF-8 bytes.
+    #[default]
+    StandardWebhooks,
+    /// Always the UTF-8 bytes of the value, `whsec_` prefix included (Stripe, GitHub).
+    Raw,
 }
 
 impl fmt::Debug for SecretKey {

@@ -358,13 +358,32 @@ pub fn check_addrs(host: &str, addrs: &[IpAddr], allow: &Allowlist) -> Result<()
     Ok(())
 }
 
-/// Check a URL whose host is an IP literal (these never reach a resolver). The `url` crate has
-/// already normalised decimal, octal and hex IPv4 spellings (`http://2130706433/`,
-/// `http://0x7f.1/`) to dotted form. Host names pass here and are checked by the resolver.
+/// The address a localhost name stands for (see [`is_localhost_name`]).
+pub const LOCALHOST_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// True for `localhost` and `*.localhost`, with or without the root dot, in any case.
+/// RFC 6761 section 6.3 makes these names loopback by definition, but resolvers disagree on
+/// them (glibc answers `localhost` from /etc/hosts and sends `localhost.` to DNS, where it
+/// may fail or, on some networks, resolve), so the guard does not ask a resolver: it treats
+/// them as [`LOCALHOST_ADDR`].
+pub fn is_localhost_name(host: &str) -> bool {
+    let h = host.strip_suffix('.').unwrap_or(host).as_bytes();
+    const SUFFIX: &[u8] = b".localhost";
+    h.eq_ignore_ascii_case(b"localhost")
+        || (h.len() > SUFFIX.len() && h[h.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
+}
+
+/// Check a URL whose host is an IP literal or a localhost name (these never reach a
+/// resolver). The `url` crate has already normalised decimal, octal and hex IPv4 spellings
+/// (`http://2130706433/`, `http://0x7f.1/`) to dotted form. Other host names pass here and
+/// are checked by the resolver.
 pub fn check_url(url: &url::Url, allow: &Allowlist) -> Result<(), SsrfError> {
     let ip = match url.host() {
         Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
         Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
+        Some(url::Host::Domain(d)) if is_localhost_name(d) => {
+            return check_addrs(d, &[LOCALHOST_ADDR], allow);
+        }
         _ => return Ok(()),
     };
     check_addrs(&ip.to_string(), &[ip], allow)
@@ -390,6 +409,12 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let allow = self.allow.clone();
         let host = name.as_str().to_string();
         Box::pin(async move {
+            if is_localhost_name(&host) {
+                check_addrs(&host, &[LOCALHOST_ADDR], &allow)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+                let addr = std::net::SocketAddr::new(LOCALHOST_ADDR, 0);
+                return Ok(Box::new(std::iter::once(addr)) as reqwest::dns::Addrs);
+            }
             let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await
                 .map_err(|e| {
@@ -508,7 +533,13 @@ mod tests {
             ("http://[fe80::1%25eth0]/", None),
             ("http://8.8.8.8/", None),
             ("https://hooks.example.com/", None),
-            ("http://localhost/", None),
+            ("http://localhost/", Some(Loopback)),
+            ("http://localhost./", Some(Loopback)),
+            ("http://LocalHost:8080/", Some(Loopback)),
+            ("http://api.localhost/", Some(Loopback)),
+            ("http://api.localhost./x", Some(Loopback)),
+            ("http://localhost.example.com/", None),
+            ("http://notlocalhost/", None),
         ];
         for (u, want) in cases {
             let parsed = match url::Url::parse(u) {
@@ -631,6 +662,25 @@ mod tests {
         let addrs: Vec<_> = allowed.resolve(name("localhost")).await.unwrap().collect();
         assert!(!addrs.is_empty());
         assert!(addrs.iter().all(|a| a.ip().is_loopback()));
+
+        // The dotted form is loopback too, whatever the system resolver makes of it (glibc
+        // sends `localhost.` to DNS): refused without the allow-list, 127.0.0.1 with it.
+        for n in ["localhost.", "svc.localhost", "svc.localhost."] {
+            let err = GuardedResolver::default()
+                .resolve(name(n))
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{n} must be refused"));
+            let ssrf = err.downcast_ref::<SsrfError>().expect("typed error");
+            assert_eq!(
+                ssrf.to_string(),
+                format!(
+                    "{n} resolves to 127.0.0.1; 127.0.0.1 is a forbidden address (loopback): refused by the SSRF guard (allow it per application with allowed_networks)"
+                )
+            );
+            let addrs: Vec<_> = allowed.resolve(name(n)).await.unwrap().collect();
+            assert_eq!(addrs, vec!["127.0.0.1:0".parse().unwrap()], "{n}");
+        }
 
         let err = GuardedResolver::default()
             .resolve(name("no-such-host.invalid"))

@@ -2,6 +2,8 @@
 //! binary). Run by `scripts/test`, which starts moto and sets `SQUALL_TEST_SQS_ENDPOINT`.
 
 mod delivery;
+mod isolation;
 mod lambda;
 mod ops;
 mod plugins;
+mod ssrf;

@@ -310,7 +310,7 @@ async fn run() -> anyhow::Result<bool> {
             *n += 1;
             reply
         });
-        receivers.push(Receiver::start_on(ip, Reply::Status(200), Some(chooser)).await);
+        receivers.push(Receiver::start_with(ip, Reply::Status(200), Some(chooser)).await);
     }
     let urls: Vec<String> = receivers.iter().map(|r| r.url("/hook")).collect();
 

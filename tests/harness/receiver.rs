@@ -75,13 +75,19 @@ pub struct Receiver {
 impl Receiver {
     /// Start on a free loopback port; requests with no script left get `default`.
     pub async fn start(default: Reply) -> Receiver {
-        Receiver::start_on("127.0.0.1".parse().unwrap(), default, None).await
+        Receiver::start_on(std::net::Ipv4Addr::LOCALHOST.into(), default).await
     }
 
-    /// Start on a free port of `ip` (any 127.x.y.z works on Linux, so each receiver can be
-    /// its own endpoint host). Requests with no script left get `chooser`'s reply, else
-    /// `default`.
-    pub async fn start_on(ip: IpAddr, default: Reply, chooser: Option<Chooser>) -> Receiver {
+    /// Start on a free port of `ip` (a loopback address, e.g. `::1`).
+    pub async fn start_on(ip: IpAddr, default: Reply) -> Receiver {
+        Receiver::start_with(ip, default, None).await
+    }
+
+    /// Start on a free port of loopback `ip` (any 127.x.y.z works on Linux, so each receiver
+    /// can be its own endpoint host). Requests with no script left get `chooser`'s reply,
+    /// else `default`.
+    pub async fn start_with(ip: IpAddr, default: Reply, chooser: Option<Chooser>) -> Receiver {
+        assert!(ip.is_loopback(), "test receivers listen on loopback only");
         let listener = TcpListener::bind((ip, 0)).await.expect("bind receiver");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));

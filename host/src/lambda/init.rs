@@ -84,13 +84,19 @@ pub async fn from_config(config: &Config) -> Result<Function<SqsQueues>, InitErr
         static_credentials: None,
     })
     .await;
-    Ok(Function::new(
+    let function = Function::new(
         Arc::new(sqs),
         apps,
         config.sqs.dead_letter_queue_url.clone().unwrap_or_default(),
         config.sqs.metrics_queue_url.clone(),
         Arc::new(SystemClock),
-    )?)
+    )?;
+    // CloudWatch Embedded Metric Format on stdout, unless SQUALL_EMF_NAMESPACE=off.
+    Ok(match std::env::var("SQUALL_EMF_NAMESPACE").as_deref() {
+        Ok("off") => function,
+        Ok(ns) if !ns.is_empty() => function.with_emf(ns, Arc::new(|l: &str| println!("{l}"))),
+        _ => function.with_emf("Squall", Arc::new(|l: &str| println!("{l}"))),
+    })
 }
 
 fn has_plugins(app: &AppConfig) -> bool {

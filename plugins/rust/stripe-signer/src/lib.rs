@@ -1,6 +1,10 @@
 //! Stripe-style signer: `Stripe-Signature: t=<timestamp>,v1=<hex HMAC-SHA256 of
 //! "<timestamp>.<body>">`, one `v1=` entry per active secret (newest first), as Stripe
 //! does during a secret rotation. The HMAC is computed by the host.
+//!
+//! Stripe's secrets look like `whsec_...` but Stripe uses them as text: configure the
+//! application with `secret_format = "raw"` (docs/config.md) so the host does not base64-decode
+//! them.
 
 wit_bindgen::generate!({
     path: "../../../wit/v0.1.0",
