@@ -115,6 +115,15 @@ impl SquallRun {
         self.wait(Duration::from_secs(10));
     }
 
+    /// Send `SIGTERM` or `SIGKILL` (`sig` = `"TERM"` / `"KILL"`), wait for the exit (60 s),
+    /// and return the exit status with the whole log (the scratch directory holding it is
+    /// removed when `self` drops).
+    pub fn stop_with_log(mut self, sig: &str) -> (ExitStatus, String) {
+        self.signal(sig);
+        let status = self.wait(Duration::from_secs(60));
+        (status, self.log())
+    }
+
     fn signal(&mut self, sig: &str) {
         if let Some(c) = &self.child {
             let _ = Command::new("kill")

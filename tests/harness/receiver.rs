@@ -3,7 +3,7 @@
 //! answer slowly, or answer 429 with Retry-After. Every request is recorded byte for byte.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,8 @@ pub struct Recorded {
     pub at: Instant,
     /// What the receiver did.
     pub reply: String,
+    /// The status it answered (`None` for a hang or a reset).
+    pub status: Option<u16>,
 }
 
 impl Recorded {
@@ -51,6 +53,10 @@ impl Recorded {
             .map(|(_, v)| v.as_str())
     }
 }
+
+/// Chooses the reply to each request from the request itself (headers, path, body): the
+/// fault-injection run answers at random, seeded, per event id.
+pub type Chooser = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
 
 #[derive(Default)]
 struct State {
@@ -73,7 +79,14 @@ impl Receiver {
     }
 
     /// Start on a free port of `ip` (a loopback address, e.g. `::1`).
-    pub async fn start_on(ip: std::net::IpAddr, default: Reply) -> Receiver {
+    pub async fn start_on(ip: IpAddr, default: Reply) -> Receiver {
+        Receiver::start_with(ip, default, None).await
+    }
+
+    /// Start on a free port of loopback `ip` (any 127.x.y.z works on Linux, so each receiver
+    /// can be its own endpoint host). Requests with no script left get `chooser`'s reply,
+    /// else `default`.
+    pub async fn start_with(ip: IpAddr, default: Reply, chooser: Option<Chooser>) -> Receiver {
         assert!(ip.is_loopback(), "test receivers listen on loopback only");
         let listener = TcpListener::bind((ip, 0)).await.expect("bind receiver");
         let addr = listener.local_addr().unwrap();
@@ -81,9 +94,9 @@ impl Receiver {
         let (st, def) = (state.clone(), default.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (st, def) = (st.clone(), def.clone());
+                let (st, def, ch) = (st.clone(), def.clone(), chooser.clone());
                 tokio::spawn(async move {
-                    let _ = serve(stream, st, def).await;
+                    let _ = serve(stream, st, def, ch).await;
                 });
             }
         });
@@ -145,6 +158,7 @@ async fn serve(
     mut stream: TcpStream,
     state: Arc<Mutex<State>>,
     default: Reply,
+    chooser: Option<Chooser>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     loop {
@@ -188,19 +202,28 @@ async fn serve(
 
         let reply = {
             let mut st = state.lock().unwrap();
-            let reply = st
-                .scripts
-                .get_mut(&path)
-                .and_then(VecDeque::pop_front)
-                .unwrap_or(default.clone());
-            st.requests.push(Recorded {
+            let mut rec = Recorded {
                 path,
                 method,
                 headers,
                 body,
                 at: Instant::now(),
-                reply: format!("{reply:?}"),
-            });
+                reply: String::new(),
+                status: None,
+            };
+            let reply = match st.scripts.get_mut(&rec.path).and_then(VecDeque::pop_front) {
+                Some(r) => r,
+                None => match &chooser {
+                    Some(choose) => choose(&rec),
+                    None => default.clone(),
+                },
+            };
+            rec.reply = format!("{reply:?}");
+            rec.status = match &reply {
+                Reply::Status(s) | Reply::StatusWith(s, _) | Reply::Slow(_, s) => Some(*s),
+                Reply::Hang(_) | Reply::Reset => None,
+            };
+            st.requests.push(rec);
             reply
         };
         match reply {

@@ -1,0 +1,547 @@
+//! `fault-run`: the fault-injection run (issue 6). Drives the real `squall run` binary
+//! against the moto SQS server with thousands of events across 24 faulty receivers of four
+//! applications, kills the runner (SIGKILL twice, SIGTERM once) and restarts it, waits for
+//! every queue to drain, then proves that every event was delivered with a valid Standard
+//! Webhooks signature or dead-lettered with a reason, and that every duplicate is explained
+//! by a kill. Prints the counts; exits 1 on any loss or unexplained event.
+//!
+//! `scripts/fault-run [--events N] [--seed S]` builds and starts everything it needs; this
+//! binary expects `SQUALL_TEST_SQS_ENDPOINT` (moto) and `SQUALL_BIN` (the engine) set.
+
+mod plan;
+mod verdict;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+use squall::pipeline::{ATTR_DEAD_LETTERED_AT_MS, ATTR_EVENT_ID, ATTR_REASON};
+use squall_tests::process::SquallRun;
+use squall_tests::receiver::{Chooser, Receiver, Reply};
+use squall_tests::sqs::{TestQueues, msg_attr};
+use squall_tests::verify::verify_standard_webhooks;
+use squall_tests::{TEST_SECRET, now_ms, plugin_path};
+
+use plan::{APPS, ENDPOINTS_PER_APP, Kind, LOOP_TYPE, LOOPER, TIMEOUT_MS, TRAP_TYPE, TRAPPER};
+use verdict::{Stop, StopKind};
+
+struct Args {
+    events: usize,
+    seed: u64,
+    rate: usize,
+    drain_limit: Duration,
+    out: Option<std::path::PathBuf>,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        events: 600,
+        seed: now_ms() ^ u64::from(std::process::id()) << 40,
+        rate: 0,
+        drain_limit: Duration::ZERO,
+        out: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{k} needs a value"));
+        match k.as_str() {
+            "--events" => a.events = val()?.parse().context("--events")?,
+            "--seed" => {
+                let s = val()?;
+                a.seed = match s.strip_prefix("0x") {
+                    Some(h) => u64::from_str_radix(h, 16),
+                    None => s.parse(),
+                }
+                .context("--seed")?
+            }
+            "--rate" => a.rate = val()?.parse().context("--rate")?,
+            "--drain-limit-secs" => {
+                a.drain_limit = Duration::from_secs(val()?.parse().context("--drain-limit-secs")?)
+            }
+            "--out" => a.out = Some(val()?.into()),
+            "-h" | "--help" => {
+                println!(
+                    "usage: fault-run [--events N (600)] [--seed S] [--rate MSG_PER_S] [--drain-limit-secs S] [--out DIR]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    if a.events < 100 {
+        bail!("--events must be at least 100");
+    }
+    if a.rate == 0 {
+        // Production lasts at least ~30 s so the three stops land mid-run; moto sustains
+        // ~300 msg/s in all, and every event costs several calls, so never above 80/s.
+        a.rate = (a.events / 30).clamp(10, 80);
+    }
+    if a.drain_limit.is_zero() {
+        a.drain_limit = Duration::from_secs(180 + a.events as u64 / 20);
+    }
+    Ok(a)
+}
+
+fn config(endpoint: &str, q: &TestQueues) -> String {
+    let mut s = format!(
+        r#"allow_literal_secrets = true
+[sqs]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+dead_letter_queue_url = "{dlq}"
+metrics_queue_url = "{metrics}"
+wait_time_secs = 1
+[runner]
+shutdown_grace_secs = 20
+[app_defaults]
+connect_timeout_ms = 1000
+timeout_ms = {TIMEOUT_MS}
+max_concurrency = 48
+max_per_endpoint = 8
+allowed_networks = ["127.0.0.0/8"]
+[app_defaults.retry]
+max_attempts = 5
+initial_delay_secs = 1
+multiplier = 1.5
+max_delay_secs = 4
+jitter = 0.2
+retry_after_max_secs = 5
+"#,
+        dlq = q.dlq,
+        metrics = q.metrics
+    );
+    for (i, app) in APPS.iter().enumerate() {
+        s.push_str(&format!(
+            "\n[apps.{app}]\nqueue_url = \"{}\"\nsecrets = {{ default = \"literal:{TEST_SECRET}\" }}\n",
+            q.app(app)
+        ));
+        let plugin = |mode: &str, only: &str| {
+            format!(
+                "[apps.{app}.plugins.transform]\npath = \"{}\"\nconfig = {{ mode = \"{mode}\", only_types = \"{only}\" }}\n",
+                plugin_path("misbehave")
+            )
+        };
+        if i == TRAPPER {
+            s.push_str("on_plugin_error = \"dead-letter\"\n");
+            s.push_str(&plugin("trap", TRAP_TYPE));
+        } else if i == LOOPER {
+            s.push_str("on_plugin_error = \"retry\"\n");
+            s.push_str(&plugin("loop", LOOP_TYPE));
+        }
+    }
+    s
+}
+
+/// Visible, in flight and delayed messages of `queue`; `None` if moto did not answer.
+async fn depth(q: &TestQueues, queue: &str) -> Option<(u64, u64, u64)> {
+    let r = q
+        .client
+        .get_queue_attributes()
+        .queue_url(queue)
+        .attribute_names(QueueAttributeName::All)
+        .send()
+        .await
+        .ok()?;
+    let a = r.attributes.unwrap_or_default();
+    let n = |k: QueueAttributeName| a.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Some((
+        n(QueueAttributeName::ApproximateNumberOfMessages),
+        n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        n(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+    ))
+}
+
+/// Send the planned bodies in batches of ten at `rate` messages/s. Only entries SQS reports
+/// as failed are re-sent (a whole-call error is retried too, and counted: if that call had in
+/// fact been accepted, its events would be duplicated without a kill, and the verdict says so).
+async fn produce(
+    q: Arc<TestQueues>,
+    bodies: Vec<(usize, String)>,
+    rate: usize,
+    sent: Arc<AtomicUsize>,
+    call_retries: Arc<AtomicUsize>,
+) {
+    let per_batch = Duration::from_secs_f64(10.0 / rate as f64);
+    let start = tokio::time::Instant::now();
+    for (n, (app, chunk)) in batches(bodies).into_iter().enumerate() {
+        tokio::time::sleep_until(start + per_batch * n as u32).await;
+        let app = APPS[app];
+        let mut pending: Vec<(usize, &String)> = chunk.iter().enumerate().collect();
+        while !pending.is_empty() {
+            let entries: Vec<_> = pending
+                .iter()
+                .map(|(i, b)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(format!("m{i}"))
+                        .message_body(b.as_str())
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            match q
+                .client
+                .send_message_batch()
+                .queue_url(q.app(app))
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                Ok(out) => {
+                    let failed: Vec<String> = out.failed.iter().map(|f| f.id.clone()).collect();
+                    sent.fetch_add(pending.len() - failed.len(), Ordering::Relaxed);
+                    pending.retain(|(i, _)| failed.contains(&format!("m{i}")));
+                }
+                Err(e) => {
+                    call_retries.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("producer: SendMessageBatch failed ({e}); retrying");
+                }
+            }
+            if !pending.is_empty() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Group `(app, body)` pairs into batches of at most ten bodies of one application, in the
+/// order their last event was planned.
+fn batches(bodies: Vec<(usize, String)>) -> Vec<(usize, Vec<String>)> {
+    let mut open: Vec<Vec<String>> = vec![Vec::new(); APPS.len()];
+    let mut out = Vec::new();
+    for (app, body) in bodies {
+        open[app].push(body);
+        if open[app].len() == 10 {
+            out.push((app, std::mem::take(&mut open[app])));
+        }
+    }
+    for (app, rest) in open.into_iter().enumerate() {
+        if !rest.is_empty() {
+            out.push((app, rest));
+        }
+    }
+    out
+}
+
+struct Runner {
+    config: String,
+    run: Option<SquallRun>,
+    started: Instant,
+    logs: Vec<String>,
+}
+
+impl Runner {
+    fn start(config: String) -> Runner {
+        let run = Some(SquallRun::start(&config));
+        Runner {
+            config,
+            run,
+            started: Instant::now(),
+            logs: Vec::new(),
+        }
+    }
+
+    /// Stop with `sig`; returns (exit status text, drained?) and keeps the log.
+    fn stop(&mut self, sig: &str) -> (String, bool) {
+        let (status, log) = self.run.take().expect("running").stop_with_log(sig);
+        let drained = !log.contains("shutdown grace ran out");
+        self.logs.push(log);
+        (format!("{status}"), drained)
+    }
+
+    fn restart(&mut self) {
+        self.run = Some(SquallRun::start(&self.config));
+        self.started = Instant::now();
+    }
+
+    fn alive(&mut self) -> bool {
+        self.run.as_mut().is_some_and(SquallRun::is_running)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("fault-run: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<bool> {
+    let a = args()?;
+    let endpoint = std::env::var("SQUALL_TEST_SQS_ENDPOINT").context(
+        "SQUALL_TEST_SQS_ENDPOINT is not set (scripts/fault-run starts moto and sets it)",
+    )?;
+    let t0 = Instant::now();
+    let ms = move |at: Instant| at.saturating_duration_since(t0).as_millis() as u64;
+    let epoch0 = now_ms();
+    println!(
+        "fault-run: seed {:#x}, {} events, {} applications, {} endpoints, {} msg/s",
+        a.seed,
+        a.events,
+        APPS.len(),
+        APPS.len() * ENDPOINTS_PER_APP,
+        a.rate
+    );
+    println!(
+        "  rerun with: scripts/fault-run --events {} --seed {:#x}",
+        a.events, a.seed
+    );
+
+    // Receivers: one per endpoint, each its own loopback host, answering seeded faults.
+    let mut receivers = Vec::new();
+    for e in 0..APPS.len() * ENDPOINTS_PER_APP {
+        let ip: IpAddr = format!("127.0.0.{}", 10 + e).parse()?;
+        let counts = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
+        let seed = a.seed;
+        let chooser: Chooser = Arc::new(move |r| {
+            let id = r.header("webhook-id").unwrap_or("").to_string();
+            let mut c = counts.lock().unwrap();
+            let n = c.entry(id.clone()).or_default();
+            let reply = plan::reply_for(seed, &id, *n);
+            *n += 1;
+            reply
+        });
+        receivers.push(Receiver::start_with(ip, Reply::Status(200), Some(chooser)).await);
+    }
+    let urls: Vec<String> = receivers.iter().map(|r| r.url("/hook")).collect();
+
+    let q = Arc::new(TestQueues::create(&endpoint, &APPS).await);
+    let planned = plan::plan(a.seed, a.events, &urls, epoch0);
+    let config = config(&endpoint, &q);
+    if let Some(out) = &a.out {
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("squall.toml"), &config)?;
+    }
+
+    let mut runner = Runner::start(config);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let call_retries = Arc::new(AtomicUsize::new(0));
+    let producer = tokio::spawn(produce(
+        q.clone(),
+        planned.iter().map(|p| (p.app, p.body.clone())).collect(),
+        a.rate,
+        sent.clone(),
+        call_retries.clone(),
+    ));
+    // Stops at 25 %, 50 % and 75 % of production, each at least 6 s after the last start.
+    let schedule = [(0.25, "KILL"), (0.50, "TERM"), (0.75, "KILL")];
+    let mut stops: Vec<Stop> = Vec::new();
+    let mut last_print = Instant::now();
+    let settled_for_needed = 3;
+    let mut settled_for = 0;
+    // The drain limit counts from the end of production (moto's pace varies with load).
+    let mut drain_deadline: Option<Instant> = None;
+    let mut queues_empty = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let sent_now = sent.load(Ordering::Relaxed);
+        if let Some((frac, sig)) = schedule.get(stops.len())
+            && sent_now as f64 >= frac * a.events as f64
+            && runner.started.elapsed() >= Duration::from_secs(6)
+        {
+            let at = Instant::now();
+            let (status, drained) = tokio::task::block_in_place(|| runner.stop(sig));
+            let kind = if *sig == "KILL" {
+                StopKind::Kill
+            } else {
+                StopKind::Term { drained }
+            };
+            println!(
+                "  t={:>6.1}s  SIG{sig} at {sent_now} events sent: runner exited ({status}){}; restarted",
+                ms(at) as f64 / 1000.0,
+                if *sig == "TERM" {
+                    if drained {
+                        ", drained in-flight work"
+                    } else {
+                        ", grace ran out"
+                    }
+                } else {
+                    ""
+                }
+            );
+            stops.push(Stop {
+                kind,
+                at_ms: ms(at),
+            });
+            runner.restart();
+            continue;
+        }
+        if !runner.alive() {
+            bail!(
+                "the runner died on its own; log:\n{}",
+                runner.run.take().unwrap().log()
+            );
+        }
+        let mut total = (0, 0, 0);
+        let mut known = true;
+        for app in APPS {
+            match depth(&q, q.app(app)).await {
+                Some(d) => {
+                    total = (total.0 + d.0, total.1 + d.1, total.2 + d.2);
+                }
+                None => known = false,
+            }
+        }
+        if last_print.elapsed() >= Duration::from_secs(10) {
+            last_print = Instant::now();
+            let reqs: usize = receivers.iter().map(|r| r.requests().len()).sum();
+            println!(
+                "  t={:>6.1}s  sent {sent_now}/{}  queued: {} visible, {} in flight, {} delayed  requests {reqs}",
+                t0.elapsed().as_secs_f64(),
+                a.events,
+                total.0,
+                total.1,
+                total.2
+            );
+        }
+        let done = producer.is_finished() && stops.len() == schedule.len();
+        if done && known && total == (0, 0, 0) {
+            settled_for += 1;
+            if settled_for >= settled_for_needed {
+                queues_empty = true;
+                break;
+            }
+        } else {
+            settled_for = 0;
+        }
+        if producer.is_finished() && drain_deadline.is_none() {
+            drain_deadline = Some(Instant::now() + a.drain_limit);
+        }
+        if drain_deadline.is_some_and(|d| Instant::now() > d) {
+            println!(
+                "  drain limit ({} s after the last send) reached at t={:.1}s with {total:?} still queued",
+                a.drain_limit.as_secs(),
+                t0.elapsed().as_secs_f64()
+            );
+            break;
+        }
+    }
+    producer.await?;
+    let drained_at = t0.elapsed();
+    if queues_empty {
+        println!(
+            "  t={:>6.1}s  all application queues empty (visible, in flight, delayed = 0, three polls in a row)",
+            drained_at.as_secs_f64()
+        );
+    }
+    let (status, _) = tokio::task::block_in_place(|| runner.stop("TERM"));
+    println!("  final SIGTERM: runner exited ({status})");
+    if let Some(out) = &a.out {
+        for (i, log) in runner.logs.iter().enumerate() {
+            std::fs::write(out.join(format!("runner-{i}.log")), log)?;
+        }
+    }
+
+    // Observations.
+    let mut requests = Vec::new();
+    for (e, rx) in receivers.iter().enumerate() {
+        for r in rx.requests() {
+            requests.push(verdict::Request {
+                verified: verify_standard_webhooks(TEST_SECRET, &r),
+                receiver: e,
+                status: r.status,
+                at_ms: ms(r.at),
+            });
+        }
+    }
+    let by_body: HashMap<&str, &str> = planned
+        .iter()
+        .filter(|p| p.kind == Kind::Malformed)
+        .map(|p| (p.body.as_str(), p.id.as_str()))
+        .collect();
+    let dlq_depth = depth(&q, &q.dlq).await.unwrap_or_default();
+    let mut dead = Vec::new();
+    for m in q.drain(&q.dlq).await {
+        let id = msg_attr(&m, ATTR_EVENT_ID)
+            .or_else(|| by_body.get(m.body().unwrap_or("")).map(|s| s.to_string()));
+        let at = msg_attr(&m, ATTR_DEAD_LETTERED_AT_MS)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        dead.push(verdict::DeadLetter {
+            id,
+            reason: msg_attr(&m, ATTR_REASON),
+            at_ms: at.saturating_sub(epoch0),
+        });
+    }
+    let metrics_depth = depth(&q, &q.metrics).await.unwrap_or_default();
+    let v = verdict::judge(&planned, &requests, &dead, &stops);
+    let duration = t0.elapsed();
+
+    // The table.
+    println!("\nplanned events                                      count");
+    for (k, n) in &v.planned {
+        println!("  {k:<48} {n:>6}");
+    }
+    println!("  {:<48} {:>6}", "total", planned.len());
+    println!("\nreceiver requests by answer                         count");
+    for (k, n) in &v.requests {
+        println!("  {k:<48} {n:>6}");
+    }
+    println!("  {:<48} {:>6}", "total", requests.len());
+    println!("\noutcome per event                                   count");
+    for (k, n) in &v.outcomes {
+        println!("  {k:<48} {n:>6}");
+    }
+    println!("  {:<48} {:>6}", "missing (lost)", v.missing.len());
+    println!(
+        "\ndead letters read from the DLQ: {} (queue depth before reading: {})",
+        dead.len(),
+        dlq_depth.0
+    );
+    println!("metrics records queued: {}", metrics_depth.0);
+    println!(
+        "events completed more than once (duplicates): {}",
+        v.duplicated_events
+    );
+    for (i, s) in stops.iter().enumerate() {
+        println!(
+            "  explained by stop {} ({:?} at {:.1}s): {}",
+            i + 1,
+            s.kind,
+            s.at_ms as f64 / 1000.0,
+            v.explained.get(&i).copied().unwrap_or(0)
+        );
+    }
+    if v.duplicated_events > 0 {
+        println!(
+            "  largest gap between the first copy and the kill explaining it: {} ms",
+            v.max_explained_gap_ms
+        );
+    }
+    println!(
+        "producer SendMessageBatch calls retried after an error: {}",
+        call_retries.load(Ordering::Relaxed)
+    );
+    println!(
+        "drained after {:.1}s; whole run {:.1}s",
+        drained_at.as_secs_f64(),
+        duration.as_secs_f64()
+    );
+    for f in v.failures.iter().take(30) {
+        println!("FAILURE: {f}");
+    }
+    if v.failures.len() > 30 {
+        println!("FAILURE: ... and {} more", v.failures.len() - 30);
+    }
+    for m in v.missing.iter().take(30) {
+        println!("MISSING: {m}");
+    }
+    println!(
+        "\nfault-run: {} (seed {:#x}, {} events, {} lost, {} unexplained)",
+        if v.ok() { "PASS" } else { "FAIL" },
+        a.seed,
+        planned.len(),
+        v.missing.len(),
+        v.failures.len()
+    );
+    Ok(v.ok())
+}
