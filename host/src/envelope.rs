@@ -776,7 +776,18 @@ fn validate_endpoint(raw: &RawValue) -> Result<String, EnvelopeError> {
     check_endpoint_url(&url).map_err(|reason| EnvelopeError::BadEndpoint {
         reason: reason.to_string(),
     })?;
-    Ok(url.into())
+    // Normalising can lengthen a URL (an IDN host becomes punycode, characters become
+    // percent-escapes): the limit holds for what is stored and re-encoded too.
+    let normalised: String = url.into();
+    if normalised.len() > MAX_ENDPOINT_LEN {
+        return Err(EnvelopeError::BadEndpoint {
+            reason: format!(
+                "is {} bytes long once normalised (punycode host, percent-escapes), longer than the limit of {MAX_ENDPOINT_LEN}",
+                normalised.len()
+            ),
+        });
+    }
+    Ok(normalised)
 }
 
 /// The rules an endpoint URL must meet (shared with the HTTP deliverer's pre-send check).
