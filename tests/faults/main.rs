@@ -36,6 +36,7 @@ struct Args {
     rate: usize,
     drain_limit: Duration,
     out: Option<std::path::PathBuf>,
+    metrics: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -45,6 +46,7 @@ fn args() -> anyhow::Result<Args> {
         rate: 0,
         drain_limit: Duration::ZERO,
         out: None,
+        metrics: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -64,9 +66,10 @@ fn args() -> anyhow::Result<Args> {
                 a.drain_limit = Duration::from_secs(val()?.parse().context("--drain-limit-secs")?)
             }
             "--out" => a.out = Some(val()?.into()),
+            "--metrics" => a.metrics = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: fault-run [--events N (600)] [--seed S] [--rate MSG_PER_S] [--drain-limit-secs S] [--out DIR]"
+                    "usage: fault-run [--events N (600)] [--seed S] [--rate MSG_PER_S] [--drain-limit-secs S] [--out DIR] [--metrics]"
                 );
                 std::process::exit(0);
             }
@@ -87,15 +90,18 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-fn config(endpoint: &str, q: &TestQueues) -> String {
+/// The runner's config. Without `metrics` no metrics queue is configured (the engine then
+/// only logs its records): moto recomputes every queue attribute on each send, in time linear
+/// in the queue's length, and on this 2-core machine a metrics queue filling at one record per
+/// attempt slowed moto to ~4 requests/s within minutes, consumed or not.
+fn config(endpoint: &str, q: &TestQueues, metrics: bool) -> String {
     let mut s = format!(
         r#"allow_literal_secrets = true
 [sqs]
 region = "us-east-1"
 endpoint_url = "{endpoint}"
 dead_letter_queue_url = "{dlq}"
-metrics_queue_url = "{metrics}"
-wait_time_secs = 1
+{metrics}wait_time_secs = 1
 [runner]
 shutdown_grace_secs = 20
 [app_defaults]
@@ -113,7 +119,11 @@ jitter = 0.2
 retry_after_max_secs = 5
 "#,
         dlq = q.dlq,
-        metrics = q.metrics
+        metrics = if metrics {
+            format!("metrics_queue_url = \"{}\"\n", q.metrics)
+        } else {
+            String::new()
+        }
     );
     for (i, app) in APPS.iter().enumerate() {
         s.push_str(&format!(
@@ -230,7 +240,7 @@ fn batches(bodies: Vec<(usize, String)>) -> Vec<(usize, Vec<String>)> {
 /// Consume the metrics queue while the run goes, as `squall metrics` would in production,
 /// counting records by `outcome`. (moto computes every queue attribute on each send, in time
 /// linear in the queue's length: an unconsumed metrics queue makes every metrics send slower
-/// and the run quadratic.) Returns the counts once `stop` is set and the queue is empty.
+/// and the run quadratic; `--metrics` only.) Returns the counts once `stop` is set and the queue is empty.
 async fn consume_metrics(
     q: Arc<TestQueues>,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -375,7 +385,7 @@ async fn run() -> anyhow::Result<bool> {
 
     let q = Arc::new(TestQueues::create(&endpoint, &APPS).await);
     let planned = plan::plan(a.seed, a.events, &urls, epoch0);
-    let config = config(&endpoint, &q);
+    let config = config(&endpoint, &q, a.metrics);
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out)?;
         std::fs::write(out.join("squall.toml"), &config)?;
@@ -392,7 +402,9 @@ async fn run() -> anyhow::Result<bool> {
         call_retries.clone(),
     ));
     let metrics_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let metrics = tokio::spawn(consume_metrics(q.clone(), metrics_stop.clone()));
+    let metrics = a
+        .metrics
+        .then(|| tokio::spawn(consume_metrics(q.clone(), metrics_stop.clone())));
     // Stops at 25 %, 50 % and 75 % of production, each at least 6 s after the last start.
     let schedule = [(0.25, "KILL"), (0.50, "TERM"), (0.75, "KILL")];
     let mut stops: Vec<Stop> = Vec::new();
@@ -534,7 +546,10 @@ async fn run() -> anyhow::Result<bool> {
         });
     }
     metrics_stop.store(true, Ordering::Relaxed);
-    let mut metrics = metrics.await?.into_iter().collect::<Vec<_>>();
+    let mut metrics = match metrics {
+        Some(m) => m.await?.into_iter().collect::<Vec<_>>(),
+        None => Vec::new(),
+    };
     metrics.sort();
     let v = verdict::judge(&planned, &requests, &dead, &stops);
     let duration = t0.elapsed();
@@ -560,15 +575,17 @@ async fn run() -> anyhow::Result<bool> {
         dead.len(),
         dlq_depth.0
     );
-    println!(
-        "metrics records consumed (one per attempt): {} ({})",
-        metrics.iter().map(|(_, n)| n).sum::<usize>(),
-        metrics
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    if a.metrics {
+        println!(
+            "metrics records consumed (one per attempt): {} ({})",
+            metrics.iter().map(|(_, n)| n).sum::<usize>(),
+            metrics
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!(
         "events completed more than once (duplicates): {}",
         v.duplicated_events
