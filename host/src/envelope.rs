@@ -27,6 +27,8 @@ use crate::hooks::{Event, Headers};
 pub const VERSION: u64 = 1;
 /// Default cap on the message body: the SQS maximum message size (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The last instant RFC 3339 can write (four-digit years): 9999-12-31T23:59:59.999Z.
+const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
 /// Longest accepted `id` (it becomes the `webhook-id` header).
 pub const MAX_ID_LEN: usize = 256;
 /// Longest accepted `app_id`.
@@ -384,8 +386,9 @@ impl Envelope {
     }
 
     /// The version-1 JSON text of this envelope. `created_at` is written as RFC 3339 with
-    /// milliseconds; `content_type` only when it differs from the form's default. An envelope
-    /// built from invalid parts encodes fine and is refused by [`decode`].
+    /// milliseconds (as Unix milliseconds after year 9999, which RFC 3339 cannot express);
+    /// `content_type` only when it differs from the form's default. An envelope built from
+    /// invalid parts encodes fine and is refused by [`decode`].
     pub fn encode(&self) -> Vec<u8> {
         let mut out = String::with_capacity(256 + self.payload.as_bytes().len() * 4 / 3);
         out.push_str("{\"version\":1,\"id\":");
@@ -397,7 +400,12 @@ impl Envelope {
         out.push_str(",\"endpoint\":");
         push_json_str(&mut out, &self.endpoint);
         out.push_str(",\"created_at\":");
-        push_json_str(&mut out, &format_rfc3339_ms(self.created_at_ms));
+        if self.created_at_ms <= MAX_RFC3339_MS {
+            push_json_str(&mut out, &format_rfc3339_ms(self.created_at_ms));
+        } else {
+            // RFC 3339 has four-digit years; decode accepts later times as integers only.
+            out.push_str(&self.created_at_ms.to_string());
+        }
         let default_ct = match &self.payload {
             Payload::Json(raw) => {
                 out.push_str(",\"payload\":");

@@ -17,12 +17,12 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::QueueAttributeName;
 
 use crate::config::Config;
 use crate::queue::memory::MemoryQueues;
 use crate::queue::sqs::{SqsQueues, SqsSettings};
-use crate::queue::{Attributes, Queue, QueueError, Received};
+use crate::queue::{Queue, QueueError, Received};
 
 pub mod exporter;
 pub mod metrics;
@@ -92,45 +92,6 @@ pub trait Inspect: Queue {
     fn depth(&self, queue: &str) -> impl Future<Output = Result<Depth, QueueError>> + Send;
 }
 
-fn service_error<E, R>(
-    queue: &str,
-    operation: &'static str,
-    err: aws_sdk_sqs::error::SdkError<E, R>,
-) -> QueueError
-where
-    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    use aws_sdk_sqs::error::ProvideErrorMetadata;
-    if let aws_sdk_sqs::error::SdkError::ServiceError(_) = &err {
-        let code = err.code().unwrap_or("Unknown").to_string();
-        let message = err.message().unwrap_or("").to_string();
-        if code.contains("NonExistentQueue") || code.contains("QueueDoesNotExist") {
-            return QueueError::QueueDoesNotExist {
-                queue: queue.to_string(),
-            };
-        }
-        return QueueError::Service {
-            queue: queue.to_string(),
-            operation,
-            code,
-            message,
-        };
-    }
-    let mut message = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    QueueError::Transport {
-        queue: queue.to_string(),
-        operation,
-        message,
-    }
-}
-
 impl Inspect for SqsQueues {
     async fn receive_held(
         &self,
@@ -139,54 +100,7 @@ impl Inspect for SqsQueues {
         hold: Duration,
         wait: Duration,
     ) -> Result<Vec<Received>, QueueError> {
-        let out = self
-            .client()
-            .receive_message()
-            .queue_url(queue)
-            .max_number_of_messages(max.clamp(1, crate::queue::MAX_BATCH) as i32)
-            .visibility_timeout(hold.as_secs().clamp(1, 43_200) as i32)
-            .wait_time_seconds(wait.as_secs().min(20) as i32)
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-            .message_attribute_names("All")
-            .send()
-            .await
-            .map_err(|e| service_error(queue, "ReceiveMessage", e))?;
-        Ok(out
-            .messages
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| {
-                let sys = |name: MessageSystemAttributeName| {
-                    m.attributes
-                        .as_ref()
-                        .and_then(|a| a.get(&name))
-                        .and_then(|v| v.parse::<u64>().ok())
-                };
-                let attributes: Attributes = m
-                    .message_attributes
-                    .as_ref()
-                    .map(|attrs| {
-                        attrs
-                            .iter()
-                            .filter_map(|(k, v)| {
-                                v.string_value().map(|s| (k.clone(), s.to_string()))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                Received {
-                    receive_count: sys(MessageSystemAttributeName::ApproximateReceiveCount)
-                        .unwrap_or(1)
-                        .min(u32::MAX as u64) as u32,
-                    sent_timestamp_ms: sys(MessageSystemAttributeName::SentTimestamp).unwrap_or(0),
-                    message_id: m.message_id.clone().unwrap_or_default(),
-                    receipt_handle: m.receipt_handle.clone().unwrap_or_default(),
-                    body: m.body.clone().unwrap_or_default(),
-                    attributes,
-                }
-            })
-            .collect())
+        self.receive_message(queue, max, wait, Some(hold)).await
     }
 
     async fn depth(&self, queue: &str) -> Result<Depth, QueueError> {
@@ -199,7 +113,7 @@ impl Inspect for SqsQueues {
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
             .send()
             .await
-            .map_err(|e| service_error(queue, "GetQueueAttributes", e))?;
+            .map_err(|e| crate::queue::sqs::from_sdk(queue, "GetQueueAttributes", e))?;
         let attrs = out.attributes.unwrap_or_default();
         let n = |k: QueueAttributeName| attrs.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
         Ok(Depth {

@@ -105,7 +105,13 @@ fn from_code(queue: &str, operation: &'static str, code: &str, message: &str) ->
 }
 
 /// Map a whole-call SDK error.
-fn from_sdk<E, R>(queue: &str, operation: &'static str, err: SdkError<E, R>) -> QueueError
+/// A queue error from an SDK error: the service's error code when there is one, else the
+/// transport failure with its source chain.
+pub(crate) fn from_sdk<E, R>(
+    queue: &str,
+    operation: &'static str,
+    err: SdkError<E, R>,
+) -> QueueError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
@@ -162,18 +168,23 @@ fn attribute_value(v: &str) -> MessageAttributeValue {
         .expect("data_type is set")
 }
 
-impl Queue for SqsQueues {
-    async fn receive(
+impl SqsQueues {
+    /// ReceiveMessage with the system attributes the pipeline needs and every message
+    /// attribute; `visibility` overrides the queue's visibility timeout (operator tools hold
+    /// what they inspect).
+    pub(crate) async fn receive_message(
         &self,
         queue: &str,
         max: usize,
         wait: Duration,
+        visibility: Option<Duration>,
     ) -> Result<Vec<Received>, QueueError> {
         let out = self
             .client
             .receive_message()
             .queue_url(queue)
             .max_number_of_messages(max.clamp(1, MAX_BATCH) as i32)
+            .set_visibility_timeout(visibility.map(|v| v.as_secs().clamp(1, 43_200) as i32))
             .wait_time_seconds(wait.as_secs().min(20) as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
@@ -185,69 +196,98 @@ impl Queue for SqsQueues {
             .messages
             .unwrap_or_default()
             .into_iter()
-            .map(|m| {
-                let system = m.attributes.as_ref();
-                let sys = |name: MessageSystemAttributeName| {
-                    system
-                        .and_then(|a| a.get(&name))
-                        .and_then(|v| v.parse::<u64>().ok())
-                };
-                let attributes: Attributes = m
-                    .message_attributes
-                    .as_ref()
-                    .map(|attrs| {
-                        attrs
-                            .iter()
-                            .filter_map(|(k, v)| {
-                                v.string_value().map(|s| (k.clone(), s.to_string()))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                Received {
-                    receive_count: sys(MessageSystemAttributeName::ApproximateReceiveCount)
-                        .unwrap_or(1)
-                        .min(u32::MAX as u64) as u32,
-                    sent_timestamp_ms: sys(MessageSystemAttributeName::SentTimestamp).unwrap_or(0),
-                    message_id: m.message_id.unwrap_or_default(),
-                    receipt_handle: m.receipt_handle.unwrap_or_default(),
-                    body: m.body.unwrap_or_default(),
-                    attributes,
-                }
-            })
+            .map(received)
             .collect())
     }
 
-    async fn delete_batch(&self, queue: &str, receipt_handles: &[String]) -> BatchResults {
-        const OP: &str = "DeleteMessageBatch";
-        let mut all = Vec::with_capacity(receipt_handles.len());
-        for chunk in receipt_handles.chunks(MAX_BATCH) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, h)| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(h)
-                        .build()
-                        .expect("id and receipt handle are set")
-                })
-                .collect();
+    /// Send `items` in batches of ten through `call`, mapping each entry's failure back to
+    /// its item; a failed call fails every item of its batch.
+    async fn in_batches<'a, T, E, F, Fut, SE, R>(
+        queue: &str,
+        operation: &'static str,
+        items: &'a [T],
+        entry: impl Fn(usize, &'a T) -> E,
+        call: F,
+    ) -> BatchResults
+    where
+        F: Fn(Vec<E>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<BatchResultErrorEntry>, SdkError<SE, R>>>,
+        SE: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let mut all = Vec::with_capacity(items.len());
+        for chunk in items.chunks(MAX_BATCH) {
+            let entries = chunk.iter().enumerate().map(|(i, t)| entry(i, t)).collect();
             let mut results: BatchResults = vec![Ok(()); chunk.len()];
-            match self
-                .client
-                .delete_message_batch()
-                .queue_url(queue)
-                .set_entries(Some(entries))
-                .send()
-                .await
-            {
-                Ok(out) => apply_failures(&mut results, &out.failed, queue, OP),
-                Err(e) => results = super::all_failed(chunk.len(), &from_sdk(queue, OP, e)),
+            // Boxed: keeps the callers' future types shallow (the Lambda handler nests them).
+            match Box::pin(call(entries)).await {
+                Ok(failed) => apply_failures(&mut results, &failed, queue, operation),
+                Err(e) => results = super::all_failed(chunk.len(), &from_sdk(queue, operation, e)),
             }
             all.extend(results);
         }
         all
+    }
+}
+
+/// One received SDK message as the pipeline sees it.
+fn received(m: aws_sdk_sqs::types::Message) -> Received {
+    let sys = |name: MessageSystemAttributeName| {
+        m.attributes
+            .as_ref()
+            .and_then(|a| a.get(&name))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let receive_count = sys(MessageSystemAttributeName::ApproximateReceiveCount)
+        .unwrap_or(1)
+        .min(u32::MAX as u64) as u32;
+    let sent_timestamp_ms = sys(MessageSystemAttributeName::SentTimestamp).unwrap_or(0);
+    let attributes: Attributes = m
+        .message_attributes
+        .as_ref()
+        .map(|attrs| {
+            attrs
+                .iter()
+                .filter_map(|(k, v)| v.string_value().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Received {
+        receive_count,
+        sent_timestamp_ms,
+        message_id: m.message_id.unwrap_or_default(),
+        receipt_handle: m.receipt_handle.unwrap_or_default(),
+        body: m.body.unwrap_or_default(),
+        attributes,
+    }
+}
+
+impl Queue for SqsQueues {
+    async fn receive(
+        &self,
+        queue: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Received>, QueueError> {
+        self.receive_message(queue, max, wait, None).await
+    }
+
+    async fn delete_batch(&self, queue: &str, receipt_handles: &[String]) -> BatchResults {
+        let entry = |i: usize, h: &String| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(h)
+                .build()
+                .expect("id and receipt handle are set")
+        };
+        let call = |entries| async move {
+            let req = self.client.delete_message_batch().queue_url(queue);
+            req.set_entries(Some(entries))
+                .send()
+                .await
+                .map(|o| o.failed)
+        };
+        Self::in_batches(queue, "DeleteMessageBatch", receipt_handles, entry, call).await
     }
 
     async fn change_visibility_batch(
@@ -255,73 +295,48 @@ impl Queue for SqsQueues {
         queue: &str,
         changes: &[VisibilityChange],
     ) -> BatchResults {
-        const OP: &str = "ChangeMessageVisibilityBatch";
-        let mut all = Vec::with_capacity(changes.len());
-        for chunk in changes.chunks(MAX_BATCH) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(&c.receipt_handle)
-                        .visibility_timeout(c.timeout_secs.min(i32::MAX as u32) as i32)
-                        .build()
-                        .expect("id and receipt handle are set")
-                })
-                .collect();
-            let mut results: BatchResults = vec![Ok(()); chunk.len()];
-            match self
+        let entry = |i: usize, c: &VisibilityChange| {
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(&c.receipt_handle)
+                .visibility_timeout(c.timeout_secs.min(i32::MAX as u32) as i32)
+                .build()
+                .expect("id and receipt handle are set")
+        };
+        let call = |entries| async move {
+            let req = self
                 .client
                 .change_message_visibility_batch()
-                .queue_url(queue)
-                .set_entries(Some(entries))
+                .queue_url(queue);
+            req.set_entries(Some(entries))
                 .send()
                 .await
-            {
-                Ok(out) => apply_failures(&mut results, &out.failed, queue, OP),
-                Err(e) => results = super::all_failed(chunk.len(), &from_sdk(queue, OP, e)),
-            }
-            all.extend(results);
-        }
-        all
+                .map(|o| o.failed)
+        };
+        Self::in_batches(queue, "ChangeMessageVisibilityBatch", changes, entry, call).await
     }
 
     async fn send_batch(&self, queue: &str, messages: &[Outgoing]) -> BatchResults {
-        const OP: &str = "SendMessageBatch";
-        let mut all = Vec::with_capacity(messages.len());
-        for chunk in messages.chunks(MAX_BATCH) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    let mut b = SendMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .message_body(&m.body);
-                    if m.delay_secs > 0 {
-                        b = b.delay_seconds(m.delay_secs.min(i32::MAX as u32) as i32);
-                    }
-                    for (k, v) in &m.attributes {
-                        b = b.message_attributes(k, attribute_value(v));
-                    }
-                    b.build().expect("id and body are set")
-                })
-                .collect();
-            let mut results: BatchResults = vec![Ok(()); chunk.len()];
-            match self
-                .client
-                .send_message_batch()
-                .queue_url(queue)
-                .set_entries(Some(entries))
+        let entry = |i: usize, m: &Outgoing| {
+            let mut b = SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(&m.body);
+            if m.delay_secs > 0 {
+                b = b.delay_seconds(m.delay_secs.min(i32::MAX as u32) as i32);
+            }
+            for (k, v) in &m.attributes {
+                b = b.message_attributes(k, attribute_value(v));
+            }
+            b.build().expect("id and body are set")
+        };
+        let call = |entries| async move {
+            let req = self.client.send_message_batch().queue_url(queue);
+            req.set_entries(Some(entries))
                 .send()
                 .await
-            {
-                Ok(out) => apply_failures(&mut results, &out.failed, queue, OP),
-                Err(e) => results = super::all_failed(chunk.len(), &from_sdk(queue, OP, e)),
-            }
-            all.extend(results);
-        }
-        all
+                .map(|o| o.failed)
+        };
+        Self::in_batches(queue, "SendMessageBatch", messages, entry, call).await
     }
 }
 
