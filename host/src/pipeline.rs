@@ -466,10 +466,10 @@ pub async fn process(
     opts: ProcessOptions,
 ) -> Processed {
     let started_at_ms = clock.now_ms();
-    let malformed = |reason: String, last: String, attempts: u32, first: u64| {
+    let malformed = |reason: String, last: String, attempts: u32, first: u64, id: Option<&str>| {
         let attributes = dead_letter_attributes(&DeadLetterFacts {
             app_id: &app.id,
-            event_id: None,
+            event_id: id,
             reason: &reason,
             last: LastFailure::Error(last),
             attempts,
@@ -492,6 +492,7 @@ pub async fn process(
                 "attribute".into(),
                 0,
                 msg.sent_timestamp_ms,
+                None,
             );
         }
     };
@@ -519,6 +520,7 @@ pub async fn process(
                 format!("envelope: {}", e.kind()),
                 state.attempt.saturating_sub(1),
                 state.first_attempt_ms,
+                None,
             );
         }
     };
@@ -531,6 +533,8 @@ pub async fn process(
             "envelope: app-id-mismatch".into(),
             state.attempt.saturating_sub(1),
             state.first_attempt_ms,
+            // The envelope decoded, so its id is known: name it, as for any other dead letter.
+            Some(&env.id),
         );
     }
     let key_name = env
@@ -1170,6 +1174,12 @@ mod tests {
             assert!(reason.contains(needle), "{reason}");
             assert!(attributes[ATTR_LAST_ERROR].starts_with("envelope: "));
             assert_eq!(attributes[ATTR_APP_ID], "billing");
+            // The id is named whenever the envelope decoded (the foreign-app case).
+            assert_eq!(
+                attributes.get(ATTR_EVENT_ID).map(String::as_str),
+                (needle == "does not match").then_some("evt_1"),
+                "{reason}"
+            );
             assert!(p.metrics.is_empty());
         }
     }

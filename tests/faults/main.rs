@@ -36,6 +36,7 @@ struct Args {
     rate: usize,
     drain_limit: Duration,
     out: Option<std::path::PathBuf>,
+    metrics: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -45,6 +46,7 @@ fn args() -> anyhow::Result<Args> {
         rate: 0,
         drain_limit: Duration::ZERO,
         out: None,
+        metrics: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -64,9 +66,10 @@ fn args() -> anyhow::Result<Args> {
                 a.drain_limit = Duration::from_secs(val()?.parse().context("--drain-limit-secs")?)
             }
             "--out" => a.out = Some(val()?.into()),
+            "--metrics" => a.metrics = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: fault-run [--events N (600)] [--seed S] [--rate MSG_PER_S] [--drain-limit-secs S] [--out DIR]"
+                    "usage: fault-run [--events N (600)] [--seed S] [--rate MSG_PER_S] [--drain-limit-secs S] [--out DIR] [--metrics]"
                 );
                 std::process::exit(0);
             }
@@ -87,15 +90,18 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-fn config(endpoint: &str, q: &TestQueues) -> String {
+/// The runner's config. Without `metrics` no metrics queue is configured (the engine then
+/// only logs its records): moto recomputes every queue attribute on each send, in time linear
+/// in the queue's length, and on this 2-core machine a metrics queue filling at one record per
+/// attempt slowed moto to ~4 requests/s within minutes, consumed or not.
+fn config(endpoint: &str, q: &TestQueues, metrics: bool) -> String {
     let mut s = format!(
         r#"allow_literal_secrets = true
 [sqs]
 region = "us-east-1"
 endpoint_url = "{endpoint}"
 dead_letter_queue_url = "{dlq}"
-metrics_queue_url = "{metrics}"
-wait_time_secs = 1
+{metrics}wait_time_secs = 1
 [runner]
 shutdown_grace_secs = 20
 [app_defaults]
@@ -113,7 +119,11 @@ jitter = 0.2
 retry_after_max_secs = 5
 "#,
         dlq = q.dlq,
-        metrics = q.metrics
+        metrics = if metrics {
+            format!("metrics_queue_url = \"{}\"\n", q.metrics)
+        } else {
+            String::new()
+        }
     );
     for (i, app) in APPS.iter().enumerate() {
         s.push_str(&format!(
@@ -227,6 +237,125 @@ fn batches(bodies: Vec<(usize, String)>) -> Vec<(usize, Vec<String>)> {
     out
 }
 
+/// Consume the metrics queue while the run goes, as `squall metrics` would in production,
+/// counting records by `outcome`. (moto computes every queue attribute on each send, in time
+/// linear in the queue's length: an unconsumed metrics queue makes every metrics send slower
+/// and the run quadratic; `--metrics` only.) Returns the counts once `stop` is set and the queue is empty.
+async fn consume_metrics(
+    q: Arc<TestQueues>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> HashMap<String, usize> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        let got = q
+            .client
+            .receive_message()
+            .queue_url(&q.metrics)
+            .max_number_of_messages(10)
+            .visibility_timeout(30)
+            .wait_time_seconds(if stopping { 0 } else { 1 })
+            .send()
+            .await;
+        let msgs = match got {
+            Ok(r) => r.messages.unwrap_or_default(),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if msgs.is_empty() {
+            if stopping {
+                return counts;
+            }
+            continue;
+        }
+        let mut entries = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            let outcome = serde_json::from_str::<serde_json::Value>(m.body().unwrap_or(""))
+                .ok()
+                .and_then(|v| v["outcome"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "unparsable".into());
+            *counts.entry(outcome).or_default() += 1;
+            entries.push(
+                aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                    .id(format!("d{i}"))
+                    .receipt_handle(m.receipt_handle().unwrap_or(""))
+                    .build()
+                    .unwrap(),
+            );
+        }
+        // A failed delete only means a record is counted twice (metrics are informational).
+        let _ = q
+            .client
+            .delete_message_batch()
+            .queue_url(&q.metrics)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+    }
+}
+
+/// Receive and delete every message of `queue` (the run's own DLQ, read once at the end).
+/// Each message is held for 10 minutes and deleted once read: reading a thousand messages
+/// from moto takes longer than a short hold, after which they would be returned again, and
+/// moto's receive costs time linear in the queue's length, so a shrinking queue reads faster.
+async fn take_all(q: &TestQueues, queue: &str) -> Vec<aws_sdk_sqs::types::Message> {
+    let mut out: Vec<aws_sdk_sqs::types::Message> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut empty_in_a_row = 0;
+    while empty_in_a_row < 2 {
+        let r = match q
+            .client
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .visibility_timeout(600)
+            .wait_time_seconds(0)
+            .message_attribute_names("All")
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("reading {queue}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let msgs = r.messages.unwrap_or_default();
+        if msgs.is_empty() {
+            empty_in_a_row += 1;
+            continue;
+        }
+        empty_in_a_row = 0;
+        let entries: Vec<_> = msgs
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                    .id(format!("d{i}"))
+                    .receipt_handle(m.receipt_handle().unwrap_or(""))
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let _ = q
+            .client
+            .delete_message_batch()
+            .queue_url(queue)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        for m in msgs {
+            if seen.insert(m.message_id().unwrap_or("").to_string()) {
+                out.push(m);
+            }
+        }
+    }
+    out
+}
+
 struct Runner {
     config: String,
     run: Option<SquallRun>,
@@ -316,7 +445,7 @@ async fn run() -> anyhow::Result<bool> {
 
     let q = Arc::new(TestQueues::create(&endpoint, &APPS).await);
     let planned = plan::plan(a.seed, a.events, &urls, epoch0);
-    let config = config(&endpoint, &q);
+    let config = config(&endpoint, &q, a.metrics);
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out)?;
         std::fs::write(out.join("squall.toml"), &config)?;
@@ -332,6 +461,10 @@ async fn run() -> anyhow::Result<bool> {
         sent.clone(),
         call_retries.clone(),
     ));
+    let metrics_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let metrics = a
+        .metrics
+        .then(|| tokio::spawn(consume_metrics(q.clone(), metrics_stop.clone())));
     // Stops at 25 %, 50 % and 75 % of production, each at least 6 s after the last start.
     let schedule = [(0.25, "KILL"), (0.50, "TERM"), (0.75, "KILL")];
     let mut stops: Vec<Stop> = Vec::new();
@@ -460,7 +593,7 @@ async fn run() -> anyhow::Result<bool> {
         .collect();
     let dlq_depth = depth(&q, &q.dlq).await.unwrap_or_default();
     let mut dead = Vec::new();
-    for m in q.drain(&q.dlq).await {
+    for m in take_all(&q, &q.dlq).await {
         let id = msg_attr(&m, ATTR_EVENT_ID)
             .or_else(|| by_body.get(m.body().unwrap_or("")).map(|s| s.to_string()));
         let at = msg_attr(&m, ATTR_DEAD_LETTERED_AT_MS)
@@ -472,7 +605,12 @@ async fn run() -> anyhow::Result<bool> {
             at_ms: at.saturating_sub(epoch0),
         });
     }
-    let metrics_depth = depth(&q, &q.metrics).await.unwrap_or_default();
+    metrics_stop.store(true, Ordering::Relaxed);
+    let mut metrics = match metrics {
+        Some(m) => m.await?.into_iter().collect::<Vec<_>>(),
+        None => Vec::new(),
+    };
+    metrics.sort();
     let v = verdict::judge(&planned, &requests, &dead, &stops);
     let duration = t0.elapsed();
 
@@ -493,11 +631,21 @@ async fn run() -> anyhow::Result<bool> {
     }
     println!("  {:<48} {:>6}", "missing (lost)", v.missing.len());
     println!(
-        "\ndead letters read from the DLQ: {} (queue depth before reading: {})",
+        "\ndead letters read (and removed) from the DLQ: {} (queue depth before reading: {})",
         dead.len(),
         dlq_depth.0
     );
-    println!("metrics records queued: {}", metrics_depth.0);
+    if a.metrics {
+        println!(
+            "metrics records consumed (one per attempt): {} ({})",
+            metrics.iter().map(|(_, n)| n).sum::<usize>(),
+            metrics
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!(
         "events completed more than once (duplicates): {}",
         v.duplicated_events
