@@ -13,9 +13,11 @@ wasmtime::component::bindgen!({
     world: "all-hooks",
 });
 
-pub use exports::squall::plugin::{retry_policy, signer, transform};
-pub use squall::plugin::host;
-pub use squall::plugin::types as wit;
+// `self::`: rustdoc passes this crate, `squall`, as an extern too; the generated module of the
+// same name would be ambiguous.
+pub use self::exports::squall::plugin::{retry_policy, signer, transform};
+pub use self::squall::plugin::host;
+pub use self::squall::plugin::types as wit;
 
 use crate::hooks;
 

@@ -3,7 +3,7 @@
 //! (once per event) takes an instance, or makes a fresh one, under a wall-time deadline
 //! and a memory limit; an instance that trapped or timed out is dropped, never reused.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -96,6 +96,8 @@ pub struct PluginHook<G: HookExport> {
     created: AtomicU64,
     discarded: AtomicU64,
     peak_memory: AtomicUsize,
+    /// Set once a call needed WASI stdio inside the async runtime: calls then run off it.
+    off_reactor: AtomicBool,
 }
 
 impl<G: HookExport> PluginHook<G> {
@@ -124,6 +126,7 @@ impl<G: HookExport> PluginHook<G> {
             calls: AtomicU64::new(0),
             created: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
+            off_reactor: AtomicBool::new(false),
             peak_memory: AtomicUsize::new(0),
         }
     }
@@ -167,13 +170,41 @@ impl<G: HookExport> PluginHook<G> {
         Ok(Live { store, guest })
     }
 
-    /// Run one call on a pooled or fresh instance, off the async reactor (see `off_reactor`).
+    /// Run one call on a pooled or fresh instance.
+    ///
+    /// Guest code normally runs right here, on the caller's thread: a hook call is a few
+    /// microseconds of CPU. The exception is WASI stdio (a guest printing, or writing its panic
+    /// message before it traps): wasmtime-wasi's synchronous shims block on the ambient tokio
+    /// runtime to do it, which panics on a runtime worker thread. That panic unwinds out of
+    /// the guest before anything is written; the instance is dropped, the call runs again off
+    /// the reactor (see `off_reactor`), and so does every later call of this hook. Hook calls
+    /// are pure functions of their inputs, so running one twice is invisible but for a
+    /// repeated host `log` line.
     fn call<R: Send>(
         &self,
-        f: impl FnOnce(&G, &mut Store<HostState>) -> wasmtime::Result<Result<R, wit::PluginError>>
-        + Send,
+        f: impl Fn(&G, &mut Store<HostState>) -> wasmtime::Result<Result<R, wit::PluginError>> + Sync,
     ) -> Result<R, HookError> {
-        off_reactor(|| self.call_here(f))
+        if !self.off_reactor.load(Ordering::Relaxed) {
+            quiet_panics_in_guest_calls();
+            IN_GUEST_CALL.with(|c| c.set(true));
+            let here =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.call_here(&f)));
+            IN_GUEST_CALL.with(|c| c.set(false));
+            match here {
+                Ok(r) => return r,
+                Err(_) => {
+                    self.discarded.fetch_add(1, Ordering::Relaxed);
+                    self.off_reactor.store(true, Ordering::Relaxed);
+                    tracing::warn!(
+                        app_id = %self.app.app_id,
+                        plugin = %self.app.plugin,
+                        "the plugin used WASI stdio inside the async runtime; its calls now run \
+                         off the async workers (prefer the host log function)"
+                    );
+                }
+            }
+        }
+        off_reactor(|| self.call_here(&f))
     }
 
     fn call_here<R>(
@@ -249,6 +280,26 @@ impl<G: HookExport> PluginHook<G> {
             reason,
         }
     }
+}
+
+thread_local! {
+    /// True while this thread runs a guest call whose panic `PluginHook::call` catches.
+    static IN_GUEST_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A panic that `PluginHook::call` catches and reports itself is not printed by the process's
+/// panic hook: printing it would also resolve a backtrace when RUST_BACKTRACE is set, which
+/// maps the binary's debug info (well over 100 MB of resident memory, once).
+fn quiet_panics_in_guest_calls() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_GUEST_CALL.with(|c| c.get()) {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// Run guest code where it may block. wasmtime-wasi's synchronous WASI shims (a guest writing
