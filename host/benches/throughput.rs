@@ -21,6 +21,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// The same allocator as the `squall` and `bootstrap` binaries.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use squall::config::Config;
 use squall::demo::Receiver;
 use squall::envelope::Envelope;
