@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use squall::pipeline::{ATTR_DEAD_LETTERED_AT_MS, ATTR_EVENT_ID, ATTR_REASON};
 use squall_tests::process::SquallRun;
 use squall_tests::receiver::{Chooser, Receiver, Reply};
@@ -145,25 +145,6 @@ retry_after_max_secs = 5
         }
     }
     s
-}
-
-/// Visible, in flight and delayed messages of `queue`; `None` if moto did not answer.
-async fn depth(q: &TestQueues, queue: &str) -> Option<(u64, u64, u64)> {
-    let r = q
-        .client
-        .get_queue_attributes()
-        .queue_url(queue)
-        .attribute_names(QueueAttributeName::All)
-        .send()
-        .await
-        .ok()?;
-    let a = r.attributes.unwrap_or_default();
-    let n = |k: QueueAttributeName| a.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Some((
-        n(QueueAttributeName::ApproximateNumberOfMessages),
-        n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-        n(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
-    ))
 }
 
 /// Send the planned bodies in batches of ten at `rate` messages/s. Only entries SQS reports
@@ -517,7 +498,7 @@ async fn run() -> anyhow::Result<bool> {
         let mut total = (0, 0, 0);
         let mut known = true;
         for app in APPS {
-            match depth(&q, q.app(app)).await {
+            match q.try_depth(q.app(app)).await {
                 Some(d) => {
                     total = (total.0 + d.0, total.1 + d.1, total.2 + d.2);
                 }
@@ -591,7 +572,7 @@ async fn run() -> anyhow::Result<bool> {
         .filter(|p| p.kind == Kind::Malformed)
         .map(|p| (p.body.as_str(), p.id.as_str()))
         .collect();
-    let dlq_depth = depth(&q, &q.dlq).await.unwrap_or_default();
+    let dlq_depth = q.try_depth(&q.dlq).await.unwrap_or_default();
     let mut dead = Vec::new();
     for m in take_all(&q, &q.dlq).await {
         let id = msg_attr(&m, ATTR_EVENT_ID)

@@ -140,6 +140,11 @@ impl TestQueues {
 
     /// ApproximateNumberOfMessages + NotVisible + Delayed of `queue`.
     pub async fn depth(&self, queue: &str) -> (u64, u64, u64) {
+        self.try_depth(queue).await.expect("attributes")
+    }
+
+    /// [`TestQueues::depth`], or `None` when the server did not answer.
+    pub async fn try_depth(&self, queue: &str) -> Option<(u64, u64, u64)> {
         let r = self
             .client
             .get_queue_attributes()
@@ -147,14 +152,14 @@ impl TestQueues {
             .attribute_names(QueueAttributeName::All)
             .send()
             .await
-            .expect("attributes");
+            .ok()?;
         let a = r.attributes.unwrap_or_default();
         let n = |k: QueueAttributeName| a.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
-        (
+        Some((
             n(QueueAttributeName::ApproximateNumberOfMessages),
             n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
             n(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
-        )
+        ))
     }
 }
 
