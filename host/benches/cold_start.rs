@@ -288,7 +288,14 @@ async fn main() {
     );
     println!("| variant | min | median | max |");
     println!("|---|---:|---:|---:|");
+    // COLD_START_ONLY=<text>: run only the variants whose name contains it (case-insensitive).
+    let only = std::env::var("COLD_START_ONLY")
+        .unwrap_or_default()
+        .to_lowercase();
     for (i, (name, apps, precompiled, n)) in variants.into_iter().enumerate() {
+        if !name.to_lowercase().contains(&only) {
+            continue;
+        }
         let dir = base.join(format!("v{i}"));
         let config = stage(&dir, receiver, &apps, precompiled.then_some(&runtime));
         let mut times = Vec::new();

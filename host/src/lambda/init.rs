@@ -65,17 +65,14 @@ pub async fn from_config(config: &Config) -> Result<Function<SqsQueues>, InitErr
     } else {
         None
     };
+    let app_configs = prefer_artifacts(&config.apps, runtime.as_ref());
     let mut apps = Vec::with_capacity(config.apps.len());
-    for app in &config.apps {
+    for app in &app_configs {
         let s = secrets
             .get(&app.id)
             .cloned()
             .ok_or_else(|| BuildError::MissingSecrets(app.id.clone()))?;
-        let hooks = app_hooks(
-            &prefer_artifacts(app, runtime.as_ref()),
-            s,
-            runtime.as_ref(),
-        )?;
+        let hooks = app_hooks(app, s, runtime.as_ref())?;
         apps.push(build_app(config, app, hooks, &deliverers)?);
     }
     let sqs = SqsQueues::connect(&SqsSettings {
@@ -109,30 +106,46 @@ pub fn artifact_path(wasm: &Path) -> PathBuf {
     wasm.with_extension("cwasm")
 }
 
-/// The app's config with each plugin path replaced by its bundled `.cwasm` when that
+/// The apps' configs with each plugin path replaced by its bundled `.cwasm` when that
 /// artifact exists and this engine accepts it; otherwise the `.wasm` stays (compiled at
-/// init) and a warning says why the artifact was not used.
-fn prefer_artifacts(app: &AppConfig, runtime: Option<&PluginRuntime>) -> AppConfig {
-    let mut app = app.clone();
-    let Some(runtime) = runtime else { return app };
-    let p = &mut app.plugins;
-    for (hook, cfg) in [
-        ("transform", &mut p.transform),
-        ("signer", &mut p.signer),
-        ("retry_policy", &mut p.retry_policy),
-    ] {
-        let Some(cfg) = cfg else { continue };
-        let artifact = artifact_path(&cfg.path);
-        if artifact == cfg.path || !artifact.exists() {
-            continue;
+/// init) and a warning says why the artifact was not used. The artifacts are loaded side
+/// by side (`inspect_all`), so the hooks built next find them loaded.
+fn prefer_artifacts(apps: &[AppConfig], runtime: Option<&PluginRuntime>) -> Vec<AppConfig> {
+    let mut apps = apps.to_vec();
+    let Some(runtime) = runtime else { return apps };
+    let mut candidates = Vec::new();
+    for (i, app) in apps.iter().enumerate() {
+        let p = &app.plugins;
+        for (hook, cfg) in [
+            ("transform", &p.transform),
+            ("signer", &p.signer),
+            ("retry_policy", &p.retry_policy),
+        ] {
+            let Some(cfg) = cfg else { continue };
+            let artifact = artifact_path(&cfg.path);
+            if artifact != cfg.path && artifact.exists() {
+                candidates.push((i, hook, artifact));
+            }
         }
-        match runtime.inspect(&artifact) {
-            Ok(_) => cfg.path = artifact,
+    }
+    let paths: Vec<&Path> = candidates.iter().map(|(_, _, a)| a.as_path()).collect();
+    let loaded = runtime.inspect_all(&paths);
+    for ((i, hook, artifact), result) in candidates.iter().zip(loaded) {
+        let app = &mut apps[*i];
+        let p = &mut app.plugins;
+        let cfg = match *hook {
+            "transform" => p.transform.as_mut(),
+            "signer" => p.signer.as_mut(),
+            _ => p.retry_policy.as_mut(),
+        };
+        let Some(cfg) = cfg else { continue };
+        match result {
+            Ok(_) => cfg.path = artifact.clone(),
             Err(e) => {
                 tracing::warn!(app = %app.id, hook, artifact = %artifact.display(), error = %e,
                 "bundled precompiled plugin not usable by this engine; compiling the .wasm at init")
             }
         }
     }
-    app
+    apps
 }

@@ -1,21 +1,39 @@
 //! Precompiled plugin artifacts (`.cwasm`): the one place that turns bytes into
 //! native code without compiling them, so the one place allowed `unsafe`.
 //!
-//! Format (all written by [`wrap`], checked by [`load`] before wasmtime sees a byte):
+//! Format 2 (written by [`wrap`]; checked by [`load`] and [`load_file`] before wasmtime
+//! deserializes anything): wasmtime's serialized component, unchanged, followed by a
+//! trailer.
 //!
 //! | bytes | content |
 //! |---|---|
-//! | 8 | magic `SQUALLCW` |
-//! | 4 | format version, u32 LE (1) |
+//! | n | payload: wasmtime's serialized component (an ELF file) |
+//! | 8 | magic `SQUALLCW` (the trailer starts here, `TRAILER_LEN` bytes before the end) |
+//! | 4 | format version, u32 LE (2) |
 //! | 32 | engine digest: wasmtime version, target, and the engine's precompile-compatibility hash (config, CPU features) |
 //! | 32 | SHA-256 of the source `.wasm` component |
-//! | 32 | SHA-256 of the payload |
+//! | 32 | CRC-32 (IEEE) of the payload, u32 LE, then 28 zero bytes |
 //! | 8 | payload length, u64 LE |
-//! | n | payload: wasmtime's serialized component |
+//!
+//! Why a trailer: with the payload at offset 0, wasmtime can map the file itself
+//! ([`Component::deserialize_file`]) instead of copying it, and build the copy-on-write
+//! images of the plugin's initial linear memory straight from that mapping. For the 35 MB
+//! artifacts of the Python and JavaScript samples (an initialised interpreter heap each)
+//! that removes two copies and a memfd image per plugin from a Lambda cold start.
+//!
+//! The payload checksum guards against truncation and corruption (a damaged copy, a bad
+//! disk), which is what could make deserializing unsound. It is not a defence against
+//! someone who can write the file: they could rewrite any checksum beside it, so the bundle
+//! itself must be trusted. Format 1 put the header in front and used SHA-256: hashing the
+//! large artifacts took three quarters of a cold start's CPU (docs/benchmarks.md). Format 1
+//! artifacts are refused with a "precompile again" message (the disk cache recompiles over
+//! them).
 
 #![allow(unsafe_code)]
 
+use std::fs::File;
 use std::hash::{Hash, Hasher};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -25,14 +43,32 @@ use wasmtime::{Engine, Precompiled};
 use super::PluginError;
 
 const MAGIC: &[u8; 8] = b"SQUALLCW";
-const FORMAT_VERSION: u32 = 1;
-const HEADER_LEN: usize = 8 + 4 + 32 + 32 + 32 + 8;
+const FORMAT_VERSION: u32 = 2;
+/// Length of the trailer after wasmtime's payload.
+pub(crate) const TRAILER_LEN: usize = 8 + 4 + 32 + 32 + 32 + 8;
 /// The wasmtime version the host is pinned to (`=48.0.8` in the workspace).
 pub(crate) const WASMTIME_VERSION: &str = "48.0.8";
 
-/// True when `bytes` start like a Squall artifact.
-pub(crate) fn is_artifact(bytes: &[u8]) -> bool {
+/// The trailer of `bytes` when they end like a Squall artifact.
+pub(crate) fn trailer(bytes: &[u8]) -> Option<&[u8]> {
+    let t = bytes.get(bytes.len().checked_sub(TRAILER_LEN)?..)?;
+    t.starts_with(MAGIC).then_some(t)
+}
+
+/// True when `bytes` start like a format 1 artifact (header in front), which this host
+/// no longer reads.
+pub(crate) fn is_format_1(bytes: &[u8]) -> bool {
     bytes.starts_with(MAGIC)
+}
+
+/// The error for a format 1 artifact.
+pub(crate) fn format_1_error(path: &Path) -> PluginError {
+    PluginError::ForeignArtifact {
+        path: path.to_path_buf(),
+        detail: format!(
+            "artifact format version 1, this host reads version {FORMAT_VERSION}; precompile it again with this build (`squall plugin precompile`) or ship the .wasm"
+        ),
+    }
 }
 
 /// A digest naming everything an artifact depends on: the wasmtime version, the target
@@ -56,45 +92,59 @@ pub(crate) fn engine_digest(engine: &Engine) -> [u8; 32] {
     h.0.finalize().into()
 }
 
-/// Wrap wasmtime's serialized component in the Squall header.
+/// The payload checksum field: CRC-32 (IEEE) little-endian, zero-padded to 32 bytes.
+fn checksum_field(crc: u32) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out[..4].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Wasmtime's serialized component followed by the Squall trailer.
 pub(crate) fn wrap(engine_digest: &[u8; 32], source_digest: &[u8; 32], payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    let mut out = Vec::with_capacity(payload.len() + TRAILER_LEN);
+    out.extend_from_slice(payload);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(engine_digest);
     out.extend_from_slice(source_digest);
-    out.extend_from_slice(&Sha256::digest(payload));
+    out.extend_from_slice(&checksum_field(crc32fast::hash(payload)));
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(payload);
     out
 }
 
-/// Check an artifact against this engine and deserialize it. Returns the component and
-/// the SHA-256 of the source `.wasm` it was compiled from.
-pub(crate) fn load(
-    engine: &Engine,
+/// What the trailer of an artifact says, once it has been checked against this engine.
+pub(crate) struct Header {
+    /// SHA-256 of the source `.wasm` the payload was compiled from.
+    pub source_digest: [u8; 32],
+    payload_checksum: [u8; 32],
+    payload_len: u64,
+}
+
+/// Check the trailer of an artifact (see [`trailer`]) against this engine: magic, format
+/// version and engine digest. Cheap: the payload is not read, so a component already
+/// loaded from the same source can be reused without touching it.
+pub(crate) fn check_header(
     engine_digest: &[u8; 32],
-    bytes: &[u8],
+    trailer: &[u8],
     path: &Path,
-) -> Result<(Component, [u8; 32]), PluginError> {
+) -> Result<Header, PluginError> {
     let foreign = |detail: String| PluginError::ForeignArtifact {
         path: path.to_path_buf(),
         detail,
     };
-    let corrupt = |detail: &str| PluginError::CorruptArtifact {
-        path: path.to_path_buf(),
-        detail: detail.to_string(),
-    };
-    if bytes.len() < HEADER_LEN || !bytes.starts_with(MAGIC) {
-        return Err(corrupt("not a Squall precompiled artifact (bad header)"));
+    if trailer.len() != TRAILER_LEN || !trailer.starts_with(MAGIC) {
+        return Err(corrupt(
+            path,
+            "not a Squall precompiled artifact (bad trailer)",
+        ));
     }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    let version = u32::from_le_bytes(trailer[8..12].try_into().expect("4 bytes"));
     if version != FORMAT_VERSION {
         return Err(foreign(format!(
             "artifact format version {version}, this host reads version {FORMAT_VERSION}"
         )));
     }
-    let (artifact_engine, rest) = bytes[12..].split_at(32);
+    let (artifact_engine, rest) = trailer[12..].split_at(32);
     if artifact_engine != engine_digest {
         return Err(foreign(format!(
             "it was compiled for another engine (engine digest {}, this host {} with wasmtime {WASMTIME_VERSION} on {}-{}); \
@@ -105,30 +155,119 @@ pub(crate) fn load(
             std::env::consts::OS,
         )));
     }
-    let source_digest: [u8; 32] = rest[..32].try_into().expect("32 bytes");
-    let payload_digest = &rest[32..64];
-    let len = u64::from_le_bytes(rest[64..72].try_into().expect("8 bytes"));
-    let payload = &rest[72..];
-    if payload.len() as u64 != len {
-        return Err(corrupt(
-            "truncated or padded (payload length does not match the header)",
-        ));
+    Ok(Header {
+        source_digest: rest[..32].try_into().expect("32 bytes"),
+        payload_checksum: rest[32..64].try_into().expect("32 bytes"),
+        payload_len: u64::from_le_bytes(rest[64..72].try_into().expect("8 bytes")),
+    })
+}
+
+fn corrupt(path: &Path, detail: &str) -> PluginError {
+    PluginError::CorruptArtifact {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
     }
-    if Sha256::digest(payload).as_slice() != payload_digest {
-        return Err(corrupt("payload checksum mismatch"));
+}
+
+fn refused(path: &Path, e: wasmtime::Error) -> PluginError {
+    PluginError::ForeignArtifact {
+        path: path.to_path_buf(),
+        detail: format!("wasmtime refused the artifact: {e}"),
+    }
+}
+
+/// Check an artifact held in memory against this engine and deserialize it (a copy).
+/// Returns the component and the SHA-256 of the source `.wasm` it was compiled from.
+pub(crate) fn load(
+    engine: &Engine,
+    engine_digest: &[u8; 32],
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(Component, [u8; 32]), PluginError> {
+    if is_format_1(bytes) {
+        return Err(format_1_error(path));
+    }
+    let Some(trailer) = trailer(bytes) else {
+        return Err(corrupt(
+            path,
+            "not a Squall precompiled artifact (no trailer)",
+        ));
+    };
+    let header = check_header(engine_digest, trailer, path)?;
+    let payload = &bytes[..bytes.len() - TRAILER_LEN];
+    if payload.len() as u64 != header.payload_len {
+        return Err(truncated(path));
+    }
+    if checksum_field(crc32fast::hash(payload)) != header.payload_checksum {
+        return Err(corrupt(path, "payload checksum mismatch"));
     }
     if Engine::detect_precompiled(payload) != Some(Precompiled::Component) {
-        return Err(corrupt("payload is not a precompiled component"));
+        return Err(corrupt(path, "payload is not a precompiled component"));
     }
-    // SAFETY: `Component::deserialize` trusts its input to be wasmtime's own output for
-    // a compatible engine. The payload is exactly what `Component::serialize` produced on
-    // an engine whose digest (wasmtime version, target, configuration and CPU features)
-    // equals ours, and its SHA-256 matches the one recorded beside it, so it is not a
-    // truncated, corrupted or foreign file. wasmtime additionally re-checks its own
-    // version and configuration metadata and returns an error on a mismatch.
-    let component = unsafe { Component::deserialize(engine, payload) }
-        .map_err(|e| foreign(format!("wasmtime refused the artifact: {e}")))?;
-    Ok((component, source_digest))
+    // SAFETY: see `load_file`; the same checks were made on these bytes.
+    let component =
+        unsafe { Component::deserialize(engine, payload) }.map_err(|e| refused(path, e))?;
+    Ok((component, header.source_digest))
+}
+
+fn truncated(path: &Path) -> PluginError {
+    corrupt(
+        path,
+        "truncated or padded (payload length does not match the trailer)",
+    )
+}
+
+/// Verify the payload of the artifact file `file` at `path`, whose trailer was checked into
+/// `header` (length, CRC-32 read in chunks, wasmtime's own marker), then let wasmtime map the
+/// file: no copy of the payload is made, and the plugin's initial memory images are
+/// copy-on-write mappings of the same file.
+pub(crate) fn load_file(
+    engine: &Engine,
+    header: &Header,
+    mut file: File,
+    path: &Path,
+) -> Result<Component, PluginError> {
+    let io = |source| PluginError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = file.metadata().map_err(io)?.len();
+    if len.checked_sub(TRAILER_LEN as u64) != Some(header.payload_len) {
+        return Err(truncated(path));
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut left = header.payload_len;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut first = true;
+    while left > 0 {
+        let n = (buf.len() as u64).min(left) as usize;
+        file.read_exact(&mut buf[..n]).map_err(io)?;
+        if first && !buf[..n].starts_with(b"\x7fELF") {
+            // Not even an ELF file: do not checksum 35 MB to say so.
+            return Err(corrupt(path, "payload is not a precompiled component"));
+        }
+        first = false;
+        crc.update(&buf[..n]);
+        left -= n as u64;
+    }
+    if checksum_field(crc.finalize()) != header.payload_checksum {
+        return Err(corrupt(path, "payload checksum mismatch"));
+    }
+    if Engine::detect_precompiled_file(path).ok().flatten() != Some(Precompiled::Component) {
+        return Err(corrupt(path, "payload is not a precompiled component"));
+    }
+    // SAFETY: `Component::deserialize_file` trusts the file to be wasmtime's own output for a
+    // compatible engine and to stay unchanged while mapped. The payload is exactly what
+    // `Component::serialize` produced on an engine whose digest (wasmtime version, target,
+    // configuration and CPU features) equals ours, and its length and CRC-32 match the ones
+    // in the trailer, so it is not a truncated, corrupted or foreign file; the trailer after
+    // it is outside every section wasmtime reads. wasmtime additionally re-checks its own
+    // version and configuration metadata and returns an error on a mismatch. Plugin files
+    // are deployment artifacts, not rewritten while a process runs (`squall plugin
+    // precompile` and the disk cache write a new file and rename it over the old one, which
+    // leaves an existing mapping intact).
+    unsafe { Component::deserialize_file(engine, path) }.map_err(|e| refused(path, e))
 }
 
 #[cfg(test)]

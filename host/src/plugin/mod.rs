@@ -296,6 +296,24 @@ pub struct PluginRuntime {
     allocator: Allocator,
     opts: RuntimeOptions,
     components: Mutex<HashMap<[u8; 32], Arc<LoadedComponent>>>,
+    /// Files already loaded: path -> (length, modification time, digest). The same unchanged
+    /// file loaded again (by `inspect` at init, then by the hook) is not read again.
+    files: Mutex<HashMap<PathBuf, SeenFile>>,
+}
+
+/// A file loaded before: its inode (where there is one), length and modification time, and
+/// its content digest. A file replaced (a new inode) or rewritten in place (a new time) is
+/// loaded and checked again.
+type SeenFile = (u64, u64, Option<std::time::SystemTime>, [u8; 32]);
+
+#[cfg(unix)]
+fn inode(meta: &std::fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(meta)
+}
+
+#[cfg(not(unix))]
+fn inode(_meta: &std::fs::Metadata) -> u64 {
+    0
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -354,6 +372,7 @@ impl PluginRuntime {
             allocator,
             opts,
             components: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
         })
     }
 
@@ -379,6 +398,42 @@ impl PluginRuntime {
     /// against the contract and linked, exactly as a hook load would do.
     pub fn inspect(&self, path: &Path) -> Result<ComponentInfo, PluginError> {
         Ok(self.component(path)?.info.clone())
+    }
+
+    /// [`PluginRuntime::inspect`] for several files at once, on up to as many threads as
+    /// there are CPUs (a cold start with several large plugins loads them side by side).
+    /// Results are in the order of `paths`; later loads of the same files are cache hits.
+    pub fn inspect_all(&self, paths: &[&Path]) -> Vec<Result<ComponentInfo, PluginError>> {
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(paths.len());
+        if workers <= 1 {
+            return paths.iter().map(|p| self.inspect(p)).collect();
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<Mutex<Option<Result<ComponentInfo, PluginError>>>> =
+            paths.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(path) = paths.get(i) else { break };
+                        let r = self.inspect(path);
+                        *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                    }
+                });
+            }
+        });
+        results
+            .into_iter()
+            .map(|m| {
+                m.into_inner()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .expect("every path was loaded")
+            })
+            .collect()
     }
 
     /// Compile `path` (a `.wasm` component) for this engine and write a verified artifact
@@ -522,15 +577,66 @@ impl PluginRuntime {
     /// The compiled, checked and pre-linked component at `path`, compiled at most once
     /// per content digest.
     fn component(&self, path: &Path) -> Result<Arc<LoadedComponent>, PluginError> {
-        let bytes = read(path)?;
-        let (component, digest) = if artifact::is_artifact(&bytes) {
-            let (component, digest) =
-                artifact::load(&self.engine, &self.engine_digest, &bytes, path)?;
-            if let Some(hit) = self.cached(&digest) {
-                return Ok(hit);
-            }
-            (component, digest)
+        let io = |source| PluginError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        let (ino, size, modified) = (inode(&meta), meta.len(), meta.modified().ok());
+        let seen = self
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .copied();
+        if let Some((i, len, when, digest)) = seen
+            && i == ino
+            && len == size
+            && when == modified
+            && let Some(hit) = self.cached(&digest)
+        {
+            return Ok(hit);
+        }
+        let loaded = self.load_component(path, file, size)?;
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_path_buf(), (ino, size, modified, loaded.digest));
+        Ok(loaded)
+    }
+
+    fn load_component(
+        &self,
+        path: &Path,
+        mut file: std::fs::File,
+        size: u64,
+    ) -> Result<Arc<LoadedComponent>, PluginError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let io = |source| PluginError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        // An artifact ends with its trailer: read that first.
+        let mut tail = vec![0u8; artifact::TRAILER_LEN];
+        let has_trailer = size >= artifact::TRAILER_LEN as u64
+            && file
+                .seek(SeekFrom::End(-(artifact::TRAILER_LEN as i64)))
+                .and_then(|_| file.read_exact(&mut tail))
+                .is_ok()
+            && artifact::trailer(&tail).is_some();
+        let (component, digest) = if has_trailer {
+            let header = artifact::check_header(&self.engine_digest, &tail, path)?;
+            let component = artifact::load_file(&self.engine, &header, file, path)?;
+            (component, header.source_digest)
         } else {
+            let mut bytes = Vec::with_capacity(size as usize);
+            file.seek(SeekFrom::Start(0))
+                .and_then(|_| file.read_to_end(&mut bytes))
+                .map_err(io)?;
+            if artifact::is_format_1(&bytes) {
+                return Err(artifact::format_1_error(path));
+            }
             let digest: [u8; 32] = Sha256::digest(&bytes).into();
             if let Some(hit) = self.cached(&digest) {
                 return Ok(hit);
@@ -608,7 +714,13 @@ impl PluginRuntime {
         if Engine::detect_precompiled(bytes).is_some() {
             return Err(PluginError::ForeignArtifact {
                 path: path.to_path_buf(),
-                detail: "a raw wasmtime artifact without Squall's verified header; make one with `squall plugin precompile`".into(),
+                detail: "a raw wasmtime artifact without Squall's verified trailer; make one with `squall plugin precompile`".into(),
+            });
+        }
+        if bytes.starts_with(b"\x7fELF") {
+            return Err(PluginError::CorruptArtifact {
+                path: path.to_path_buf(),
+                detail: "a precompiled artifact without its trailer (truncated?); precompile it again with `squall plugin precompile`".into(),
             });
         }
         let not = |detail: &str| PluginError::NotAComponent {
