@@ -182,9 +182,11 @@ pub fn plugin_output(data: &[u8]) {
     let reason = field(&fs, 3).to_string();
     let accepted = match selector % 6 {
         0 => output::check_request(&request, max_bytes).is_ok(),
-        1 => output::check_transform(&TransformResult::Send(request.clone()), max_bytes).is_ok(),
+        1 => output::check_transform(&TransformResult::Send(request.clone()), max_bytes, None)
+            .is_ok(),
         2 => {
-            let r = output::check_transform(&TransformResult::Skip(reason.clone()), max_bytes);
+            let r =
+                output::check_transform(&TransformResult::Skip(reason.clone()), max_bytes, None);
             if r.is_ok() {
                 assert!(reason.len() <= max_bytes && !reason.contains('\0'));
             }

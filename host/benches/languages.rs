@@ -5,6 +5,10 @@
 //! `cargo bench -p squall --bench languages` prints a Markdown table (docs/benchmarks.md,
 //! "Plugins by language"). `SQUALL_BENCH_CALLS` sets the calls per measurement (default 2000).
 
+/// The allocator of the production binaries (squall, bootstrap), so per-call figures match them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,7 +3,12 @@
 //! (median and p90), with a 1 KiB payload; and the same hooks by the native built-ins.
 //!
 //! Needs the components: `scripts/build-plugins`, then
-//! `cargo bench -p squall --bench plugins` (optional argument: calls per measurement).
+//! `cargo bench -p squall --bench plugins` (optional arguments: calls per measurement, and
+//! plugin names to run only those).
+
+/// The allocator of the production binaries (squall, bootstrap), so per-call figures match them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -178,7 +183,15 @@ fn main() {
         "| plugin | hook | compile ms | precompiled load ms (median) | fresh call us (median / p90) | reused call us (median / p90) |"
     );
     println!("|---|---|---|---|---|---|");
+    // Other arguments: only the plugins whose name contains one of them.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a.parse::<usize>().is_err() && !a.starts_with('-'))
+        .collect();
     for (name, hook) in PLUGINS {
+        if !only.is_empty() && !only.iter().any(|o| name.contains(o.as_str())) {
+            continue;
+        }
         let wasm = dist(name);
         // Compile: a fresh runtime without cache, median of 3.
         let compile = stats(

@@ -329,8 +329,14 @@ impl Transform for PluginHook<transform::Guest> {
     fn transform(&self, event: &Event) -> Result<TransformResult, HookError> {
         let arg = wit::Event::from(event);
         let result: TransformResult = self.call(|g, store| g.call_transform(store, &arg))?.into();
-        output::check_transform(&result, self.limits.max_output_bytes)
-            .map_err(|r| self.invalid(r))?;
+        // The event's endpoint was checked when its envelope was decoded (and the deliverer
+        // checks every URL again before sending): only a URL the plugin changed is parsed here.
+        output::check_transform(
+            &result,
+            self.limits.max_output_bytes,
+            Some(&event.endpoint_url),
+        )
+        .map_err(|r| self.invalid(r))?;
         Ok(result)
     }
 }

@@ -6,13 +6,25 @@ use crate::hooks::{Headers, Request, RetryDecision, TransformResult};
 /// Check a request a transform returned: method `POST` or `PUT`, an absolute http(s)
 /// URL, valid header names and values, and a size within `max_bytes` (body plus headers).
 pub fn check_request(request: &Request, max_bytes: usize) -> Result<(), String> {
+    check_request_from(request, max_bytes, None)
+}
+
+/// [`check_request`], where `checked_url` is a URL the host has already checked (the
+/// event's endpoint): a request sent there, the usual case, skips parsing it again.
+pub fn check_request_from(
+    request: &Request,
+    max_bytes: usize,
+    checked_url: Option<&str>,
+) -> Result<(), String> {
     if request.method != "POST" && request.method != "PUT" {
         return Err(format!(
             "method {:?} is not allowed (POST or PUT)",
             truncate(&request.method, 32)
         ));
     }
-    check_url(&request.url)?;
+    if checked_url != Some(request.url.as_str()) {
+        check_url(&request.url)?;
+    }
     let header_bytes = check_headers(&request.headers, max_bytes)?;
     if request.body.len() > max_bytes {
         return Err(format!(
@@ -76,10 +88,14 @@ pub fn check_headers(headers: &Headers, max_bytes: usize) -> Result<usize, Strin
     Ok(total)
 }
 
-/// Check a transform's result.
-pub fn check_transform(result: &TransformResult, max_bytes: usize) -> Result<(), String> {
+/// Check a transform's result; `checked_url` as in [`check_request_from`].
+pub fn check_transform(
+    result: &TransformResult,
+    max_bytes: usize,
+    checked_url: Option<&str>,
+) -> Result<(), String> {
     match result {
-        TransformResult::Send(request) => check_request(request, max_bytes),
+        TransformResult::Send(request) => check_request_from(request, max_bytes, checked_url),
         TransformResult::Skip(reason) => check_reason(reason, max_bytes),
     }
 }
@@ -197,6 +213,6 @@ mod tests {
     fn reasons_are_bounded() {
         assert!(check_decision(&RetryDecision::DeadLetter("x".repeat(11)), 10).is_err());
         assert!(check_decision(&RetryDecision::Discard("fine".into()), 10).is_ok());
-        assert!(check_transform(&TransformResult::Skip("a\0".into()), 10).is_err());
+        assert!(check_transform(&TransformResult::Skip("a\0".into()), 10, None).is_err());
     }
 }

@@ -101,6 +101,10 @@ pub struct TestArgs {
     /// Do not use or fill the on-disk compilation cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// After the first call, make this many more on the same reused instance and print
+    /// their median and 90th percentile (what a warm production call costs).
+    #[arg(long, default_value_t = 0)]
+    pub repeat: usize,
 }
 
 /// Run a plugin subcommand.
@@ -268,73 +272,107 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
     let load_started = Instant::now();
     let ctx = AttemptContext::for_event(&event, now_ms);
     // The first call runs on the instance made at load time, as in production.
-    let (result, call_time, stats) = match args.hook {
+    type Call<'a> = Box<dyn FnMut() -> Result<Output, squall::hooks::HookError> + 'a>;
+    let loaded = |what: &str| {
+        println!(
+            "loaded {what} in {:.2} ms",
+            load_started.elapsed().as_secs_f64() * 1e3
+        )
+    };
+    let (mut call, stats): (Call, Box<dyn Fn() -> squall::plugin::HookStats>) = match args.hook {
         HookArg::Transform => {
             let hook = rt.load_transform(&app, &spec, secrets)?;
-            let load = load_started.elapsed();
-            println!("loaded in {:.2} ms", load.as_secs_f64() * 1e3);
-            let started = Instant::now();
-            let r = hook.transform(&event).map(|r| match r {
-                TransformResult::Skip(reason) => format!("skip: {reason}"),
-                TransformResult::Send(req) => {
-                    let mut out = format!("send: {} {}\n", req.method, req.url);
-                    for (k, v) in &req.headers {
-                        out.push_str(&format!("{k}: {v}\n"));
-                    }
-                    out.push('\n');
-                    out.push_str(&String::from_utf8_lossy(&req.body));
-                    out
-                }
-            });
-            (r, started.elapsed(), hook.stats())
+            loaded("transform");
+            let h = hook.clone();
+            let call = Box::new(move || h.transform(&event).map(Output::Transform));
+            (call, Box::new(move || hook.stats()))
         }
         HookArg::Sign => {
             let hook = rt.load_signer(&app, &spec, secrets)?;
-            println!(
-                "loaded in {:.2} ms",
-                load_started.elapsed().as_secs_f64() * 1e3
-            );
+            loaded("signer");
             let key_name = args
                 .key_name
+                .clone()
                 .or(signing_key)
                 .unwrap_or_else(|| "default".to_string());
             let timestamp = args.timestamp.unwrap_or(now_ms / 1000);
             let request = Request::from_event(&event);
-            let started = Instant::now();
-            let r = hook
-                .sign(&ctx, &request, &key_name, timestamp)
-                .map(|headers| {
-                    headers
-                        .iter()
-                        .map(|(k, v)| format!("{k}: {v}"))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                });
-            (r, started.elapsed(), hook.stats())
+            let h = hook.clone();
+            let call = Box::new(move || {
+                h.sign(&ctx, &request, &key_name, timestamp)
+                    .map(Output::Headers)
+            });
+            (call, Box::new(move || hook.stats()))
         }
         HookArg::Retry => {
             let outcome = parse_outcome(&args.outcome)?;
             let hook = rt.load_retry_policy(&app, &spec, secrets)?;
-            println!(
-                "loaded in {:.2} ms",
-                load_started.elapsed().as_secs_f64() * 1e3
-            );
-            let started = Instant::now();
-            let r = hook.decide(&ctx, &outcome).map(|d| format!("{d:?}"));
-            (r, started.elapsed(), hook.stats())
+            loaded("retry policy");
+            let h = hook.clone();
+            let call = Box::new(move || h.decide(&ctx, &outcome).map(Output::Decision));
+            (call, Box::new(move || hook.stats()))
         }
     };
+    let started = Instant::now();
+    let result = call();
+    let call_time = started.elapsed();
+    let mut warm = Vec::with_capacity(args.repeat);
+    if result.is_ok() {
+        for _ in 0..args.repeat {
+            let started = Instant::now();
+            let _ = call();
+            warm.push(started.elapsed());
+        }
+    }
+    let stats = stats();
     println!("call:     {:.1} us", call_time.as_secs_f64() * 1e6);
+    if !warm.is_empty() {
+        warm.sort();
+        let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
+        println!(
+            "repeat:   {} calls on the reused instance: median {:.1} us, p90 {:.1} us",
+            warm.len(),
+            us(warm[warm.len() / 2]),
+            us(warm[warm.len() * 9 / 10])
+        );
+    }
     println!(
         "memory:   {} KiB peak linear memory (limit {} MiB)",
         stats.peak_memory_bytes / 1024,
         args.memory_mib
     );
     match result {
-        Ok(text) => {
-            println!("result:\n{text}");
+        Ok(output) => {
+            println!("result:\n{output}");
             Ok(())
         }
         Err(e) => bail!("{} ({})", e, e.kind()),
+    }
+}
+
+/// What a hook answered (printed once, after the timed calls).
+enum Output {
+    Transform(TransformResult),
+    Headers(squall::hooks::Headers),
+    Decision(squall::hooks::RetryDecision),
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Transform(TransformResult::Skip(reason)) => write!(f, "skip: {reason}"),
+            Output::Transform(TransformResult::Send(req)) => {
+                writeln!(f, "send: {} {}", req.method, req.url)?;
+                for (k, v) in &req.headers {
+                    writeln!(f, "{k}: {v}")?;
+                }
+                write!(f, "\n{}", String::from_utf8_lossy(&req.body))
+            }
+            Output::Headers(headers) => {
+                let lines: Vec<String> = headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                write!(f, "{}", lines.join("\n"))
+            }
+            Output::Decision(d) => write!(f, "{d:?}"),
+        }
     }
 }

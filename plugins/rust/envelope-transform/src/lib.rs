@@ -18,7 +18,10 @@ struct Component;
 
 impl Guest for Component {
     fn transform(event: Event) -> Result<TransformResult, PluginError> {
-        if let Some(skip) = host::config_get("skip_types") {
+        // An instance serves one application for its whole life, and that application's
+        // config does not change meanwhile: read it on the first call only.
+        static SKIP_TYPES: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        if let Some(skip) = SKIP_TYPES.get_or_init(|| host::config_get("skip_types")) {
             if skip.split(',').map(str::trim).any(|t| !t.is_empty() && t == event.event_type) {
                 return Ok(TransformResult::Skip(format!(
                     "event type {} is listed in skip_types",

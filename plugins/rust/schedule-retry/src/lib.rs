@@ -24,17 +24,30 @@ const DEFAULT_RETRY_AFTER_MAX: u32 = 86_400;
 
 struct Component;
 
+/// The schedule (seconds per failed attempt) and the Retry-After cap, from the config.
+fn read_config() -> Result<(Vec<u32>, u32), String> {
+    let schedule_text = host::config_get("schedule").unwrap_or_else(|| DEFAULT_SCHEDULE.to_string());
+    let schedule = parse_schedule(&schedule_text).map_err(|message| format!("config key schedule: {message}"))?;
+    let retry_after_max = match host::config_get("retry_after_max") {
+        None => DEFAULT_RETRY_AFTER_MAX,
+        Some(v) => v
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| format!("config key retry_after_max: {v:?} is not a whole number of seconds"))?,
+    };
+    Ok((schedule, retry_after_max))
+}
+
 impl Guest for Component {
     fn decide(ctx: AttemptContext, outcome: Outcome) -> Result<RetryDecision, PluginError> {
-        let schedule_text = host::config_get("schedule").unwrap_or_else(|| DEFAULT_SCHEDULE.to_string());
-        let schedule = parse_schedule(&schedule_text)
-            .map_err(|message| PluginError { message: format!("config key schedule: {message}") })?;
-        let retry_after_max = match host::config_get("retry_after_max") {
-            None => DEFAULT_RETRY_AFTER_MAX,
-            Some(v) => v.trim().parse::<u32>().map_err(|_| PluginError {
-                message: format!("config key retry_after_max: {v:?} is not a whole number of seconds"),
-            })?,
-        };
+        // An instance serves one application for its whole life, and that application's
+        // config does not change meanwhile: read and parse it on the first call only.
+        static CONFIG: std::sync::OnceLock<Result<(Vec<u32>, u32), String>> = std::sync::OnceLock::new();
+        let (schedule, retry_after_max) = CONFIG
+            .get_or_init(read_config)
+            .as_ref()
+            .map_err(|message| PluginError { message: message.clone() })?;
+        let (schedule, retry_after_max) = (schedule.as_slice(), *retry_after_max);
 
         let retry_after = match &outcome {
             Outcome::Response(r) if is_permanent(r.status) => {
