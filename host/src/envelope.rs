@@ -231,6 +231,15 @@ pub enum EnvelopeError {
         /// Decoder message.
         detail: String,
     },
+    /// `payload_base64` declared as `application/json` (by `content_type`) does not decode to
+    /// JSON. Refused so that a JSON content type always means a JSON body, which plugins rely on.
+    #[error("field \"payload_base64\" is declared {content_type} but is not valid JSON: {detail}")]
+    DeclaredJsonInvalid {
+        /// The declared media type.
+        content_type: String,
+        /// Parser message (line and column; no payload text).
+        detail: String,
+    },
     /// `endpoint` is not an acceptable URL. The URL itself is not repeated (it may carry tokens).
     #[error("field \"endpoint\" {reason}")]
     BadEndpoint {
@@ -300,6 +309,7 @@ impl EnvelopeError {
             | EnvelopeError::InvalidChars { .. }
             | EnvelopeError::BothPayloads
             | EnvelopeError::BadBase64 { .. }
+            | EnvelopeError::DeclaredJsonInvalid { .. }
             | EnvelopeError::BadCreatedAt { .. } => "invalid-field",
             EnvelopeError::BadEndpoint { .. } => "bad-endpoint",
             EnvelopeError::BadHeaderName { .. }
@@ -726,6 +736,17 @@ impl RawFields<'_> {
             Some(ct) => text_string(ct, "content_type", MAX_CONTENT_TYPE_LEN)?,
             None => default_ct.to_string(),
         };
+        // A JSON content type always comes with a JSON body: `payload` is JSON by construction,
+        // and bytes declared as JSON are checked here, once, instead of by every plugin.
+        if let Payload::Bytes(bytes) = &payload
+            && is_json_media_type(&content_type)
+            && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        {
+            return Err(EnvelopeError::DeclaredJsonInvalid {
+                content_type: media_type(&content_type),
+                detail: e.to_string(),
+            });
+        }
         let headers = match self.headers {
             Some(h) => validate_headers(h)?,
             None => Vec::new(),
@@ -758,6 +779,23 @@ impl RawFields<'_> {
             signing_key,
         })
     }
+}
+
+/// The media type of a content type: before any `;`, trimmed of spaces and tabs, ASCII
+/// lower-cased.
+fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim_matches([' ', '\t'])
+        .to_ascii_lowercase()
+}
+
+/// True for `application/json` (any case, any parameters): the content type whose bodies the
+/// host guarantees to be JSON.
+pub fn is_json_media_type(content_type: &str) -> bool {
+    media_type(content_type) == "application/json"
 }
 
 /// Standard alphabet; padding optional (some producers strip it).
@@ -1165,6 +1203,38 @@ mod tests {
         let env = dec(&body).unwrap();
         assert_eq!(env.payload.as_bytes(), &[0, 1, 2, 255]);
         assert_eq!(env.content_type, "image/png");
+    }
+
+    #[test]
+    fn base64_declared_json_must_be_json() {
+        let declared = |b64: &str, ct: &str| {
+            dec(&with(|m| {
+                m.remove("payload");
+                m.insert("payload_base64".into(), b64.into());
+                m.insert("content_type".into(), ct.into());
+            }))
+        };
+        // {"a":1}
+        let ok = declared("eyJhIjoxfQ==", "Application/JSON; charset=utf-8").unwrap();
+        assert_eq!(ok.payload.as_bytes(), br#"{"a":1}"#);
+        // {"a":
+        let err = declared("eyJhIjo=", "application/json").unwrap_err();
+        assert!(
+            matches!(err, EnvelopeError::DeclaredJsonInvalid { .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("payload_base64") && text.contains("application/json"),
+            "{text}"
+        );
+        assert_eq!(err.kind(), "invalid-field");
+        // Other media types are not parsed.
+        assert!(declared("eyJhIjo=", "text/plain").is_ok());
+        assert!(
+            is_json_media_type(" application/json ;x=y")
+                && !is_json_media_type("application/jsonl")
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! `{"type": <event type>, "id": <event id>, "timestamp": <created-at, ISO-8601 UTC>, "data": <payload>}`
 //! to the event's endpoint. The payload is embedded as JSON when it is valid JSON, as a
 //! JSON string when it is other UTF-8 text, and refused (plugin error) when it is binary.
+//! A body whose content type is `application/json` is JSON by the host's guarantee (the
+//! envelope decoder refuses anything else), so only other bodies are parsed to find out.
 //!
 //! Config: `skip_types` (comma-separated event types) are skipped with a reason.
 
@@ -29,7 +31,8 @@ impl Guest for Component {
                 )));
             }
         }
-        let data_is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&event.body).is_ok();
+        let data_is_json = is_json_media_type(&event.content_type)
+            || serde_json::from_slice::<serde::de::IgnoredAny>(&event.body).is_ok();
         let mut body = String::with_capacity(event.body.len() + event.id.len() + event.event_type.len() + 96);
         body.push_str("{\"type\":");
         push_json_string(&event.event_type, &mut body);
@@ -73,6 +76,12 @@ impl Guest for Component {
             body: body.into_bytes(),
         }))
     }
+}
+
+/// `application/json`, any case, any parameters.
+fn is_json_media_type(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or("").trim_matches([' ', '\t']);
+    media.eq_ignore_ascii_case("application/json")
 }
 
 fn push_json_string(s: &str, out: &mut String) {
