@@ -219,6 +219,8 @@ fn ms(d: Duration) -> String {
 fn runtime(cache: Option<&Path>) -> PluginRuntime {
     PluginRuntime::new(RuntimeOptions {
         cache_dir: cache.map(Path::to_path_buf),
+        // As the Lambda function loads its bundled artifacts.
+        map_artifacts: true,
         ..RuntimeOptions::default()
     })
     .unwrap()

@@ -131,6 +131,8 @@ fn load(rt: &PluginRuntime, hook: Hook, spec: &PluginSpec, f: &Fixture) -> Loade
 fn no_cache() -> RuntimeOptions {
     RuntimeOptions {
         cache_dir: None,
+        // As the Lambda function loads its bundled artifacts.
+        map_artifacts: true,
         ..RuntimeOptions::default()
     }
 }

@@ -891,8 +891,9 @@ fn precompiled_artifacts_load_and_bad_ones_are_refused() {
 }
 
 /// Loading the same artifact twice (as a Lambda init does: `inspect_all`, then the hook) maps
-/// it once; a file changed at the same path is checked again, and an artifact of the old
-/// format (header in front) is refused with what to do.
+/// it once; a file replaced at the same path is checked again, and an artifact of the old
+/// format (header in front) is refused with what to do. (The other artifact tests read
+/// artifacts, the default outside Lambda.)
 #[test]
 fn artifacts_are_loaded_once_per_file_and_checked_again_when_changed() {
     let rt = runtime();
@@ -903,8 +904,10 @@ fn artifacts_are_loaded_once_per_file_and_checked_again_when_changed() {
         .unwrap();
     rt.precompile(&dist("github-signer"), &b).unwrap();
 
+    // Mapped, as the Lambda function loads them.
     let rt2 = PluginRuntime::new(RuntimeOptions {
         cache_dir: None,
+        map_artifacts: true,
         ..RuntimeOptions::default()
     })
     .unwrap();

@@ -58,6 +58,8 @@ pub async fn from_config(config: &Config) -> Result<Function<SqsQueues>, InitErr
         Some(
             PluginRuntime::new(RuntimeOptions {
                 cache_dir: None,
+                // /var/task is read-only: the bundled artifacts cannot change under a mapping.
+                map_artifacts: true,
                 ..RuntimeOptions::default()
             })
             .map_err(InitError::Runtime)?,

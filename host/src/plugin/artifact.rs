@@ -19,7 +19,9 @@
 //! ([`Component::deserialize_file`]) instead of copying it, and build the copy-on-write
 //! images of the plugin's initial linear memory straight from that mapping. For the 35 MB
 //! artifacts of the Python and JavaScript samples (an initialised interpreter heap each)
-//! that removes two copies and a memfd image per plugin from a Lambda cold start.
+//! that removes two copies and a memfd image per plugin from a Lambda cold start. Mapping is
+//! only for files nothing rewrites in place (`RuntimeOptions::map_artifacts`, on in Lambda);
+//! elsewhere artifacts are read and copied ([`load`]).
 //!
 //! The payload checksum guards against truncation and corruption (a damaged copy, a bad
 //! disk), which is what could make deserializing unsound. It is not a defence against
@@ -178,6 +180,8 @@ fn refused(path: &Path, e: wasmtime::Error) -> PluginError {
 
 /// Check an artifact held in memory against this engine and deserialize it (a copy).
 /// Returns the component and the SHA-256 of the source `.wasm` it was compiled from.
+/// (Bundled artifacts are mapped with [`load_file`]; the disk cache, which other processes
+/// write to, is read with this.)
 pub(crate) fn load(
     engine: &Engine,
     engine_digest: &[u8; 32],

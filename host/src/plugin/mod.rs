@@ -149,6 +149,12 @@ pub struct RuntimeOptions {
     pub pooled_instances: u32,
     /// Idle instances kept per application hook. Default 4.
     pub max_idle_per_hook: usize,
+    /// Map precompiled artifacts (`.cwasm`) instead of reading them: no copy, and the
+    /// plugins' initial memories are copy-on-write mappings of the file. Only for files that
+    /// nothing rewrites in place while the process runs (a Lambda's read-only `/var/task`):
+    /// a mapped file truncated under the process crashes it (SIGBUS). Default false; the
+    /// Lambda function turns it on.
+    pub map_artifacts: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -160,6 +166,7 @@ impl Default for RuntimeOptions {
             max_memory_bytes: 256 << 20,
             pooled_instances: 1000,
             max_idle_per_hook: 4,
+            map_artifacts: false,
         }
     }
 }
@@ -618,17 +625,18 @@ impl PluginRuntime {
             source,
         };
         // An artifact ends with its trailer: read that first.
-        let mut tail = vec![0u8; artifact::TRAILER_LEN];
-        let has_trailer = size >= artifact::TRAILER_LEN as u64
-            && file
-                .seek(SeekFrom::End(-(artifact::TRAILER_LEN as i64)))
-                .and_then(|_| file.read_exact(&mut tail))
-                .is_ok()
-            && artifact::trailer(&tail).is_some();
-        let (component, digest) = if has_trailer {
-            let header = artifact::check_header(&self.engine_digest, &tail, path)?;
-            let component = artifact::load_file(&self.engine, &header, file, path)?;
-            (component, header.source_digest)
+        let (component, digest) = if let Some(tail) = read_trailer(&mut file, size) {
+            if self.opts.map_artifacts {
+                let header = artifact::check_header(&self.engine_digest, &tail, path)?;
+                let component = artifact::load_file(&self.engine, &header, file, path)?;
+                (component, header.source_digest)
+            } else {
+                let mut bytes = Vec::with_capacity(size as usize);
+                file.seek(SeekFrom::Start(0))
+                    .and_then(|_| file.read_to_end(&mut bytes))
+                    .map_err(io)?;
+                artifact::load(&self.engine, &self.engine_digest, &bytes, path)?
+            }
         } else {
             let mut bytes = Vec::with_capacity(size as usize);
             file.seek(SeekFrom::Start(0))
@@ -680,6 +688,8 @@ impl PluginRuntime {
             hex::encode(digest),
             hex::encode(&self.engine_digest[..8])
         ));
+        // Read and copied, not mapped: the cache directory is shared and writable, and a file
+        // truncated in place under a mapping would crash the process (SIGBUS), not fail a load.
         if let Ok(cached) = std::fs::read(&file) {
             match artifact::load(&self.engine, &self.engine_digest, &cached, &file) {
                 Ok((component, d)) if d == *digest => return Ok(component),
@@ -745,6 +755,20 @@ impl PluginRuntime {
         tracing::info!(plugin = %path.display(), ms = started.elapsed().as_millis() as u64, "compiled plugin");
         Ok(component)
     }
+}
+
+/// The last [`artifact::TRAILER_LEN`] bytes of `file` (`size` bytes long) when they are a Squall
+/// artifact trailer.
+fn read_trailer(file: &mut std::fs::File, size: u64) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    if size < artifact::TRAILER_LEN as u64 {
+        return None;
+    }
+    let mut tail = vec![0u8; artifact::TRAILER_LEN];
+    file.seek(SeekFrom::End(-(artifact::TRAILER_LEN as i64)))
+        .and_then(|_| file.read_exact(&mut tail))
+        .ok()?;
+    artifact::trailer(&tail).is_some().then_some(tail)
 }
 
 fn make_engine(opts: &RuntimeOptions, pooling: bool) -> Result<Engine, PluginError> {

@@ -31,8 +31,11 @@ impl Guest for Component {
                 )));
             }
         }
-        let data_is_json = is_json_media_type(&event.content_type)
-            || serde_json::from_slice::<serde::de::IgnoredAny>(&event.body).is_ok();
+        // Not UTF-8 means not JSON, whatever the content type says.
+        let text = core::str::from_utf8(&event.body).ok();
+        let data_is_json = text.is_some()
+            && (is_json_media_type(&event.content_type)
+                || serde_json::from_slice::<serde::de::IgnoredAny>(&event.body).is_ok());
         let mut body = String::with_capacity(event.body.len() + event.id.len() + event.event_type.len() + 96);
         body.push_str("{\"type\":");
         push_json_string(&event.event_type, &mut body);
@@ -41,22 +44,18 @@ impl Guest for Component {
         body.push_str(",\"timestamp\":\"");
         push_iso8601(event.created_at, &mut body);
         body.push_str("\",\"data\":");
-        if data_is_json {
-            // Valid JSON is valid UTF-8.
-            body.push_str(core::str::from_utf8(&event.body).unwrap_or("null").trim());
-        } else {
-            match core::str::from_utf8(&event.body) {
-                Ok(text) => push_json_string(text, &mut body),
-                Err(_) => {
-                    return Err(PluginError {
-                        message: format!(
-                            "payload of event {} is neither JSON nor UTF-8 text ({} bytes, content-type {})",
-                            event.id,
-                            event.body.len(),
-                            event.content_type
-                        ),
-                    });
-                }
+        match text {
+            Some(text) if data_is_json => body.push_str(text.trim()),
+            Some(text) => push_json_string(text, &mut body),
+            None => {
+                return Err(PluginError {
+                    message: format!(
+                        "payload of event {} is neither JSON nor UTF-8 text ({} bytes, content-type {})",
+                        event.id,
+                        event.body.len(),
+                        event.content_type
+                    ),
+                });
             }
         }
         body.push('}');
