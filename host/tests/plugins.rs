@@ -557,6 +557,8 @@ fn traps_inside_a_tokio_runtime_are_typed_not_panics() {
             "{flavour}: {good:?}"
         );
     }
+    // Four calls, the first of them run twice (here, then off the reactor): counted once.
+    assert_eq!(t.stats().calls, 4);
 }
 
 #[test]

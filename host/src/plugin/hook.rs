@@ -184,6 +184,8 @@ impl<G: HookExport> PluginHook<G> {
         &self,
         f: impl Fn(&G, &mut Store<HostState>) -> wasmtime::Result<Result<R, wit::PluginError>> + Sync,
     ) -> Result<R, HookError> {
+        // Counted once here, not in `call_here`: a call re-run off the reactor is one call.
+        self.calls.fetch_add(1, Ordering::Relaxed);
         if !self.off_reactor.load(Ordering::Relaxed) {
             quiet_panics_in_guest_calls();
             IN_GUEST_CALL.with(|c| c.set(true));
@@ -211,7 +213,6 @@ impl<G: HookExport> PluginHook<G> {
         &self,
         f: impl FnOnce(&G, &mut Store<HostState>) -> wasmtime::Result<Result<R, wit::PluginError>>,
     ) -> Result<R, HookError> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
         let pooled = match self.isolation {
             Isolation::Reuse => self.idle.lock().ok().and_then(|mut v| v.pop()),
             Isolation::FreshPerCall => None,
