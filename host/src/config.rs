@@ -237,6 +237,31 @@ pub struct AppPlugins {
     pub retry_policy: Option<PluginConfig>,
 }
 
+impl AppPlugins {
+    /// Each hook's config key with its plugin, in a fixed order.
+    pub fn by_hook(&self) -> [(&'static str, Option<&PluginConfig>); 3] {
+        [
+            ("transform", self.transform.as_ref()),
+            ("signer", self.signer.as_ref()),
+            ("retry_policy", self.retry_policy.as_ref()),
+        ]
+    }
+
+    /// [`AppPlugins::by_hook`], mutable.
+    pub fn by_hook_mut(&mut self) -> [(&'static str, Option<&mut PluginConfig>); 3] {
+        [
+            ("transform", self.transform.as_mut()),
+            ("signer", self.signer.as_mut()),
+            ("retry_policy", self.retry_policy.as_mut()),
+        ]
+    }
+
+    /// True when any hook is a plugin rather than the built-in.
+    pub fn any(&self) -> bool {
+        self.by_hook().iter().any(|(_, p)| p.is_some())
+    }
+}
+
 /// `[app_defaults.lambda]`: the event source mapping of the app's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppLambdaConfig {

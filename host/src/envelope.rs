@@ -794,7 +794,7 @@ fn media_type(content_type: &str) -> String {
 
 /// True for `application/json` (any case, any parameters): the content type whose bodies the
 /// host guarantees to be JSON.
-pub fn is_json_media_type(content_type: &str) -> bool {
+fn is_json_media_type(content_type: &str) -> bool {
     media_type(content_type) == "application/json"
 }
 

@@ -544,11 +544,7 @@ pub fn plugin_spec(cfg: &PluginConfig) -> PluginSpec {
 
 /// True if any application configures a plugin (so a plugin runtime is needed).
 pub fn uses_plugins(config: &Config) -> bool {
-    config.apps.iter().any(|a| {
-        a.plugins.transform.is_some()
-            || a.plugins.signer.is_some()
-            || a.plugins.retry_policy.is_some()
-    })
+    config.apps.iter().any(|a| a.plugins.any())
 }
 
 /// The plugin runtime options from `[plugins]` (an empty `cache_dir` = the default).

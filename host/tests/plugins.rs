@@ -89,6 +89,15 @@ fn request(body: &[u8]) -> Request {
     }
 }
 
+/// A finished process's stdout followed by its stderr.
+fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 fn event(event_type: &str, body: &[u8]) -> Event {
     Event {
         id: "evt_1".into(),
@@ -692,11 +701,7 @@ fn ten_thousand_traps_do_not_grow_memory() {
             .env("SQUALL_RSS_CHILD", "1")
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = output_text(&out);
         assert!(
             out.status.success() && text.contains("1 passed"),
             "the measuring process failed:\n{text}"
@@ -1021,12 +1026,7 @@ fn cli_check_and_test_work_as_documented() {
             .env("XDG_CACHE_HOME", &cache)
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        (out.status.success(), output_text(&out))
     };
     dist("github-signer");
 

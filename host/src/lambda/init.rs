@@ -11,7 +11,7 @@ use crate::http::Deliverers;
 use crate::pipeline::SystemClock;
 use crate::plugin::{PluginError, PluginRuntime, RuntimeOptions};
 use crate::queue::sqs::{SqsQueues, SqsSettings};
-use crate::runner::{BuildError, app_hooks, build_app};
+use crate::runner::{BuildError, app_hooks, build_app, uses_plugins};
 
 /// Why the function could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +54,7 @@ pub async fn from_config(config: &Config) -> Result<Function<SqsQueues>, InitErr
     let deliverers = Deliverers::new();
     // No disk cache: /var/task is read-only and every cold start is a fresh sandbox. Bundled
     // `.cwasm` artifacts are what makes plugin loading cheap (see `hooks`).
-    let runtime = if config.apps.iter().any(has_plugins) {
+    let runtime = if uses_plugins(config) {
         Some(
             PluginRuntime::new(RuntimeOptions {
                 cache_dir: None,
@@ -98,11 +98,6 @@ pub async fn from_config(config: &Config) -> Result<Function<SqsQueues>, InitErr
     })
 }
 
-fn has_plugins(app: &AppConfig) -> bool {
-    let p = &app.plugins;
-    p.transform.is_some() || p.signer.is_some() || p.retry_policy.is_some()
-}
-
 /// `x.wasm` -> `x.cwasm`: where `squall deploy bundle --precompile` puts the artifact.
 pub fn artifact_path(wasm: &Path) -> PathBuf {
     wasm.with_extension("cwasm")
@@ -115,34 +110,30 @@ pub fn artifact_path(wasm: &Path) -> PathBuf {
 fn prefer_artifacts(apps: &[AppConfig], runtime: Option<&PluginRuntime>) -> Vec<AppConfig> {
     let mut apps = apps.to_vec();
     let Some(runtime) = runtime else { return apps };
+    // (app index, hook position in `by_hook`, artifact path)
     let mut candidates = Vec::new();
     for (i, app) in apps.iter().enumerate() {
-        let p = &app.plugins;
-        for (hook, cfg) in [
-            ("transform", &p.transform),
-            ("signer", &p.signer),
-            ("retry_policy", &p.retry_policy),
-        ] {
+        for (j, (_, cfg)) in app.plugins.by_hook().into_iter().enumerate() {
             let Some(cfg) = cfg else { continue };
             let artifact = artifact_path(&cfg.path);
             if artifact != cfg.path && artifact.exists() {
-                candidates.push((i, hook, artifact));
+                candidates.push((i, j, artifact));
             }
         }
     }
     let paths: Vec<&Path> = candidates.iter().map(|(_, _, a)| a.as_path()).collect();
     let loaded = runtime.inspect_all(&paths);
-    for ((i, hook, artifact), result) in candidates.iter().zip(loaded) {
-        let app = &mut apps[*i];
-        let p = &mut app.plugins;
-        let cfg = match *hook {
-            "transform" => p.transform.as_mut(),
-            "signer" => p.signer.as_mut(),
-            _ => p.retry_policy.as_mut(),
-        };
-        let Some(cfg) = cfg else { continue };
+    for ((i, j, artifact), result) in candidates.into_iter().zip(loaded) {
+        let app = &mut apps[i];
+        let (hook, cfg) = app
+            .plugins
+            .by_hook_mut()
+            .into_iter()
+            .nth(j)
+            .expect("3 hooks");
+        let cfg = cfg.expect("a candidate has a plugin");
         match result {
-            Ok(_) => cfg.path = artifact.clone(),
+            Ok(_) => cfg.path = artifact,
             Err(e) => {
                 tracing::warn!(app = %app.id, hook, artifact = %artifact.display(), error = %e,
                 "bundled precompiled plugin not usable by this engine; compiling the .wasm at init")

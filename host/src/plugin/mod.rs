@@ -311,7 +311,9 @@ pub struct PluginRuntime {
 /// A file loaded before: its inode (where there is one), length and modification time, and
 /// its content digest. A file replaced (a new inode) or rewritten in place (a new time) is
 /// loaded and checked again.
-type SeenFile = (u64, u64, Option<std::time::SystemTime>, [u8; 32]);
+type SeenFile = (FileStamp, [u8; 32]);
+/// Inode, length, modification time.
+type FileStamp = (u64, u64, Option<std::time::SystemTime>);
 
 #[cfg(unix)]
 fn inode(meta: &std::fs::Metadata) -> u64 {
@@ -590,26 +592,24 @@ impl PluginRuntime {
         };
         let file = std::fs::File::open(path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
-        let (ino, size, modified) = (inode(&meta), meta.len(), meta.modified().ok());
+        let stamp: FileStamp = (inode(&meta), meta.len(), meta.modified().ok());
         let seen = self
             .files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(path)
             .copied();
-        if let Some((i, len, when, digest)) = seen
-            && i == ino
-            && len == size
-            && when == modified
+        if let Some((was, digest)) = seen
+            && was == stamp
             && let Some(hit) = self.cached(&digest)
         {
             return Ok(hit);
         }
-        let loaded = self.load_component(path, file, size)?;
+        let loaded = self.load_component(path, file, meta.len())?;
         self.files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(path.to_path_buf(), (ino, size, modified, loaded.digest));
+            .insert(path.to_path_buf(), (stamp, loaded.digest));
         Ok(loaded)
     }
 

@@ -84,12 +84,7 @@ fn bundle(args: &BundleArgs) -> anyhow::Result<()> {
     // file name -> source, so two different plugins with one name are caught.
     let mut staged: std::collections::BTreeMap<String, PathBuf> = Default::default();
     for app in &config.apps {
-        let p = &app.plugins;
-        for (hook, cfg) in [
-            ("transform", &p.transform),
-            ("signer", &p.signer),
-            ("retry_policy", &p.retry_policy),
-        ] {
+        for (hook, cfg) in app.plugins.by_hook() {
             let Some(cfg) = cfg else { continue };
             let name = cfg
                 .path

@@ -273,23 +273,23 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
     let ctx = AttemptContext::for_event(&event, now_ms);
     // The first call runs on the instance made at load time, as in production.
     type Call<'a> = Box<dyn FnMut() -> Result<Output, squall::hooks::HookError> + 'a>;
-    let loaded = |what: &str| {
+    let loaded = || {
         println!(
-            "loaded {what} in {:.2} ms",
+            "loaded in {:.2} ms",
             load_started.elapsed().as_secs_f64() * 1e3
         )
     };
     let (mut call, stats): (Call, Box<dyn Fn() -> squall::plugin::HookStats>) = match args.hook {
         HookArg::Transform => {
             let hook = rt.load_transform(&app, &spec, secrets)?;
-            loaded("transform");
+            loaded();
             let h = hook.clone();
             let call = Box::new(move || h.transform(&event).map(Output::Transform));
             (call, Box::new(move || hook.stats()))
         }
         HookArg::Sign => {
             let hook = rt.load_signer(&app, &spec, secrets)?;
-            loaded("signer");
+            loaded();
             let key_name = args
                 .key_name
                 .clone()
@@ -307,7 +307,7 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
         HookArg::Retry => {
             let outcome = parse_outcome(&args.outcome)?;
             let hook = rt.load_retry_policy(&app, &spec, secrets)?;
-            loaded("retry policy");
+            loaded();
             let h = hook.clone();
             let call = Box::new(move || h.decide(&ctx, &outcome).map(Output::Decision));
             (call, Box::new(move || hook.stats()))
