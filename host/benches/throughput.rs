@@ -2,14 +2,16 @@
 //! pipeline (envelope decode, transform, signing, the pooled HTTP deliverer with its SSRF
 //! guard and per-endpoint limit, retry decision, batched acting, metrics records) to a
 //! loopback keep-alive receiver, beside a plain reqwest POST loop to the same receiver with
-//! the same concurrency, measured in the same run. Then, in a fresh process of this binary
+//! the same concurrency, measured in the same run: interleaved rounds, each engine rate compared
+//! with the plain loop of its own round, and the median of those ratios reported. Then, in a fresh process of this binary
 //! (`SQUALL_BENCH_ONLY=rss`), peak RSS with 1,000 deliveries held in flight by a receiver that
 //! answers after 2 s (so that 1,000 are held at once at 500 deliveries/s, well within what the
 //! machine does).
 //!
 //! ```sh
 //! cargo bench -p squall --bench throughput
-//! SQUALL_BENCH_EVENTS=50000 SQUALL_BENCH_CONCURRENCY=64 cargo bench -p squall --bench throughput
+//! SQUALL_BENCH_EVENTS=20000 SQUALL_BENCH_ROUNDS=7 SQUALL_BENCH_CONCURRENCY=64 cargo bench -p squall --bench throughput
+//! SQUALL_BENCH_ONLY=builtins cargo bench -p squall --bench throughput   # one path, for perf
 //! ```
 //!
 //! The sample Rust plugins are measured too when `plugins/dist` holds them and the build has
@@ -265,44 +267,136 @@ async fn rss_only() {
     );
 }
 
+/// One measured path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Plain,
+    Engine(Hooks),
+}
+
+async fn measure(receiver: &Receiver, path: Path, n: usize, c: usize) -> f64 {
+    match path {
+        Path::Plain => plain_loop(&receiver.url("bench", "ok"), n, c).await,
+        Path::Engine(hooks) => {
+            let (rate, report) = engine(receiver, n, c, hooks, "ok")
+                .await
+                .unwrap_or_else(|e| panic!("engine run failed: {e}"));
+            assert_eq!(
+                report.metrics.sent as usize, n,
+                "one metrics record per delivery"
+            );
+            rate
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
 async fn bench() {
-    let n = env_usize("SQUALL_BENCH_EVENTS", 20_000);
+    let n = env_usize("SQUALL_BENCH_EVENTS", 10_000);
     let c = env_usize("SQUALL_BENCH_CONCURRENCY", 64);
+    let rounds = env_usize("SQUALL_BENCH_ROUNDS", 5).max(1);
     let in_flight = env_usize("SQUALL_BENCH_IN_FLIGHT", 1_000);
     let receiver = Receiver::start(HashMap::new(), false)
         .await
         .expect("receiver");
-    let url = receiver.url("bench", "ok");
+    let with_plugins = plugins_dir().join("envelope-transform.wasm").is_file();
+    // SQUALL_BENCH_ONLY=plain|builtins|plugins: that path alone, round after round (for perf).
+    let only = std::env::var("SQUALL_BENCH_ONLY").ok();
+    let mut paths = vec![Path::Plain, Path::Engine(Hooks::Builtins)];
+    if with_plugins {
+        paths.push(Path::Engine(Hooks::Plugins));
+    }
+    if let Some(only) = only.as_deref() {
+        paths.retain(|p| {
+            matches!(
+                (only, p),
+                ("plain", Path::Plain)
+                    | ("builtins", Path::Engine(Hooks::Builtins))
+                    | ("plugins", Path::Engine(Hooks::Plugins))
+            )
+        });
+        assert!(
+            !paths.is_empty(),
+            "SQUALL_BENCH_ONLY={only}: nothing to run"
+        );
+    }
     println!(
-        "# Engine throughput: {n} events, 1 KiB JSON payload, concurrency {c}, {} CPUs, loopback receiver in-process",
+        "# Engine throughput: {rounds} rounds of {n} events per path, 1 KiB JSON payload, concurrency {c}, {} CPUs, loopback receiver in-process",
         std::thread::available_parallelism().map_or(0, |p| p.get())
     );
 
-    // Warm up both paths (connections, allocator, caches).
-    plain_loop(&url, 2_000, c).await;
-    engine(&receiver, 2_000, c, Hooks::Builtins, "ok")
-        .await
-        .expect("warm-up");
+    // Warm up every path (connections, allocator, caches; the plugin path compiles its
+    // components once, cached, as a process start would).
+    for p in &paths {
+        measure(&receiver, *p, 2_000, c).await;
+    }
 
-    let plain1 = plain_loop(&url, n, c).await;
-    let (builtins, report) = engine(&receiver, n, c, Hooks::Builtins, "ok")
-        .await
-        .expect("built-ins");
-    assert_eq!(
-        report.metrics.sent as usize, n,
-        "one metrics record per delivery"
-    );
-    let plugins = if plugins_dir().join("envelope-transform.wasm").is_file() {
-        // Warm-up compiles the components once (cached), as a process start would.
-        match engine(&receiver, 2_000, c, Hooks::Plugins, "ok").await {
-            Ok(_) => Some(engine(&receiver, n, c, Hooks::Plugins, "ok").await),
-            Err(e) => Some(Err(e)),
+    // Interleaved rounds, the order rotated each round, so that the machine's drift (the plain
+    // loop alone moves by up to 1.7x over a minute here) falls on every path alike; each
+    // engine rate is compared with the plain loop of its own round.
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    for round in 0..rounds {
+        for k in 0..paths.len() {
+            let i = (k + round) % paths.len();
+            rates[i].push(measure(&receiver, paths[i], n, c).await);
         }
-    } else {
-        None
-    };
-    let plain2 = plain_loop(&url, n, c).await;
-    let ceiling = (plain1 + plain2) / 2.0;
+    }
+
+    println!();
+    if paths.len() == 1 || paths[0] != Path::Plain {
+        for (p, r) in paths.iter().zip(&rates) {
+            let name = match p {
+                Path::Plain => "plain",
+                Path::Engine(Hooks::Builtins) => "built-ins",
+                Path::Engine(Hooks::Plugins) => "plugins",
+            };
+            println!(
+                "{name}: median {:.0} deliveries/s over {rounds} rounds",
+                median(r.clone())
+            );
+        }
+        return;
+    }
+    let header: String = (1..=rounds).map(|r| format!(" round {r} |")).collect();
+    println!("| path |{header} median rate | median of per-round ratios |");
+    println!("|---|{}---:|---:|", "---:|".repeat(rounds));
+    for (p, r) in paths.iter().zip(&rates) {
+        let name = match p {
+            Path::Plain => "plain reqwest POST loop (ceiling)",
+            Path::Engine(Hooks::Builtins) => "engine, built-ins",
+            Path::Engine(Hooks::Plugins) => {
+                "engine, sample Rust plugins (envelope-transform, standard-webhooks-signer, schedule-retry)"
+            }
+        };
+        let cells: String = r
+            .iter()
+            .zip(&rates[0])
+            .map(|(x, plain)| match p {
+                Path::Plain => format!(" {x:.0} |"),
+                _ => format!(" {x:.0} ({:.0}%) |", 100.0 * x / plain),
+            })
+            .collect();
+        let ratio = median(r.iter().zip(&rates[0]).map(|(x, p)| x / p).collect());
+        println!(
+            "| {name} |{cells} {:.0} | {:.0}% |",
+            median(r.clone()),
+            100.0 * ratio
+        );
+    }
+    if !with_plugins {
+        println!(
+            "| engine, sample Rust plugins | not measured: plugins/dist is empty (run scripts/build-plugins) | |"
+        );
+    }
 
     // Peak RSS in a fresh process of this same binary (see `rss_only`).
     let rss = std::process::Command::new(std::env::current_exe().expect("own path"))
@@ -311,27 +405,6 @@ async fn bench() {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|e| format!("peak RSS not measured: {e}"));
-
-    println!();
-    println!("| path | deliveries/s | vs plain loop |");
-    println!("|---|---:|---:|");
-    println!(
-        "| plain reqwest POST loop (ceiling; mean of runs before/after: {plain1:.0}, {plain2:.0}) | {ceiling:.0} | 100% |"
-    );
-    println!(
-        "| engine, built-ins | {builtins:.0} | {:.0}% |",
-        100.0 * builtins / ceiling
-    );
-    match plugins {
-        Some(Ok((rate, _))) => println!(
-            "| engine, sample Rust plugins (envelope-transform, standard-webhooks-signer, schedule-retry) | {rate:.0} | {:.0}% |",
-            100.0 * rate / ceiling
-        ),
-        Some(Err(e)) => println!("| engine, sample Rust plugins | not measured: {e} | |"),
-        None => println!(
-            "| engine, sample Rust plugins | not measured: plugins/dist is empty (run scripts/build-plugins) | |"
-        ),
-    }
     println!();
     println!("{rss}");
 }

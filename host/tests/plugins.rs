@@ -676,6 +676,66 @@ fn fresh_per_call_isolation_makes_an_instance_per_call() {
     assert_eq!(t.stats().idle, 0);
 }
 
+#[test]
+fn reused_instances_of_the_sample_plugins_keep_their_memory_flat() {
+    // The sample plugins allocate through size-class-alloc (plugins/rust/size-class-alloc),
+    // which never hands small blocks back: a freed block must be reused by the next call, or
+    // an instance would grow call after call until it hit its memory limit. Bodies of several
+    // sizes, one over the allocator's 32 KiB small-block limit (the system allocator's path).
+    let rt = runtime();
+    let signer = rt
+        .load_signer(
+            "app",
+            &spec("standard-webhooks-signer", &[]),
+            secrets(&[("main", &[SPEC_SECRET, "whsec_c2hvcnQ="])]),
+        )
+        .unwrap();
+    let transform = rt
+        .load_transform("app", &spec("envelope-transform", &[]), secrets(&[]))
+        .unwrap();
+    let bodies: Vec<Vec<u8>> = [0usize, 17, 1024, 5000, 40_000, 300]
+        .iter()
+        .map(|n| format!("{{\"d\":\"{}\"}}", "x".repeat(*n)).into_bytes())
+        .collect();
+    let round = || {
+        for (i, body) in bodies.iter().enumerate() {
+            let headers = signer
+                .sign(
+                    &ctx(&format!("evt_{i}"), "t", 1),
+                    &request(body),
+                    "main",
+                    1_700_000_000,
+                )
+                .unwrap();
+            assert_eq!(headers[2].1.split(' ').count(), 2);
+            let TransformResult::Send(req) = transform.transform(&event("t", body)).unwrap() else {
+                panic!("expected send")
+            };
+            assert!(req.body.len() > body.len());
+        }
+    };
+    for _ in 0..3 {
+        round();
+    }
+    let warm = (
+        signer.stats().peak_memory_bytes,
+        transform.stats().peak_memory_bytes,
+    );
+    for _ in 0..300 {
+        round();
+    }
+    assert_eq!(
+        (
+            signer.stats().peak_memory_bytes,
+            transform.stats().peak_memory_bytes
+        ),
+        warm,
+        "linear memory grew over 1,800 reused calls each"
+    );
+    assert_eq!(signer.stats().instances_created, 1);
+    assert_eq!(transform.stats().instances_created, 1);
+}
+
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();

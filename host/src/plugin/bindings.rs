@@ -19,7 +19,159 @@ pub use self::exports::squall::plugin::{retry_policy, signer, transform};
 pub use self::squall::plugin::host;
 pub use self::squall::plugin::types as wit;
 
+use std::marker::PhantomData;
+
+use wasmtime::AsContext;
+use wasmtime::component::{ComponentNamedList, ComponentType, Func, Lift, Lower, TypedFunc};
+
 use crate::hooks;
+
+// Borrowed views of the hook arguments, lowered into the guest straight from the host's own
+// values: the generated call functions take the owned records above, which would mean cloning
+// every string and the body once per call only to copy them again into guest memory. Each
+// view has the WIT record's shape; `hook.rs` checks that once per instance (`Func::typed`)
+// before calling through it.
+
+/// `types.event`, borrowed.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct EventRef<'a> {
+    pub id: &'a str,
+    #[component(name = "app-id")]
+    pub app_id: &'a str,
+    #[component(name = "event-type")]
+    pub event_type: &'a str,
+    #[component(name = "endpoint-url")]
+    pub endpoint_url: &'a str,
+    pub headers: &'a [(String, String)],
+    #[component(name = "content-type")]
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+    pub attempt: u32,
+    #[component(name = "created-at")]
+    pub created_at: u64,
+    #[component(name = "first-attempt-at")]
+    pub first_attempt_at: u64,
+}
+
+impl<'a> From<&'a hooks::Event> for EventRef<'a> {
+    fn from(e: &'a hooks::Event) -> Self {
+        EventRef {
+            id: &e.id,
+            app_id: &e.app_id,
+            event_type: &e.event_type,
+            endpoint_url: &e.endpoint_url,
+            headers: &e.headers,
+            content_type: &e.content_type,
+            body: &e.body,
+            attempt: e.attempt,
+            created_at: e.created_at_ms,
+            first_attempt_at: e.first_attempt_at_ms,
+        }
+    }
+}
+
+/// `types.request`, borrowed.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct RequestRef<'a> {
+    pub method: &'a str,
+    pub url: &'a str,
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+}
+
+impl<'a> From<&'a hooks::Request> for RequestRef<'a> {
+    fn from(r: &'a hooks::Request) -> Self {
+        RequestRef {
+            method: &r.method,
+            url: &r.url,
+            headers: &r.headers,
+            body: &r.body,
+        }
+    }
+}
+
+/// `types.attempt-context`, borrowed.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct AttemptContextRef<'a> {
+    #[component(name = "event-id")]
+    pub event_id: &'a str,
+    #[component(name = "app-id")]
+    pub app_id: &'a str,
+    #[component(name = "event-type")]
+    pub event_type: &'a str,
+    pub attempt: u32,
+    #[component(name = "first-attempt-at")]
+    pub first_attempt_at: u64,
+    pub now: u64,
+}
+
+impl<'a> From<&'a hooks::AttemptContext> for AttemptContextRef<'a> {
+    fn from(c: &'a hooks::AttemptContext) -> Self {
+        AttemptContextRef {
+            event_id: &c.event_id,
+            app_id: &c.app_id,
+            event_type: &c.event_type,
+            attempt: c.attempt,
+            first_attempt_at: c.first_attempt_at_ms,
+            now: c.now_ms,
+        }
+    }
+}
+
+/// The parameter and result types this host calls one hook export with.
+pub trait HookSig: Send + Sync + 'static {
+    type Params<'a>: ComponentNamedList + Lower;
+    type Return: ComponentNamedList + Lift;
+}
+
+/// `transform.transform` with a borrowed event.
+pub enum TransformSig {}
+impl HookSig for TransformSig {
+    type Params<'a> = (EventRef<'a>,);
+    type Return = (Result<wit::TransformResult, wit::PluginError>,);
+}
+
+/// `signer.sign` with a borrowed context and request.
+pub enum SignSig {}
+impl HookSig for SignSig {
+    type Params<'a> = (AttemptContextRef<'a>, RequestRef<'a>, &'a str, u64);
+    type Return = (Result<hooks::Headers, wit::PluginError>,);
+}
+
+/// `retry-policy.decide` with a borrowed context.
+pub enum DecideSig {}
+impl HookSig for DecideSig {
+    type Params<'a> = (AttemptContextRef<'a>, &'a wit::Outcome);
+    type Return = (Result<wit::RetryDecision, wit::PluginError>,);
+}
+
+/// An export whose type was checked against `S` (the only way to make one).
+pub struct Checked<S> {
+    func: Func,
+    sig: PhantomData<S>,
+}
+
+impl<S: HookSig> Checked<S> {
+    /// Check `func`'s component type against `S`.
+    pub fn new(func: Func, store: impl AsContext) -> wasmtime::Result<Self> {
+        func.typed::<S::Params<'static>, S::Return>(store)?;
+        Ok(Checked {
+            func,
+            sig: PhantomData,
+        })
+    }
+
+    /// The function, typed, for arguments borrowed for `'a`.
+    #[allow(unsafe_code)]
+    pub fn typed<'a>(&self) -> TypedFunc<S::Params<'a>, S::Return> {
+        // SAFETY: `new` checked the function's type against `S::Params<'static>`; a type check
+        // looks at the component types only, which do not depend on the borrows' lifetime.
+        unsafe { TypedFunc::new_unchecked(self.func) }
+    }
+}
 
 impl From<&hooks::Event> for wit::Event {
     fn from(e: &hooks::Event) -> Self {

@@ -10,7 +10,10 @@ use std::time::Duration;
 use wasmtime::Store;
 use wasmtime::component::{Instance, InstancePre};
 
-use super::bindings::{retry_policy, signer, transform, wit};
+use super::bindings::{
+    AttemptContextRef, Checked, DecideSig, EventRef, HookSig, RequestRef, SignSig, TransformSig,
+    retry_policy, signer, transform, wit,
+};
 use super::output;
 use super::state::{AppBinding, HostState};
 use super::{Isolation, PluginLimits};
@@ -24,6 +27,8 @@ use crate::hooks::{
 pub trait HookExport: Sized + Send + 'static {
     /// Per-component export indices, resolved once at load time.
     type Indices: Send + Sync + 'static;
+    /// How this host calls the export.
+    type Sig: HookSig;
     /// Resolve the export in a pre-linked component (fails when it is missing).
     fn indices(pre: &InstancePre<HostState>) -> wasmtime::Result<Self::Indices>;
     /// Bind the export of a fresh instance.
@@ -32,12 +37,16 @@ pub trait HookExport: Sized + Send + 'static {
         store: &mut Store<HostState>,
         instance: &Instance,
     ) -> wasmtime::Result<Self>;
+    /// The hook's function, checked against the parameter and result types this host calls
+    /// it with (`bindings::SignParams` and the like).
+    fn checked_func(&self, store: &Store<HostState>) -> wasmtime::Result<Checked<Self::Sig>>;
 }
 
 macro_rules! hook_export {
-    ($guest:ty, $indices:ty) => {
+    ($guest:ty, $indices:ty, $func:ident, $sig:ty) => {
         impl HookExport for $guest {
             type Indices = $indices;
+            type Sig = $sig;
             fn indices(pre: &InstancePre<HostState>) -> wasmtime::Result<Self::Indices> {
                 <$indices>::new(pre)
             }
@@ -48,12 +57,28 @@ macro_rules! hook_export {
             ) -> wasmtime::Result<Self> {
                 indices.load(store, instance)
             }
+            fn checked_func(
+                &self,
+                store: &Store<HostState>,
+            ) -> wasmtime::Result<Checked<Self::Sig>> {
+                Checked::new(*self.$func().func(), store)
+            }
         }
     };
 }
-hook_export!(transform::Guest, transform::GuestIndices);
-hook_export!(signer::Guest, signer::GuestIndices);
-hook_export!(retry_policy::Guest, retry_policy::GuestIndices);
+hook_export!(
+    transform::Guest,
+    transform::GuestIndices,
+    func_transform,
+    TransformSig
+);
+hook_export!(signer::Guest, signer::GuestIndices, func_sign, SignSig);
+hook_export!(
+    retry_policy::Guest,
+    retry_policy::GuestIndices,
+    func_decide,
+    DecideSig
+);
 
 /// A plugin transform bound to one application.
 pub type PluginTransform = PluginHook<transform::Guest>;
@@ -77,9 +102,12 @@ pub struct HookStats {
     pub peak_memory_bytes: usize,
 }
 
-struct Live<G> {
+struct Live<G: HookExport> {
     store: Store<HostState>,
-    guest: G,
+    /// The generated bindings of the instance; only `func` is called.
+    _guest: G,
+    /// The hook's export, type-checked against this host's parameter types.
+    func: Checked<G::Sig>,
 }
 
 /// One hook of one plugin for one application.
@@ -163,11 +191,17 @@ impl<G: HookExport> PluginHook<G> {
             Ok(i) => i,
             Err(e) => return Err(self.classify(e, &store)),
         };
-        let guest = G::load(&self.indices, &mut store, &instance).map_err(|e| HookError::Trap {
+        let export = |e: wasmtime::Error| HookError::Trap {
             plugin: self.plugin(),
-            detail: format!("export lookup failed: {e}"),
-        })?;
-        Ok(Live { store, guest })
+            detail: format!("export lookup failed: {e:#}"),
+        };
+        let guest = G::load(&self.indices, &mut store, &instance).map_err(export)?;
+        let func = guest.checked_func(&store).map_err(export)?;
+        Ok(Live {
+            store,
+            _guest: guest,
+            func,
+        })
     }
 
     /// Run one call on a pooled or fresh instance.
@@ -182,7 +216,11 @@ impl<G: HookExport> PluginHook<G> {
     /// repeated host `log` line.
     fn call<R: Send>(
         &self,
-        f: impl Fn(&G, &mut Store<HostState>) -> wasmtime::Result<Result<R, wit::PluginError>> + Sync,
+        f: impl Fn(
+            &Checked<G::Sig>,
+            &mut Store<HostState>,
+        ) -> wasmtime::Result<Result<R, wit::PluginError>>
+        + Sync,
     ) -> Result<R, HookError> {
         // Counted once here, not in `call_here`: a call re-run off the reactor is one call.
         self.calls.fetch_add(1, Ordering::Relaxed);
@@ -211,7 +249,10 @@ impl<G: HookExport> PluginHook<G> {
 
     fn call_here<R>(
         &self,
-        f: impl FnOnce(&G, &mut Store<HostState>) -> wasmtime::Result<Result<R, wit::PluginError>>,
+        f: impl FnOnce(
+            &Checked<G::Sig>,
+            &mut Store<HostState>,
+        ) -> wasmtime::Result<Result<R, wit::PluginError>>,
     ) -> Result<R, HookError> {
         let pooled = match self.isolation {
             Isolation::Reuse => self.idle.lock().ok().and_then(|mut v| v.pop()),
@@ -223,7 +264,7 @@ impl<G: HookExport> PluginHook<G> {
         };
         live.store.data_mut().limiter.refused = false;
         live.store.set_epoch_deadline(self.deadline_ticks);
-        let result = f(&live.guest, &mut live.store);
+        let result = f(&live.func, &mut live.store);
         self.peak_memory
             .fetch_max(live.store.data().limiter.peak_bytes, Ordering::Relaxed);
         match result {
@@ -328,8 +369,9 @@ impl Transform for PluginHook<transform::Guest> {
     }
 
     fn transform(&self, event: &Event) -> Result<TransformResult, HookError> {
-        let arg = wit::Event::from(event);
-        let result: TransformResult = self.call(|g, store| g.call_transform(store, &arg))?.into();
+        let result: TransformResult = self
+            .call(|func, store| Ok(func.typed().call(store, (EventRef::from(event),))?.0))?
+            .into();
         // The event's endpoint was checked when its envelope was decoded (and the deliverer
         // checks every URL again before sending): only a URL the plugin changed is parsed here.
         output::check_transform(
@@ -354,8 +396,15 @@ impl Signer for PluginHook<signer::Guest> {
         key_name: &str,
         timestamp: u64,
     ) -> Result<Headers, HookError> {
-        let (c, r) = (wit::AttemptContext::from(ctx), wit::Request::from(request));
-        let headers = self.call(|g, store| g.call_sign(store, &c, &r, key_name, timestamp))?;
+        let headers = self.call(|func, store| {
+            let args = (
+                AttemptContextRef::from(ctx),
+                RequestRef::from(request),
+                key_name,
+                timestamp,
+            );
+            Ok(func.typed().call(store, args)?.0)
+        })?;
         output::check_headers(&headers, self.limits.max_output_bytes)
             .map_err(|r| self.invalid(r))?;
         Ok(headers)
@@ -368,8 +417,15 @@ impl RetryPolicy for PluginHook<retry_policy::Guest> {
     }
 
     fn decide(&self, ctx: &AttemptContext, outcome: &Outcome) -> Result<RetryDecision, HookError> {
-        let (c, o) = (wit::AttemptContext::from(ctx), wit::Outcome::from(outcome));
-        let decision: RetryDecision = self.call(|g, store| g.call_decide(store, &c, &o))?.into();
+        let o = wit::Outcome::from(outcome);
+        let decision: RetryDecision = self
+            .call(|func, store| {
+                Ok(func
+                    .typed()
+                    .call(store, (AttemptContextRef::from(ctx), &o))?
+                    .0)
+            })?
+            .into();
         output::check_decision(&decision, self.limits.max_output_bytes)
             .map_err(|r| self.invalid(r))?;
         Ok(decision)

@@ -776,6 +776,10 @@ fn make_engine(opts: &RuntimeOptions, pooling: bool) -> Result<Engine, PluginErr
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.parallel_compilation(true);
+    // For `perf`: plugin code gets symbols in /tmp/perf-<pid>.map (see docs/plugins.md).
+    if std::env::var_os("SQUALL_PERF_MAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if pooling {
         let n = opts.pooled_instances.max(1);
         let mut pool = PoolingAllocationConfig::new();
