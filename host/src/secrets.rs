@@ -8,9 +8,21 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// One secret's key bytes.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretKey(Vec<u8>);
+/// One secret: its key bytes, and the HMAC-SHA256 state keyed with them (computed once: the
+/// two key-pad compressions are a tenth of signing 1 KiB).
+#[derive(Clone)]
+pub struct SecretKey {
+    bytes: Vec<u8>,
+    keyed: Hmac<Sha256>,
+}
+
+impl PartialEq for SecretKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for SecretKey {}
 
 impl SecretKey {
     /// Parse a secret value the Standard Webhooks way: `whsec_<base64>` decodes to its
@@ -27,32 +39,33 @@ impl SecretKey {
             return Err(SecretError::Empty);
         }
         if format == SecretFormat::Raw {
-            return Ok(SecretKey(value.as_bytes().to_vec()));
+            return Ok(SecretKey::from_bytes(value.as_bytes().to_vec()));
         }
         match value.strip_prefix("whsec_") {
             Some(b64) => base64::engine::general_purpose::STANDARD
                 .decode(b64)
-                .map(SecretKey)
+                .map(SecretKey::from_bytes)
                 .map_err(|_| SecretError::BadBase64),
-            None => Ok(SecretKey(value.as_bytes().to_vec())),
+            None => Ok(SecretKey::from_bytes(value.as_bytes().to_vec())),
         }
     }
 
     /// Key bytes from raw bytes.
     pub fn from_bytes(bytes: Vec<u8>) -> SecretKey {
-        SecretKey(bytes)
+        let keyed = Hmac::<Sha256>::new_from_slice(&bytes).expect("HMAC takes any key length");
+        SecretKey { bytes, keyed }
     }
 
     /// HMAC-SHA256 of `data` under this key.
     pub fn hmac_sha256(&self, data: &[u8]) -> [u8; 32] {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let mut mac = self.keyed.clone();
         mac.update(data);
         mac.finalize().into_bytes().into()
     }
 
     /// HMAC-SHA256 over several parts, as if concatenated (avoids a copy of the body).
     pub fn hmac_sha256_parts(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let mut mac = self.keyed.clone();
         for p in parts {
             mac.update(p);
         }
@@ -139,7 +152,7 @@ mod tests {
     #[test]
     fn whsec_decodes_and_debug_redacts() {
         let k = SecretKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        assert_eq!(k.0.len(), 24);
+        assert_eq!(k.bytes.len(), 24);
         assert_eq!(format!("{k:?}"), "SecretKey(<redacted>)");
         let mut s = Secrets::new();
         s.insert("default", vec![k]);
@@ -150,6 +163,6 @@ mod tests {
     fn bad_secrets_are_refused() {
         assert_eq!(SecretKey::parse("  "), Err(SecretError::Empty));
         assert_eq!(SecretKey::parse("whsec_!!!"), Err(SecretError::BadBase64));
-        assert_eq!(SecretKey::parse("plain").unwrap().0, b"plain");
+        assert_eq!(SecretKey::parse("plain").unwrap().bytes, b"plain");
     }
 }

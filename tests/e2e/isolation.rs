@@ -137,6 +137,10 @@ async fn a_plugin_sees_no_environment_files_sockets_or_secrets() {
     let expected = hex(&mac.finalize().into_bytes());
     assert_eq!(secret["hmac_default"], json!(expected));
     assert_eq!(secret["hmac_all"], json!([expected]));
+    assert_eq!(
+        secret["sha256"],
+        json!(hex(&<Sha256 as sha2::Digest>::digest(b"probe")))
+    );
     assert!(
         secret["hmac_missing"]["err"]
             .as_str()

@@ -357,6 +357,7 @@ impl PluginRuntime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| PluginError::Engine(format!("linking WASI: {e:#}")))?;
         bindings::AllHooks::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .and_then(|()| state::link_borrowed_digests(&mut linker))
             .map_err(|e| PluginError::Engine(format!("linking the host interface: {e:#}")))?;
 
         let weak = engine.weak();

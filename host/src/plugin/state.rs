@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::ResourceTable;
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, ResourceTable, WasmList, WasmStr};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{host, wit};
@@ -134,20 +135,65 @@ impl host::Host for HostState {
         self.app.config.get(&key).cloned()
     }
 
+    // The runtime links `link_borrowed_digests` over these three; they stay the reference.
     fn hmac_sha256(&mut self, key_name: String, data: Vec<u8>) -> Result<Vec<u8>, String> {
-        let keys = self.keys(&key_name)?;
-        Ok(keys[0].hmac_sha256(&data).to_vec())
+        self.hmac_newest(&key_name, &data)
     }
 
     fn hmac_sha256_all(&mut self, key_name: String, data: Vec<u8>) -> Result<Vec<Vec<u8>>, String> {
-        let keys = self.keys(&key_name)?;
-        Ok(keys.iter().map(|k| k.hmac_sha256(&data).to_vec()).collect())
+        self.hmac_all(&key_name, &data)
     }
 
     fn sha256(&mut self, data: Vec<u8>) -> Vec<u8> {
         Sha256::digest(&data).to_vec()
     }
 }
+
+impl HostState {
+    fn hmac_newest(&self, key_name: &str, data: &[u8]) -> Result<Vec<u8>, String> {
+        let keys = self.keys(key_name)?;
+        Ok(keys[0].hmac_sha256(data).to_vec())
+    }
+
+    fn hmac_all(&self, key_name: &str, data: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        let keys = self.keys(key_name)?;
+        Ok(keys.iter().map(|k| k.hmac_sha256(data).to_vec()).collect())
+    }
+}
+
+/// Link `hmac-sha256`, `hmac-sha256-all` and `sha256` of every `host` version again, over the
+/// generated ones, reading the key name and the data where they lie in the plugin's memory:
+/// the generated functions first copy both into new host allocations (a kilobyte and more per
+/// signature, for a value read once). Same semantics, same errors.
+pub(crate) fn link_borrowed_digests(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut host = linker.instance(HOST_INTERFACE)?;
+    host.func_wrap(
+        "hmac-sha256",
+        |store: StoreContextMut<'_, HostState>, (key, data): (WasmStr, WasmList<u8>)| {
+            let key = key.to_str(&store)?;
+            Ok((store.data().hmac_newest(&key, data.as_le_slice(&store)),))
+        },
+    )?;
+    host.func_wrap(
+        "hmac-sha256-all",
+        |store: StoreContextMut<'_, HostState>, (key, data): (WasmStr, WasmList<u8>)| {
+            let key = key.to_str(&store)?;
+            Ok((store.data().hmac_all(&key, data.as_le_slice(&store)),))
+        },
+    )?;
+    host.func_wrap(
+        "sha256",
+        |store: StoreContextMut<'_, HostState>, (data,): (WasmList<u8>,)| {
+            Ok((Sha256::digest(data.as_le_slice(&store)).to_vec(),))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The versioned name of the `host` interface the generated bindings link.
+const HOST_INTERFACE: &str = "squall:plugin/host@0.1.0";
 
 impl HostState {
     fn keys(&self, key_name: &str) -> Result<&[crate::secrets::SecretKey], String> {

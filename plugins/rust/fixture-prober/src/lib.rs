@@ -11,7 +11,7 @@
 //! | `probe.fs` | reading, listing and writing `/`, `.`, `/etc/passwd`, `/proc/self/environ`, `/tmp` and the paths in config key `paths` |
 //! | `probe.net` | a TCP connection to config key `connect_to` (`ip:port`; if it opens, an HTTP request is written), a UDP datagram to it, a DNS lookup of `localhost` |
 //! | `probe.clock` | the wall clock, the monotonic clock, the host's `now-ms`, and randomness (two `RandomState` hashes) |
-//! | `probe.secret` | `hmac-sha256`/`hmac-sha256-all` with key name `default` over `probe`, a key name that does not exist, and `config-get` of likely secret names |
+//! | `probe.secret` | `hmac-sha256`/`hmac-sha256-all` with key name `default` over `probe`, a key name that does not exist, `sha256` of `probe`, and `config-get` of likely secret names |
 //! | `state.add` | appends the event id to this instance's memory and reports the memory |
 //! | `state.read` | reports this instance's memory |
 //!
@@ -146,6 +146,7 @@ fn probe_secret() -> Value {
     let all = host::hmac_sha256_all("default", b"probe")
         .map(|ms| ms.iter().map(|m| hex(m)).collect::<Vec<_>>());
     let missing = host::hmac_sha256("no-such-key", b"probe").map(|m| hex(&m));
+    let digest = hex(&host::sha256(b"probe"));
     let configs: Vec<Value> = ["default", "secret", "key", "signing_key", "whsec"]
         .iter()
         .map(|k| json!({"key": k, "value": host::config_get(k)}))
@@ -154,6 +155,7 @@ fn probe_secret() -> Value {
         "hmac_default": match mac { Ok(m) => json!(m), Err(e) => json!({"err": e}) },
         "hmac_all": match all { Ok(m) => json!(m), Err(e) => json!({"err": e}) },
         "hmac_missing": match missing { Ok(m) => json!(m), Err(e) => json!({"err": e}) },
+        "sha256": digest,
         "config": configs,
     })
 }
