@@ -294,6 +294,21 @@ fn envelope_transform_wraps_and_skips() {
         serde_json::json!({"type": "invoice.paid", "id": "evt_1", "timestamp": "2023-11-14T22:13:20.123Z", "data": {"amount": 12, "s": "é"}})
     );
 
+    // Timestamps keep their zero padding (the digits are written one by one).
+    for (ms, iso) in [
+        (0, "1970-01-01T00:00:00.000Z"),
+        (951_782_400_005, "2000-02-29T00:00:00.005Z"),
+        (4_102_444_799_999, "2099-12-31T23:59:59.999Z"),
+    ] {
+        let mut e = event("t", b"1");
+        e.created_at_ms = ms;
+        let TransformResult::Send(req) = t.transform(&e).unwrap() else {
+            panic!("expected send")
+        };
+        let v: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(v["timestamp"], iso, "{ms}");
+    }
+
     // Text that is not JSON (so not declared application/json: the envelope decoder refuses
     // that) travels as a JSON string; quotes are escaped.
     let mut text = event("note \"x\"", b"plain text");

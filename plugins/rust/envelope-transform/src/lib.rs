@@ -88,8 +88,15 @@ fn is_json_media_type(content_type: &str) -> bool {
 }
 
 fn push_json_string(s: &str, out: &mut String) {
-    // serde_json's escaping, without building a Value.
-    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string()));
+    // Event types and ids rarely need escaping: those are copied as they are.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        // serde_json's escaping, without building a Value.
+        out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string()));
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for Unix milliseconds (proleptic Gregorian, UTC).
@@ -106,13 +113,34 @@ fn push_iso8601(ms: u64, out: &mut String) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    out.push_str(&format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60,
-        ms % 1000
-    ));
+    // `YYYY-MM-DDTHH:MM:SS.mmmZ` digit by digit: `format!` was most of this transform's own time.
+    if y > 9999 {
+        out.push_str(&y.to_string());
+    } else {
+        push_digits(y as u64, 4, out);
+    }
+    out.push('-');
+    push_digits(m as u64, 2, out);
+    out.push('-');
+    push_digits(d as u64, 2, out);
+    out.push('T');
+    push_digits(sod / 3600, 2, out);
+    out.push(':');
+    push_digits((sod / 60) % 60, 2, out);
+    out.push(':');
+    push_digits(sod % 60, 2, out);
+    out.push('.');
+    push_digits(ms % 1000, 3, out);
+    out.push('Z');
+}
+
+/// The last `width` decimal digits of `n`, zero-padded.
+fn push_digits(n: u64, width: u32, out: &mut String) {
+    let mut div = 10u64.pow(width - 1);
+    while div > 0 {
+        out.push(char::from(b'0' + (n / div % 10) as u8));
+        div /= 10;
+    }
 }
 
 export!(Component);
