@@ -51,20 +51,28 @@ impl Guest for Component {
     }
 }
 
-/// Standard base64 with padding (RFC 4648 section 4).
+/// Standard base64 with padding (RFC 4648 section 4), built in a stack buffer and appended
+/// once (a signature is 44 characters; pushing them one by one was a visible part of a call).
 fn base64_encode(bytes: &[u8], out: &mut String) {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        out.push(ALPHABET[(n >> 18) as usize & 63] as char);
-        out.push(ALPHABET[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 { ALPHABET[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if chunk.len() > 2 { ALPHABET[n as usize & 63] as char } else { '=' });
+    // 48 input bytes (a multiple of 3) make 64 characters: longer input goes piece by piece.
+    for piece in bytes.chunks(48) {
+        let mut buf = [0u8; 64];
+        for (chunk, quad) in piece.chunks(3).zip(buf.chunks_exact_mut(4)) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            quad[0] = ALPHABET[(n >> 18) as usize & 63];
+            quad[1] = ALPHABET[(n >> 12) as usize & 63];
+            quad[2] = if chunk.len() > 1 { ALPHABET[(n >> 6) as usize & 63] } else { b'=' };
+            quad[3] = if chunk.len() > 2 { ALPHABET[n as usize & 63] } else { b'=' };
+        }
+        let len = piece.len().div_ceil(3) * 4;
+        // Only ASCII was written.
+        out.push_str(core::str::from_utf8(&buf[..len]).unwrap_or_default());
     }
 }
 
