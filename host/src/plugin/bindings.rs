@@ -173,34 +173,6 @@ impl<S: HookSig> Checked<S> {
     }
 }
 
-impl From<&hooks::Event> for wit::Event {
-    fn from(e: &hooks::Event) -> Self {
-        wit::Event {
-            id: e.id.clone(),
-            app_id: e.app_id.clone(),
-            event_type: e.event_type.clone(),
-            endpoint_url: e.endpoint_url.clone(),
-            headers: e.headers.clone(),
-            content_type: e.content_type.clone(),
-            body: e.body.clone(),
-            attempt: e.attempt,
-            created_at: e.created_at_ms,
-            first_attempt_at: e.first_attempt_at_ms,
-        }
-    }
-}
-
-impl From<&hooks::Request> for wit::Request {
-    fn from(r: &hooks::Request) -> Self {
-        wit::Request {
-            method: r.method.clone(),
-            url: r.url.clone(),
-            headers: r.headers.clone(),
-            body: r.body.clone(),
-        }
-    }
-}
-
 impl From<wit::Request> for hooks::Request {
     fn from(r: wit::Request) -> Self {
         hooks::Request {
@@ -208,19 +180,6 @@ impl From<wit::Request> for hooks::Request {
             url: r.url,
             headers: r.headers,
             body: r.body,
-        }
-    }
-}
-
-impl From<&hooks::AttemptContext> for wit::AttemptContext {
-    fn from(c: &hooks::AttemptContext) -> Self {
-        wit::AttemptContext {
-            event_id: c.event_id.clone(),
-            app_id: c.app_id.clone(),
-            event_type: c.event_type.clone(),
-            attempt: c.attempt,
-            first_attempt_at: c.first_attempt_at_ms,
-            now: c.now_ms,
         }
     }
 }
