@@ -10,7 +10,7 @@ cargo build --manifest-path "$here/Cargo.toml" --workspace --release --target wa
 for manifest in "$here"/*/Cargo.toml; do
     name="$(basename "$(dirname "$manifest")")"
     # Library crates (the allocator) build no component.
-    grep -q 'crate-type = \["cdylib"\]' "$manifest" || continue
+    grep -q 'crate-type = \[.*"cdylib"' "$manifest" || continue
     artifact="$target_dir/wasm32-wasip2/release/${name//-/_}.wasm"
     if [[ ! -f "$artifact" ]]; then
         echo "plugins/rust/build.sh: expected $artifact after the build" >&2
