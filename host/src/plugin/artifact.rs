@@ -221,21 +221,21 @@ fn truncated(path: &Path) -> PluginError {
     )
 }
 
-/// Verify the payload of the artifact file `file` at `path`, whose trailer was checked into
-/// `header` (length, CRC-32 read in chunks, wasmtime's own marker), then let wasmtime map the
-/// file: no copy of the payload is made, and the plugin's initial memory images are
-/// copy-on-write mappings of the same file.
+/// Verify the payload of the artifact file `file` (`len` bytes long, as the caller found it)
+/// at `path`, whose trailer was checked into `header` (length, CRC-32 read in chunks,
+/// wasmtime's own marker), then let wasmtime map the file: no copy of the payload is made, and
+/// the plugin's initial memory images are copy-on-write mappings of the same file.
 pub(crate) fn load_file(
     engine: &Engine,
     header: &Header,
     mut file: File,
+    len: u64,
     path: &Path,
 ) -> Result<Component, PluginError> {
     let io = |source| PluginError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let len = file.metadata().map_err(io)?.len();
     if len.checked_sub(TRAILER_LEN as u64) != Some(header.payload_len) {
         return Err(truncated(path));
     }

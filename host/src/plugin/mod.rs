@@ -629,7 +629,7 @@ impl PluginRuntime {
         let (component, digest) = if let Some(tail) = read_trailer(&mut file, size) {
             if self.opts.map_artifacts {
                 let header = artifact::check_header(&self.engine_digest, &tail, path)?;
-                let component = artifact::load_file(&self.engine, &header, file, path)?;
+                let component = artifact::load_file(&self.engine, &header, file, size, path)?;
                 (component, header.source_digest)
             } else {
                 let mut bytes = Vec::with_capacity(size as usize);
