@@ -891,7 +891,8 @@ fn reserved_header(name: &str) -> Option<&'static str> {
     }
 }
 
-fn is_tchar(b: u8) -> bool {
+/// `tchar` of RFC 9110: the bytes of an HTTP header name.
+pub(crate) const fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,

@@ -1,6 +1,7 @@
 //! What the host accepts back from a plugin. Pure checks over values: a plugin's
 //! request, headers and reasons are refused here, before anything reaches the wire.
 
+use crate::envelope::is_tchar;
 use crate::hooks::{Headers, Request, RetryDecision, TransformResult};
 
 /// Check a request a transform returned: method `POST` or `PUT`, an absolute http(s)
@@ -126,30 +127,12 @@ fn check_reason(reason: &str, max_bytes: usize) -> Result<(), String> {
 }
 
 fn is_token_byte(b: u8) -> bool {
-    /// `tchar` of RFC 9110, as a table: this runs on every header of every plugin call.
+    /// [`is_tchar`] as a table: this runs on every header of every plugin call.
     const TOKEN: [bool; 256] = {
         let mut t = [false; 256];
         let mut i = 0;
         while i < 256 {
-            let b = i as u8;
-            t[i] = b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                );
+            t[i] = is_tchar(i as u8);
             i += 1;
         }
         t
