@@ -27,10 +27,10 @@ use wasmtime::component::{ComponentNamedList, ComponentType, Func, Lift, Lower, 
 use crate::hooks;
 
 // Borrowed views of the hook arguments, lowered into the guest straight from the host's own
-// values: the generated call functions take the owned records above, which would mean cloning
-// every string and the body once per call only to copy them again into guest memory. Each
-// view has the WIT record's shape; `hook.rs` checks that once per instance (`Func::typed`)
-// before calling through it.
+// values: the generated `call_*` functions take the owned `wit` records, which would mean
+// cloning every string and the body once per call only to copy them again into guest memory.
+// Each view has the WIT record's shape; `Checked::new` checks that once per instance before
+// any call goes through it.
 
 /// `types.event`, borrowed.
 #[derive(ComponentType, Lower)]

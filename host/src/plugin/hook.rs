@@ -31,15 +31,13 @@ pub trait HookExport: Sized + Send + 'static {
     type Sig: HookSig;
     /// Resolve the export in a pre-linked component (fails when it is missing).
     fn indices(pre: &InstancePre<HostState>) -> wasmtime::Result<Self::Indices>;
-    /// Bind the export of a fresh instance.
+    /// The export of a fresh instance, checked against the parameter and result types this
+    /// host calls it with (`Self::Sig`).
     fn load(
         indices: &Self::Indices,
         store: &mut Store<HostState>,
         instance: &Instance,
-    ) -> wasmtime::Result<Self>;
-    /// The hook's function, checked against the parameter and result types this host calls
-    /// it with (`bindings::SignParams` and the like).
-    fn checked_func(&self, store: &Store<HostState>) -> wasmtime::Result<Checked<Self::Sig>>;
+    ) -> wasmtime::Result<Checked<Self::Sig>>;
 }
 
 macro_rules! hook_export {
@@ -54,14 +52,9 @@ macro_rules! hook_export {
                 indices: &Self::Indices,
                 store: &mut Store<HostState>,
                 instance: &Instance,
-            ) -> wasmtime::Result<Self> {
-                indices.load(store, instance)
-            }
-            fn checked_func(
-                &self,
-                store: &Store<HostState>,
             ) -> wasmtime::Result<Checked<Self::Sig>> {
-                Checked::new(*self.$func().func(), store)
+                let guest = indices.load(&mut *store, instance)?;
+                Checked::new(*guest.$func().func(), &*store)
             }
         }
     };
@@ -104,8 +97,6 @@ pub struct HookStats {
 
 struct Live<G: HookExport> {
     store: Store<HostState>,
-    /// The generated bindings of the instance; only `func` is called.
-    _guest: G,
     /// The hook's export, type-checked against this host's parameter types.
     func: Checked<G::Sig>,
 }
@@ -191,17 +182,11 @@ impl<G: HookExport> PluginHook<G> {
             Ok(i) => i,
             Err(e) => return Err(self.classify(e, &store)),
         };
-        let export = |e: wasmtime::Error| HookError::Trap {
+        let func = G::load(&self.indices, &mut store, &instance).map_err(|e| HookError::Trap {
             plugin: self.plugin(),
             detail: format!("export lookup failed: {e:#}"),
-        };
-        let guest = G::load(&self.indices, &mut store, &instance).map_err(export)?;
-        let func = guest.checked_func(&store).map_err(export)?;
-        Ok(Live {
-            store,
-            _guest: guest,
-            func,
-        })
+        })?;
+        Ok(Live { store, func })
     }
 
     /// Run one call on a pooled or fresh instance.

@@ -161,27 +161,18 @@ impl HostState {
     }
 }
 
-/// Link `hmac-sha256`, `hmac-sha256-all` and `sha256` of every `host` version again, over the
+/// Link `hmac-sha256`, `hmac-sha256-all` and `sha256` of the `host` interface again, over the
 /// generated ones, reading the key name and the data where they lie in the plugin's memory:
 /// the generated functions first copy both into new host allocations (a kilobyte and more per
 /// signature, for a value read once). Same semantics, same errors.
 pub(crate) fn link_borrowed_digests(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
-    let mut host = linker.instance(HOST_INTERFACE)?;
-    host.func_wrap(
-        "hmac-sha256",
-        |store: StoreContextMut<'_, HostState>, (key, data): (WasmStr, WasmList<u8>)| {
-            let key = key.to_str(&store)?;
-            Ok((store.data().hmac_newest(&key, data.as_le_slice(&store)),))
-        },
-    )?;
-    host.func_wrap(
-        "hmac-sha256-all",
-        |store: StoreContextMut<'_, HostState>, (key, data): (WasmStr, WasmList<u8>)| {
-            let key = key.to_str(&store)?;
-            Ok((store.data().hmac_all(&key, data.as_le_slice(&store)),))
-        },
-    )?;
+    let mut host = linker.instance(&format!(
+        "squall:plugin/host@{}",
+        super::SUPPORTED_VERSIONS[0]
+    ))?;
+    host.func_wrap("hmac-sha256", keyed_digest(HostState::hmac_newest))?;
+    host.func_wrap("hmac-sha256-all", keyed_digest(HostState::hmac_all))?;
     host.func_wrap(
         "sha256",
         |store: StoreContextMut<'_, HostState>, (data,): (WasmList<u8>,)| {
@@ -192,8 +183,22 @@ pub(crate) fn link_borrowed_digests(linker: &mut Linker<HostState>) -> wasmtime:
     Ok(())
 }
 
-/// The versioned name of the `host` interface the generated bindings link.
-const HOST_INTERFACE: &str = "squall:plugin/host@0.1.0";
+/// The parameters of `hmac-sha256(-all)`, where the plugin put them.
+type KeyAndData = (WasmStr, WasmList<u8>);
+/// What a host digest returns: `result<R, string>`, or a trap.
+type DigestReturn<R> = wasmtime::Result<(Result<R, String>,)>;
+
+/// A host function `(key-name: string, data: list<u8>) -> result<R, string>` running `digest`
+/// over the key name and data as they lie in the plugin's memory.
+fn keyed_digest<R: 'static>(
+    digest: fn(&HostState, &str, &[u8]) -> Result<R, String>,
+) -> impl Fn(StoreContextMut<'_, HostState>, KeyAndData) -> DigestReturn<R> + Send + Sync + 'static
+{
+    move |store, (key, data)| {
+        let key = key.to_str(&store)?;
+        Ok((digest(store.data(), &key, data.as_le_slice(&store)),))
+    }
+}
 
 impl HostState {
     fn keys(&self, key_name: &str) -> Result<&[crate::secrets::SecretKey], String> {
