@@ -113,19 +113,26 @@ fn plugins_dir() -> PathBuf {
 fn config(concurrency: usize, hooks: Hooks) -> Config {
     let plugins = if hooks == Hooks::Plugins {
         let d = plugins_dir();
-        format!(
-            r#"
-[apps.bench.plugins.transform]
-path = "{}/envelope-transform.wasm"
-[apps.bench.plugins.signer]
-path = "{}/standard-webhooks-signer.wasm"
-[apps.bench.plugins.retry_policy]
-path = "{}/schedule-retry.wasm"
-"#,
-            d.display(),
-            d.display(),
-            d.display()
-        )
+        // SQUALL_BENCH_PLUGIN_HOOKS=transform,signer: only those hooks are plugins (the others
+        // built-ins), to see what each costs.
+        let only = std::env::var("SQUALL_BENCH_PLUGIN_HOOKS").ok();
+        [
+            ("transform", "envelope-transform"),
+            ("signer", "standard-webhooks-signer"),
+            ("retry_policy", "schedule-retry"),
+        ]
+        .iter()
+        .filter(|(hook, _)| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|h| h == *hook))
+        })
+        .map(|(hook, plugin)| {
+            format!(
+                "[apps.bench.plugins.{hook}]\npath = \"{}/{plugin}.wasm\"\n",
+                d.display()
+            )
+        })
+        .collect()
     } else {
         String::new()
     };

@@ -168,7 +168,7 @@ impl Deliverer {
                 truncate(&req.method, 16)
             ));
         };
-        let url = url::Url::parse(&req.url)
+        let url = crate::envelope::parse_url(&req.url)
             .map_err(|e| format!("the endpoint is not an absolute URL: {e}"))?;
         crate::envelope::check_endpoint_url(&url).map_err(|m| format!("the endpoint {m}"))?;
         ssrf::check_url(&url, &self.allowlist).map_err(|e| e.to_string())?;

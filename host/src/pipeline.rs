@@ -402,7 +402,7 @@ pub fn dead_letter_attributes(f: &DeadLetterFacts<'_>) -> Attributes {
 
 /// Host of a URL, for metrics and per-endpoint limits ("" if it has none).
 pub fn url_host(url: &str) -> String {
-    url::Url::parse(url)
+    crate::envelope::parse_url(url)
         .ok()
         .and_then(|u| u.host_str().map(str::to_string))
         .unwrap_or_default()
@@ -657,7 +657,9 @@ pub async fn process(
         }
         Err(e) => return on_hook_error(e, None, Duration::ZERO, &rec),
     };
-    rec.host = url_host(&request.url);
+    if request.url != event.endpoint_url {
+        rec.host = url_host(&request.url);
+    }
     let timestamp = clock.now_ms() / 1000;
     match app.signer.sign(&ctx, &request, &key_name, timestamp) {
         Ok(headers) => set_headers(&mut request, headers),

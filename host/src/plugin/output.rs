@@ -45,7 +45,7 @@ pub fn check_request_from(
 /// Check a URL: absolute, `http` or `https`, with a host. (The SSRF guard still runs
 /// later on the addresses it resolves to.)
 pub fn check_url(url: &str) -> Result<(), String> {
-    let parsed = url::Url::parse(url)
+    let parsed = crate::envelope::parse_url(url)
         .map_err(|e| format!("URL {:?} does not parse: {e}", truncate(url, 200)))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!(
