@@ -1,8 +1,12 @@
 //! Operations against a real SQS-compatible server: peek, status, redrive, delete and the
 //! metrics drain move (or leave) exactly the messages they should.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+
+use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
 
 use squall::metrics::{MetricOutcome, MetricRecord, MetricsSink};
 use squall::ops::metrics::{Aggregator, Percentiles, Thresholds, drain};
@@ -12,6 +16,7 @@ use squall::ops::status;
 use squall::pipeline::{DeadLetterFacts, LastFailure, dead_letter_attributes};
 use squall::queue::sqs::SqsQueues;
 use squall::queue::{Outgoing, Queue};
+use squall_tests::process::{Scratch, squall_bin};
 use squall_tests::sqs::{TestQueues, msg_attr, settings};
 use squall_tests::sqs_or_skip;
 
@@ -360,4 +365,166 @@ async fn rollout_updates_code_publishes_and_moves_the_alias() {
             .unwrap(),
         None
     );
+}
+
+/// Event id -> copies, over every message in `queue` (received, then made visible again).
+async fn ids_in(client: &aws_sdk_sqs::Client, queue: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let mut handles = Vec::new();
+    let mut empty = 0;
+    while empty < 2 {
+        let got = client
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .visibility_timeout(120)
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .expect("receive")
+            .messages
+            .unwrap_or_default();
+        if got.is_empty() {
+            empty += 1;
+            continue;
+        }
+        for m in got {
+            handles.push(m.receipt_handle().unwrap().to_string());
+            let body: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
+            *out.entry(body["id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    for chunk in handles.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(h)
+                    .visibility_timeout(0)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        client
+            .change_message_visibility_batch()
+            .queue_url(queue)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .expect("release");
+    }
+    out
+}
+
+/// `squall redrive` killed with SIGKILL midway loses nothing: the real binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_killed_midway_loses_nothing() {
+    const EVENTS: usize = 200;
+    let ep = sqs_or_skip!();
+    let t = TestQueues::create(&ep, &["billing"]).await;
+    let q = SqsQueues::connect(&settings(&ep)).await;
+    let app_q = t.app("billing").to_string();
+
+    // 200 dead letters as the engine writes them.
+    let all: BTreeSet<String> = (0..EVENTS).map(|i| format!("evt_{i:04}")).collect();
+    let dead: Vec<Outgoing> = all
+        .iter()
+        .map(|id| dead_letter(id, "billing", &app_q, MAX_ATTEMPTS))
+        .collect();
+    assert!(q.send_batch(&t.dlq, &dead).await.iter().all(Result::is_ok));
+
+    let scratch = Scratch::new("redrive-kill");
+    let config = scratch.path().join("squall.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sqs]\nregion = \"us-east-1\"\nendpoint_url = \"{ep}\"\ndead_letter_queue_url = \"{}\"\n\n\
+             [apps.billing]\nqueue_url = \"{app_q}\"\nsecrets = {{ default = \"env:UNUSED_SECRET\" }}\n",
+            t.dlq
+        ),
+    )
+    .unwrap();
+    let squall = |args: &[&str]| {
+        let mut c = Command::new(squall_bin());
+        c.args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null());
+        c
+    };
+
+    // 40 messages/s: the whole redrive takes ~5 s. Kill it once it reports 30 moved, that is
+    // in the middle of a later batch (receive, send or delete).
+    let mut child = squall(&["redrive", "--rate", "40", "--hold", "3s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run squall");
+    let stderr = child.stderr.take().unwrap();
+    let progressed = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            // "progress: scanned S matched M sent N deleted D"
+            let deleted: usize = line
+                .rsplit_once("deleted ")
+                .and_then(|(_, n)| n.trim().parse().ok())
+                .unwrap_or(0);
+            if deleted >= 30 {
+                return deleted;
+            }
+        }
+        0
+    })
+    .await
+    .unwrap();
+    assert!(progressed >= 30, "redrive ended before it could be killed");
+    // Anywhere in the next ~250 ms: during the pacing sleep, a receive, a send or a delete.
+    tokio::time::sleep(Duration::from_millis(fastrand::u64(0..250))).await;
+    child.kill().expect("SIGKILL"); // std sends SIGKILL on Unix
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "killed, not finished: {status:?}");
+
+    // Held messages come back after the 3 s hold.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let in_app = ids_in(&t.client, &app_q).await;
+    let in_dlq = ids_in(&t.client, &t.dlq).await;
+    let union: BTreeSet<String> = in_app.keys().chain(in_dlq.keys()).cloned().collect();
+    assert_eq!(union, all, "every event is in the app queue or the DLQ");
+    let moved = in_app.len();
+    let both = in_app.keys().filter(|k| in_dlq.contains_key(*k)).count();
+    eprintln!(
+        "after SIGKILL: {moved} in the app queue, {} in the DLQ, {both} in both",
+        in_dlq.len()
+    );
+    assert!(moved > 0 && moved < EVENTS, "killed midway: {moved} moved");
+    // The window: at most one batch of 10 sent but not yet deleted.
+    assert!(both <= 10, "{both} in both places");
+
+    // Finish the job: everything ends in the app queue.
+    let out = squall(&["redrive", "--hold", "30s", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["sent"], EVENTS - moved + both);
+    assert_eq!(report["in_both"], 0);
+    let in_app = ids_in(&t.client, &app_q).await;
+    assert_eq!(in_app.keys().cloned().collect::<BTreeSet<_>>(), all);
+    assert_eq!(
+        in_app.values().sum::<usize>(),
+        EVENTS + both,
+        "duplicates = the in-both window"
+    );
+    assert!(ids_in(&t.client, &t.dlq).await.is_empty());
 }
