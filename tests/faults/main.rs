@@ -564,6 +564,7 @@ async fn run() -> anyhow::Result<bool> {
                 receiver: e,
                 status: r.status,
                 at_ms: ms(r.at),
+                connected_ms: ms(r.connected_at),
             });
         }
     }

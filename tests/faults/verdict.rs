@@ -22,6 +22,10 @@ pub struct Request {
     pub status: Option<u16>,
     /// Arrival, ms since the run started.
     pub at_ms: u64,
+    /// When its connection was accepted, ms since the run started: the request was written by
+    /// a runner alive then (it may arrive after that runner was killed: the bytes were already
+    /// in the socket).
+    pub connected_ms: u64,
 }
 
 /// One dead letter.
@@ -114,7 +118,7 @@ pub fn judge(
         *v.planned.entry(kind_label(p.kind).into()).or_default() += 1;
     }
     // Per event: 2xx arrival times, any 410 seen, dead letters.
-    let mut ok_at: HashMap<&str, Vec<u64>> = HashMap::new();
+    let mut ok_at: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
     let mut gone: HashMap<&str, bool> = HashMap::new();
     for r in requests {
         let label = match r.status {
@@ -151,7 +155,10 @@ pub fn judge(
             ));
         }
         match r.status {
-            Some(200..=299) => ok_at.entry(p.id.as_str()).or_default().push(r.at_ms),
+            Some(200..=299) => ok_at
+                .entry(p.id.as_str())
+                .or_default()
+                .push((r.at_ms, r.connected_ms.min(r.at_ms))),
             Some(410) => {
                 gone.insert(p.id.as_str(), true);
             }
@@ -211,10 +218,12 @@ pub fn judge(
 
         // Duplicates: every completion after the first must follow a stop that may
         // duplicate, which came after the previous completion (within the window).
-        let mut times: Vec<u64> = oks
+        // (completed at, sent by a runner alive at): a request can arrive just after the
+        // runner that wrote it was killed, but not on a connection accepted after the kill.
+        let mut times: Vec<(u64, u64)> = oks
             .iter()
             .copied()
-            .chain(dls.iter().map(|d| d.at_ms))
+            .chain(dls.iter().map(|d| (d.at_ms, d.at_ms)))
             .collect();
         if times.len() < 2 {
             continue;
@@ -222,14 +231,17 @@ pub fn judge(
         times.sort_unstable();
         v.duplicated_events += 1;
         for w in times.windows(2) {
-            let (a, b) = (w[0], w[1]);
+            let ((a, a_sent_by), (b, _)) = (w[0], w[1]);
             let why = stops.iter().enumerate().find(|(_, s)| {
-                s.may_duplicate() && a <= s.at_ms && s.at_ms < b && s.at_ms - a <= KILL_WINDOW_MS
+                s.may_duplicate()
+                    && a_sent_by <= s.at_ms
+                    && s.at_ms < b
+                    && s.at_ms.saturating_sub(a) <= KILL_WINDOW_MS
             });
             match why {
                 Some((i, s)) => {
                     *v.explained.entry(i).or_default() += 1;
-                    v.max_explained_gap_ms = v.max_explained_gap_ms.max(s.at_ms - a);
+                    v.max_explained_gap_ms = v.max_explained_gap_ms.max(s.at_ms.saturating_sub(a));
                 }
                 None => v.failures.push(format!(
                     "{id}: completed at {a} ms and again at {b} ms with no kill in between"
@@ -260,6 +272,7 @@ mod tests {
             receiver: 0,
             status: Some(200),
             at_ms,
+            connected_ms: at_ms,
         }
     }
 
@@ -322,6 +335,30 @@ mod tests {
             at_ms: 900 + KILL_WINDOW_MS + 1,
         };
         assert!(!judge(&plan, &[ok("a", 900), ok("a", 40_000)], &[], &[late]).ok());
+    }
+
+    #[test]
+    fn a_copy_read_just_after_a_kill_is_explained_by_it_when_its_connection_is_older() {
+        // The killed runner wrote the request before the signal; the receiver read it 40 ms
+        // after (seen in a CI run: completed at 22341 ms, kill sent at about 22300 ms).
+        let plan = [planned("a", Kind::Normal)];
+        let kill = Stop {
+            kind: StopKind::Kill,
+            at_ms: 1_000,
+        };
+        let late_read = Request {
+            connected_ms: 200,
+            ..ok("a", 1_040)
+        };
+        let v = judge(&plan, &[late_read, ok("a", 40_000)], &[], &[kill]);
+        assert!(v.ok(), "{:?}", v.failures);
+        assert_eq!(v.explained[&0], 1);
+        // On a connection accepted after the kill, it came from a later runner: not explained.
+        let new_conn = Request {
+            connected_ms: 1_020,
+            ..ok("a", 1_040)
+        };
+        assert!(!judge(&plan, &[new_conn, ok("a", 40_000)], &[], &[kill]).ok());
     }
 
     #[test]

@@ -36,8 +36,12 @@ pub struct Recorded {
     pub headers: Vec<(String, String)>,
     /// Body bytes.
     pub body: Vec<u8>,
-    /// Arrival time.
+    /// Arrival time (the whole request read).
     pub at: Instant,
+    /// When the connection it came on was accepted. A sender that died before this request was
+    /// read may still have written it: a request on a connection accepted before some moment
+    /// was sent by a process that existed then.
+    pub connected_at: Instant,
     /// What the receiver did.
     pub reply: String,
     /// The status it answered (`None` for a hang or a reset).
@@ -94,9 +98,10 @@ impl Receiver {
         let (st, def) = (state.clone(), default.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                let connected_at = Instant::now();
                 let (st, def, ch) = (st.clone(), def.clone(), chooser.clone());
                 tokio::spawn(async move {
-                    let _ = serve(stream, st, def, ch).await;
+                    let _ = serve(stream, connected_at, st, def, ch).await;
                 });
             }
         });
@@ -156,6 +161,7 @@ impl Drop for Receiver {
 
 async fn serve(
     mut stream: TcpStream,
+    connected_at: Instant,
     state: Arc<Mutex<State>>,
     default: Reply,
     chooser: Option<Chooser>,
@@ -208,6 +214,7 @@ async fn serve(
                 headers,
                 body,
                 at: Instant::now(),
+                connected_at,
                 reply: String::new(),
                 status: None,
             };
