@@ -58,9 +58,7 @@ impl SecretKey {
 
     /// HMAC-SHA256 of `data` under this key.
     pub fn hmac_sha256(&self, data: &[u8]) -> [u8; 32] {
-        let mut mac = self.keyed.clone();
-        mac.update(data);
-        mac.finalize().into_bytes().into()
+        self.hmac_sha256_parts(&[data])
     }
 
     /// HMAC-SHA256 over several parts, as if concatenated (avoids a copy of the body).

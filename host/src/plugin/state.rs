@@ -150,6 +150,16 @@ impl host::Host for HostState {
 }
 
 impl HostState {
+    fn keys(&self, key_name: &str) -> Result<&[crate::secrets::SecretKey], String> {
+        self.app.secrets.get(key_name).ok_or_else(|| {
+            format!(
+                "application {} has no secret named {:?}",
+                self.app.app_id,
+                cap(key_name, 128)
+            )
+        })
+    }
+
     fn hmac_newest(&self, key_name: &str, data: &[u8]) -> Result<Vec<u8>, String> {
         let keys = self.keys(key_name)?;
         Ok(keys[0].hmac_sha256(data).to_vec())
@@ -197,18 +207,6 @@ fn keyed_digest<R: 'static>(
     move |store, (key, data)| {
         let key = key.to_str(&store)?;
         Ok((digest(store.data(), &key, data.as_le_slice(&store)),))
-    }
-}
-
-impl HostState {
-    fn keys(&self, key_name: &str) -> Result<&[crate::secrets::SecretKey], String> {
-        self.app.secrets.get(key_name).ok_or_else(|| {
-            format!(
-                "application {} has no secret named {:?}",
-                self.app.app_id,
-                cap(key_name, 128)
-            )
-        })
     }
 }
 
