@@ -116,23 +116,30 @@ fn config(concurrency: usize, hooks: Hooks) -> Config {
         // SQUALL_BENCH_PLUGIN_HOOKS=transform,signer: only those hooks are plugins (the others
         // built-ins), to see what each costs.
         let only = std::env::var("SQUALL_BENCH_PLUGIN_HOOKS").ok();
-        [
+        const HOOKS: [(&str, &str); 3] = [
             ("transform", "envelope-transform"),
             ("signer", "standard-webhooks-signer"),
             ("retry_policy", "schedule-retry"),
-        ]
-        .iter()
-        .filter(|(hook, _)| {
-            only.as_deref()
-                .is_none_or(|o| o.split(',').any(|h| h == *hook))
-        })
-        .map(|(hook, plugin)| {
-            format!(
-                "[apps.bench.plugins.{hook}]\npath = \"{}/{plugin}.wasm\"\n",
-                d.display()
-            )
-        })
-        .collect()
+        ];
+        for h in only.iter().flat_map(|o| o.split(',')) {
+            assert!(
+                HOOKS.iter().any(|(hook, _)| *hook == h),
+                "SQUALL_BENCH_PLUGIN_HOOKS: unknown hook {h:?} (transform, signer, retry_policy)"
+            );
+        }
+        HOOKS
+            .iter()
+            .filter(|(hook, _)| {
+                only.as_deref()
+                    .is_none_or(|o| o.split(',').any(|h| h == *hook))
+            })
+            .map(|(hook, plugin)| {
+                format!(
+                    "[apps.bench.plugins.{hook}]\npath = \"{}/{plugin}.wasm\"\n",
+                    d.display()
+                )
+            })
+            .collect()
     } else {
         String::new()
     };
@@ -340,6 +347,9 @@ async fn bench() {
         "# Engine throughput: {rounds} rounds of {n} events per path, 1 KiB JSON payload, concurrency {c}, {} CPUs, loopback receiver in-process",
         std::thread::available_parallelism().map_or(0, |p| p.get())
     );
+    if let Ok(hooks) = std::env::var("SQUALL_BENCH_PLUGIN_HOOKS") {
+        println!("# plugin path: only {hooks} as plugins, the other hooks built-in");
+    }
 
     // Warm up every path (connections, allocator, caches; the plugin path compiles its
     // components once, cached, as a process start would).

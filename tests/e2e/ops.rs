@@ -368,32 +368,14 @@ async fn rollout_updates_code_publishes_and_moves_the_alias() {
 }
 
 /// Event id -> copies, over every message in `queue` (received, then made visible again).
-async fn ids_in(client: &aws_sdk_sqs::Client, queue: &str) -> BTreeMap<String, usize> {
+async fn ids_in(t: &TestQueues, queue: &str) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     let mut handles = Vec::new();
-    let mut empty = 0;
-    while empty < 2 {
-        let got = client
-            .receive_message()
-            .queue_url(queue)
-            .max_number_of_messages(10)
-            .visibility_timeout(120)
-            .wait_time_seconds(0)
-            .send()
-            .await
-            .expect("receive")
-            .messages
-            .unwrap_or_default();
-        if got.is_empty() {
-            empty += 1;
-            continue;
-        }
-        for m in got {
-            handles.push(m.receipt_handle().unwrap().to_string());
-            let body: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
-            *out.entry(body["id"].as_str().unwrap().to_string())
-                .or_default() += 1;
-        }
+    for m in t.drain(queue).await {
+        handles.push(m.receipt_handle().unwrap().to_string());
+        let body: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
+        *out.entry(body["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     for chunk in handles.chunks(10) {
         let entries = chunk
@@ -408,7 +390,7 @@ async fn ids_in(client: &aws_sdk_sqs::Client, queue: &str) -> BTreeMap<String, u
                     .unwrap()
             })
             .collect();
-        client
+        t.client
             .change_message_visibility_batch()
             .queue_url(queue)
             .set_entries(Some(entries))
@@ -493,8 +475,8 @@ async fn redrive_killed_midway_loses_nothing() {
 
     // Held messages come back after the 3 s hold.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let in_app = ids_in(&t.client, &app_q).await;
-    let in_dlq = ids_in(&t.client, &t.dlq).await;
+    let in_app = ids_in(&t, &app_q).await;
+    let in_dlq = ids_in(&t, &t.dlq).await;
     let union: BTreeSet<String> = in_app.keys().chain(in_dlq.keys()).cloned().collect();
     assert_eq!(union, all, "every event is in the app queue or the DLQ");
     let moved = in_app.len();
@@ -519,12 +501,12 @@ async fn redrive_killed_midway_loses_nothing() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["sent"], EVENTS - moved + both);
     assert_eq!(report["in_both"], 0);
-    let in_app = ids_in(&t.client, &app_q).await;
+    let in_app = ids_in(&t, &app_q).await;
     assert_eq!(in_app.keys().cloned().collect::<BTreeSet<_>>(), all);
     assert_eq!(
         in_app.values().sum::<usize>(),
         EVENTS + both,
         "duplicates = the in-both window"
     );
-    assert!(ids_in(&t.client, &t.dlq).await.is_empty());
+    assert!(ids_in(&t, &t.dlq).await.is_empty());
 }

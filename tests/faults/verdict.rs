@@ -158,7 +158,7 @@ pub fn judge(
             Some(200..=299) => ok_at
                 .entry(p.id.as_str())
                 .or_default()
-                .push((r.at_ms, r.connected_ms.min(r.at_ms))),
+                .push((r.at_ms, r.connected_ms)),
             Some(410) => {
                 gone.insert(p.id.as_str(), true);
             }
@@ -266,6 +266,13 @@ mod tests {
         }
     }
 
+    fn kill(at_ms: u64) -> Stop {
+        Stop {
+            kind: StopKind::Kill,
+            at_ms,
+        }
+    }
+
     fn ok(id: &str, at_ms: u64) -> Request {
         Request {
             verified: Ok(id.into()),
@@ -314,11 +321,7 @@ mod tests {
     #[test]
     fn a_duplicate_is_explained_only_by_a_kill_just_before_it() {
         let plan = [planned("a", Kind::Normal)];
-        let kill = Stop {
-            kind: StopKind::Kill,
-            at_ms: 1_000,
-        };
-        let v = judge(&plan, &[ok("a", 900), ok("a", 40_000)], &[], &[kill]);
+        let v = judge(&plan, &[ok("a", 900), ok("a", 40_000)], &[], &[kill(1_000)]);
         assert!(v.ok(), "{:?}", v.failures);
         assert_eq!((v.duplicated_events, v.explained[&0]), (1, 1));
 
@@ -330,10 +333,7 @@ mod tests {
         assert!(!judge(&plan, &[ok("a", 900), ok("a", 40_000)], &[], &[term]).ok());
         assert!(!judge(&plan, &[ok("a", 900), ok("a", 40_000)], &[], &[]).ok());
         // A kill long after the first copy does not explain it.
-        let late = Stop {
-            kind: StopKind::Kill,
-            at_ms: 900 + KILL_WINDOW_MS + 1,
-        };
+        let late = kill(900 + KILL_WINDOW_MS + 1);
         assert!(!judge(&plan, &[ok("a", 900), ok("a", 40_000)], &[], &[late]).ok());
     }
 
@@ -342,15 +342,12 @@ mod tests {
         // The killed runner wrote the request before the signal; the receiver read it 40 ms
         // after (seen in a CI run: completed at 22341 ms, kill sent at about 22300 ms).
         let plan = [planned("a", Kind::Normal)];
-        let kill = Stop {
-            kind: StopKind::Kill,
-            at_ms: 1_000,
-        };
+        let at_1s = kill(1_000);
         let late_read = Request {
             connected_ms: 200,
             ..ok("a", 1_040)
         };
-        let v = judge(&plan, &[late_read, ok("a", 40_000)], &[], &[kill]);
+        let v = judge(&plan, &[late_read, ok("a", 40_000)], &[], &[at_1s]);
         assert!(v.ok(), "{:?}", v.failures);
         assert_eq!(v.explained[&0], 1);
         // On a connection accepted after the kill, it came from a later runner: not explained.
@@ -358,7 +355,7 @@ mod tests {
             connected_ms: 1_020,
             ..ok("a", 1_040)
         };
-        assert!(!judge(&plan, &[new_conn, ok("a", 40_000)], &[], &[kill]).ok());
+        assert!(!judge(&plan, &[new_conn, ok("a", 40_000)], &[], &[at_1s]).ok());
     }
 
     #[test]
