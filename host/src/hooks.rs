@@ -1,6 +1,6 @@
-//! The hook contract on the host side: the values of `wit/v0.1.0` as Rust types, and one
-//! trait per hook. The built-ins (`signing`, `retry`) and the WebAssembly plugins
-//! (`plugin`) both implement these traits, so the pipeline never knows which it calls.
+//! The hook contract on the host side: the values of `wit/` (0.1.0 and 0.2.0 share them) as
+//! Rust types, and one trait per hook. The built-ins (`signing`, `retry`) and the WebAssembly
+//! plugins (`plugin`) both implement these traits, so the pipeline never knows which it calls.
 //!
 //! Everything here is plain data and synchronous calls: no I/O.
 
@@ -35,7 +35,7 @@ pub struct Event {
 }
 
 /// The HTTP request to send. Mirrors `squall:plugin/types.request`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
     /// `POST` or `PUT`.
     pub method: String,

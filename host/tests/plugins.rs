@@ -260,6 +260,89 @@ fn github_and_stripe_signers_match_an_independent_hmac() {
     );
 }
 
+/// The signer's answers as a map, for the probe below.
+fn by_name(headers: &[(String, String)]) -> std::collections::HashMap<&str, &str> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect()
+}
+
+#[test]
+fn a_wit_0_2_0_signer_is_answered_about_the_request_it_signs_and_only_during_the_call() {
+    let rt = runtime();
+    let path = dist("fixture-signing-probe");
+    let info = rt.inspect(&path).unwrap();
+    assert_eq!(
+        info.hook_version(squall::plugin::Hook::Signer),
+        Some("0.2.0")
+    );
+    let keys = ["first-plain-secret", "second-plain-secret"];
+    let signer = rt
+        .load_signer(
+            "billing",
+            &PluginSpec::new(&path),
+            secrets(&[("main", &keys)]),
+        )
+        .unwrap();
+    // A long body, then a short one on the same (reused) instance: no stale bytes carried over.
+    for len in [100_000usize, 3000, 0, 17] {
+        let body: Vec<u8> = (0..len).map(|i| (i * 13 % 256) as u8).collect();
+        let mut req = request(&body);
+        req.method = "PUT".into();
+        req.url = format!("https://example.com/hooks/{len}?q=1");
+        req.headers.push(("x-tenant".into(), len.to_string()));
+        let got = signer
+            .sign(&ctx("evt_v2", "t", 2), &req, "main", 1_700_000_555)
+            .unwrap();
+        let h = by_name(&got);
+        let signed = [b"pre.".as_slice(), &body, b".post"].concat();
+        assert_eq!(h["x-method"], "PUT");
+        assert_eq!(h["x-url"], req.url);
+        assert_eq!(
+            h["x-headers"],
+            format!("content-type=application/json;x-tenant={len}")
+        );
+        assert_eq!(h["x-body"], hex::encode(&body), "body length {len}");
+        assert_eq!(h["x-body-hmac"], hmac_hex(keys[0].as_bytes(), &signed));
+        assert_eq!(
+            h["x-body-hmac-all"],
+            format!(
+                "{} {}",
+                hmac_hex(keys[0].as_bytes(), &signed),
+                hmac_hex(keys[1].as_bytes(), &signed)
+            )
+        );
+        assert!(
+            h["x-unknown-key"].contains("\"no-such-key\"") && !h["x-unknown-key"].contains("plain"),
+            "{}",
+            h["x-unknown-key"]
+        );
+        assert_eq!(
+            (h["x-event-id"], h["x-key-name"], h["x-timestamp"]),
+            ("evt_v2", "main", "1700000555")
+        );
+    }
+    assert_eq!(signer.stats().instances_created, 1);
+
+    // Outside a sign call (here in the same plugin's transform) the host refuses to answer.
+    let transform = rt
+        .transform(
+            "billing",
+            &PluginSpec::new(&path),
+            secrets(&[("default", &keys)]),
+        )
+        .unwrap();
+    match transform.transform(&event("t", b"{}")).unwrap() {
+        TransformResult::Skip(reason) => assert_eq!(
+            reason,
+            "signing-body is answered only during a signer.sign call (WIT 0.2.0) | \
+             hmac-sha256-body is answered only during a signer.sign call (WIT 0.2.0)"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn envelope_transform_wraps_and_skips() {
     let rt = runtime();
@@ -885,7 +968,7 @@ fn load_errors_name_the_path_and_the_missing_thing() {
     let text = err.to_string();
     assert!(
         text.contains("fixture-future-wit.wasm")
-            && text.contains("squall:plugin/signer@0.2.0")
+            && text.contains("squall:plugin/signer@9.0.0")
             && text.contains("0.1.0"),
         "{text}"
     );
@@ -1108,7 +1191,7 @@ fn cli_check_and_test_work_as_documented() {
     let (ok, text) = run(&["plugin", "check", "plugins/dist/github-signer.wasm"]);
     assert!(ok, "{text}");
     assert!(
-        text.contains("hooks:    signer") && text.contains("squall:plugin/host@0.1.0"),
+        text.contains("hooks:    signer (@0.1.0)") && text.contains("squall:plugin/host@0.1.0"),
         "{text}"
     );
 

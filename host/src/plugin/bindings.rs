@@ -1,10 +1,13 @@
-//! Host bindings generated from `wit/v0.1.0`, and conversions between them and the
-//! plain hook types of [`crate::hooks`].
+//! The WIT types the host passes and receives, and conversions between them and the plain
+//! hook types of [`crate::hooks`].
 //!
-//! One `bindgen!` over the `all-hooks` world gives the `host` imports once for every
-//! world; each hook's export is then looked up on its own (`GuestIndices` per exported
-//! interface), so a component exporting only `signer` (world `signer-plugin`) loads as a
-//! signer and fails at load time, not at the first event, when asked for a transform.
+//! The records are generated from `wit/v0.1.0` (`bindgen!` over the `all-hooks` world). The
+//! component model checks record and variant types by shape (field and case names and
+//! types), not by package, so the same Rust types serve every supported version whose types
+//! have the same shape: 0.2.0 changed the signer's parameters and added host functions, not
+//! a type the host lowers or lifts but `request-head` ([`RequestHead`]). The host functions
+//! are linked by hand, once per version (`state::link_host`), and each hook's export is
+//! looked up by name in the version the component exports it in (`hook::HookExport`).
 
 #![allow(missing_docs)]
 
@@ -15,7 +18,6 @@ wasmtime::component::bindgen!({
 
 // `self::`: rustdoc passes this crate, `squall`, as an extern too; the generated module of the
 // same name would be ambiguous.
-pub use self::exports::squall::plugin::{retry_policy, signer, transform};
 pub use self::squall::plugin::host;
 pub use self::squall::plugin::types as wit;
 
@@ -139,6 +141,23 @@ pub enum SignSig {}
 impl HookSig for SignSig {
     type Params<'a> = (AttemptContextRef<'a>, RequestRef<'a>, &'a str, u64);
     type Return = (Result<hooks::Headers, wit::PluginError>,);
+}
+
+/// `signer.sign` of WIT 0.2.0: the request stays in the host, which answers the plugin's
+/// `signing-*` and `hmac-sha256-body(-all)` calls about it during the call.
+pub enum SignSigV2 {}
+impl HookSig for SignSigV2 {
+    type Params<'a> = (AttemptContextRef<'a>, &'a str, u64);
+    type Return = (Result<hooks::Headers, wit::PluginError>,);
+}
+
+/// `types.request-head` (WIT 0.2.0): what `host.signing-request` returns.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct RequestHead {
+    pub method: String,
+    pub url: String,
+    pub headers: hooks::Headers,
 }
 
 /// `retry-policy.decide` with a borrowed context.

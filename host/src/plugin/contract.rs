@@ -10,8 +10,9 @@ use wasmtime::component::Component;
 
 use super::PluginError;
 
-/// WIT package versions of `squall:plugin` this host links.
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.1.0"];
+/// WIT package versions of `squall:plugin` this host links, newest first (`wit/README.md`:
+/// a released version is frozen and stays supported).
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.2.0", "0.1.0"];
 const PACKAGE: &str = "squall:plugin/";
 
 /// One of the three hooks a plugin can export.
@@ -38,9 +39,18 @@ impl Hook {
         }
     }
 
-    /// The fully qualified export name this host looks for.
-    pub fn export_name(self) -> String {
-        format!("{PACKAGE}{}@{}", self.interface(), SUPPORTED_VERSIONS[0])
+    /// The fully qualified export name of this hook in WIT version `version`.
+    pub fn export_name(self, version: &str) -> String {
+        format!("{PACKAGE}{}@{version}", self.interface())
+    }
+
+    /// Every export name this host accepts for the hook, newest first, joined by "or".
+    pub fn export_names(self) -> String {
+        let names: Vec<String> = SUPPORTED_VERSIONS
+            .iter()
+            .map(|v| self.export_name(v))
+            .collect();
+        names.join(" or ")
     }
 }
 
@@ -102,16 +112,27 @@ pub fn inspect(
             });
         }
     }
-    let hooks = Hook::ALL
-        .into_iter()
-        .filter(|h| exports.iter().any(|e| *e == h.export_name()))
-        .collect();
-    Ok(ComponentInfo {
+    let mut info = ComponentInfo {
         imports,
         exports,
-        hooks,
+        hooks: Vec::new(),
         wit_versions,
-    })
+    };
+    info.hooks = Hook::ALL
+        .into_iter()
+        .filter(|h| info.hook_version(*h).is_some())
+        .collect();
+    Ok(info)
+}
+
+impl ComponentInfo {
+    /// The newest supported WIT version in which the component exports `hook`, if any.
+    pub fn hook_version(&self, hook: Hook) -> Option<&'static str> {
+        SUPPORTED_VERSIONS
+            .iter()
+            .copied()
+            .find(|v| self.exports.contains(&hook.export_name(v)))
+    }
 }
 
 /// Fail with a [`PluginError::MissingExport`] naming the hook when it is not exported.
@@ -121,7 +142,7 @@ pub fn require(info: &ComponentInfo, hook: Hook, path: &Path) -> Result<(), Plug
     }
     Err(PluginError::MissingExport {
         path: path.to_path_buf(),
-        export: hook.export_name(),
+        export: hook.export_names(),
         found: if info.exports.is_empty() {
             "nothing".to_string()
         } else {
@@ -152,8 +173,12 @@ mod tests {
         assert_eq!(split_squall("squall:plugin/host"), Some(("host", None)));
         assert_eq!(split_squall("wasi:io/streams@0.2.0"), None);
         assert_eq!(
-            Hook::RetryPolicy.export_name(),
+            Hook::RetryPolicy.export_name("0.1.0"),
             "squall:plugin/retry-policy@0.1.0"
+        );
+        assert_eq!(
+            Hook::Signer.export_names(),
+            "squall:plugin/signer@0.2.0 or squall:plugin/signer@0.1.0"
         );
     }
 }

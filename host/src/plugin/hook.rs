@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmtime::Store;
-use wasmtime::component::{Instance, InstancePre};
+use wasmtime::component::{ComponentExportIndex, Func, InstancePre};
 
 use super::bindings::{
-    AttemptContextRef, Checked, DecideSig, EventRef, HookSig, RequestRef, SignSig, TransformSig,
-    retry_policy, signer, transform, wit,
+    AttemptContextRef, Checked, DecideSig, EventRef, RequestRef, SignSig, SignSigV2, TransformSig,
+    wit,
 };
+use super::contract::Hook;
 use super::output;
 use super::state::{AppBinding, HostState};
 use super::{Isolation, PluginLimits};
@@ -22,63 +23,90 @@ use crate::hooks::{
     Signer, Transform, TransformResult,
 };
 
-/// The exported interface of one hook, as the runtime loads it. Implemented for the
-/// three generated `Guest` types; not meant to be implemented elsewhere.
+/// The exported interface of one hook, as the runtime loads it. Implemented for the three
+/// marker types below; not meant to be implemented elsewhere.
 pub trait HookExport: Sized + Send + 'static {
-    /// Per-component export indices, resolved once at load time.
-    type Indices: Send + Sync + 'static;
-    /// How this host calls the export.
-    type Sig: HookSig;
-    /// Resolve the export in a pre-linked component (fails when it is missing).
-    fn indices(pre: &InstancePre<HostState>) -> wasmtime::Result<Self::Indices>;
-    /// The export of a fresh instance, checked against the parameter and result types this
-    /// host calls it with (`Self::Sig`).
-    fn load(
-        indices: &Self::Indices,
-        store: &mut Store<HostState>,
-        instance: &Instance,
-    ) -> wasmtime::Result<Checked<Self::Sig>>;
+    /// Which hook.
+    const HOOK: Hook;
+    /// The function's name inside the hook's interface.
+    const FUNC: &'static str;
+    /// The export of one instance, checked against the types this host calls it with.
+    type Func: Send + 'static;
+    /// Check `func`, this hook's function as exported in WIT `version`.
+    fn check(func: Func, version: &str, store: &Store<HostState>) -> wasmtime::Result<Self::Func>;
 }
 
-macro_rules! hook_export {
-    ($guest:ty, $indices:ty, $func:ident, $sig:ty) => {
-        impl HookExport for $guest {
-            type Indices = $indices;
-            type Sig = $sig;
-            fn indices(pre: &InstancePre<HostState>) -> wasmtime::Result<Self::Indices> {
-                <$indices>::new(pre)
-            }
-            fn load(
-                indices: &Self::Indices,
-                store: &mut Store<HostState>,
-                instance: &Instance,
-            ) -> wasmtime::Result<Checked<Self::Sig>> {
-                let guest = indices.load(&mut *store, instance)?;
-                Checked::new(*guest.$func().func(), &*store)
-            }
-        }
-    };
+/// `transform.transform` (the same shape in every supported version).
+pub enum TransformExport {}
+impl HookExport for TransformExport {
+    const HOOK: Hook = Hook::Transform;
+    const FUNC: &'static str = "transform";
+    type Func = Checked<TransformSig>;
+    fn check(func: Func, _: &str, store: &Store<HostState>) -> wasmtime::Result<Self::Func> {
+        Checked::new(func, store)
+    }
 }
-hook_export!(
-    transform::Guest,
-    transform::GuestIndices,
-    func_transform,
-    TransformSig
-);
-hook_export!(signer::Guest, signer::GuestIndices, func_sign, SignSig);
-hook_export!(
-    retry_policy::Guest,
-    retry_policy::GuestIndices,
-    func_decide,
-    DecideSig
-);
+
+/// `signer.sign`: given the request in 0.1.0, asking the host about it in 0.2.0.
+pub enum SignerExport {}
+impl HookExport for SignerExport {
+    const HOOK: Hook = Hook::Signer;
+    const FUNC: &'static str = "sign";
+    type Func = SignFunc;
+    fn check(func: Func, version: &str, store: &Store<HostState>) -> wasmtime::Result<SignFunc> {
+        Ok(match version {
+            "0.1.0" => SignFunc::V1(Checked::new(func, store)?),
+            "0.2.0" => SignFunc::V2(Checked::new(func, store)?),
+            other => wasmtime::bail!("this host has no signer call for WIT {other}"),
+        })
+    }
+}
+
+/// A signer's export, by the WIT version it was built for.
+pub enum SignFunc {
+    /// `sign(ctx, request, key-name, timestamp)`.
+    V1(Checked<SignSig>),
+    /// `sign(ctx, key-name, timestamp)`, the request held by the host for the call.
+    V2(Checked<SignSigV2>),
+}
+
+/// `retry-policy.decide` (the same shape in every supported version).
+pub enum RetryPolicyExport {}
+impl HookExport for RetryPolicyExport {
+    const HOOK: Hook = Hook::RetryPolicy;
+    const FUNC: &'static str = "decide";
+    type Func = Checked<DecideSig>;
+    fn check(func: Func, _: &str, store: &Store<HostState>) -> wasmtime::Result<Self::Func> {
+        Checked::new(func, store)
+    }
+}
+
+/// Where a hook's function is in a pre-linked component, and the WIT version it is in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExportAt {
+    index: ComponentExportIndex,
+    version: &'static str,
+}
+
+impl ExportAt {
+    /// Find `G`'s function exported in WIT `version`, once per application at load time.
+    pub(crate) fn find<G: HookExport>(
+        pre: &InstancePre<HostState>,
+        version: &'static str,
+    ) -> Option<ExportAt> {
+        let component = pre.component();
+        let interface = component.get_export_index(None, G::HOOK.export_name(version))?;
+        let index = component.get_export_index(Some(&interface), G::FUNC)?;
+        Some(ExportAt { index, version })
+    }
+}
 
 /// A plugin transform bound to one application.
-pub type PluginTransform = PluginHook<transform::Guest>;
+pub type PluginTransform = PluginHook<TransformExport>;
 /// A plugin signer bound to one application.
-pub type PluginSigner = PluginHook<signer::Guest>;
+pub type PluginSigner = PluginHook<SignerExport>;
 /// A plugin retry policy bound to one application.
-pub type PluginRetryPolicy = PluginHook<retry_policy::Guest>;
+pub type PluginRetryPolicy = PluginHook<RetryPolicyExport>;
 
 /// Counters of one hook object, for tests, `squall plugin test` and diagnostics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -98,14 +126,14 @@ pub struct HookStats {
 struct Live<G: HookExport> {
     store: Store<HostState>,
     /// The hook's export, type-checked against this host's parameter types.
-    func: Checked<G::Sig>,
+    func: G::Func,
 }
 
 /// One hook of one plugin for one application.
 pub struct PluginHook<G: HookExport> {
     app: Arc<AppBinding>,
     pre: InstancePre<HostState>,
-    indices: G::Indices,
+    export: ExportAt,
     limits: PluginLimits,
     isolation: Isolation,
     deadline_ticks: u64,
@@ -123,7 +151,7 @@ impl<G: HookExport> PluginHook<G> {
     pub(crate) fn new(
         app: Arc<AppBinding>,
         pre: InstancePre<HostState>,
-        indices: G::Indices,
+        export: ExportAt,
         limits: PluginLimits,
         isolation: Isolation,
         tick: Duration,
@@ -136,7 +164,7 @@ impl<G: HookExport> PluginHook<G> {
         PluginHook {
             app,
             pre,
-            indices,
+            export,
             limits,
             isolation,
             deadline_ticks,
@@ -182,10 +210,14 @@ impl<G: HookExport> PluginHook<G> {
             Ok(i) => i,
             Err(e) => return Err(self.classify(e, &store)),
         };
-        let func = G::load(&self.indices, &mut store, &instance).map_err(|e| HookError::Trap {
-            plugin: self.plugin(),
-            detail: format!("export lookup failed: {e:#}"),
-        })?;
+        let func = instance
+            .get_func(&mut store, self.export.index)
+            .ok_or_else(|| wasmtime::format_err!("{} not found", G::FUNC))
+            .and_then(|func| G::check(func, self.export.version, &store))
+            .map_err(|e| HookError::Trap {
+                plugin: self.plugin(),
+                detail: format!("export lookup failed: {e:#}"),
+            })?;
         Ok(Live { store, func })
     }
 
@@ -201,10 +233,7 @@ impl<G: HookExport> PluginHook<G> {
     /// repeated host `log` line.
     fn call<R: Send>(
         &self,
-        f: impl Fn(
-            &Checked<G::Sig>,
-            &mut Store<HostState>,
-        ) -> wasmtime::Result<Result<R, wit::PluginError>>
+        f: impl Fn(&G::Func, &mut Store<HostState>) -> wasmtime::Result<Result<R, wit::PluginError>>
         + Sync,
     ) -> Result<R, HookError> {
         // Counted once here, not in `call_here`: a call re-run off the reactor is one call.
@@ -234,10 +263,7 @@ impl<G: HookExport> PluginHook<G> {
 
     fn call_here<R>(
         &self,
-        f: impl FnOnce(
-            &Checked<G::Sig>,
-            &mut Store<HostState>,
-        ) -> wasmtime::Result<Result<R, wit::PluginError>>,
+        f: impl FnOnce(&G::Func, &mut Store<HostState>) -> wasmtime::Result<Result<R, wit::PluginError>>,
     ) -> Result<R, HookError> {
         let pooled = match self.isolation {
             Isolation::Reuse => self.idle.lock().ok().and_then(|mut v| v.pop()),
@@ -348,7 +374,7 @@ fn off_reactor<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-impl Transform for PluginHook<transform::Guest> {
+impl Transform for PluginTransform {
     fn identity(&self) -> &str {
         &self.app.plugin
     }
@@ -369,7 +395,7 @@ impl Transform for PluginHook<transform::Guest> {
     }
 }
 
-impl Signer for PluginHook<signer::Guest> {
+impl Signer for PluginSigner {
     fn identity(&self) -> &str {
         &self.app.plugin
     }
@@ -381,14 +407,23 @@ impl Signer for PluginHook<signer::Guest> {
         key_name: &str,
         timestamp: u64,
     ) -> Result<Headers, HookError> {
-        let headers = self.call(|func, store| {
-            let args = (
-                AttemptContextRef::from(ctx),
-                RequestRef::from(request),
-                key_name,
-                timestamp,
-            );
-            Ok(func.typed().call(store, args)?.0)
+        let headers = self.call(|func, store| match func {
+            SignFunc::V1(func) => {
+                let args = (
+                    AttemptContextRef::from(ctx),
+                    RequestRef::from(request),
+                    key_name,
+                    timestamp,
+                );
+                Ok(func.typed().call(store, args)?.0)
+            }
+            SignFunc::V2(func) => {
+                store.data_mut().begin_signing(request);
+                let args = (AttemptContextRef::from(ctx), key_name, timestamp);
+                let result = func.typed().call(&mut *store, args);
+                store.data_mut().end_signing();
+                Ok(result?.0)
+            }
         })?;
         output::check_headers(&headers, self.limits.max_output_bytes)
             .map_err(|r| self.invalid(r))?;
@@ -396,7 +431,7 @@ impl Signer for PluginHook<signer::Guest> {
     }
 }
 
-impl RetryPolicy for PluginHook<retry_policy::Guest> {
+impl RetryPolicy for PluginRetryPolicy {
     fn identity(&self) -> &str {
         &self.app.plugin
     }

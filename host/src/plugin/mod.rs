@@ -1,5 +1,5 @@
 //! The WebAssembly plugin runtime: loads components that implement the hooks of
-//! `wit/v0.1.0` and runs them sandboxed, with limits, behind the traits of
+//! `wit/v0.2.0` or `wit/v0.1.0` and runs them sandboxed, with limits, behind the traits of
 //! [`crate::hooks`].
 //!
 //! Lifecycles:
@@ -42,12 +42,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use contract::{ComponentInfo, Hook, SUPPORTED_VERSIONS};
 pub use hook::{
     HookExport, HookStats, PluginHook, PluginRetryPolicy, PluginSigner, PluginTransform,
+    RetryPolicyExport, SignFunc, SignerExport, TransformExport,
 };
 pub use state::HostState;
 
@@ -235,7 +236,7 @@ pub enum PluginError {
     MissingExport {
         /// The file.
         path: PathBuf,
-        /// The missing export, e.g. `squall:plugin/transform@0.1.0`.
+        /// The missing export, e.g. `squall:plugin/transform@0.2.0 or squall:plugin/transform@0.1.0`.
         export: String,
         /// What it does export.
         found: String,
@@ -356,8 +357,7 @@ impl PluginRuntime {
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| PluginError::Engine(format!("linking WASI: {e:#}")))?;
-        bindings::AllHooks::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .and_then(|()| state::link_borrowed_digests(&mut linker))
+        state::link_host(&mut linker)
             .map_err(|e| PluginError::Engine(format!("linking the host interface: {e:#}")))?;
 
         let weak = engine.weak();
@@ -497,7 +497,7 @@ impl PluginRuntime {
         spec: &PluginSpec,
         secrets: Arc<Secrets>,
     ) -> Result<Arc<PluginTransform>, PluginError> {
-        self.load_hook(Hook::Transform, app_id, spec, secrets)
+        self.load_hook(app_id, spec, secrets)
     }
 
     /// [`PluginRuntime::signer`] with the concrete type.
@@ -507,7 +507,7 @@ impl PluginRuntime {
         spec: &PluginSpec,
         secrets: Arc<Secrets>,
     ) -> Result<Arc<PluginSigner>, PluginError> {
-        self.load_hook(Hook::Signer, app_id, spec, secrets)
+        self.load_hook(app_id, spec, secrets)
     }
 
     /// [`PluginRuntime::retry_policy`] with the concrete type.
@@ -517,12 +517,11 @@ impl PluginRuntime {
         spec: &PluginSpec,
         secrets: Arc<Secrets>,
     ) -> Result<Arc<PluginRetryPolicy>, PluginError> {
-        self.load_hook(Hook::RetryPolicy, app_id, spec, secrets)
+        self.load_hook(app_id, spec, secrets)
     }
 
     fn load_hook<G: HookExport>(
         &self,
-        hook: Hook,
         app_id: &str,
         spec: &PluginSpec,
         secrets: Arc<Secrets>,
@@ -530,12 +529,17 @@ impl PluginRuntime {
         let path = &spec.path;
         self.check_limits(spec)?;
         let loaded = self.component(path)?;
+        let hook = G::HOOK;
         contract::require(&loaded.info, hook, path)?;
-        let indices = G::indices(&loaded.pre).map_err(|e| PluginError::MissingExport {
-            path: path.clone(),
-            export: hook.export_name(),
-            found: format!("{e:#}"),
-        })?;
+        let export = loaded
+            .info
+            .hook_version(hook)
+            .and_then(|version| hook::ExportAt::find::<G>(&loaded.pre, version))
+            .ok_or_else(|| PluginError::MissingExport {
+                path: path.clone(),
+                export: format!("{}#{}", hook.export_names(), G::FUNC),
+                found: loaded.info.exports.join(", "),
+            })?;
         let app = Arc::new(AppBinding {
             app_id: app_id.to_string(),
             plugin: format!("{}#{}", path.display(), hex::encode(&loaded.digest[..6])),
@@ -545,7 +549,7 @@ impl PluginRuntime {
         let hook = PluginHook::<G>::new(
             app,
             loaded.pre.clone(),
-            indices,
+            export,
             spec.limits,
             spec.isolation,
             self.opts.epoch_tick,

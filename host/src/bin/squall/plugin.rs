@@ -138,7 +138,11 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64() * 1e3
     );
     println!("wit:      squall:plugin@{}", info.wit_versions.join(", @"));
-    let hooks: Vec<String> = info.hooks.iter().map(Hook::to_string).collect();
+    let hooks: Vec<String> = info
+        .hooks
+        .iter()
+        .map(|h| format!("{h} (@{})", info.hook_version(*h).unwrap_or("?")))
+        .collect();
     println!(
         "hooks:    {}",
         if hooks.is_empty() {
@@ -159,7 +163,7 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
         bail!(
             "{} exports no Squall hook (expected one of {})",
             path.display(),
-            Hook::ALL.map(Hook::export_name).join(", ")
+            Hook::ALL.map(Hook::export_names).join(", ")
         );
     }
     println!("ok");

@@ -1,4 +1,4 @@
-//! Test fixture: exports `squall:plugin/signer@0.2.0`, a version the host does not link;
+//! Test fixture: exports `squall:plugin/signer@9.0.0`, a version the host does not link;
 //! loading it must fail at load time naming the item and the supported versions.
 
 wit_bindgen::generate!({ path: "wit", world: "future-signer" });

@@ -1,17 +1,19 @@
 //! Standard Webhooks signer as a plugin: `webhook-id`, `webhook-timestamp` and
 //! `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, one signature per
 //! active secret (newest first, space-separated). The HMAC is computed by the host with
-//! the application's secret, which never enters this component. Byte-identical to the
-//! host's built-in signer (`host/src/signing.rs`).
+//! the application's secret, which never enters this component. Built against WIT 0.2.0:
+//! the host HMACs `id.timestamp.` and the body it holds (`hmac-sha256-body-all`), so the
+//! body never enters it either. Byte-identical to the host's built-in signer
+//! (`host/src/signing.rs`).
 
 wit_bindgen::generate!({
-    path: "../../../wit/v0.1.0",
+    path: "../../../wit/v0.2.0",
     world: "signer-plugin",
 });
 
 use exports::squall::plugin::signer::Guest;
 use squall::plugin::host;
-use squall::plugin::types::{AttemptContext, Headers, PluginError, Request};
+use squall::plugin::types::{AttemptContext, Headers, PluginError};
 
 /// Faster than the default allocator for the short-lived strings of each call.
 #[global_allocator]
@@ -20,20 +22,14 @@ static ALLOC: size_class_alloc::SizeClassAlloc = size_class_alloc::SizeClassAllo
 struct Component;
 
 impl Guest for Component {
-    fn sign(
-        ctx: AttemptContext,
-        request: Request,
-        key_name: String,
-        timestamp: u64,
-    ) -> Result<Headers, PluginError> {
+    fn sign(ctx: AttemptContext, key_name: String, timestamp: u64) -> Result<Headers, PluginError> {
         let ts = timestamp.to_string();
-        let mut signed = Vec::with_capacity(ctx.event_id.len() + ts.len() + 2 + request.body.len());
-        signed.extend_from_slice(ctx.event_id.as_bytes());
-        signed.push(b'.');
-        signed.extend_from_slice(ts.as_bytes());
-        signed.push(b'.');
-        signed.extend_from_slice(&request.body);
-        let macs = host::hmac_sha256_all(&key_name, &signed)
+        let mut prefix = Vec::with_capacity(ctx.event_id.len() + ts.len() + 2);
+        prefix.extend_from_slice(ctx.event_id.as_bytes());
+        prefix.push(b'.');
+        prefix.extend_from_slice(ts.as_bytes());
+        prefix.push(b'.');
+        let macs = host::hmac_sha256_body_all(&key_name, &prefix, &[])
             .map_err(|message| PluginError { message })?;
         let mut signature = String::with_capacity(macs.len() * 48);
         for (i, mac) in macs.iter().enumerate() {
