@@ -14,6 +14,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::RequestHead;
 use super::bindings::host::LogLevel;
+use super::output::truncate;
 use crate::hooks::Request;
 use crate::secrets::Secrets;
 
@@ -113,15 +114,15 @@ impl WasiView for HostState {
 impl HostState {
     /// `host.log`: one tracing event tagged with the app and plugin, message and fields capped.
     fn log(&self, level: LogLevel, message: &str, fields: &[(String, String)]) {
-        let message = cap(message, MAX_LOG_MESSAGE);
+        let message = truncate(message, MAX_LOG_MESSAGE);
         let mut rendered = String::new();
         for (k, v) in fields.iter().take(MAX_LOG_FIELDS) {
             if !rendered.is_empty() {
                 rendered.push(' ');
             }
-            rendered.push_str(cap(k, 64));
+            rendered.push_str(truncate(k, 64));
             rendered.push('=');
-            rendered.push_str(cap(v, 256));
+            rendered.push_str(truncate(v, 256));
         }
         let (app, plugin) = (self.app.app_id.as_str(), self.app.plugin.as_str());
         match level {
@@ -138,7 +139,7 @@ impl HostState {
             format!(
                 "application {} has no secret named {:?}",
                 self.app.app_id,
-                cap(key_name, 128)
+                truncate(key_name, 128)
             )
         })
     }
@@ -307,16 +308,4 @@ fn body_digest<R: 'static>(
         });
         Ok((result,))
     }
-}
-
-/// `s` cut to at most `max` bytes on a character boundary.
-fn cap(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
