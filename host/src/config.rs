@@ -310,6 +310,8 @@ pub struct AppConfig {
     pub max_concurrency: u32,
     /// Concurrent deliveries per endpoint host.
     pub max_per_endpoint: u32,
+    /// Longest wait for a slot at a saturated endpoint host before the message is deferred.
+    pub endpoint_wait_secs: u32,
     /// Networks allowed despite the SSRF guard.
     pub allowed_networks: Allowlist,
     /// What a plugin failure does.
@@ -727,6 +729,7 @@ struct RawAppSettings {
     max_body_bytes: usize,
     max_concurrency: u32,
     max_per_endpoint: u32,
+    endpoint_wait_secs: u32,
     allowed_networks: Vec<String>,
     on_plugin_error: OnPluginError,
     signing_key: String,
@@ -1102,6 +1105,7 @@ fn check_settings(s: &RawAppSettings, p: &str, o: &Origins) -> Result<(), Config
         s.max_concurrency,
         o,
     )?;
+    in_range(k("endpoint_wait_secs"), s.endpoint_wait_secs, 0, 300, o)?;
     if let Err((i, e)) = Allowlist::parse(&s.allowed_networks) {
         return Err(o.invalid(format!("{p}.allowed_networks[{i}]"), e.to_string()));
     }
@@ -1388,6 +1392,7 @@ fn build_app(
         max_body_bytes: s.max_body_bytes,
         max_concurrency: s.max_concurrency,
         max_per_endpoint: s.max_per_endpoint,
+        endpoint_wait_secs: s.endpoint_wait_secs,
         allowed_networks,
         on_plugin_error: s.on_plugin_error,
         signing_key: s.signing_key,

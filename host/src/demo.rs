@@ -639,6 +639,7 @@ pub async fn run_demo(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
                 on_plugin_error: PluginErrorPolicy::Retry,
                 visibility_backoff_max_secs: 900,
                 deliver: deliver.clone(),
+                endpoints: None,
             }),
             max_concurrency: 16,
         });

@@ -562,6 +562,7 @@ mod tests {
                 on_plugin_error: PluginErrorPolicy::Retry,
                 visibility_backoff_max_secs: 900,
                 deliver: Arc::new(ByPath),
+                endpoints: None,
             }),
             max_concurrency: 4,
         }

@@ -7,10 +7,13 @@
 //! plugin-error policy, the DLQ attributes) are plain functions over values, tested below
 //! without sockets or clocks. See ARCHITECTURE.md "Retry mechanism" and "Where a message ends".
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::envelope;
 use crate::hooks::{
@@ -126,6 +129,59 @@ pub struct App {
     pub visibility_backoff_max_secs: u32,
     /// The HTTP side.
     pub deliver: Arc<dyn Deliver>,
+    /// Concurrent deliveries per endpoint host (`max_per_endpoint`), and how long a delivery
+    /// waits for a slot before its message is deferred. `None`: no per-host bound.
+    pub endpoints: Option<Arc<EndpointLimiter>>,
+}
+
+/// A message deferred because its endpoint host stayed saturated is re-sent with a delay drawn
+/// from this range, seconds (random, so that a backlog comes back spread out).
+pub const DEFER_DELAY_SECS: std::ops::RangeInclusive<u32> = 10..=30;
+
+/// Bounds concurrent deliveries per endpoint host for one application. A delivery that finds
+/// its host saturated waits at most `wait` for a slot; then its message is deferred (re-sent
+/// with a delay, no attempt counted) so that it does not hold one of the application's
+/// concurrency slots while other endpoints' events wait behind it.
+pub struct EndpointLimiter {
+    max: usize,
+    wait: Duration,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl EndpointLimiter {
+    /// At most `max` (>= 1) concurrent deliveries per host; wait at most `wait` for a slot.
+    pub fn new(max: usize, wait: Duration) -> EndpointLimiter {
+        EndpointLimiter {
+            max: max.max(1),
+            wait,
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for `host`, or `None` when none came free within the wait.
+    pub async fn acquire(&self, host: &str) -> Option<OwnedSemaphorePermit> {
+        let sem = {
+            let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+            if hosts.len() > 4096 {
+                // Forget idle hosts so the map does not grow without bound.
+                hosts.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < self.max);
+            }
+            match hosts.get(host) {
+                Some(sem) => sem.clone(),
+                None => hosts
+                    .entry(host.to_string())
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.max)))
+                    .clone(),
+            }
+        };
+        if let Ok(slot) = sem.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        match tokio::time::timeout(self.wait, sem.acquire_owned()).await {
+            Ok(slot) => Some(slot.expect("never closed")),
+            Err(_) => None,
+        }
+    }
 }
 
 /// Why a message is deleted.
@@ -158,7 +214,8 @@ pub enum Action {
         delay_secs: u32,
         /// Attributes of the copy.
         attributes: Attributes,
-        /// True for a hop (not-before not reached; no attempt made).
+        /// True for a hop (not-before not reached, or the endpoint host saturated; no attempt
+        /// made).
         hop: bool,
     },
     /// Send the original body to the dead-letter queue with these attributes, then delete it.
@@ -666,7 +723,31 @@ pub async fn process(
         Err(e) => return on_hook_error(e, None, Duration::ZERO, &rec),
     }
 
+    // Held until the response is read; released before the retry decision.
+    let endpoint_slot = match &app.endpoints {
+        None => None,
+        Some(limiter) => match limiter.acquire(&rec.host).await {
+            Some(slot) => Some(slot),
+            None => {
+                let delay_secs = fastrand::u32(DEFER_DELAY_SECS);
+                tracing::info!(app_id = %app.id, event_id = %rec.event_id, endpoint_host = %rec.host, attempt = state.attempt, delay_secs, "endpoint saturated: deferred, no attempt made");
+                return Processed {
+                    action: Action::Resend {
+                        delay_secs,
+                        attributes: resend_attributes(
+                            state.attempt.saturating_sub(1),
+                            state.first_attempt_ms,
+                            state.not_before_ms.unwrap_or(0),
+                        ),
+                        hop: true,
+                    },
+                    metrics: Vec::new(),
+                };
+            }
+        },
+    };
     let delivery = app.deliver.deliver(&request).await;
+    drop(endpoint_slot);
     drop(request);
     let status = match &delivery.outcome {
         Outcome::Response { status, .. } => Some(*status),
@@ -1000,6 +1081,7 @@ mod tests {
             on_plugin_error: PluginErrorPolicy::Retry,
             visibility_backoff_max_secs: 900,
             deliver,
+            endpoints: None,
         }
     }
 
@@ -1129,6 +1211,52 @@ mod tests {
         assert!(reason.contains("max_attempts"), "{reason}");
         assert_eq!(attributes["squall-last-error"], "timeout: after 15000 ms");
         assert_eq!(p.metrics[0].error_kind.as_deref(), Some("timeout"));
+    }
+
+    #[tokio::test]
+    async fn a_saturated_endpoint_defers_the_message_without_an_attempt() {
+        let d = Scripted::new(vec![status(200, &[])]);
+        let mut a = app(d.clone());
+        let limiter = Arc::new(EndpointLimiter::new(1, Duration::from_millis(50)));
+        a.endpoints = Some(limiter.clone());
+        // Another delivery holds the endpoint's only slot for longer than the wait.
+        let held = limiter.acquire("hooks.example.com").await.unwrap();
+        let msg = received(
+            &body("billing"),
+            2,
+            &[(ATTR_ATTEMPTS, "3"), (ATTR_FIRST_ATTEMPT_MS, "11")],
+        );
+        let p = run(&a, &msg).await;
+        match &p.action {
+            Action::Resend {
+                delay_secs,
+                attributes,
+                hop: true,
+            } => {
+                assert!(DEFER_DELAY_SECS.contains(delay_secs), "{delay_secs}");
+                // Attempt 5 (3 made before, receive count 2) was not made: the copy is attempt 5.
+                assert_eq!(*attributes, resend_attributes(4, 11, 0));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(p.metrics.is_empty(), "no attempt, no record");
+        assert!(
+            d.seen.lock().unwrap().is_empty(),
+            "the endpoint was not contacted"
+        );
+
+        // With the slot free, the same message is delivered (and the slot is given back).
+        drop(held);
+        let p = run(&a, &msg).await;
+        assert_eq!(
+            p.action,
+            Action::Delete {
+                why: DeleteReason::Delivered
+            }
+        );
+        assert_eq!(p.metrics.len(), 1);
+        assert_eq!(d.seen.lock().unwrap().len(), 1);
+        assert!(limiter.acquire("hooks.example.com").await.is_some());
     }
 
     #[tokio::test]

@@ -4,27 +4,24 @@
 //!   and reports per-message failures (a message whose action failed is left alone, so it
 //!   reappears after its visibility timeout). The Lambda handler reuses it in
 //!   [`ActMode::Lambda`], where the event source mapping does the deleting.
-//! - [`EndpointLimiter`] / [`LimitedDeliver`] bound concurrent requests per endpoint host.
 //! - [`Runner`] long-polls each application's queue, processes messages concurrently within
 //!   the application's limit, acts, flushes metrics at the end of each batch, backs off on
 //!   OverLimit (and sends retries by re-send meanwhile), and on shutdown stops receiving,
 //!   finishes what is in flight, acts and flushes: nothing is lost.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::config::{self, AppConfig, Config, OnPluginError, PluginConfig};
-use crate::hooks::{PassThrough, Request, RetryPolicy, Signer, Transform};
+use crate::hooks::{PassThrough, RetryPolicy, Signer, Transform};
 use crate::http::Deliverers;
 use crate::metrics::{MetricRecord, MetricsSink, MetricsTotals};
 use crate::pipeline::{
-    self, Action, App, DeleteReason, Deliver, Delivery, ProcessOptions, SystemClock,
+    self, Action, App, DeleteReason, EndpointLimiter, ProcessOptions, SystemClock,
 };
 use crate::plugin::{Isolation, PluginLimits, PluginRuntime, PluginSpec, RuntimeOptions};
 use crate::queue::{Outgoing, Queue, QueueError, Received, VisibilityChange};
@@ -179,66 +176,6 @@ impl<Q: Queue> Actor<Q> {
             }
         }
         results
-    }
-}
-
-/// Bounds concurrent requests per endpoint host (`max_per_endpoint`).
-pub struct EndpointLimiter {
-    max: usize,
-    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
-}
-
-impl EndpointLimiter {
-    /// At most `max` (>= 1) concurrent requests per host.
-    pub fn new(max: usize) -> EndpointLimiter {
-        EndpointLimiter {
-            max: max.max(1),
-            hosts: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Wait for a slot for `host`.
-    pub async fn acquire(&self, host: &str) -> OwnedSemaphorePermit {
-        let sem = {
-            let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-            if hosts.len() > 4096 {
-                // Forget idle hosts so the map does not grow without bound.
-                hosts.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < self.max);
-            }
-            hosts
-                .entry(host.to_string())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.max)))
-                .clone()
-        };
-        sem.acquire_owned().await.expect("never closed")
-    }
-}
-
-/// A [`Deliver`] that holds a per-host slot of an [`EndpointLimiter`] while it sends.
-pub struct LimitedDeliver {
-    inner: Arc<dyn Deliver>,
-    limiter: Arc<EndpointLimiter>,
-}
-
-impl LimitedDeliver {
-    /// Wrap `inner`.
-    pub fn new(inner: Arc<dyn Deliver>, limiter: Arc<EndpointLimiter>) -> LimitedDeliver {
-        LimitedDeliver { inner, limiter }
-    }
-}
-
-impl Deliver for LimitedDeliver {
-    fn deliver<'a>(
-        &'a self,
-        request: &'a Request,
-    ) -> Pin<Box<dyn Future<Output = Delivery> + Send + 'a>> {
-        Box::pin(async move {
-            let _slot = self
-                .limiter
-                .acquire(&pipeline::url_host(&request.url))
-                .await;
-            self.inner.deliver(request).await
-        })
     }
 }
 
@@ -613,7 +550,6 @@ pub fn build_app(
         app: app.id.clone(),
         error,
     })?;
-    let limiter = Arc::new(EndpointLimiter::new(app.max_per_endpoint as usize));
     Ok(RunnerApp {
         app: Arc::new(App {
             id: app.id.clone(),
@@ -630,7 +566,11 @@ pub fn build_app(
                 OnPluginError::DeadLetter => pipeline::PluginErrorPolicy::DeadLetter,
             },
             visibility_backoff_max_secs: config.sqs.visibility_backoff_max_secs,
-            deliver: Arc::new(LimitedDeliver::new(Arc::new(delivery), limiter)),
+            deliver: Arc::new(delivery),
+            endpoints: Some(Arc::new(EndpointLimiter::new(
+                app.max_per_endpoint as usize,
+                Duration::from_secs(app.endpoint_wait_secs.into()),
+            ))),
         }),
         max_concurrency: app.max_concurrency as usize,
     })
@@ -799,9 +739,13 @@ fn log_action(app_id: &str, m: &Received, a: &Action) {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+    use std::sync::Mutex;
+
     use super::*;
-    use crate::hooks::{Outcome, PassThrough};
+    use crate::hooks::{Outcome, PassThrough, Request};
     use crate::pipeline::PluginErrorPolicy;
+    use crate::pipeline::{Deliver, Delivery};
     use crate::queue::Attributes;
     use crate::queue::memory::{MemoryQueues, QueueOptions};
     use crate::retry::{Backoff, BackoffPolicy, RetryLimits};
@@ -990,6 +934,7 @@ mod tests {
             on_plugin_error: PluginErrorPolicy::Retry,
             visibility_backoff_max_secs: 900,
             deliver,
+            endpoints: None,
         })
     }
 
@@ -1201,21 +1146,136 @@ mod tests {
         assert_eq!((c.total, c.in_flight), (40 - received as usize, 0));
     }
 
+    /// Holds requests to `slow.example` 5 s and answers the rest at once; records which host
+    /// each finished delivery went to, and when.
+    struct OneSlowHost {
+        started: tokio::time::Instant,
+        done: Mutex<Vec<(String, Duration)>>,
+    }
+    impl Deliver for OneSlowHost {
+        fn deliver<'a>(
+            &'a self,
+            request: &'a Request,
+        ) -> Pin<Box<dyn Future<Output = Delivery> + Send + 'a>> {
+            Box::pin(async move {
+                let host = pipeline::url_host(&request.url);
+                if host == "slow.example" {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                self.done
+                    .lock()
+                    .unwrap()
+                    .push((host, self.started.elapsed()));
+                Delivery {
+                    outcome: Outcome::Response {
+                        status: 200,
+                        headers: vec![],
+                    },
+                    latency: Duration::ZERO,
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_endpoint_does_not_hold_the_slots_other_endpoints_need() {
+        let qs = queues(1000);
+        let to = |id: &str, url: &str| {
+            let env = crate::envelope::Envelope::new_json(
+                id,
+                "billing",
+                "invoice.paid",
+                url,
+                1_700_000_000_000,
+                &serde_json::json!({}),
+            );
+            Outgoing {
+                body: String::from_utf8(env.encode()).unwrap(),
+                delay_secs: 0,
+                attributes: Attributes::new(),
+            }
+        };
+        // Four events for the slow endpoint fill the application's four slots first.
+        let mut batch: Vec<Outgoing> = (0..4)
+            .map(|i| to(&format!("slow_{i}"), "https://slow.example/in"))
+            .collect();
+        batch.extend((0..3).map(|i| to(&format!("fast_{i}"), "https://fast.example/in")));
+        qs.send_batch("app", &batch).await;
+        let d = Arc::new(OneSlowHost {
+            started: tokio::time::Instant::now(),
+            done: Mutex::new(vec![]),
+        });
+        let mut a = app(d.clone());
+        Arc::get_mut(&mut a).unwrap().endpoints = Some(Arc::new(EndpointLimiter::new(
+            1,
+            Duration::from_millis(200),
+        )));
+        let mut s = settings();
+        s.receive_batch = 4;
+        let runner = Runner::new(
+            qs.clone(),
+            vec![RunnerApp {
+                app: a,
+                max_concurrency: 4,
+            }],
+            s,
+        );
+        let stats = runner.stats();
+        // Bounded: without deferral the hops never come (the assertions below then fail).
+        let report = runner
+            .run(async {
+                let settled = until(stats, |c| c.delivered >= 3 && c.hops >= 3);
+                let _ = tokio::time::timeout(Duration::from_secs(30), settled).await;
+            })
+            .await;
+
+        let done = d.done.lock().unwrap().clone();
+        let fast: Vec<Duration> = done
+            .iter()
+            .filter(|(h, _)| h == "fast.example")
+            .map(|(_, t)| *t)
+            .collect();
+        assert_eq!(fast.len(), 3, "{done:?}");
+        // Delivered while the slow endpoint's first request was still in progress.
+        assert!(fast.iter().all(|t| *t < Duration::from_secs(5)), "{done:?}");
+        // The slow endpoint's other three were deferred: re-sent, no attempt counted.
+        assert!(report.counts.hops >= 3, "{:?}", report.counts);
+        let c = qs.counts("app").unwrap();
+        assert_eq!(c.total, 3, "the deferred copies wait in the queue: {c:?}");
+        let copies = qs.messages("app").unwrap();
+        assert!(
+            copies.iter().all(|m| m.body.contains("slow_")
+                && m.attributes
+                    .get(pipeline::ATTR_ATTEMPTS)
+                    .map(String::as_str)
+                    == Some("0")),
+            "{copies:?}"
+        );
+    }
+
     #[tokio::test]
-    async fn endpoint_limiter_bounds_concurrency_per_host() {
-        let limiter = Arc::new(EndpointLimiter::new(2));
-        let a1 = limiter.acquire("a.example").await;
-        let _a2 = limiter.acquire("a.example").await;
+    async fn endpoint_limiter_bounds_concurrency_per_host_and_waits_at_most_its_wait() {
+        let limiter = Arc::new(EndpointLimiter::new(2, Duration::from_secs(5)));
+        let a1 = limiter.acquire("a.example").await.unwrap();
+        let _a2 = limiter.acquire("a.example").await.unwrap();
         // Another host is not blocked.
-        let _b = limiter.acquire("b.example").await;
+        let _b = limiter.acquire("b.example").await.unwrap();
         let l2 = limiter.clone();
         let third = tokio::spawn(async move { l2.acquire("a.example").await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!third.is_finished());
         drop(a1);
-        let _slot = tokio::time::timeout(Duration::from_secs(1), third)
+        let slot = tokio::time::timeout(Duration::from_secs(1), third)
             .await
             .unwrap()
             .unwrap();
+        assert!(slot.is_some());
+
+        // A host still saturated when the wait ends gives no slot.
+        let short = EndpointLimiter::new(1, Duration::from_millis(100));
+        let _held = short.acquire("c.example").await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(short.acquire("c.example").await.is_none());
+        assert!(started.elapsed() >= Duration::from_millis(100));
     }
 }
