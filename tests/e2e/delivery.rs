@@ -393,3 +393,67 @@ async fn ssrf_forbidden_targets_are_refused_before_connecting() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saturated_endpoint_defers_its_events_and_the_others_go_ahead() {
+    let endpoint = sqs_or_skip!();
+    let q = TestQueues::create(&endpoint, &["billing"]).await;
+    let rx = Receiver::start(Reply::Status(200)).await;
+    // Two endpoint hosts on one receiver: `localhost` answers after 2.5 s, `127.0.0.1` at once.
+    rx.script(
+        "/slow",
+        vec![Reply::Slow(Duration::from_millis(2500), 200); 4],
+    );
+    let slow = format!("http://localhost:{}/slow", rx.addr().port());
+    let run = SquallRun::start(&config_toml(
+        &endpoint,
+        &q,
+        &[(
+            "billing",
+            "max_concurrency = 3\nmax_per_endpoint = 1\nendpoint_wait_secs = 0\n\
+             timeout_ms = 5000\nallowed_networks = [\"127.0.0.0/8\", \"::1/128\"]",
+        )],
+    ));
+
+    for i in 0..4 {
+        q.send(
+            "billing",
+            &envelope(&format!("evt_slow_{i}"), "billing", &slow, json!({})),
+        )
+        .await;
+    }
+    for i in 0..2 {
+        let url = rx.url("/fast");
+        q.send(
+            "billing",
+            &envelope(&format!("evt_fast_{i}"), "billing", &url, json!({})),
+        )
+        .await;
+    }
+    wait_requests(&rx, "/slow", 4).await;
+    wait_requests(&rx, "/fast", 2).await;
+    wait_settled(&q, "billing", 0).await;
+    assert!(run.terminate().success());
+
+    // The other endpoint did not wait behind the slow one's backlog: both its events arrived
+    // before the slow endpoint's second request. (Waiting on the slow host, they would come
+    // after two of its 2.5-s requests; deferred, the slow events come back after 10-30 s.)
+    let mut slow_at: Vec<_> = rx.requests_for("/slow").iter().map(|r| r.at).collect();
+    slow_at.sort();
+    let fast_at = rx.requests_for("/fast").iter().map(|r| r.at).max().unwrap();
+    assert!(
+        fast_at < slow_at[1],
+        "the fast endpoint waited for the slow one"
+    );
+    // Every event reached its endpoint exactly once, and a deferral is not an attempt.
+    assert_eq!(rx.requests_for("/slow").len(), 4);
+    assert_eq!(rx.requests_for("/fast").len(), 2);
+    let records = metrics_records(&q).await;
+    assert_eq!(records.len(), 6, "one record per attempt: {records:?}");
+    assert!(
+        records
+            .iter()
+            .all(|m| m["attempt"] == 1 && m["outcome"] == "delivered"),
+        "{records:?}"
+    );
+}
