@@ -306,6 +306,10 @@ fn a_wit_0_2_0_signer_is_answered_about_the_request_it_signs_and_only_during_the
         assert_eq!(h["x-body"], hex::encode(&body), "body length {len}");
         assert_eq!(h["x-body-hmac"], hmac_hex(keys[0].as_bytes(), &signed));
         assert_eq!(
+            h["x-body-sha256"],
+            hex::encode(<Sha256 as sha2::Digest>::digest(&signed))
+        );
+        assert_eq!(
             h["x-body-hmac-all"],
             format!(
                 "{} {}",
@@ -337,7 +341,8 @@ fn a_wit_0_2_0_signer_is_answered_about_the_request_it_signs_and_only_during_the
         TransformResult::Skip(reason) => assert_eq!(
             reason,
             "signing-body is answered only during a signer.sign call (WIT 0.2.0) | \
-             hmac-sha256-body is answered only during a signer.sign call (WIT 0.2.0)"
+             hmac-sha256-body is answered only during a signer.sign call (WIT 0.2.0) | \
+             sha256-body is answered only during a signer.sign call (WIT 0.2.0)"
         ),
         other => panic!("{other:?}"),
     }

@@ -263,6 +263,20 @@ pub(crate) fn link_host(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
             "hmac-sha256-body-all",
             body_digest("hmac-sha256-body-all", HostState::hmac_all),
         )?;
+        host.func_wrap(
+            "sha256-body",
+            |store: StoreContextMut<'_, HostState>,
+             (prefix, suffix): (WasmList<u8>, WasmList<u8>)| {
+                let digest = store.data().signing("sha256-body").map(|request| {
+                    let mut sha = Sha256::new();
+                    sha.update(prefix.as_le_slice(&store));
+                    sha.update(&request.body);
+                    sha.update(suffix.as_le_slice(&store));
+                    sha.finalize().to_vec()
+                });
+                Ok((digest,))
+            },
+        )?;
     }
     Ok(())
 }

@@ -9,11 +9,13 @@
 //! | `x-body` | `signing-body`, as hex |
 //! | `x-body-hmac` | `hmac-sha256-body(key-name, "pre.", ".post")`, as hex |
 //! | `x-body-hmac-all` | `hmac-sha256-body-all(key-name, "pre.", ".post")`, as hex, space-separated |
+//! | `x-body-sha256` | `sha256-body("pre.", ".post")`, as hex |
 //! | `x-unknown-key` | the error of `hmac-sha256-body("no-such-key", ..)` |
 //! | `x-event-id`, `x-key-name`, `x-timestamp` | the arguments of `sign` |
 //!
-//! The transform skips every event with a reason naming what `signing-body` and
-//! `hmac-sha256-body` answered outside a sign call; the retry policy retries after 1 second.
+//! The transform skips every event with a reason naming what `signing-body`,
+//! `hmac-sha256-body` and `sha256-body` answered outside a sign call; the retry policy retries
+//! after 1 second.
 
 wit_bindgen::generate!({
     path: "../../../wit/v0.2.0",
@@ -35,6 +37,7 @@ impl signer::Guest for Component {
         let body = host::signing_body().map_err(err)?;
         let mac = host::hmac_sha256_body(&key_name, b"pre.", b".post").map_err(err)?;
         let macs = host::hmac_sha256_body_all(&key_name, b"pre.", b".post").map_err(err)?;
+        let digest = host::sha256_body(b"pre.", b".post").map_err(err)?;
         let unknown = host::hmac_sha256_body("no-such-key", b"", b"")
             .err()
             .unwrap_or_default();
@@ -47,6 +50,7 @@ impl signer::Guest for Component {
             ("x-body".into(), hex(&body)),
             ("x-body-hmac".into(), hex(&mac)),
             ("x-body-hmac-all".into(), all.join(" ")),
+            ("x-body-sha256".into(), hex(&digest)),
             ("x-unknown-key".into(), unknown),
             ("x-event-id".into(), ctx.event_id),
             ("x-key-name".into(), key_name),
@@ -59,7 +63,8 @@ impl transform::Guest for Component {
     fn transform(_event: Event) -> Result<TransformResult, PluginError> {
         let body = host::signing_body().err().unwrap_or_default();
         let mac = host::hmac_sha256_body("default", b"", b"").err().unwrap_or_default();
-        Ok(TransformResult::Skip(format!("{body} | {mac}")))
+        let digest = host::sha256_body(b"", b"").err().unwrap_or_default();
+        Ok(TransformResult::Skip(format!("{body} | {mac} | {digest}")))
     }
 }
 
