@@ -515,6 +515,23 @@ impl AttemptRecord<'_> {
     }
 }
 
+/// A hop: the message comes back as a copy after `delay_secs` with the same attempt number, its
+/// first-attempt and not-before times; no attempt is made now and no record written.
+fn hop(state: &AttemptState, delay_secs: u32) -> Processed {
+    Processed {
+        action: Action::Resend {
+            delay_secs,
+            attributes: resend_attributes(
+                state.attempt.saturating_sub(1),
+                state.first_attempt_ms,
+                state.not_before_ms.unwrap_or(0),
+            ),
+            hop: true,
+        },
+        metrics: Vec::new(),
+    }
+}
+
 /// Process one received message of `app`. Never panics on any input, never does queue I/O.
 pub async fn process(
     app: &App,
@@ -554,19 +571,7 @@ pub async fn process(
         }
     };
     if let Some(delay_secs) = hop_delay(state.not_before_ms, started_at_ms) {
-        let attempts_made = state.attempt.saturating_sub(1);
-        return Processed {
-            action: Action::Resend {
-                delay_secs,
-                attributes: resend_attributes(
-                    attempts_made,
-                    state.first_attempt_ms,
-                    state.not_before_ms.unwrap_or(0),
-                ),
-                hop: true,
-            },
-            metrics: Vec::new(),
-        };
+        return hop(&state, delay_secs);
     }
 
     let env = match envelope::decode(msg.body.as_bytes(), &app.envelope_limits) {
@@ -731,18 +736,7 @@ pub async fn process(
             None => {
                 let delay_secs = fastrand::u32(DEFER_DELAY_SECS);
                 tracing::info!(app_id = %app.id, event_id = %rec.event_id, endpoint_host = %rec.host, attempt = state.attempt, delay_secs, "endpoint saturated: deferred, no attempt made");
-                return Processed {
-                    action: Action::Resend {
-                        delay_secs,
-                        attributes: resend_attributes(
-                            state.attempt.saturating_sub(1),
-                            state.first_attempt_ms,
-                            state.not_before_ms.unwrap_or(0),
-                        ),
-                        hop: true,
-                    },
-                    metrics: Vec::new(),
-                };
+                return hop(&state, delay_secs);
             }
         },
     };

@@ -144,7 +144,7 @@ impl HookSig for SignSig {
 }
 
 /// `signer.sign` of WIT 0.2.0: the request stays in the host, which answers the plugin's
-/// `signing-*` and `hmac-sha256-body(-all)` calls about it during the call.
+/// `signing-*`, `hmac-sha256-body(-all)` and `sha256-body` calls about it during the call.
 pub enum SignSigV2 {}
 impl HookSig for SignSigV2 {
     type Params<'a> = (AttemptContextRef<'a>, &'a str, u64);

@@ -236,7 +236,8 @@ pub enum PluginError {
     MissingExport {
         /// The file.
         path: PathBuf,
-        /// The missing export, e.g. `squall:plugin/transform@0.2.0 or squall:plugin/transform@0.1.0`.
+        /// The missing export, e.g. `squall:plugin/transform@0.2.0 or
+        /// squall:plugin/transform@0.1.0`.
         export: String,
         /// What it does export.
         found: String,
@@ -537,7 +538,7 @@ impl PluginRuntime {
             .and_then(|version| hook::ExportAt::find::<G>(&loaded.pre, version))
             .ok_or_else(|| PluginError::MissingExport {
                 path: path.clone(),
-                export: format!("{}#{}", hook.export_names(), G::FUNC),
+                export: format!("{} (function {})", hook.export_names(), G::FUNC),
                 found: loaded.info.exports.join(", "),
             })?;
         let app = Arc::new(AppBinding {

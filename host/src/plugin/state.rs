@@ -1,7 +1,7 @@
 //! What a plugin's Store holds (once per instance) and the `host` imports it is
 //! granted: logging, the clock, its own config, HMAC/SHA-256 over the app's secrets
-//! by key name, and (WIT 0.2.0) the request being signed. Nothing here gives a plugin a secret, a file, a socket or another
-//! application's data.
+//! by key name, and (WIT 0.2.0) the request being signed. Nothing here gives a plugin a
+//! secret, a file, a socket or another application's data.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -157,8 +157,9 @@ impl HostState {
             .collect())
     }
 
-    /// Hold `request` for a WIT 0.2.0 `signer.sign` call: the plugin's `signing-*` and
-    /// `hmac-sha256-body(-all)` calls are answered from it until [`HostState::end_signing`].
+    /// Hold `request` for a WIT 0.2.0 `signer.sign` call: the plugin's `signing-*`,
+    /// `hmac-sha256-body(-all)` and `sha256-body` calls are answered from it until
+    /// [`HostState::end_signing`].
     /// Copied into buffers kept from the previous call, so a warm instance allocates nothing.
     pub(crate) fn begin_signing(&mut self, request: &Request) {
         let held = &mut self.signing;
@@ -283,7 +284,8 @@ pub(crate) fn link_host(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
 
 /// A keyed digest over parts: the newest key, or every active key.
 type KeyedDigest<R> = fn(&HostState, &str, &[&[u8]]) -> Result<R, String>;
-/// The parameters of `hmac-sha256-body(-all)`, where the plugin put them: key name, prefix, suffix.
+/// The parameters of `hmac-sha256-body(-all)`, where the plugin put them: key name, prefix,
+/// suffix.
 type BodyDigestArgs = (WasmStr, WasmList<u8>, WasmList<u8>);
 /// What a host digest returns: `result<R, string>`, or a trap.
 type DigestReturn<R> = wasmtime::Result<(Result<R, String>,)>;
