@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sha2::Digest;
 use squall::envelope::Envelope;
 use squall_tests::process::{SquallRun, eventually};
 use squall_tests::receiver::{Receiver, Reply};
@@ -81,11 +82,15 @@ async fn transform_plugin_wraps_payloads_and_skips_by_type() {
         .find(|m| m["event_id"] == "evt_ping")
         .expect("a record for the skip");
     assert_eq!(ping["outcome"], "skipped");
-    assert!(
-        ping["transform"]
-            .as_str()
-            .unwrap()
-            .contains("envelope-transform")
+    // The plugin is named by its file name and the start of its SHA-256, not by its path.
+    let file = std::fs::read(plugin_path("envelope-transform")).expect("plugin file");
+    let prefix: String = sha2::Sha256::digest(&file)[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        ping["transform"],
+        format!("envelope-transform.wasm#{prefix}").as_str()
     );
 }
 

@@ -99,6 +99,11 @@ impl ExportAt {
         let index = component.get_export_index(Some(&interface), G::FUNC)?;
         Some(ExportAt { index, version })
     }
+
+    /// The WIT version the function is exported in.
+    pub(crate) fn version(&self) -> &'static str {
+        self.version
+    }
 }
 
 /// A plugin transform bound to one application.

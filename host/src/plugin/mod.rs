@@ -541,9 +541,11 @@ impl PluginRuntime {
                 export: format!("{} (function {})", hook.export_names(), G::FUNC),
                 found: loaded.info.exports.join(", "),
             })?;
+        let identity = plugin_identity(path, &loaded.digest);
+        tracing::info!(app_id, %hook, plugin = %identity, path = %path.display(), wit = export.version(), "plugin bound");
         let app = Arc::new(AppBinding {
             app_id: app_id.to_string(),
-            plugin: format!("{}#{}", path.display(), hex::encode(&loaded.digest[..6])),
+            plugin: identity,
             config: spec.config.clone(),
             secrets,
         });
@@ -775,6 +777,18 @@ fn read_trailer(file: &mut std::fs::File, size: u64) -> Option<Vec<u8>> {
         .and_then(|_| file.read_exact(&mut tail))
         .ok()?;
     artifact::trailer(&tail).is_some().then_some(tail)
+}
+
+/// How a loaded plugin is named in metrics records, DLQ reasons and logs: its file name and
+/// the first 12 hex digits of its SHA-256 (`envelope-transform.wasm#1a2b3c4d5e6f`). The
+/// digest tells two builds apart; the directory is deployment detail, logged once per binding
+/// ("plugin bound") rather than repeated in every metrics record.
+fn plugin_identity(path: &Path, digest: &[u8]) -> String {
+    let name = path
+        .file_name()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy();
+    format!("{name}#{}", hex::encode(&digest[..6]))
 }
 
 fn make_engine(opts: &RuntimeOptions, pooling: bool) -> Result<Engine, PluginError> {
