@@ -25,7 +25,7 @@ use squall_tests::process::SquallRun;
 use squall_tests::receiver::{Chooser, Receiver, Reply};
 use squall_tests::sqs::{TestQueues, msg_attr};
 use squall_tests::verify::verify_standard_webhooks;
-use squall_tests::{TEST_SECRET, now_ms, plugin_path};
+use squall_tests::{TEST_SECRET, app_toml, config_head, now_ms, plugin_path};
 
 use plan::{APPS, ENDPOINTS_PER_APP, Kind, LOOP_TYPE, LOOPER, TIMEOUT_MS, TRAP_TYPE, TRAPPER};
 use verdict::{Stop, StopKind};
@@ -95,16 +95,9 @@ fn args() -> anyhow::Result<Args> {
 /// in the queue's length, and on this 2-core machine a metrics queue filling at one record per
 /// attempt slowed moto to ~4 requests/s within minutes, consumed or not.
 fn config(endpoint: &str, q: &TestQueues, metrics: bool) -> String {
-    let mut s = format!(
-        r#"allow_literal_secrets = true
-[sqs]
-region = "us-east-1"
-endpoint_url = "{endpoint}"
-dead_letter_queue_url = "{dlq}"
-{metrics}wait_time_secs = 1
-[runner]
-shutdown_grace_secs = 20
-[app_defaults]
+    let mut s = config_head(endpoint, q, metrics);
+    s.push_str(&format!(
+        r#"[app_defaults]
 connect_timeout_ms = 1000
 timeout_ms = {TIMEOUT_MS}
 max_concurrency = 48
@@ -117,32 +110,23 @@ multiplier = 1.5
 max_delay_secs = 4
 jitter = 0.2
 retry_after_max_secs = 5
-"#,
-        dlq = q.dlq,
-        metrics = if metrics {
-            format!("metrics_queue_url = \"{}\"\n", q.metrics)
-        } else {
-            String::new()
-        }
-    );
+"#
+    ));
     for (i, app) in APPS.iter().enumerate() {
-        s.push_str(&format!(
-            "\n[apps.{app}]\nqueue_url = \"{}\"\nsecrets = {{ default = \"literal:{TEST_SECRET}\" }}\n",
-            q.app(app)
-        ));
-        let plugin = |mode: &str, only: &str| {
+        let plugin = |policy: &str, mode: &str, only: &str| {
             format!(
-                "[apps.{app}.plugins.transform]\npath = \"{}\"\nconfig = {{ mode = \"{mode}\", only_types = \"{only}\" }}\n",
+                "on_plugin_error = \"{policy}\"\n[apps.{app}.plugins.transform]\npath = \"{}\"\nconfig = {{ mode = \"{mode}\", only_types = \"{only}\" }}",
                 plugin_path("misbehave")
             )
         };
-        if i == TRAPPER {
-            s.push_str("on_plugin_error = \"dead-letter\"\n");
-            s.push_str(&plugin("trap", TRAP_TYPE));
+        let extra = if i == TRAPPER {
+            plugin("dead-letter", "trap", TRAP_TYPE)
         } else if i == LOOPER {
-            s.push_str("on_plugin_error = \"retry\"\n");
-            s.push_str(&plugin("loop", LOOP_TYPE));
-        }
+            plugin("retry", "loop", LOOP_TYPE)
+        } else {
+            String::new()
+        };
+        s.push_str(&app_toml(q, app, &extra));
     }
     s
 }
