@@ -69,11 +69,12 @@ pub struct MetricRecord {
     pub outcome: MetricOutcome,
     /// Wait before the next attempt, when retried.
     pub retry_in_secs: Option<u32>,
-    /// Transform identity.
+    /// Transform identity: `builtin:NAME`, or a plugin's file name and digest prefix
+    /// (`envelope-transform.wasm#1a2b3c4d5e6f`).
     pub transform: String,
-    /// Signer identity.
+    /// Signer identity (same form).
     pub signer: String,
-    /// Retry policy identity.
+    /// Retry policy identity (same form).
     pub retry_policy: String,
     /// Unix ms when processing of this attempt started.
     pub started_at_ms: u64,
