@@ -972,6 +972,26 @@ fn check_url(key: &str, value: &str, o: &Origins) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A queue URL: an http(s) URL that does not name a FIFO queue. FIFO queues would refuse
+/// what Squall sends them (a retry's or deferral's copy carries `DelaySeconds` and no
+/// `MessageGroupId`; so would a dead letter or a metrics record): every such send would fail
+/// and the message come back again and again, so they are refused here, at start-up.
+fn check_queue_url(key: &str, value: &str, o: &Origins) -> Result<(), ConfigError> {
+    check_url(key, value, o)?;
+    let name = value.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    if name.ends_with(".fifo") {
+        return Err(o.invalid(
+            key,
+            format!(
+                "{value:?} is a FIFO queue: Squall does not support FIFO queues yet (its \
+                 re-sends carry DelaySeconds and no MessageGroupId, which FIFO queues refuse); \
+                 use a standard queue"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn in_range<T: PartialOrd + fmt::Display + Copy>(
     key: String,
     v: T,
@@ -995,13 +1015,15 @@ fn build_sqs(raw: RawSqs, o: &Origins) -> Result<SqsConfig, ConfigError> {
         receive_batch: raw.receive_batch,
         visibility_backoff_max_secs: raw.visibility_backoff_max_secs,
     };
+    if let Some(v) = &sqs.endpoint_url {
+        check_url("sqs.endpoint_url", v, o)?;
+    }
     for (key, v) in [
-        ("sqs.endpoint_url", &sqs.endpoint_url),
         ("sqs.dead_letter_queue_url", &sqs.dead_letter_queue_url),
         ("sqs.metrics_queue_url", &sqs.metrics_queue_url),
     ] {
         if let Some(v) = v {
-            check_url(key, v, o)?;
+            check_queue_url(key, v, o)?;
         }
     }
     in_range("sqs.wait_time_secs".into(), sqs.wait_time_secs, 0, 20, o)?;
@@ -1325,7 +1347,7 @@ fn build_app(
     let p = format!("apps.{id}");
     let queue_url = non_empty(only.queue_url);
     if let Some(q) = &queue_url {
-        check_url(&format!("{p}.queue_url"), q, o)?;
+        check_queue_url(&format!("{p}.queue_url"), q, o)?;
     }
     let mut secrets = BTreeMap::new();
     for (name, refs) in only.secrets {
@@ -1581,6 +1603,9 @@ mod tests {
             ("[sqs]\nwait_tme_secs = 1".into(), vec![], &["sqs.wait_tme_secs", "unknown field"]),
             ("[sqs]\nendpoint_url = \"localhost:4566\"".into(), vec![], &["sqs.endpoint_url", "http or https"]),
             ("[sqs]\ndead_letter_queue_url = \"not a url\"".into(), vec![], &["sqs.dead_letter_queue_url", "not an absolute URL"]),
+            ("[sqs]\ndead_letter_queue_url = \"https://sqs.eu-west-1.amazonaws.com/123/dlq.fifo\"".into(), vec![], &["sqs.dead_letter_queue_url", "dlq.fifo", "is a FIFO queue", "use a standard queue"]),
+            ("[sqs]\nmetrics_queue_url = \"https://sqs.eu-west-1.amazonaws.com/123/metrics.fifo/\"".into(), vec![], &["sqs.metrics_queue_url", "is a FIFO queue"]),
+            ("[apps.a]\nqueue_url = \"http://127.0.0.1:4566/000000000000/orders.fifo\"\nsecrets = { default = \"env:X\" }".into(), vec![], &["apps.a.queue_url", "orders.fifo", "is a FIFO queue"]),
             ("[sqs\n".into(), vec![], &["inline config: not valid TOML", "line 1"]),
             ("bogus = 1".into(), vec![], &["bogus", "unknown field"]),
             (format!("{ONE_APP}\n[apps.billing.http]\ntimeout_ms = \"x\""), vec![], &["apps.billing.http", "unknown field"]),
