@@ -489,6 +489,34 @@ impl Config {
                 "required: events that cannot be delivered go there",
             ));
         }
+        // Each queue has one job. An application queue that is also the DLQ would deliver its
+        // dead letters again; one that is the metrics queue would take records for envelopes;
+        // two applications on one queue would dead-letter each other's events (an envelope's
+        // app_id must match its queue's application).
+        let mut seen: Vec<(&str, String)> = Vec::new();
+        let shared = [
+            ("sqs.dead_letter_queue_url", &self.sqs.dead_letter_queue_url),
+            ("sqs.metrics_queue_url", &self.sqs.metrics_queue_url),
+        ];
+        let apps = self
+            .apps
+            .iter()
+            .map(|a| (format!("apps.{}.queue_url", a.id), &a.queue_url));
+        for (key, url) in shared
+            .map(|(k, u)| (k.to_string(), u))
+            .into_iter()
+            .chain(apps)
+        {
+            let Some(url) = url else { continue };
+            let url = url.trim_end_matches('/');
+            match seen.iter().find(|(u, _)| *u == url) {
+                Some((_, first)) => problems.push(invalid(
+                    key,
+                    &format!("{url:?} is also {first}: every application needs a queue of its own, apart from the dead-letter and metrics queues"),
+                )),
+                None => seen.push((url, key)),
+            }
+        }
         into_result(problems)
     }
 
@@ -1732,6 +1760,49 @@ mod tests {
             e.contains("apps.a.queue_url") && e.contains("sqs.dead_letter_queue_url"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn require_queues_refuses_a_queue_with_two_jobs() {
+        let text = |a: &str, b: &str, dlq: &str, metrics: &str| {
+            format!(
+                "[sqs]\ndead_letter_queue_url = \"{dlq}\"\nmetrics_queue_url = \"{metrics}\"\n\
+                 [apps.a]\nqueue_url = \"{a}\"\nsecrets = {{ default = \"env:X\" }}\n\
+                 [apps.b]\nqueue_url = \"{b}\"\nsecrets = {{ default = \"env:X\" }}\n"
+            )
+        };
+        let q = |name: &str| format!("http://127.0.0.1:4566/000000000000/{name}");
+        let check = |t: String| load(&t, &[]).unwrap().require_queues();
+        check(text(&q("a"), &q("b"), &q("dlq"), &q("metrics"))).unwrap();
+        for (t, key, first) in [
+            (
+                text(&q("a"), &q("a"), &q("dlq"), &q("metrics")),
+                "apps.b.queue_url",
+                "apps.a.queue_url",
+            ),
+            (
+                text(&q("dlq"), &q("b"), &q("dlq"), &q("metrics")),
+                "apps.a.queue_url",
+                "sqs.dead_letter_queue_url",
+            ),
+            // A trailing slash does not make it another queue.
+            (
+                text(&q("a"), &(q("metrics") + "/"), &q("dlq"), &q("metrics")),
+                "apps.b.queue_url",
+                "sqs.metrics_queue_url",
+            ),
+            (
+                text(&q("a"), &q("b"), &q("dlq"), &q("dlq")),
+                "sqs.metrics_queue_url",
+                "sqs.dead_letter_queue_url",
+            ),
+        ] {
+            let e = check(t).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{key}: ")) && e.contains(&format!("is also {first}")),
+                "{e}"
+            );
+        }
     }
 
     /// Builds a directory with the example config and stand-in plugin files, and loads it.
