@@ -493,26 +493,27 @@ impl Config {
         // dead letters again; one that is the metrics queue would take records for envelopes;
         // two applications on one queue would dead-letter each other's events (an envelope's
         // app_id must match its queue's application).
-        let mut seen: Vec<(&str, String)> = Vec::new();
         let shared = [
             ("sqs.dead_letter_queue_url", &self.sqs.dead_letter_queue_url),
             ("sqs.metrics_queue_url", &self.sqs.metrics_queue_url),
-        ];
+        ]
+        .map(|(key, url)| (key.to_string(), url));
         let apps = self
             .apps
             .iter()
             .map(|a| (format!("apps.{}.queue_url", a.id), &a.queue_url));
-        for (key, url) in shared
-            .map(|(k, u)| (k.to_string(), u))
-            .into_iter()
-            .chain(apps)
-        {
+        // (URL without a trailing slash, the key that named it first)
+        let mut seen: Vec<(&str, String)> = Vec::new();
+        for (key, url) in shared.into_iter().chain(apps) {
             let Some(url) = url else { continue };
             let url = url.trim_end_matches('/');
             match seen.iter().find(|(u, _)| *u == url) {
                 Some((_, first)) => problems.push(invalid(
                     key,
-                    &format!("{url:?} is also {first}: every application needs a queue of its own, apart from the dead-letter and metrics queues"),
+                    &format!(
+                        "{url:?} is also {first}: every application needs a queue of its own, \
+                         apart from the dead-letter and metrics queues"
+                    ),
                 )),
                 None => seen.push((url, key)),
             }
