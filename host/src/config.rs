@@ -493,19 +493,9 @@ impl Config {
         // dead letters again; one that is the metrics queue would take records for envelopes;
         // two applications on one queue would dead-letter each other's events (an envelope's
         // app_id must match its queue's application).
-        let shared = [
-            ("sqs.dead_letter_queue_url", &self.sqs.dead_letter_queue_url),
-            ("sqs.metrics_queue_url", &self.sqs.metrics_queue_url),
-        ]
-        .map(|(key, url)| (key.to_string(), url));
-        let apps = self
-            .apps
-            .iter()
-            .map(|a| (format!("apps.{}.queue_url", a.id), &a.queue_url));
         // (URL without a trailing slash, the key that named it first)
         let mut seen: Vec<(&str, String)> = Vec::new();
-        for (key, url) in shared.into_iter().chain(apps) {
-            let Some(url) = url else { continue };
+        for (key, url) in self.queues() {
             let url = url.trim_end_matches('/');
             match seen.iter().find(|(u, _)| *u == url) {
                 Some((_, first)) => problems.push(invalid(
@@ -519,6 +509,25 @@ impl Config {
             }
         }
         into_result(problems)
+    }
+
+    /// Every queue URL the config names, with its key path: the dead-letter queue, the metrics
+    /// queue, then each application's queue (those configured).
+    pub fn queues(&self) -> Vec<(String, &str)> {
+        let shared = [
+            ("sqs.dead_letter_queue_url", &self.sqs.dead_letter_queue_url),
+            ("sqs.metrics_queue_url", &self.sqs.metrics_queue_url),
+        ]
+        .map(|(key, url)| (key.to_string(), url));
+        let apps = self
+            .apps
+            .iter()
+            .map(|a| (format!("apps.{}.queue_url", a.id), &a.queue_url));
+        shared
+            .into_iter()
+            .chain(apps)
+            .filter_map(|(key, url)| Some((key, url.as_deref()?)))
+            .collect()
     }
 
     /// Every application's secrets from the process environment, keyed by application id.

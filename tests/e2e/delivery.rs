@@ -457,3 +457,28 @@ async fn a_saturated_endpoint_defers_its_events_and_the_others_go_ahead() {
         "{records:?}"
     );
 }
+
+/// A queue URL that names no queue (a typo, another region) stops `squall run` at start-up
+/// with the key named, before any receive: not a receive error every few seconds for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_that_does_not_exist_stops_start_up_with_its_key_named() {
+    let endpoint = sqs_or_skip!();
+    let q = TestQueues::create(&endpoint, &["billing"]).await;
+    let missing = format!("{}-typo", q.app("billing"));
+    let toml = config_toml(&endpoint, &q, &[("billing", "")]).replace(
+        &format!("queue_url = \"{}\"", q.app("billing")),
+        &format!("queue_url = \"{missing}\""),
+    );
+    assert!(toml.contains(&missing), "{toml}");
+    let (status, log) = SquallRun::start(&toml).wait_exit(Duration::from_secs(30));
+    assert!(!status.success(), "{status:?}\n{log}");
+    assert!(
+        log.contains(&format!(
+            "apps.billing.queue_url: queue {missing} does not exist"
+        )),
+        "{log}"
+    );
+    // The other queues exist and are not named; nothing was polled.
+    assert!(!log.contains("sqs.dead_letter_queue_url"), "{log}");
+    assert!(!log.contains("\"polling\""), "{log}");
+}

@@ -124,6 +124,12 @@ impl SquallRun {
         (status, self.log())
     }
 
+    /// Wait (up to `limit`) for the process to exit by itself; its exit status and whole log.
+    pub fn wait_exit(mut self, limit: Duration) -> (ExitStatus, String) {
+        let status = self.wait(limit);
+        (status, self.log())
+    }
+
     fn signal(&mut self, sig: &str) {
         if let Some(c) = &self.child {
             let _ = Command::new("kill")

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use squall::config::Config;
 use squall::http::Deliverers;
+use squall::ops::Inspect as _;
 use squall::plugin::PluginRuntime;
+use squall::queue::QueueError;
 use squall::queue::sqs::{SqsQueues, SqsSettings};
 use squall::runner::{
     BuildError, Runner, RunnerSettings, app_hooks, build_app, runtime_options, uses_plugins,
@@ -78,19 +80,61 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let report = rt.block_on(async move {
         let sqs = Arc::new(SqsQueues::connect(&sqs_settings).await);
+        check_queues(&sqs, &config).await?;
         tracing::info!(
             apps = apps.len(),
             endpoint = sqs_settings.endpoint_url.as_deref().unwrap_or("aws"),
             "squall run starting"
         );
-        Runner::new(sqs, apps, settings)
-            .run(shutdown_signal())
-            .await
-    });
+        anyhow::Ok(
+            Runner::new(sqs, apps, settings)
+                .run(shutdown_signal())
+                .await,
+        )
+    })?;
     if !report.drained {
         tracing::warn!("some in-flight messages were not finished; they reappear on their queue");
     }
     Ok(())
+}
+
+/// Ask for every configured queue once before the first receive. A queue that does not exist
+/// (a typo, another region or account) stops start-up with its key named, instead of a receive
+/// or dead-letter error every few seconds for as long as the process runs. Any other answer (no
+/// GetQueueAttributes permission, the service unreachable for a moment) is logged and start-up
+/// goes on: the runner's own errors say more if it lasts.
+async fn check_queues(sqs: &Arc<SqsQueues>, config: &Config) -> anyhow::Result<()> {
+    let queues = config.queues();
+    let mut checks = tokio::task::JoinSet::new();
+    for (i, (_, url)) in queues.iter().enumerate() {
+        let (sqs, url) = (sqs.clone(), url.to_string());
+        checks.spawn(async move { (i, sqs.depth(&url).await) });
+    }
+    let mut missing = Vec::new();
+    while let Some(joined) = checks.join_next().await {
+        let (i, answer) = joined.context("checking the queues")?;
+        let (key, url) = &queues[i];
+        match answer {
+            Ok(_) => {}
+            Err(QueueError::QueueDoesNotExist { .. }) => {
+                missing.push((i, format!("{key}: queue {url} does not exist")))
+            }
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "could not check the queue at start-up; going on")
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    missing.sort();
+    let origin = config
+        .path
+        .as_ref()
+        .map(|p| format!("{}: ", p.display()))
+        .unwrap_or_default();
+    let text: Vec<String> = missing.into_iter().map(|(_, m)| m).collect();
+    anyhow::bail!("{origin}{}", text.join("; "))
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
