@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
@@ -343,6 +344,18 @@ impl AppConfig {
     /// The retry limits (max attempts, horizon).
     pub fn retry_limits(&self) -> RetryLimits {
         self.retry_limits
+    }
+
+    /// The longest one message can be in the engine's hands before it is acted on: the wait for
+    /// an endpoint slot, the HTTP timeout and the time limit of each hook configured as a plugin.
+    pub fn longest_attempt(&self) -> Duration {
+        let plugins: u64 = self
+            .plugins
+            .by_hook()
+            .iter()
+            .filter_map(|(_, p)| p.map(|p| p.limits.timeout_ms))
+            .sum();
+        Duration::from_millis(u64::from(self.endpoint_wait_secs) * 1000 + self.timeout_ms + plugins)
     }
 
     /// Limits for decoding this application's envelopes.

@@ -482,3 +482,52 @@ async fn a_queue_that_does_not_exist_stops_start_up_with_its_key_named() {
     assert!(!log.contains("sqs.dead_letter_queue_url"), "{log}");
     assert!(!log.contains("\"polling\""), "{log}");
 }
+
+/// An application queue whose visibility timeout is shorter than one of its messages can take
+/// in `squall run` (endpoint wait + HTTP timeout + plugin limits) is named in a start-up
+/// warning: its slow deliveries would reappear mid-flight and go out twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_visibility_timeout_shorter_than_an_attempt_is_warned_at_start_up() {
+    let endpoint = sqs_or_skip!();
+    let q = TestQueues::create(&endpoint, &["billing", "shop"]).await;
+    q.client
+        .set_queue_attributes()
+        .queue_url(q.app("billing"))
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            "5",
+        )
+        .send()
+        .await
+        .expect("set visibility");
+    // billing: 5 s wait + 1.5 s timeout + 5 s margin = 12 s needed, 5 s set; shop keeps 30 s.
+    let run = SquallRun::start(&config_toml(
+        &endpoint,
+        &q,
+        &[("billing", ""), ("shop", "")],
+    ));
+    let warning = eventually(Duration::from_secs(20), "the start-up warning", || {
+        let log = run.log();
+        async move {
+            log.lines()
+                .find(|l| l.contains("visibility timeout is shorter"))
+                .map(str::to_string)
+        }
+    })
+    .await;
+    let w: Value = serde_json::from_str(&warning).expect("a JSON log line");
+    assert_eq!(w["key"], "apps.billing.queue_url", "{warning}");
+    assert_eq!(w["visibility_timeout_secs"], 5, "{warning}");
+    assert_eq!(w["needed_secs"], 12, "{warning}");
+    eventually(Duration::from_secs(20), "polling", || {
+        let polling = run.log().contains("\"polling\"");
+        async move { polling.then_some(()) }
+    })
+    .await;
+    let (_, log) = run.stop_with_log("TERM");
+    assert_eq!(
+        log.matches("visibility timeout is shorter").count(),
+        1,
+        "only billing is short:\n{log}"
+    );
+}

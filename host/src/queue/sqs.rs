@@ -15,7 +15,7 @@ use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
     DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
-    SendMessageBatchRequestEntry,
+    QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
@@ -71,6 +71,26 @@ impl SqsQueues {
     /// The underlying SDK client (for queue creation in tests and tools).
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The queue's default visibility timeout (GetQueueAttributes): also how `squall run` finds
+    /// out at start-up that a configured queue exists.
+    pub async fn visibility_timeout(&self, queue: &str) -> Result<Duration, QueueError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(queue)
+            .attribute_names(QueueAttributeName::VisibilityTimeout)
+            .send()
+            .await
+            .map_err(|e| from_sdk(queue, "GetQueueAttributes", e))?;
+        let secs = out
+            .attributes
+            .unwrap_or_default()
+            .get(&QueueAttributeName::VisibilityTimeout)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30);
+        Ok(Duration::from_secs(secs))
     }
 }
 

@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use squall::config::Config;
 use squall::http::Deliverers;
-use squall::ops::Inspect as _;
 use squall::plugin::PluginRuntime;
 use squall::queue::QueueError;
 use squall::queue::sqs::{SqsQueues, SqsSettings};
@@ -100,22 +100,44 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
 
 /// Ask for every configured queue once before the first receive. A queue that does not exist
 /// (a typo, another region or account) stops start-up with its key named, instead of a receive
-/// or dead-letter error every few seconds for as long as the process runs. Any other answer (no
-/// GetQueueAttributes permission, the service unreachable for a moment) is logged and start-up
-/// goes on: the runner's own errors say more if it lasts.
+/// or dead-letter error every few seconds for as long as the process runs. An application queue
+/// whose visibility timeout is shorter than one of its messages can take here gets a warning:
+/// the message would reappear while still being delivered, and be delivered twice. Any other
+/// answer (no GetQueueAttributes permission, the service unreachable for a moment) is logged and
+/// start-up goes on: the runner's own errors say more if it lasts.
 async fn check_queues(sqs: &Arc<SqsQueues>, config: &Config) -> anyhow::Result<()> {
     let queues = config.queues();
     let mut checks = tokio::task::JoinSet::new();
     for (i, (_, url)) in queues.iter().enumerate() {
         let (sqs, url) = (sqs.clone(), url.to_string());
-        checks.spawn(async move { (i, sqs.depth(&url).await) });
+        checks.spawn(async move { (i, sqs.visibility_timeout(&url).await) });
     }
     let mut missing = Vec::new();
     while let Some(joined) = checks.join_next().await {
         let (i, answer) = joined.context("checking the queues")?;
         let (key, url) = &queues[i];
         match answer {
-            Ok(_) => {}
+            Ok(visibility) => {
+                let app = config
+                    .apps
+                    .iter()
+                    .find(|a| a.queue_url.as_deref() == Some(*url));
+                if let Some(app) = app {
+                    // Margin for the batch's own queue calls after its slowest message.
+                    let needed = app.longest_attempt() + VISIBILITY_MARGIN;
+                    if visibility < needed {
+                        tracing::warn!(
+                            key = %key,
+                            visibility_timeout_secs = visibility.as_secs(),
+                            needed_secs = needed.as_secs_f64().ceil() as u64,
+                            "the queue's visibility timeout is shorter than one message can take \
+                             here (endpoint_wait_secs + timeout_ms + plugin time limits + 5 s): \
+                             a slow delivery's message can reappear and be delivered twice; \
+                             raise the queue's VisibilityTimeout"
+                        );
+                    }
+                }
+            }
             Err(QueueError::QueueDoesNotExist { .. }) => {
                 missing.push((i, format!("{key}: queue {url} does not exist")))
             }
@@ -136,6 +158,9 @@ async fn check_queues(sqs: &Arc<SqsQueues>, config: &Config) -> anyhow::Result<(
     let text: Vec<String> = missing.into_iter().map(|(_, m)| m).collect();
     anyhow::bail!("{origin}{}", text.join("; "))
 }
+
+/// What a queue's visibility timeout should leave beyond an application's longest attempt.
+const VISIBILITY_MARGIN: Duration = Duration::from_secs(5);
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
 async fn shutdown_signal() {
