@@ -505,20 +505,19 @@ impl Config {
         // Each queue has one job. An application queue that is also the DLQ would deliver its
         // dead letters again; one that is the metrics queue would take records for envelopes;
         // two applications on one queue would dead-letter each other's events (an envelope's
-        // app_id must match its queue's application).
-        // (URL without a trailing slash, the key that named it first)
+        // app_id must match its queue's application). A trailing slash is not another queue.
         let mut seen: Vec<(&str, String)> = Vec::new();
-        for (key, url) in self.queues() {
-            let url = url.trim_end_matches('/');
+        for q in self.queues() {
+            let url = q.url.trim_end_matches('/');
             match seen.iter().find(|(u, _)| *u == url) {
                 Some((_, first)) => problems.push(invalid(
-                    key,
+                    q.key,
                     &format!(
                         "{url:?} is also {first}: every application needs a queue of its own, \
                          apart from the dead-letter and metrics queues"
                     ),
                 )),
-                None => seen.push((url, key)),
+                None => seen.push((url, q.key)),
             }
         }
         into_result(problems)
@@ -526,20 +525,26 @@ impl Config {
 
     /// Every queue URL the config names, with its key path: the dead-letter queue, the metrics
     /// queue, then each application's queue (those configured).
-    pub fn queues(&self) -> Vec<(String, &str)> {
+    pub fn queues(&self) -> Vec<ConfiguredQueue<'_>> {
         let shared = [
             ("sqs.dead_letter_queue_url", &self.sqs.dead_letter_queue_url),
             ("sqs.metrics_queue_url", &self.sqs.metrics_queue_url),
         ]
-        .map(|(key, url)| (key.to_string(), url));
+        .map(|(key, url)| (key.to_string(), url, None));
         let apps = self
             .apps
             .iter()
-            .map(|a| (format!("apps.{}.queue_url", a.id), &a.queue_url));
+            .map(|a| (format!("apps.{}.queue_url", a.id), &a.queue_url, Some(a)));
         shared
             .into_iter()
             .chain(apps)
-            .filter_map(|(key, url)| Some((key, url.as_deref()?)))
+            .filter_map(|(key, url, app)| {
+                Some(ConfiguredQueue {
+                    key,
+                    url: url.as_deref()?,
+                    app,
+                })
+            })
             .collect()
     }
 
@@ -1021,6 +1026,17 @@ fn check_url(key: &str, value: &str, o: &Origins) -> Result<(), ConfigError> {
         return Err(o.invalid(key, format!("{value:?} must be an http or https URL")));
     }
     Ok(())
+}
+
+/// A queue the config names ([`Config::queues`]).
+#[derive(Debug, Clone)]
+pub struct ConfiguredQueue<'a> {
+    /// Its key path, e.g. `apps.shop.queue_url`.
+    pub key: String,
+    /// Its URL.
+    pub url: &'a str,
+    /// The application it feeds; `None` for the dead-letter and metrics queues.
+    pub app: Option<&'a AppConfig>,
 }
 
 /// A queue URL: an http(s) URL that does not name a FIFO queue. FIFO queues would refuse

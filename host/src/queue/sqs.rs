@@ -73,9 +73,9 @@ impl SqsQueues {
         &self.client
     }
 
-    /// The queue's default visibility timeout (GetQueueAttributes): also how `squall run` finds
-    /// out at start-up that a configured queue exists.
-    pub async fn visibility_timeout(&self, queue: &str) -> Result<Duration, QueueError> {
+    /// The queue's default visibility timeout (GetQueueAttributes; `None` if the answer lacks
+    /// it): also how `squall run` finds out at start-up that a configured queue exists.
+    pub async fn visibility_timeout(&self, queue: &str) -> Result<Option<Duration>, QueueError> {
         let out = self
             .client
             .get_queue_attributes()
@@ -84,13 +84,12 @@ impl SqsQueues {
             .send()
             .await
             .map_err(|e| from_sdk(queue, "GetQueueAttributes", e))?;
-        let secs = out
+        Ok(out
             .attributes
             .unwrap_or_default()
             .get(&QueueAttributeName::VisibilityTimeout)
             .and_then(|v| v.parse().ok())
-            .unwrap_or(30);
-        Ok(Duration::from_secs(secs))
+            .map(Duration::from_secs))
     }
 }
 

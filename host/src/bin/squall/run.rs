@@ -108,41 +108,37 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
 async fn check_queues(sqs: &Arc<SqsQueues>, config: &Config) -> anyhow::Result<()> {
     let queues = config.queues();
     let mut checks = tokio::task::JoinSet::new();
-    for (i, (_, url)) in queues.iter().enumerate() {
-        let (sqs, url) = (sqs.clone(), url.to_string());
+    for (i, q) in queues.iter().enumerate() {
+        let (sqs, url) = (sqs.clone(), q.url.to_string());
         checks.spawn(async move { (i, sqs.visibility_timeout(&url).await) });
     }
     let mut missing = Vec::new();
     while let Some(joined) = checks.join_next().await {
         let (i, answer) = joined.context("checking the queues")?;
-        let (key, url) = &queues[i];
+        let q = &queues[i];
         match answer {
             Ok(visibility) => {
-                let app = config
-                    .apps
-                    .iter()
-                    .find(|a| a.queue_url.as_deref() == Some(*url));
-                if let Some(app) = app {
-                    // Margin for the batch's own queue calls after its slowest message.
-                    let needed = app.longest_attempt() + VISIBILITY_MARGIN;
-                    if visibility < needed {
-                        tracing::warn!(
-                            key = %key,
-                            visibility_timeout_secs = visibility.as_secs(),
-                            needed_secs = needed.as_secs_f64().ceil() as u64,
-                            "the queue's visibility timeout is shorter than one message can take \
-                             here (endpoint_wait_secs + timeout_ms + plugin time limits + 5 s): \
-                             a slow delivery's message can reappear and be delivered twice; \
-                             raise the queue's VisibilityTimeout"
-                        );
-                    }
+                // The margin covers the batch's own queue calls after its slowest message.
+                let needed = q.app.map(|app| app.longest_attempt() + VISIBILITY_MARGIN);
+                if let (Some(visibility), Some(needed)) = (visibility, needed)
+                    && visibility < needed
+                {
+                    tracing::warn!(
+                        key = %q.key,
+                        visibility_timeout_secs = visibility.as_secs(),
+                        needed_secs = needed.as_secs_f64().ceil() as u64,
+                        "the queue's visibility timeout is shorter than one message can take \
+                         here (endpoint_wait_secs + timeout_ms + plugin time limits + 5 s): \
+                         a slow delivery's message can reappear and be delivered twice; \
+                         raise the queue's VisibilityTimeout"
+                    );
                 }
             }
             Err(QueueError::QueueDoesNotExist { .. }) => {
-                missing.push((i, format!("{key}: queue {url} does not exist")))
+                missing.push((i, format!("{}: queue {} does not exist", q.key, q.url)))
             }
             Err(e) => {
-                tracing::warn!(key = %key, error = %e, "could not check the queue at start-up; going on")
+                tracing::warn!(key = %q.key, error = %e, "could not check the queue at start-up; going on")
             }
         }
     }
