@@ -12,11 +12,11 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use squall::config::Config;
-use squall::envelope::{self, Limits};
-use squall::hooks::{AttemptContext, Outcome, Request, RetryDecision, TransformResult};
-use squall::plugin::output;
-use squall::retry::{self, Backoff, RetryLimits};
+use squall_core::config::Config;
+use squall_core::envelope::{self, Limits};
+use squall_core::hooks::{AttemptContext, Outcome, Request, RetryDecision, TransformResult};
+use squall_core::output;
+use squall_core::retry::{self, Backoff, RetryLimits};
 
 /// Field separator of structured inputs.
 pub const SEP: u8 = 0xFF;
@@ -75,10 +75,10 @@ pub fn config_parse(data: &[u8]) {
     let mut env = Vec::new();
     for f in fs.iter().skip(1) {
         let (k, v) = f.split_once('=').unwrap_or((f.as_str(), ""));
-        let k = if k.starts_with(squall::config::ENV_PREFIX) {
+        let k = if k.starts_with(squall_core::config::ENV_PREFIX) {
             k.to_string()
         } else {
-            format!("{}{k}", squall::config::ENV_PREFIX)
+            format!("{}{k}", squall_core::config::ENV_PREFIX)
         };
         env.push((k, v.to_string()));
     }

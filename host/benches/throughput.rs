@@ -172,7 +172,7 @@ async fn engine(
     behaviour: &str,
 ) -> Result<(f64, RunReport), String> {
     let cfg = config(concurrency, hooks);
-    let secrets = cfg.resolve_secrets().map_err(|e| e.to_string())?;
+    let secrets = squall::config::resolve_secrets(&cfg).map_err(|e| e.to_string())?;
     let app_cfg = &cfg.apps[0];
     let s = secrets["bench"].clone();
     let app_hooks = match hooks {

@@ -3,14 +3,14 @@
 //! policy) or the native built-ins, are POSTed to the subscriber, and end delivered,
 //! dead-lettered with a reason, or queued for a later attempt.
 //!
-//! See `ARCHITECTURE.md` at the repository root for the map.
+//! The decisions live in `squall-core` (no I/O); this crate does the I/O around them. The
+//! core's modules are re-exported under their own names (`squall::config`, `squall::envelope`,
+//! ...), so a user of the engine sees one crate. See `ARCHITECTURE.md` at the repository root for
+//! the map.
 
 pub mod config;
 pub mod conformance;
 pub mod demo;
-pub mod deploy;
-pub mod envelope;
-pub mod hooks;
 pub mod http;
 pub mod lambda;
 pub mod metrics;
@@ -18,8 +18,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod plugin;
 pub mod queue;
-pub mod retry;
 pub mod runner;
-pub mod secrets;
-pub mod signing;
 pub mod ssrf;
+
+pub use squall_core::{deploy, envelope, hooks, retry, secrets, signing};

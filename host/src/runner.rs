@@ -487,8 +487,8 @@ pub fn uses_plugins(config: &Config) -> bool {
 /// The plugin runtime options from `[plugins]` (an empty `cache_dir` = the default).
 pub fn runtime_options(config: &Config) -> RuntimeOptions {
     let mut opts = RuntimeOptions::default();
-    if !config.plugins.cache_dir.as_os_str().is_empty() {
-        opts.cache_dir = Some(config.plugins.cache_dir.clone());
+    if let Some(dir) = &config.plugins.cache_dir {
+        opts.cache_dir = Some(dir.clone());
     }
     opts
 }

@@ -43,14 +43,14 @@ impl InitError {
 
 /// Build the function from the config file at `path` (overlaid by `SQUALL__...` variables).
 pub async fn from_config_file(path: &Path) -> Result<Function<SqsQueues>, InitError> {
-    let config = Config::load(Some(path))?;
+    let config = config::load(Some(path))?;
     from_config(&config).await
 }
 
 /// Build the function from a loaded config.
 pub async fn from_config(config: &Config) -> Result<Function<SqsQueues>, InitError> {
     config.require_queues()?;
-    let secrets = config.resolve_secrets()?;
+    let secrets = config::resolve_secrets(config)?;
     let deliverers = Deliverers::new();
     // No disk cache: /var/task is read-only and every cold start is a fresh sandbox. Bundled
     // `.cwasm` artifacts are what makes plugin loading cheap (see `hooks`).

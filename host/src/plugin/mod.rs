@@ -33,7 +33,7 @@ mod artifact;
 pub mod bindings;
 mod contract;
 mod hook;
-pub mod output;
+pub use squall_core::output;
 mod state;
 
 use std::collections::{BTreeMap, HashMap};

@@ -45,7 +45,7 @@ pub struct TemplateArgs {
 pub fn main(cmd: DeployCommand) -> anyhow::Result<()> {
     match cmd {
         DeployCommand::Template(args) => {
-            let config = Config::load(Some(&args.config))?;
+            let config = config::load(Some(&args.config))?;
             let spec = spec_from_config(&config);
             let plan = deploy::plan(&spec)
                 .with_context(|| format!("in config file {}", args.config.display()))?;
@@ -60,7 +60,7 @@ pub fn main(cmd: DeployCommand) -> anyhow::Result<()> {
 /// Stage config + plugins. The bundled config names each plugin as `plugins/<file name>`.
 fn bundle(args: &BundleArgs) -> anyhow::Result<()> {
     // Validate exactly as the function will (plugin files must exist).
-    let config = Config::load(Some(&args.config))?;
+    let config = config::load(Some(&args.config))?;
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading config file {}", args.config.display()))?;
     let mut raw: toml::Table = toml::from_str(&text)

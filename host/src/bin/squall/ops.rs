@@ -121,7 +121,7 @@ pub struct ConfigArg {
 
 impl ConfigArg {
     fn load(&self) -> anyhow::Result<Config> {
-        Config::load(Some(&self.config))
+        squall::config::load(Some(&self.config))
             .with_context(|| format!("loading config {}", self.config.display()))
     }
 }

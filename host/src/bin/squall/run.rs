@@ -49,9 +49,9 @@ pub fn init_logging(format: LogFormat, default: &str) {
 
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_format, "info");
-    let config = Config::load(Some(&args.config))?;
+    let config = squall::config::load(Some(&args.config))?;
     config.require_queues()?;
-    let secrets = config.resolve_secrets()?;
+    let secrets = squall::config::resolve_secrets(&config)?;
     let deliverers = Deliverers::new();
     // Once per process, and only if some application configures a plugin.
     let runtime = if uses_plugins(&config) {

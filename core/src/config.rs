@@ -1,0 +1,1860 @@
+//! Configuration: one TOML format with every default in `core/config.default.toml` (embedded),
+//! overlaid by the user's file, then by environment variables `SQUALL__SECTION__KEY=value`.
+//!
+//! Loading is three steps, each naming the key path on error: merge the tables deeply,
+//! deserialize with `deny_unknown_fields` (through `serde_path_to_error`), then check values
+//! (ranges, URLs, CIDR networks, secret references, plugin files). The result is typed and
+//! immutable: [`Config`] for the process, [`AppConfig`] per application. Loading starts
+//! nothing and reads no secret: [`Config::resolve_secrets`] does that, once, at start-up.
+//!
+//! Reference: `docs/config.md` (a test checks it lists every key of the defaults file).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use toml::{Table, Value};
+
+use crate::envelope;
+use crate::retry::{Backoff, RetryLimits};
+use crate::secrets::{SecretError, SecretFormat, SecretKey, Secrets};
+use crate::ssrf::Allowlist;
+
+/// The defaults file, embedded.
+pub const DEFAULTS_TOML: &str = include_str!("../config.default.toml");
+/// Prefix of the environment variables that overlay the configuration.
+pub const ENV_PREFIX: &str = "SQUALL__";
+/// SQS retention maximum: the retry horizon must fit inside it (14 days).
+pub const MAX_HORIZON_SECS: u64 = 14 * 24 * 3600;
+
+/// Why a configuration was refused. Every message names where (file or environment variable)
+/// and which key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {message}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        message: String,
+    },
+    /// The file is not valid TOML.
+    #[error("{origin}: not valid TOML: {message}")]
+    Syntax {
+        /// File path, `built-in defaults` or `inline config`.
+        origin: String,
+        /// Parser message with line and column.
+        message: String,
+    },
+    /// An environment variable cannot be applied.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable name.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A key has a wrong type, an unknown name, or a value out of range.
+    #[error("{origin}: {key}: {message}")]
+    Invalid {
+        /// File path or `environment variable NAME`.
+        origin: String,
+        /// Key path, for example `apps.billing.http.timeout_ms`.
+        key: String,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
+    /// A secret reference names an environment variable that is not set.
+    #[error("{key}: environment variable {var} is not set (secret reference env:{var})")]
+    SecretEnvMissing {
+        /// Key path of the reference.
+        key: String,
+        /// The variable.
+        var: String,
+    },
+    /// A secret's value is unusable (the value itself is never shown).
+    #[error("{key}: the secret from {source_name} is unusable: {reason}")]
+    SecretInvalid {
+        /// Key path of the reference.
+        key: String,
+        /// `env:NAME` or `literal`.
+        source_name: String,
+        /// Why.
+        reason: SecretError,
+    },
+    /// Several problems, reported together.
+    #[error("{} problems:\n  {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Multiple(Vec<ConfigError>),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed configuration.
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The user's file, if any.
+    pub path: Option<PathBuf>,
+    /// Directory relative paths are resolved against (the file's directory, else the current one).
+    pub base_dir: PathBuf,
+    /// `literal:` secret references are accepted (demos and tests only).
+    pub allow_literal_secrets: bool,
+    /// Shared SQS settings.
+    pub sqs: SqsConfig,
+    /// `squall run` settings.
+    pub runner: RunnerConfig,
+    /// Plugin runtime settings.
+    pub plugins: PluginsConfig,
+    /// Deployed function settings.
+    pub lambda: LambdaConfig,
+    /// Applications, sorted by id.
+    pub apps: Vec<AppConfig>,
+}
+
+/// `[sqs]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqsConfig {
+    /// Region; `None` = the AWS default chain.
+    pub region: Option<String>,
+    /// Endpoint override for an SQS-compatible server; `None` = AWS.
+    pub endpoint_url: Option<String>,
+    /// The shared dead-letter queue.
+    pub dead_letter_queue_url: Option<String>,
+    /// The shared metrics queue; `None` = records are only logged.
+    pub metrics_queue_url: Option<String>,
+    /// ReceiveMessage long-poll wait, seconds (0-20).
+    pub wait_time_secs: u32,
+    /// Messages per ReceiveMessage (1-10).
+    pub receive_batch: u32,
+    /// Backoffs up to this use ChangeMessageVisibility; longer ones re-send (0-43200).
+    pub visibility_backoff_max_secs: u32,
+}
+
+/// `[runner]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerConfig {
+    /// Grace period for in-flight deliveries on shutdown, seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+/// `[plugins]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginsConfig {
+    /// Compiled-plugin cache directory, resolved against the config file's directory; `None`
+    /// (the key empty) = the plugin runtime's default (`squall::plugin::default_cache_dir`).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Function CPU architecture (`[lambda] architecture`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Architecture {
+    /// `arm64`.
+    #[serde(rename = "arm64")]
+    Arm64,
+    /// `x86_64`.
+    #[serde(rename = "x86_64")]
+    X86_64,
+}
+
+/// `[lambda]`: the deployed function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LambdaConfig {
+    /// CPU architecture.
+    pub architecture: Architecture,
+    /// Memory, MB.
+    pub memory_mb: u32,
+    /// Function timeout, seconds; `None` = derived.
+    pub timeout_secs: Option<u64>,
+    /// Log group retention, days.
+    pub log_retention_days: u32,
+}
+
+/// What a plugin failure does to the event (`on_plugin_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnPluginError {
+    /// Retry with the application's backoff, within its limits.
+    Retry,
+    /// Dead-letter at once.
+    DeadLetter,
+}
+
+impl From<OnPluginError> for crate::pipeline::PluginErrorPolicy {
+    fn from(v: OnPluginError) -> Self {
+        match v {
+            OnPluginError::Retry => crate::pipeline::PluginErrorPolicy::Retry,
+            OnPluginError::DeadLetter => crate::pipeline::PluginErrorPolicy::DeadLetter,
+        }
+    }
+}
+
+/// Plugin instance sharing (`isolation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// Pooled instances reused across events of one application.
+    Reuse,
+    /// A fresh instance per call.
+    Fresh,
+}
+
+/// Limits of one plugin call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginLimitsConfig {
+    /// Wall time per call, ms.
+    pub timeout_ms: u64,
+    /// Largest memory, bytes.
+    pub memory_bytes: usize,
+    /// Largest output, bytes.
+    pub max_output_bytes: usize,
+    /// Instance sharing.
+    pub isolation: Isolation,
+}
+
+/// One configured plugin (`[apps.NAME.plugins.HOOK]`). Convert to the plugin runtime's spec
+/// with its fields: path, config map, limits, isolation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginConfig {
+    /// Its key path (`apps.NAME.plugins.HOOK`), for messages about it.
+    pub key: String,
+    /// The component file, resolved against the config file's directory. Whether it exists is
+    /// checked by the engine's loader ([`Config::check_plugin_files`]), not here.
+    pub path: PathBuf,
+    /// Values the plugin reads with `config-get` (numbers and booleans are given as text).
+    pub config: BTreeMap<String, String>,
+    /// Limits and isolation (the app's `plugin_limits`, overridden by this table's keys).
+    pub limits: PluginLimitsConfig,
+}
+
+/// `[apps.NAME.plugins]`: the plugin of each hook; `None` = the built-in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppPlugins {
+    /// Transform hook.
+    pub transform: Option<PluginConfig>,
+    /// Signer hook.
+    pub signer: Option<PluginConfig>,
+    /// Retry-policy hook.
+    pub retry_policy: Option<PluginConfig>,
+}
+
+impl AppPlugins {
+    /// Each hook's config key with its plugin, in a fixed order.
+    pub fn by_hook(&self) -> [(&'static str, Option<&PluginConfig>); 3] {
+        [
+            ("transform", self.transform.as_ref()),
+            ("signer", self.signer.as_ref()),
+            ("retry_policy", self.retry_policy.as_ref()),
+        ]
+    }
+
+    /// [`AppPlugins::by_hook`], mutable.
+    pub fn by_hook_mut(&mut self) -> [(&'static str, Option<&mut PluginConfig>); 3] {
+        [
+            ("transform", self.transform.as_mut()),
+            ("signer", self.signer.as_mut()),
+            ("retry_policy", self.retry_policy.as_mut()),
+        ]
+    }
+
+    /// True when any hook is a plugin rather than the built-in.
+    pub fn any(&self) -> bool {
+        self.by_hook().iter().any(|(_, p)| p.is_some())
+    }
+}
+
+/// `[app_defaults.lambda]`: the event source mapping of the app's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppLambdaConfig {
+    /// Messages per invocation.
+    pub batch_size: u32,
+    /// MaximumBatchingWindowInSeconds.
+    pub batching_window_secs: u32,
+    /// Oldest-message age alarm threshold, seconds.
+    pub age_alarm_secs: u64,
+}
+
+/// Where a secret comes from. `Debug` never shows a literal value.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// `env:NAME`: the environment variable, read at start-up.
+    Env(String),
+    /// `literal:VALUE` (only with `allow_literal_secrets`).
+    Literal(String),
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Env(name) => write!(f, "env:{name}"),
+            SecretRef::Literal(_) => f.write_str("literal:<redacted>"),
+        }
+    }
+}
+
+/// One application, with `app_defaults` applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppConfig {
+    /// Application id (the key under `[apps]`).
+    pub id: String,
+    /// The application's queue; `None` when not configured (the demo's in-process queue).
+    pub queue_url: Option<String>,
+    /// Connect timeout per delivery, ms.
+    pub connect_timeout_ms: u64,
+    /// Total timeout per delivery, ms.
+    pub timeout_ms: u64,
+    /// Response body read cap, bytes.
+    pub max_response_bytes: usize,
+    /// Largest accepted envelope, bytes.
+    pub max_body_bytes: usize,
+    /// Concurrent deliveries for the application.
+    pub max_concurrency: u32,
+    /// Concurrent deliveries per endpoint host.
+    pub max_per_endpoint: u32,
+    /// Longest wait for a slot at a saturated endpoint host before the message is deferred.
+    pub endpoint_wait_secs: u32,
+    /// Networks allowed despite the SSRF guard.
+    pub allowed_networks: Allowlist,
+    /// What a plugin failure does.
+    pub on_plugin_error: OnPluginError,
+    /// Default signing key name.
+    pub signing_key: String,
+    /// How secret values become key bytes.
+    pub secret_format: SecretFormat,
+    /// Built-in backoff parameters.
+    pub backoff: Backoff,
+    /// Limits every retry policy is held to.
+    pub retry_limits: RetryLimits,
+    /// Default plugin limits of this application.
+    pub plugin_limits: PluginLimitsConfig,
+    /// Event source mapping settings.
+    pub lambda: AppLambdaConfig,
+    /// Secret references by key name, newest first.
+    pub secrets: BTreeMap<String, Vec<SecretRef>>,
+    /// Plugins per hook.
+    pub plugins: AppPlugins,
+}
+
+impl AppConfig {
+    /// The built-in backoff policy's parameters.
+    pub fn backoff(&self) -> Backoff {
+        self.backoff.clone()
+    }
+
+    /// The retry limits (max attempts, horizon).
+    pub fn retry_limits(&self) -> RetryLimits {
+        self.retry_limits
+    }
+
+    /// The longest one message can be in the engine's hands before it is acted on: the wait for
+    /// an endpoint slot, the HTTP timeout and the time limit of each hook configured as a plugin.
+    pub fn longest_attempt(&self) -> Duration {
+        let plugins: u64 = self
+            .plugins
+            .by_hook()
+            .iter()
+            .filter_map(|(_, p)| p.map(|p| p.limits.timeout_ms))
+            .sum();
+        Duration::from_millis(u64::from(self.endpoint_wait_secs) * 1000 + self.timeout_ms + plugins)
+    }
+
+    /// Limits for decoding this application's envelopes.
+    pub fn envelope_limits(&self) -> envelope::Limits {
+        envelope::Limits {
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+
+    /// Names of the environment variables this application's secrets come from.
+    pub fn secret_env_vars(&self) -> impl Iterator<Item = &str> {
+        self.secrets.values().flatten().filter_map(|r| match r {
+            SecretRef::Env(name) => Some(name.as_str()),
+            SecretRef::Literal(_) => None,
+        })
+    }
+
+    /// Read this application's secrets through `lookup` (the environment in production).
+    /// Reports every missing or unusable secret, naming key paths and variables, never values.
+    pub fn resolve_secrets(
+        &self,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Secrets, ConfigError> {
+        let mut secrets = Secrets::new();
+        let mut problems = Vec::new();
+        for (name, refs) in &self.secrets {
+            let mut keys = Vec::with_capacity(refs.len());
+            for (i, r) in refs.iter().enumerate() {
+                let key = format!("apps.{}.secrets.{name}[{i}]", self.id);
+                let (value, source_name) = match r {
+                    SecretRef::Env(var) => match lookup(var) {
+                        Some(v) => (v, format!("env:{var}")),
+                        None => {
+                            problems.push(ConfigError::SecretEnvMissing {
+                                key,
+                                var: var.clone(),
+                            });
+                            continue;
+                        }
+                    },
+                    SecretRef::Literal(v) => (v.clone(), "literal".to_string()),
+                };
+                match SecretKey::parse_as(&value, self.secret_format) {
+                    Ok(k) => keys.push(k),
+                    Err(reason) => problems.push(ConfigError::SecretInvalid {
+                        key,
+                        source_name,
+                        reason,
+                    }),
+                }
+            }
+            secrets.insert(name.clone(), keys);
+        }
+        into_result(problems).map(|()| secrets)
+    }
+}
+
+fn into_result(mut problems: Vec<ConfigError>) -> Result<(), ConfigError> {
+    match problems.len() {
+        0 => Ok(()),
+        1 => Err(problems.remove(0)),
+        _ => Err(ConfigError::Multiple(problems)),
+    }
+}
+
+impl Config {
+    /// Load the defaults, then `text` (the file at `path`, already read), then `env` (the
+    /// `SQUALL__` variables; others are ignored). Relative paths resolve against `base_dir`, the
+    /// file's directory. The engine's `squall::config::load` reads the file and the process
+    /// environment and calls this.
+    pub fn from_file(
+        path: &Path,
+        text: &str,
+        base_dir: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = load_inner(Some(text), base_dir, &path.display().to_string(), env)?;
+        config.path = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Load from TOML text (demos, tests); relative paths resolve against `base_dir`.
+    pub fn from_toml_str(
+        text: &str,
+        base_dir: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        load_inner(Some(text), base_dir, "inline config", env)
+    }
+
+    /// The application with this id.
+    pub fn app(&self, id: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.id == id)
+    }
+
+    /// Check what `squall run` and the Lambda function need beyond a valid file: at least one
+    /// application, each with a queue URL, and a dead-letter queue.
+    pub fn require_queues(&self) -> Result<(), ConfigError> {
+        let origin = self
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "config".to_string());
+        let invalid = |key: String, message: &str| ConfigError::Invalid {
+            origin: origin.clone(),
+            key,
+            message: message.to_string(),
+        };
+        if self.apps.is_empty() {
+            return Err(invalid(
+                "apps".into(),
+                "no application configured: add an [apps.NAME] table with queue_url",
+            ));
+        }
+        let mut problems = Vec::new();
+        for app in &self.apps {
+            if app.queue_url.is_none() {
+                problems.push(invalid(
+                    format!("apps.{}.queue_url", app.id),
+                    "required: the URL of the application's SQS queue",
+                ));
+            }
+        }
+        if self.sqs.dead_letter_queue_url.is_none() {
+            problems.push(invalid(
+                "sqs.dead_letter_queue_url".into(),
+                "required: events that cannot be delivered go there",
+            ));
+        }
+        // Each queue has one job. An application queue that is also the DLQ would deliver its
+        // dead letters again; one that is the metrics queue would take records for envelopes;
+        // two applications on one queue would dead-letter each other's events (an envelope's
+        // app_id must match its queue's application). A trailing slash is not another queue.
+        let mut seen: Vec<(&str, String)> = Vec::new();
+        for q in self.queues() {
+            let url = q.url.trim_end_matches('/');
+            match seen.iter().find(|(u, _)| *u == url) {
+                Some((_, first)) => problems.push(invalid(
+                    q.key,
+                    &format!(
+                        "{url:?} is also {first}: every application needs a queue of its own, \
+                         apart from the dead-letter and metrics queues"
+                    ),
+                )),
+                None => seen.push((url, q.key)),
+            }
+        }
+        into_result(problems)
+    }
+
+    /// Every queue URL the config names, with its key path: the dead-letter queue, the metrics
+    /// queue, then each application's queue (those configured).
+    pub fn queues(&self) -> Vec<ConfiguredQueue<'_>> {
+        let shared = [
+            ("sqs.dead_letter_queue_url", &self.sqs.dead_letter_queue_url),
+            ("sqs.metrics_queue_url", &self.sqs.metrics_queue_url),
+        ]
+        .map(|(key, url)| (key.to_string(), url, None));
+        let apps = self
+            .apps
+            .iter()
+            .map(|a| (format!("apps.{}.queue_url", a.id), &a.queue_url, Some(a)));
+        shared
+            .into_iter()
+            .chain(apps)
+            .filter_map(|(key, url, app)| {
+                Some(ConfiguredQueue {
+                    key,
+                    url: url.as_deref()?,
+                    app,
+                })
+            })
+            .collect()
+    }
+
+    /// Check that every configured plugin file exists, through `is_file` (the engine passes
+    /// the file system's answer); every missing file is named with its key path.
+    pub fn check_plugin_files(&self, is_file: &dyn Fn(&Path) -> bool) -> Result<(), ConfigError> {
+        let origin = self
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "inline config".to_string());
+        let base = |p: &Path| {
+            p.parent()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default()
+        };
+        let problems = self
+            .apps
+            .iter()
+            .flat_map(|a| a.plugins.by_hook().into_iter().filter_map(|(_, p)| p))
+            .filter(|p| !is_file(&p.path))
+            .map(|p| ConfigError::Invalid {
+                origin: origin.clone(),
+                key: format!("{}.path", p.key),
+                message: format!(
+                    "plugin file not found: {} (a relative path is resolved against the config file's directory{})",
+                    p.path.display(),
+                    self.path.as_deref().map(|c| format!(" {}", base(c))).unwrap_or_default()
+                ),
+            })
+            .collect();
+        into_result(problems)
+    }
+
+    /// Every application's secrets through `lookup`; all problems are reported together.
+    pub fn resolve_secrets_with(
+        &self,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<BTreeMap<String, Arc<Secrets>>, ConfigError> {
+        let mut out = BTreeMap::new();
+        let mut problems = Vec::new();
+        for app in &self.apps {
+            match app.resolve_secrets(lookup) {
+                Ok(s) => {
+                    out.insert(app.id.clone(), Arc::new(s));
+                }
+                Err(ConfigError::Multiple(p)) => problems.extend(p),
+                Err(e) => problems.push(e),
+            }
+        }
+        into_result(problems).map(|()| out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merging and provenance.
+
+/// Where each value came from, to name it in errors.
+struct Origins {
+    file: String,
+    /// Key paths set by environment variables, with the variable.
+    env: Vec<(String, String)>,
+}
+
+impl Origins {
+    fn of(&self, key: &str) -> String {
+        for (path, var) in &self.env {
+            let hit = key == path
+                || key.starts_with(&format!("{path}."))
+                || key.starts_with(&format!("{path}["))
+                || path.starts_with(&format!("{key}."));
+            if hit {
+                return format!("environment variable {var}");
+            }
+        }
+        self.file.clone()
+    }
+
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let key = key.into();
+        ConfigError::Invalid {
+            origin: self.of(&key),
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+/// Lay `over` onto `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut Table, over: Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(Value::Table(b)), Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Normalise a key as environment variable names spell it.
+fn env_form(key: &str) -> String {
+    key.to_ascii_uppercase().replace('-', "_")
+}
+
+/// Apply `SQUALL__A__B=value` to the table. Returns the dotted key path set.
+fn apply_env(root: &mut Table, var: &str, raw: &str) -> Result<String, ConfigError> {
+    let env_err = |message: String| ConfigError::Env {
+        var: var.to_string(),
+        message,
+    };
+    let rest = &var[ENV_PREFIX.len()..];
+    let segments: Vec<&str> = rest.split("__").collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(env_err(
+            "empty key segment (use SQUALL__SECTION__KEY, double underscores between levels)"
+                .into(),
+        ));
+    }
+    let value = parse_env_value(raw);
+    let mut table = root;
+    let mut path = Vec::new();
+    for (i, seg) in segments.iter().enumerate() {
+        // Match an existing key the way env var names spell it (BILLING_EU matches billing-eu).
+        let key = table
+            .keys()
+            .find(|k| env_form(k) == seg.to_ascii_uppercase())
+            .cloned()
+            .unwrap_or_else(|| seg.to_ascii_lowercase());
+        path.push(key.clone());
+        if i + 1 == segments.len() {
+            table.insert(key, value);
+            break;
+        }
+        let entry = table
+            .entry(key)
+            .or_insert_with(|| Value::Table(Table::new()));
+        match entry {
+            Value::Table(t) => table = t,
+            _ => {
+                return Err(env_err(format!(
+                    "{} is a value, not a table: cannot set a key inside it",
+                    path.join(".")
+                )));
+            }
+        }
+    }
+    Ok(path.join("."))
+}
+
+/// A TOML value if the text parses as one, else the text as a string.
+fn parse_env_value(raw: &str) -> Value {
+    if let Ok(mut t) = format!("v = {raw}").parse::<Table>()
+        && t.len() == 1
+        && let Some(v) = t.remove("v")
+    {
+        return v;
+    }
+    Value::String(raw.to_string())
+}
+
+fn parse_table(text: &str, origin: &str) -> Result<Table, ConfigError> {
+    text.parse::<Table>().map_err(|e| ConfigError::Syntax {
+        origin: origin.to_string(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+/// Deserialize `value` as `T`, naming the key path (`prefix` + the path inside) on error.
+fn typed<T: DeserializeOwned>(
+    value: Value,
+    prefix: &str,
+    origins: &Origins,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let key = match (prefix.is_empty(), inner.as_str()) {
+            (true, ".") => "(top level)".to_string(),
+            (true, _) => inner,
+            (false, ".") => prefix.to_string(),
+            (false, _) => format!("{prefix}.{inner}"),
+        };
+        // toml appends "in `key`" lines; the key path is already in front.
+        let message = e.into_inner().to_string();
+        let message: Vec<&str> = message
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("in `"))
+            .collect();
+        origins.invalid(key, message.join(" "))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw (as written) shapes.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoot {
+    allow_literal_secrets: bool,
+    sqs: RawSqs,
+    runner: RawRunner,
+    plugins: RawPlugins,
+    lambda: RawLambda,
+    app_defaults: Table,
+    #[serde(default)]
+    apps: BTreeMap<String, Table>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSqs {
+    region: String,
+    endpoint_url: String,
+    dead_letter_queue_url: String,
+    metrics_queue_url: String,
+    wait_time_secs: u32,
+    receive_batch: u32,
+    visibility_backoff_max_secs: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRunner {
+    shutdown_grace_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugins {
+    cache_dir: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLambda {
+    architecture: Architecture,
+    memory_mb: u32,
+    timeout_secs: u64,
+    log_retention_days: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAppSettings {
+    connect_timeout_ms: u64,
+    timeout_ms: u64,
+    max_response_bytes: usize,
+    max_body_bytes: usize,
+    max_concurrency: u32,
+    max_per_endpoint: u32,
+    endpoint_wait_secs: u32,
+    allowed_networks: Vec<String>,
+    on_plugin_error: OnPluginError,
+    signing_key: String,
+    secret_format: SecretFormat,
+    retry: RawRetry,
+    plugin_limits: RawPluginLimits,
+    lambda: RawAppLambda,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: u32,
+    horizon_secs: u64,
+    initial_delay_secs: u32,
+    multiplier: f64,
+    max_delay_secs: u32,
+    jitter: f64,
+    retry_after_max_secs: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPluginLimits {
+    timeout_ms: u64,
+    memory_bytes: usize,
+    max_output_bytes: usize,
+    isolation: Isolation,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAppLambda {
+    batch_size: u32,
+    batching_window_secs: u32,
+    age_alarm_secs: u64,
+}
+
+/// Keys that exist only per application (not in `app_defaults`).
+const APP_ONLY_KEYS: &[&str] = &["queue_url", "secrets", "plugins"];
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAppOnly {
+    #[serde(default)]
+    queue_url: String,
+    #[serde(default)]
+    secrets: BTreeMap<String, OneOrMany>,
+    #[serde(default)]
+    plugins: RawAppPlugins,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAppPlugins {
+    transform: Option<RawPlugin>,
+    signer: Option<RawPlugin>,
+    retry_policy: Option<RawPlugin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    path: String,
+    #[serde(default)]
+    config: BTreeMap<String, Scalar>,
+    timeout_ms: Option<u64>,
+    memory_bytes: Option<usize>,
+    max_output_bytes: Option<usize>,
+    isolation: Option<Isolation>,
+}
+
+/// A plugin config value: string, number or boolean, kept as text.
+struct Scalar(String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Scalar, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean (plugin config values are text)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A secret reference or a list of them.
+struct OneOrMany(Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<OneOrMany, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a secret reference (\"env:NAME\") or an array of them, newest first")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(OneOrMany(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading and validation.
+
+fn load_inner(
+    user: Option<&str>,
+    base_dir: &Path,
+    origin: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut root = parse_table(DEFAULTS_TOML, "built-in defaults")?;
+    if let Some(text) = user {
+        merge(&mut root, parse_table(text, origin)?);
+    }
+    let mut env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    env.sort();
+    let mut origins = Origins {
+        file: origin.to_string(),
+        env: Vec::new(),
+    };
+    for (var, value) in &env {
+        let path = apply_env(&mut root, var, value)?;
+        origins.env.push((path, var.clone()));
+    }
+    let raw: RawRoot = typed(Value::Table(root), "", &origins)?;
+    build(raw, base_dir, &origins)
+}
+
+fn build(raw: RawRoot, base_dir: &Path, o: &Origins) -> Result<Config, ConfigError> {
+    let sqs = build_sqs(raw.sqs, o)?;
+    if raw.runner.shutdown_grace_secs > 3600 {
+        return Err(o.invalid("runner.shutdown_grace_secs", "must be 0-3600"));
+    }
+    let lambda = build_lambda(raw.lambda, o)?;
+    let cache_dir = resolve_cache_dir(&raw.plugins.cache_dir, base_dir);
+
+    // app_defaults on its own first, so a bad default is named where it is written.
+    for key in APP_ONLY_KEYS {
+        if raw.app_defaults.contains_key(*key) {
+            return Err(o.invalid(
+                format!("app_defaults.{key}"),
+                format!("{key} is set per application, under [apps.NAME]"),
+            ));
+        }
+    }
+    let defaults: RawAppSettings =
+        typed(Value::Table(raw.app_defaults.clone()), "app_defaults", o)?;
+    check_settings(&defaults, "app_defaults", o)?;
+
+    let mut apps = Vec::with_capacity(raw.apps.len());
+    let mut env_names: BTreeMap<String, String> = BTreeMap::new();
+    for (id, mut table) in raw.apps {
+        let prefix = format!("apps.{id}");
+        check_app_id(&id, o)?;
+        if let Some(other) = env_names.insert(env_form(&id), id.clone()) {
+            return Err(o.invalid(
+                prefix,
+                format!(
+                    "apps.{other} and apps.{id} have the same environment variable form {}; rename one",
+                    env_form(&id)
+                ),
+            ));
+        }
+        let mut only = Table::new();
+        for key in APP_ONLY_KEYS {
+            if let Some(v) = table.remove(*key) {
+                only.insert(key.to_string(), v);
+            }
+        }
+        let only: RawAppOnly = typed(Value::Table(only), &prefix, o)?;
+        let mut merged = raw.app_defaults.clone();
+        merge(&mut merged, table);
+        let settings: RawAppSettings = typed(Value::Table(merged), &prefix, o)?;
+        check_settings(&settings, &prefix, o)?;
+        apps.push(build_app(
+            id,
+            settings,
+            only,
+            raw.allow_literal_secrets,
+            base_dir,
+            o,
+        )?);
+    }
+    Ok(Config {
+        path: None,
+        base_dir: base_dir.to_path_buf(),
+        allow_literal_secrets: raw.allow_literal_secrets,
+        sqs,
+        runner: RunnerConfig {
+            shutdown_grace_secs: raw.runner.shutdown_grace_secs,
+        },
+        plugins: PluginsConfig { cache_dir },
+        lambda,
+        apps,
+    })
+}
+
+fn non_empty(s: String) -> Option<String> {
+    let t = s.trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+fn check_url(key: &str, value: &str, o: &Origins) -> Result<(), ConfigError> {
+    let url = url::Url::parse(value)
+        .map_err(|e| o.invalid(key, format!("{value:?} is not an absolute URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(o.invalid(key, format!("{value:?} must be an http or https URL")));
+    }
+    Ok(())
+}
+
+/// A queue the config names ([`Config::queues`]).
+#[derive(Debug, Clone)]
+pub struct ConfiguredQueue<'a> {
+    /// Its key path, e.g. `apps.shop.queue_url`.
+    pub key: String,
+    /// Its URL.
+    pub url: &'a str,
+    /// The application it feeds; `None` for the dead-letter and metrics queues.
+    pub app: Option<&'a AppConfig>,
+}
+
+/// A queue URL: an http(s) URL that does not name a FIFO queue. FIFO queues would refuse
+/// what Squall sends them (a retry's or deferral's copy carries `DelaySeconds` and no
+/// `MessageGroupId`; so would a dead letter or a metrics record): every such send would fail
+/// and the message come back again and again, so they are refused here, at start-up.
+fn check_queue_url(key: &str, value: &str, o: &Origins) -> Result<(), ConfigError> {
+    check_url(key, value, o)?;
+    let name = value.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    if name.ends_with(".fifo") {
+        return Err(o.invalid(
+            key,
+            format!(
+                "{value:?} is a FIFO queue: Squall does not support FIFO queues yet (its \
+                 re-sends carry DelaySeconds and no MessageGroupId, which FIFO queues refuse); \
+                 use a standard queue"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn in_range<T: PartialOrd + fmt::Display + Copy>(
+    key: String,
+    v: T,
+    lo: T,
+    hi: T,
+    o: &Origins,
+) -> Result<(), ConfigError> {
+    if v < lo || v > hi {
+        return Err(o.invalid(key, format!("{v} is out of range: must be {lo}-{hi}")));
+    }
+    Ok(())
+}
+
+fn build_sqs(raw: RawSqs, o: &Origins) -> Result<SqsConfig, ConfigError> {
+    let sqs = SqsConfig {
+        region: non_empty(raw.region),
+        endpoint_url: non_empty(raw.endpoint_url),
+        dead_letter_queue_url: non_empty(raw.dead_letter_queue_url),
+        metrics_queue_url: non_empty(raw.metrics_queue_url),
+        wait_time_secs: raw.wait_time_secs,
+        receive_batch: raw.receive_batch,
+        visibility_backoff_max_secs: raw.visibility_backoff_max_secs,
+    };
+    if let Some(v) = &sqs.endpoint_url {
+        check_url("sqs.endpoint_url", v, o)?;
+    }
+    for (key, v) in [
+        ("sqs.dead_letter_queue_url", &sqs.dead_letter_queue_url),
+        ("sqs.metrics_queue_url", &sqs.metrics_queue_url),
+    ] {
+        if let Some(v) = v {
+            check_queue_url(key, v, o)?;
+        }
+    }
+    in_range("sqs.wait_time_secs".into(), sqs.wait_time_secs, 0, 20, o)?;
+    in_range("sqs.receive_batch".into(), sqs.receive_batch, 1, 10, o)?;
+    in_range(
+        "sqs.visibility_backoff_max_secs".into(),
+        sqs.visibility_backoff_max_secs,
+        0,
+        43_200,
+        o,
+    )?;
+    Ok(sqs)
+}
+
+fn build_lambda(raw: RawLambda, o: &Origins) -> Result<LambdaConfig, ConfigError> {
+    in_range("lambda.memory_mb".into(), raw.memory_mb, 128, 10_240, o)?;
+    in_range("lambda.timeout_secs".into(), raw.timeout_secs, 0, 900, o)?;
+    in_range(
+        "lambda.log_retention_days".into(),
+        raw.log_retention_days,
+        1,
+        3653,
+        o,
+    )?;
+    Ok(LambdaConfig {
+        architecture: raw.architecture,
+        memory_mb: raw.memory_mb,
+        timeout_secs: (raw.timeout_secs > 0).then_some(raw.timeout_secs),
+        log_retention_days: raw.log_retention_days,
+    })
+}
+
+fn resolve_cache_dir(value: &str, base_dir: &Path) -> Option<PathBuf> {
+    let value = value.trim();
+    (!value.is_empty()).then(|| base_dir.join(value))
+}
+
+fn check_app_id(id: &str, o: &Origins) -> Result<(), ConfigError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !ok {
+        return Err(o.invalid(
+            format!("apps.{id}"),
+            "an application id must be 1-64 characters of a-z, A-Z, 0-9, '_' or '-'",
+        ));
+    }
+    Ok(())
+}
+
+fn is_key_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= envelope::MAX_SIGNING_KEY_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn check_settings(s: &RawAppSettings, p: &str, o: &Origins) -> Result<(), ConfigError> {
+    let k = |name: &str| format!("{p}.{name}");
+    in_range(k("connect_timeout_ms"), s.connect_timeout_ms, 1, 600_000, o)?;
+    in_range(k("timeout_ms"), s.timeout_ms, 1, 900_000, o)?;
+    if s.connect_timeout_ms > s.timeout_ms {
+        return Err(o.invalid(
+            k("connect_timeout_ms"),
+            format!(
+                "{} is longer than timeout_ms ({}), which includes the connect",
+                s.connect_timeout_ms, s.timeout_ms
+            ),
+        ));
+    }
+    in_range(
+        k("max_response_bytes"),
+        s.max_response_bytes,
+        0,
+        16 << 20,
+        o,
+    )?;
+    in_range(
+        k("max_body_bytes"),
+        s.max_body_bytes,
+        1,
+        envelope::DEFAULT_MAX_BODY_BYTES,
+        o,
+    )?;
+    in_range(k("max_concurrency"), s.max_concurrency, 1, 100_000, o)?;
+    in_range(
+        k("max_per_endpoint"),
+        s.max_per_endpoint,
+        1,
+        s.max_concurrency,
+        o,
+    )?;
+    in_range(k("endpoint_wait_secs"), s.endpoint_wait_secs, 0, 300, o)?;
+    if let Err((i, e)) = Allowlist::parse(&s.allowed_networks) {
+        return Err(o.invalid(format!("{p}.allowed_networks[{i}]"), e.to_string()));
+    }
+    if !is_key_name(&s.signing_key) {
+        return Err(o.invalid(
+            k("signing_key"),
+            "must be a key name of 1-128 letters, digits, '_', '-' or '.'",
+        ));
+    }
+    let r = &s.retry;
+    in_range(k("retry.max_attempts"), r.max_attempts, 1, 10_000, o)?;
+    in_range(
+        k("retry.horizon_secs"),
+        r.horizon_secs,
+        1,
+        MAX_HORIZON_SECS,
+        o,
+    )
+    .map_err(|e| {
+        add_hint(
+            e,
+            "the horizon must fit in the SQS retention maximum of 14 days",
+        )
+    })?;
+    in_range(
+        k("retry.initial_delay_secs"),
+        r.initial_delay_secs,
+        1,
+        43_200,
+        o,
+    )?;
+    if !(r.multiplier.is_finite() && (1.0..=100.0).contains(&r.multiplier)) {
+        return Err(o.invalid(
+            k("retry.multiplier"),
+            format!("{} is out of range: must be 1.0-100.0", r.multiplier),
+        ));
+    }
+    in_range(
+        k("retry.max_delay_secs"),
+        r.max_delay_secs,
+        r.initial_delay_secs,
+        u32::try_from(MAX_HORIZON_SECS).unwrap_or(u32::MAX),
+        o,
+    )?;
+    if !(r.jitter.is_finite() && (0.0..=1.0).contains(&r.jitter)) {
+        return Err(o.invalid(
+            k("retry.jitter"),
+            format!("{} is out of range: must be 0.0-1.0", r.jitter),
+        ));
+    }
+    in_range(
+        k("retry.retry_after_max_secs"),
+        r.retry_after_max_secs,
+        1,
+        u32::try_from(MAX_HORIZON_SECS).unwrap_or(u32::MAX),
+        o,
+    )?;
+    check_plugin_limits(
+        &format!("{p}.plugin_limits"),
+        s.plugin_limits.timeout_ms,
+        s.plugin_limits.memory_bytes,
+        s.plugin_limits.max_output_bytes,
+        o,
+    )?;
+    in_range(k("lambda.batch_size"), s.lambda.batch_size, 1, 10_000, o)?;
+    in_range(
+        k("lambda.batching_window_secs"),
+        s.lambda.batching_window_secs,
+        0,
+        300,
+        o,
+    )?;
+    in_range(
+        k("lambda.age_alarm_secs"),
+        s.lambda.age_alarm_secs,
+        60,
+        MAX_HORIZON_SECS,
+        o,
+    )?;
+    Ok(())
+}
+
+fn add_hint(e: ConfigError, hint: &str) -> ConfigError {
+    match e {
+        ConfigError::Invalid {
+            origin,
+            key,
+            message,
+        } => ConfigError::Invalid {
+            origin,
+            key,
+            message: format!("{message} ({hint})"),
+        },
+        other => other,
+    }
+}
+
+fn check_plugin_limits(
+    p: &str,
+    timeout_ms: u64,
+    memory_bytes: usize,
+    max_output_bytes: usize,
+    o: &Origins,
+) -> Result<(), ConfigError> {
+    in_range(format!("{p}.timeout_ms"), timeout_ms, 1, 60_000, o)?;
+    in_range(
+        format!("{p}.memory_bytes"),
+        memory_bytes,
+        1 << 20,
+        4 << 30,
+        o,
+    )?;
+    in_range(
+        format!("{p}.max_output_bytes"),
+        max_output_bytes,
+        1024,
+        16 << 20,
+        o,
+    )?;
+    Ok(())
+}
+
+fn parse_secret_ref(
+    value: &str,
+    key: &str,
+    allow_literal: bool,
+    o: &Origins,
+) -> Result<SecretRef, ConfigError> {
+    if let Some(name) = value.strip_prefix("env:") {
+        let ok = name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok {
+            return Err(o.invalid(
+                key,
+                format!("env:{name} does not name an environment variable (letters, digits, '_')"),
+            ));
+        }
+        return Ok(SecretRef::Env(name.to_string()));
+    }
+    if let Some(v) = value.strip_prefix("literal:") {
+        if !allow_literal {
+            return Err(o.invalid(
+                key,
+                "literal: secrets are refused unless allow_literal_secrets = true (local demos \
+                 only); use env:NAME",
+            ));
+        }
+        // Check the value now, so a bad literal fails at load; never echo it.
+        SecretKey::parse(v).map_err(|e| o.invalid(key, format!("literal secret: {e}")))?;
+        return Ok(SecretRef::Literal(v.to_string()));
+    }
+    if value.starts_with("arn:aws:secretsmanager:") {
+        return Err(o.invalid(
+            key,
+            "AWS Secrets Manager references are not supported yet; pass the secret in an \
+             environment variable and write env:NAME",
+        ));
+    }
+    Err(o.invalid(
+        key,
+        "a secret reference must start with env: (or literal: for local demos); the value is not shown",
+    ))
+}
+
+fn build_plugin(
+    raw: RawPlugin,
+    key: &str,
+    app_limits: PluginLimitsConfig,
+    base_dir: &Path,
+    o: &Origins,
+) -> Result<PluginConfig, ConfigError> {
+    if raw.path.trim().is_empty() {
+        return Err(o.invalid(format!("{key}.path"), "must name a plugin component file"));
+    }
+    let path = base_dir.join(raw.path.trim());
+    let limits = PluginLimitsConfig {
+        timeout_ms: raw.timeout_ms.unwrap_or(app_limits.timeout_ms),
+        memory_bytes: raw.memory_bytes.unwrap_or(app_limits.memory_bytes),
+        max_output_bytes: raw.max_output_bytes.unwrap_or(app_limits.max_output_bytes),
+        isolation: raw.isolation.unwrap_or(app_limits.isolation),
+    };
+    check_plugin_limits(
+        key,
+        limits.timeout_ms,
+        limits.memory_bytes,
+        limits.max_output_bytes,
+        o,
+    )?;
+    Ok(PluginConfig {
+        key: key.to_string(),
+        path,
+        config: raw.config.into_iter().map(|(k, v)| (k, v.0)).collect(),
+        limits,
+    })
+}
+
+fn build_app(
+    id: String,
+    s: RawAppSettings,
+    only: RawAppOnly,
+    allow_literal: bool,
+    base_dir: &Path,
+    o: &Origins,
+) -> Result<AppConfig, ConfigError> {
+    let p = format!("apps.{id}");
+    let queue_url = non_empty(only.queue_url);
+    if let Some(q) = &queue_url {
+        check_queue_url(&format!("{p}.queue_url"), q, o)?;
+    }
+    let mut secrets = BTreeMap::new();
+    for (name, refs) in only.secrets {
+        let key = format!("{p}.secrets.{name}");
+        if !is_key_name(&name) {
+            return Err(o.invalid(
+                key,
+                "a secret name must be 1-128 letters, digits, '_', '-' or '.'",
+            ));
+        }
+        if refs.0.is_empty() {
+            return Err(o.invalid(key, "needs at least one secret reference"));
+        }
+        let refs = refs
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, r)| parse_secret_ref(r, &format!("{key}[{i}]"), allow_literal, o))
+            .collect::<Result<Vec<_>, _>>()?;
+        secrets.insert(name, refs);
+    }
+    let plugin_limits = PluginLimitsConfig {
+        timeout_ms: s.plugin_limits.timeout_ms,
+        memory_bytes: s.plugin_limits.memory_bytes,
+        max_output_bytes: s.plugin_limits.max_output_bytes,
+        isolation: s.plugin_limits.isolation,
+    };
+    let plugin = |raw: Option<RawPlugin>, hook: &str| {
+        raw.map(|r| {
+            build_plugin(
+                r,
+                &format!("{p}.plugins.{hook}"),
+                plugin_limits,
+                base_dir,
+                o,
+            )
+        })
+        .transpose()
+    };
+    let plugins = AppPlugins {
+        transform: plugin(only.plugins.transform, "transform")?,
+        signer: plugin(only.plugins.signer, "signer")?,
+        retry_policy: plugin(only.plugins.retry_policy, "retry_policy")?,
+    };
+    // The built-in signer needs the default key; a signer plugin may use other names.
+    if plugins.signer.is_none() && !secrets.contains_key(&s.signing_key) {
+        return Err(o.invalid(
+            format!("{p}.secrets"),
+            format!(
+                "no secret named {:?} (the signing_key the built-in signer uses); add \
+                 secrets = {{ {} = [\"env:VARIABLE\"] }}",
+                s.signing_key, s.signing_key
+            ),
+        ));
+    }
+    let allowed_networks = Allowlist::parse(&s.allowed_networks)
+        .map_err(|(i, e)| o.invalid(format!("{p}.allowed_networks[{i}]"), e.to_string()))?;
+    Ok(AppConfig {
+        id,
+        queue_url,
+        connect_timeout_ms: s.connect_timeout_ms,
+        timeout_ms: s.timeout_ms,
+        max_response_bytes: s.max_response_bytes,
+        max_body_bytes: s.max_body_bytes,
+        max_concurrency: s.max_concurrency,
+        max_per_endpoint: s.max_per_endpoint,
+        endpoint_wait_secs: s.endpoint_wait_secs,
+        allowed_networks,
+        on_plugin_error: s.on_plugin_error,
+        signing_key: s.signing_key,
+        secret_format: s.secret_format,
+        backoff: Backoff {
+            initial_delay_secs: s.retry.initial_delay_secs,
+            multiplier: s.retry.multiplier,
+            max_delay_secs: s.retry.max_delay_secs,
+            jitter: s.retry.jitter,
+            retry_after_max_secs: s.retry.retry_after_max_secs,
+        },
+        retry_limits: RetryLimits {
+            max_attempts: s.retry.max_attempts,
+            horizon_secs: s.retry.horizon_secs,
+        },
+        plugin_limits,
+        lambda: AppLambdaConfig {
+            batch_size: s.lambda.batch_size,
+            batching_window_secs: s.lambda.batching_window_secs,
+            age_alarm_secs: s.lambda.age_alarm_secs,
+        },
+        secrets,
+        plugins,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new("."), env(vars))
+    }
+
+    const ONE_APP: &str = r#"
+        [sqs]
+        dead_letter_queue_url = "http://127.0.0.1:5000/123/dlq"
+        [apps.billing]
+        queue_url = "http://127.0.0.1:5000/123/billing"
+        secrets = { default = ["env:BILLING_SECRET", "env:BILLING_SECRET_OLD"] }
+    "#;
+
+    fn err(text: &str, vars: &[(&str, &str)]) -> String {
+        load(text, vars).expect_err(text).to_string()
+    }
+
+    #[test]
+    fn defaults_alone_load_and_match_the_built_in_types() {
+        let c = load("", &[]).unwrap();
+        assert!(c.apps.is_empty());
+        assert_eq!(c.sqs.wait_time_secs, 20);
+        assert_eq!(c.sqs.receive_batch, 10);
+        assert_eq!(c.sqs.visibility_backoff_max_secs, 900);
+        assert_eq!(c.sqs.endpoint_url, None);
+        assert!(!c.allow_literal_secrets);
+        assert_eq!(c.lambda.architecture, Architecture::Arm64);
+        // The defaults file and the Rust defaults of the retry module agree.
+        let app = load(ONE_APP, &[]).unwrap().apps.remove(0);
+        assert_eq!(app.backoff(), Backoff::default());
+        assert_eq!(app.retry_limits(), RetryLimits::default());
+        assert_eq!(app.envelope_limits(), envelope::Limits::default());
+        assert_eq!(app.on_plugin_error, OnPluginError::Retry);
+        assert_eq!(app.plugin_limits.isolation, Isolation::Reuse);
+        assert_eq!(app.max_per_endpoint, 8);
+        assert!(app.allowed_networks.is_empty());
+        assert_eq!(
+            app.secret_env_vars().collect::<Vec<_>>(),
+            ["BILLING_SECRET", "BILLING_SECRET_OLD"]
+        );
+    }
+
+    #[test]
+    fn secret_format_raw_keeps_whsec_values_as_text() {
+        // A Stripe secret starts with whsec_ but is not base64: Stripe HMACs with its text.
+        let stripe = "whsec_Stripe+Looking/Secret!";
+        let text = r#"
+            [sqs]
+            dead_letter_queue_url = "http://127.0.0.1:5000/123/dlq"
+            [apps.stripe]
+            secret_format = "raw"
+            secrets = { default = "env:STRIPE_SECRET" }
+            [apps.standard]
+            secrets = { default = "env:STANDARD_SECRET" }
+        "#;
+        let c = load(text, &[]).unwrap();
+        let lookup = |v: &str| match v {
+            "STRIPE_SECRET" => Some(stripe.to_string()),
+            "STANDARD_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string()),
+            _ => None,
+        };
+        let resolved = c.resolve_secrets_with(&lookup).unwrap();
+        let key = &resolved["stripe"].get("default").unwrap()[0];
+        assert_eq!(
+            key.hmac_sha256(b"t.body"),
+            SecretKey::from_bytes(stripe.as_bytes().to_vec()).hmac_sha256(b"t.body")
+        );
+        let standard = &resolved["standard"].get("default").unwrap()[0];
+        let decoded = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )
+        .unwrap();
+        assert_eq!(
+            standard.hmac_sha256(b"t.body"),
+            SecretKey::from_bytes(decoded).hmac_sha256(b"t.body")
+        );
+        // The same Stripe value under the default format is refused, naming the key path.
+        let text = text.replace("secret_format = \"raw\"", "");
+        let e = load(&text, &[])
+            .unwrap()
+            .resolve_secrets_with(&lookup)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("apps.stripe.secrets.default[0]") && e.contains("base64"),
+            "{e}"
+        );
+        assert!(!e.contains("Stripe+Looking"), "no secret in errors: {e}");
+        let e = err(&format!("{ONE_APP}\nsecret_format = \"hex\""), &[]);
+        assert!(e.contains("apps.billing.secret_format"), "{e}");
+    }
+
+    #[test]
+    fn file_then_env_overlay_with_per_app_overrides() {
+        let text = format!(
+            "{ONE_APP}\n[app_defaults]\ntimeout_ms = 9000\n[app_defaults.retry]\nmax_attempts = 7\n\
+             [apps.billing.retry]\nhorizon_secs = 3600\n\
+             [apps.billing-eu]\nsecrets = {{ default = \"env:EU\" }}\nmax_concurrency = 2\nmax_per_endpoint = 1\n"
+        );
+        let c = load(
+            &text,
+            &[
+                ("SQUALL__SQS__ENDPOINT_URL", "http://127.0.0.1:4566"),
+                ("SQUALL__SQS__WAIT_TIME_SECS", "1"),
+                (
+                    "SQUALL__APPS__BILLING_EU__QUEUE_URL",
+                    "http://127.0.0.1:4566/q/eu",
+                ),
+                (
+                    "SQUALL__APPS__BILLING__ALLOWED_NETWORKS",
+                    "[\"127.0.0.0/8\", \"::1\"]",
+                ),
+                ("SQUALL__APPS__BILLING__RETRY__MULTIPLIER", "2"),
+                ("SQUALL_LOG", "debug"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.sqs.endpoint_url.as_deref(), Some("http://127.0.0.1:4566"));
+        assert_eq!(c.sqs.wait_time_secs, 1);
+        let ids: Vec<&str> = c.apps.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["billing", "billing-eu"]);
+        let b = c.app("billing").unwrap();
+        assert_eq!(b.timeout_ms, 9000);
+        assert_eq!(b.retry_limits().max_attempts, 7);
+        assert_eq!(b.retry_limits().horizon_secs, 3600);
+        assert_eq!(b.backoff().multiplier, 2.0);
+        assert!(b.allowed_networks.allows("127.0.0.1".parse().unwrap()));
+        assert!(b.allowed_networks.allows("::1".parse().unwrap()));
+        let eu = c.app("billing-eu").unwrap();
+        assert_eq!(eu.queue_url.as_deref(), Some("http://127.0.0.1:4566/q/eu"));
+        assert_eq!(eu.timeout_ms, 9000);
+        assert_eq!(eu.retry_limits().horizon_secs, 259_200);
+        assert_eq!(eu.max_concurrency, 2);
+        assert_eq!(eu.secrets["default"], vec![SecretRef::Env("EU".into())]);
+        c.require_queues().unwrap();
+    }
+
+    /// Each mistake is refused with the key path and where it came from.
+    #[test]
+    fn error_table_names_key_and_origin() {
+        type Case = (
+            String,
+            Vec<(&'static str, &'static str)>,
+            &'static [&'static str],
+        );
+        let cases: Vec<Case> = vec![
+            ("[sqs]\nwait_time_secs = \"x\"".into(), vec![], &["inline config", "sqs.wait_time_secs", "invalid type: string \"x\""]),
+            ("[sqs]\nwait_time_secs = 21".into(), vec![], &["sqs.wait_time_secs", "must be 0-20"]),
+            ("[sqs]\nwait_tme_secs = 1".into(), vec![], &["sqs.wait_tme_secs", "unknown field"]),
+            ("[sqs]\nendpoint_url = \"localhost:4566\"".into(), vec![], &["sqs.endpoint_url", "http or https"]),
+            ("[sqs]\ndead_letter_queue_url = \"not a url\"".into(), vec![], &["sqs.dead_letter_queue_url", "not an absolute URL"]),
+            ("[sqs]\ndead_letter_queue_url = \"https://sqs.eu-west-1.amazonaws.com/123/dlq.fifo\"".into(), vec![], &["sqs.dead_letter_queue_url", "dlq.fifo", "is a FIFO queue", "use a standard queue"]),
+            ("[sqs]\nmetrics_queue_url = \"https://sqs.eu-west-1.amazonaws.com/123/metrics.fifo/\"".into(), vec![], &["sqs.metrics_queue_url", "is a FIFO queue"]),
+            ("[apps.a]\nqueue_url = \"http://127.0.0.1:4566/000000000000/orders.fifo\"\nsecrets = { default = \"env:X\" }".into(), vec![], &["apps.a.queue_url", "orders.fifo", "is a FIFO queue"]),
+            ("[sqs\n".into(), vec![], &["inline config: not valid TOML", "line 1"]),
+            ("bogus = 1".into(), vec![], &["bogus", "unknown field"]),
+            (format!("{ONE_APP}\n[apps.billing.http]\ntimeout_ms = \"x\""), vec![], &["apps.billing.http", "unknown field"]),
+            (format!("{ONE_APP}\ntimeout_ms = \"x\""), vec![], &["apps.billing.timeout_ms", "invalid type: string \"x\", expected u64"]),
+            ("[app_defaults]\ntimeout_ms = 0".into(), vec![], &["app_defaults.timeout_ms", "out of range"]),
+            ("[app_defaults]\nconnect_timeout_ms = 20000".into(), vec![], &["app_defaults.connect_timeout_ms", "longer than timeout_ms"]),
+            ("[app_defaults]\nqueue_url = \"http://x/\"".into(), vec![], &["app_defaults.queue_url", "per application"]),
+            ("[app_defaults]\non_plugin_error = \"ignore\"".into(), vec![], &["app_defaults.on_plugin_error", "unknown variant `ignore`", "dead-letter"]),
+            ("[app_defaults.retry]\nhorizon_secs = 2000000".into(), vec![], &["app_defaults.retry.horizon_secs", "14 days"]),
+            ("[app_defaults.retry]\njitter = 1.5".into(), vec![], &["app_defaults.retry.jitter", "0.0-1.0"]),
+            ("[app_defaults.retry]\nmax_delay_secs = 1\ninitial_delay_secs = 5".into(), vec![], &["app_defaults.retry.max_delay_secs"]),
+            ("[app_defaults.plugin_limits]\nisolation = \"shared\"".into(), vec![], &["app_defaults.plugin_limits.isolation", "`reuse`"]),
+            ("[app_defaults]\nallowed_networks = [\"10.0.0.0/8\", \"10.0.0.1/8\"]".into(), vec![], &["app_defaults.allowed_networks[1]", "did you mean 10.0.0.0/8"]),
+            (format!("{ONE_APP}\nallowed_networks = [\"nope\"]"), vec![], &["apps.billing.allowed_networks[0]", "not an IP address"]),
+            (format!("{ONE_APP}\nmax_per_endpoint = 100"), vec![], &["apps.billing.max_per_endpoint", "must be 1-64"]),
+            ("[apps.\"bad id\"]\nsecrets = { default = \"env:X\" }".into(), vec![], &["apps.bad id", "application id"]),
+            ("[apps.a]\nqueue_url = \"http://q/\"".into(), vec![], &["apps.a.secrets", "no secret named \"default\""]),
+            ("[apps.a]\nsecrets = { default = \"BILLING\" }".into(), vec![], &["apps.a.secrets.default[0]", "must start with env:"]),
+            ("[apps.a]\nsecrets = { default = [\"env:OK\", \"literal:abc\"] }".into(), vec![], &["apps.a.secrets.default[1]", "allow_literal_secrets = true"]),
+            ("[apps.a]\nsecrets = { default = \"arn:aws:secretsmanager:us-east-1:1:secret:x\" }".into(), vec![], &["apps.a.secrets.default[0]", "not supported yet"]),
+            ("[apps.a]\nsecrets = { default = \"env:1BAD\" }".into(), vec![], &["apps.a.secrets.default[0]", "environment variable"]),
+            ("[apps.a]\nsecrets = { default = [] }".into(), vec![], &["apps.a.secrets.default", "at least one"]),
+            ("[apps.a]\nsecrets = { default = 5 }".into(), vec![], &["apps.a.secrets.default", "secret reference"]),
+            ("allow_literal_secrets = true\n[apps.a]\nsecrets = { default = \"literal:whsec_!!\" }".into(), vec![], &["apps.a.secrets.default[0]", "base64"]),
+            ("[apps.a]\nsecrets = { default = \"env:X\" }\n[apps.a.plugins.transfrom]\npath = \"x.wasm\"".into(), vec![], &["apps.a.plugins.transfrom", "unknown field"]),
+            ("[apps.a]\nsecrets = { default = \"env:X\" }\n[apps.A]\nsecrets = { default = \"env:X\" }".into(), vec![], &["same environment variable form"]),
+            ("".into(), vec![("SQUALL__SQS__WAIT_TIME_SECS", "abc")], &["environment variable SQUALL__SQS__WAIT_TIME_SECS", "sqs.wait_time_secs", "invalid type: string \"abc\""]),
+            ("".into(), vec![("SQUALL__APP_DEFAULTS__RETRY__MAX_ATTEMPTS", "0")], &["environment variable SQUALL__APP_DEFAULTS__RETRY__MAX_ATTEMPTS", "app_defaults.retry.max_attempts", "out of range"]),
+            ("".into(), vec![("SQUALL__SQS__NOPE", "1")], &["environment variable SQUALL__SQS__NOPE", "sqs.nope", "unknown field"]),
+            ("".into(), vec![("SQUALL__SQS____X", "1")], &["SQUALL__SQS____X", "empty key segment"]),
+            ("".into(), vec![("SQUALL__SQS__WAIT_TIME_SECS__X", "1")], &["sqs.wait_time_secs is a value"]),
+        ];
+        for (text, vars, needles) in cases {
+            let msg = err(&text, &vars);
+            for n in needles {
+                assert!(
+                    msg.contains(n),
+                    "{text:?} {vars:?}\n  error: {msg}\n  lacks: {n:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn env_values_parse_as_toml_scalars_else_strings() {
+        assert_eq!(parse_env_value("20"), Value::Integer(20));
+        assert_eq!(parse_env_value("true"), Value::Boolean(true));
+        assert_eq!(parse_env_value("2.5"), Value::Float(2.5));
+        assert_eq!(parse_env_value("\"20\""), Value::String("20".into()));
+        assert_eq!(
+            parse_env_value("http://h:1/q"),
+            Value::String("http://h:1/q".into())
+        );
+        assert_eq!(parse_env_value("env:X"), Value::String("env:X".into()));
+        // A value cannot smuggle in extra keys.
+        assert_eq!(
+            parse_env_value("1\nbogus = 2"),
+            Value::String("1\nbogus = 2".into())
+        );
+    }
+
+    #[test]
+    fn secrets_resolve_from_env_and_never_show_values() {
+        let c = load(ONE_APP, &[]).unwrap();
+        let lookup = |n: &str| match n {
+            "BILLING_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string()),
+            "BILLING_SECRET_OLD" => Some("old-plain-secret".to_string()),
+            _ => None,
+        };
+        let all = c.resolve_secrets_with(&lookup).unwrap();
+        assert_eq!(all["billing"].get("default").unwrap().len(), 2);
+
+        let missing = c.resolve_secrets_with(&|_| None).unwrap_err().to_string();
+        assert!(
+            missing.contains(
+                "apps.billing.secrets.default[0]: environment variable BILLING_SECRET is not set"
+            ),
+            "{missing}"
+        );
+        assert!(
+            missing.contains("default[1]") && missing.contains("BILLING_SECRET_OLD"),
+            "{missing}"
+        );
+
+        let bad = c
+            .resolve_secrets_with(&|n| {
+                (n == "BILLING_SECRET")
+                    .then(|| "whsec_%%secretvalue".to_string())
+                    .or(Some("x".into()))
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.contains("env:BILLING_SECRET") && bad.contains("base64"),
+            "{bad}"
+        );
+        assert!(!bad.contains("secretvalue"), "{bad}");
+
+        let lit = load(
+            "allow_literal_secrets = true\n[apps.demo]\nsecrets = { default = \"literal:hunter2-demo\" }",
+            &[],
+        )
+        .unwrap();
+        assert!(!format!("{lit:?}").contains("hunter2"));
+        let s = lit.resolve_secrets_with(&|_| None).unwrap();
+        assert!(s["demo"].get("default").is_some());
+    }
+
+    #[test]
+    fn require_queues_names_what_is_missing() {
+        let none = load("", &[])
+            .unwrap()
+            .require_queues()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            none.contains("apps") && none.contains("no application"),
+            "{none}"
+        );
+        let c = load("[apps.a]\nsecrets = { default = \"env:X\" }", &[]).unwrap();
+        let e = c.require_queues().unwrap_err().to_string();
+        assert!(
+            e.contains("apps.a.queue_url") && e.contains("sqs.dead_letter_queue_url"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn require_queues_refuses_a_queue_with_two_jobs() {
+        let text = |a: &str, b: &str, dlq: &str, metrics: &str| {
+            format!(
+                "[sqs]\ndead_letter_queue_url = \"{dlq}\"\nmetrics_queue_url = \"{metrics}\"\n\
+                 [apps.a]\nqueue_url = \"{a}\"\nsecrets = {{ default = \"env:X\" }}\n\
+                 [apps.b]\nqueue_url = \"{b}\"\nsecrets = {{ default = \"env:X\" }}\n"
+            )
+        };
+        let q = |name: &str| format!("http://127.0.0.1:4566/000000000000/{name}");
+        let check = |t: String| load(&t, &[]).unwrap().require_queues();
+        check(text(&q("a"), &q("b"), &q("dlq"), &q("metrics"))).unwrap();
+        for (t, key, first) in [
+            (
+                text(&q("a"), &q("a"), &q("dlq"), &q("metrics")),
+                "apps.b.queue_url",
+                "apps.a.queue_url",
+            ),
+            (
+                text(&q("dlq"), &q("b"), &q("dlq"), &q("metrics")),
+                "apps.a.queue_url",
+                "sqs.dead_letter_queue_url",
+            ),
+            // A trailing slash does not make it another queue.
+            (
+                text(&q("a"), &(q("metrics") + "/"), &q("dlq"), &q("metrics")),
+                "apps.b.queue_url",
+                "sqs.metrics_queue_url",
+            ),
+            (
+                text(&q("a"), &q("b"), &q("dlq"), &q("dlq")),
+                "sqs.metrics_queue_url",
+                "sqs.dead_letter_queue_url",
+            ),
+        ] {
+            let e = check(t).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{key}: ")) && e.contains(&format!("is also {first}")),
+                "{e}"
+            );
+        }
+    }
+
+    /// docs/config.md cannot rot: every key of the defaults file appears in it.
+    #[test]
+    fn every_default_key_is_documented() {
+        let doc = include_str!("../../docs/config.md");
+        fn walk(prefix: &str, t: &Table, out: &mut Vec<String>) {
+            for (k, v) in t {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    Value::Table(inner) => walk(&path, inner, out),
+                    _ => out.push(path),
+                }
+            }
+        }
+        let mut keys = Vec::new();
+        walk("", &DEFAULTS_TOML.parse::<Table>().unwrap(), &mut keys);
+        assert!(keys.len() > 30, "{keys:?}");
+        let missing: Vec<&String> = keys
+            .iter()
+            .filter(|k| !doc.contains(&format!("`{k}`")))
+            .collect();
+        assert!(missing.is_empty(), "docs/config.md lacks {missing:?}");
+        for extra in [
+            "queue_url",
+            "secrets",
+            "plugins.transform",
+            "path",
+            "config",
+        ] {
+            assert!(doc.contains(extra), "docs/config.md lacks {extra}");
+        }
+    }
+}
