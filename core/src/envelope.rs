@@ -1028,145 +1028,51 @@ fn validate_headers(raw: &RawValue) -> Result<Headers, EnvelopeError> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// RFC 3339 without a date crate.
+// RFC 3339, through the `time` crate.
 
 /// Parse an RFC 3339 date-time (`2026-11-28T10:00:00Z`, `...T10:00:00.123+02:00`) to Unix ms.
+/// Also accepted: a space instead of the `T` (RFC 3339 section 5.6 allows it) and a leap second
+/// (`:60`), folded onto the second before it. Fractions beyond milliseconds are truncated.
 pub fn parse_rfc3339_ms(s: &str) -> Result<u64, &'static str> {
     let b = s.as_bytes();
     if b.len() < 20 {
         return Err("too short");
     }
-    let num = |from: usize, len: usize| -> Result<i64, &'static str> {
-        let part = b.get(from..from + len).ok_or("truncated")?;
-        if !part.iter().all(u8::is_ascii_digit) {
-            return Err("expected digits");
+    let mut text = std::borrow::Cow::Borrowed(s);
+    if b[10] == b' ' || b.get(17..19) == Some(b"60") {
+        let mut owned = b.to_vec();
+        if owned[10] == b' ' {
+            owned[10] = b'T';
         }
-        Ok(part
-            .iter()
-            .fold(0i64, |acc, d| acc * 10 + (d - b'0') as i64))
-    };
-    let sep = |at: usize, allowed: &[u8]| -> Result<(), &'static str> {
-        match b.get(at) {
-            Some(c) if allowed.contains(c) => Ok(()),
-            _ => Err("misplaced separator (expected YYYY-MM-DDTHH:MM:SS)"),
+        if owned.get(17..19) == Some(b"60") {
+            owned[17..19].copy_from_slice(b"59");
         }
-    };
-    let year = num(0, 4)?;
-    sep(4, b"-")?;
-    let month = num(5, 2)?;
-    sep(7, b"-")?;
-    let day = num(8, 2)?;
-    sep(10, b"Tt ")?;
-    let hour = num(11, 2)?;
-    sep(13, b":")?;
-    let minute = num(14, 2)?;
-    sep(16, b":")?;
-    let second = num(17, 2)?;
-    if !(1..=12).contains(&month) {
-        return Err("month out of range");
+        text = std::borrow::Cow::Owned(String::from_utf8(owned).map_err(|_| "not UTF-8")?);
     }
-    if day < 1 || day > days_in_month(year, month) {
-        return Err("day out of range");
-    }
-    if hour > 23 || minute > 59 || second > 60 {
-        return Err("time out of range");
-    }
-    let mut i = 19;
-    let mut millis = 0i64;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            if i - start < 3 {
-                millis = millis * 10 + (b[i] - b'0') as i64;
-            }
-            i += 1;
-        }
-        if i == start {
-            return Err("empty fraction of a second");
-        }
-        for _ in (i - start)..3 {
-            millis *= 10;
-        }
-    }
-    let offset_secs = match b.get(i) {
-        Some(b'Z') | Some(b'z') => {
-            i += 1;
-            0
-        }
-        Some(&c @ (b'+' | b'-')) => {
-            let oh = num(i + 1, 2)?;
-            sep(i + 3, b":")?;
-            let om = num(i + 4, 2)?;
-            if oh > 23 || om > 59 {
-                return Err("offset out of range");
-            }
-            i += 6;
-            let o = oh * 3600 + om * 60;
-            if c == b'+' { o } else { -o }
-        }
-        _ => return Err("missing time zone (Z or +HH:MM)"),
-    };
-    if i != b.len() {
-        return Err("unexpected characters after the time zone");
-    }
-    // A leap second is folded onto the second before it.
-    let second = second.min(59);
-    let secs = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
-        - offset_secs;
-    let ms = secs * 1000 + millis;
+    let t = time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| match e {
+            time::error::Parse::TryFromParsed(_) => "a field is out of range",
+            _ => "not of the form YYYY-MM-DDTHH:MM:SS[.fff](Z|+HH:MM)",
+        })?;
+    let ms = t.unix_timestamp() * 1000 + i64::from(t.millisecond());
     u64::try_from(ms).map_err(|_| "before 1970-01-01T00:00:00Z")
 }
 
-/// Format Unix ms as RFC 3339 UTC with milliseconds.
+/// Format Unix ms as RFC 3339 UTC with milliseconds (`2026-11-28T10:00:00.000Z`), for times up
+/// to 9999-12-31T23:59:59.999Z (later times are written as integers, see `Envelope::encode`).
 pub fn format_rfc3339_ms(ms: u64) -> String {
-    let secs = (ms / 1000) as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    let (y, m, d) = civil_from_days(days);
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
     )
-}
-
-fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if is_leap(y) => 29,
-        _ => 28,
-    }
-}
-
-/// Days since 1970-01-01 (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 #[cfg(test)]

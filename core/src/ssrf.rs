@@ -143,11 +143,8 @@ fn classify_v6(ip: Ipv6Addr) -> Option<ForbiddenReason> {
 }
 
 /// An IP network in CIDR notation: `10.0.0.0/8`, `::1/128`, or a bare address (a /32 or /128).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr(ipnet::IpNet);
 
 /// Why a CIDR string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -188,74 +185,41 @@ impl Cidr {
         let addr =
             IpAddr::from_str(addr_text).map_err(|_| CidrError::BadAddress(input.to_string()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bad_prefix = || CidrError::BadPrefix {
+            input: input.to_string(),
+            max,
+        };
         let prefix = match prefix_text {
             None => max,
-            Some(p) => match p.parse::<u8>() {
-                Ok(n) if n <= max && !p.starts_with('+') => n,
-                _ => {
-                    return Err(CidrError::BadPrefix {
-                        input: input.to_string(),
-                        max,
-                    });
-                }
-            },
+            Some(p) if p.starts_with('+') => return Err(bad_prefix()),
+            Some(p) => p.parse::<u8>().map_err(|_| bad_prefix())?,
         };
-        let cidr = Cidr { addr, prefix };
-        let network = cidr.network();
-        if network != addr {
+        let net = ipnet::IpNet::new(addr, prefix).map_err(|_| bad_prefix())?;
+        if net.network() != addr {
             return Err(CidrError::HostBitsSet {
                 input: input.to_string(),
                 prefix,
-                canonical: format!("{network}/{prefix}"),
+                canonical: net.trunc().to_string(),
             });
         }
-        Ok(cidr)
-    }
-
-    fn network(&self) -> IpAddr {
-        match self.addr {
-            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask32(self.prefix))),
-            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask128(self.prefix))),
-        }
+        Ok(Cidr(net))
     }
 
     /// True when `ip` is inside this network. An IPv4 network also contains the IPv4-mapped
     /// IPv6 form of its addresses (`::ffff:127.0.0.1` is in `127.0.0.0/8`).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                u32::from(ip) & mask32(self.prefix) == u32::from(net)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                u128::from(ip) & mask128(self.prefix) == u128::from(net)
-            }
-            (IpAddr::V4(_), IpAddr::V6(ip)) => ip
+        match (self.0, ip) {
+            (ipnet::IpNet::V4(net), IpAddr::V6(v6)) => v6
                 .to_ipv4_mapped()
-                .is_some_and(|v4| self.contains(IpAddr::V4(v4))),
-            (IpAddr::V6(_), IpAddr::V4(_)) => false,
+                .is_some_and(|v4| net.contains(&v4)),
+            (net, ip) => net.contains(&ip),
         }
-    }
-}
-
-fn mask32(prefix: u8) -> u32 {
-    if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - prefix as u32)
-    }
-}
-
-fn mask128(prefix: u8) -> u128 {
-    if prefix == 0 {
-        0
-    } else {
-        u128::MAX << (128 - prefix as u32)
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        self.0.fmt(f)
     }
 }
 
@@ -276,7 +240,7 @@ impl Allowlist {
     /// An allow-list of these networks.
     pub fn new(networks: Vec<Cidr>) -> Allowlist {
         let mut networks = networks;
-        networks.sort_by_key(|c| (c.addr, c.prefix));
+        networks.sort_by_key(|c| (c.0.addr(), c.0.prefix_len()));
         networks.dedup();
         Allowlist { networks }
     }
