@@ -1,0 +1,761 @@
+//! The configuration as written (raw shapes, deserialized with `deny_unknown_fields`) and its
+//! validation into the typed [`Config`]: ranges, URLs, CIDR networks, secret references, plugin
+//! limits, each error naming its key path.
+
+use serde::de::{self, Deserializer, Visitor};
+use toml::{Table, Value};
+
+use super::layering::{Origins, apply_env, env_form, merge, parse_table, typed};
+use super::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoot {
+    allow_literal_secrets: bool,
+    sqs: RawSqs,
+    runner: RawRunner,
+    plugins: RawPlugins,
+    lambda: RawLambda,
+    app_defaults: Table,
+    #[serde(default)]
+    apps: BTreeMap<String, Table>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSqs {
+    region: String,
+    endpoint_url: String,
+    dead_letter_queue_url: String,
+    metrics_queue_url: String,
+    wait_time_secs: u32,
+    receive_batch: u32,
+    visibility_backoff_max_secs: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRunner {
+    shutdown_grace_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugins {
+    cache_dir: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLambda {
+    architecture: Architecture,
+    memory_mb: u32,
+    timeout_secs: u64,
+    log_retention_days: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAppSettings {
+    connect_timeout_ms: u64,
+    timeout_ms: u64,
+    max_response_bytes: usize,
+    max_body_bytes: usize,
+    max_concurrency: u32,
+    max_per_endpoint: u32,
+    endpoint_wait_secs: u32,
+    allowed_networks: Vec<String>,
+    on_plugin_error: OnPluginError,
+    signing_key: String,
+    secret_format: SecretFormat,
+    retry: RawRetry,
+    plugin_limits: RawPluginLimits,
+    lambda: RawAppLambda,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: u32,
+    horizon_secs: u64,
+    initial_delay_secs: u32,
+    multiplier: f64,
+    max_delay_secs: u32,
+    jitter: f64,
+    retry_after_max_secs: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPluginLimits {
+    timeout_ms: u64,
+    memory_bytes: usize,
+    max_output_bytes: usize,
+    isolation: Isolation,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAppLambda {
+    batch_size: u32,
+    batching_window_secs: u32,
+    age_alarm_secs: u64,
+}
+
+/// Keys that exist only per application (not in `app_defaults`).
+const APP_ONLY_KEYS: &[&str] = &["queue_url", "secrets", "plugins"];
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAppOnly {
+    #[serde(default)]
+    queue_url: String,
+    #[serde(default)]
+    secrets: BTreeMap<String, OneOrMany>,
+    #[serde(default)]
+    plugins: RawAppPlugins,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAppPlugins {
+    transform: Option<RawPlugin>,
+    signer: Option<RawPlugin>,
+    retry_policy: Option<RawPlugin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    path: String,
+    #[serde(default)]
+    config: BTreeMap<String, Scalar>,
+    timeout_ms: Option<u64>,
+    memory_bytes: Option<usize>,
+    max_output_bytes: Option<usize>,
+    isolation: Option<Isolation>,
+}
+
+/// A plugin config value: string, number or boolean, kept as text.
+struct Scalar(String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Scalar, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean (plugin config values are text)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A secret reference or a list of them.
+struct OneOrMany(Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<OneOrMany, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a secret reference (\"env:NAME\") or an array of them, newest first")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(OneOrMany(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading and validation.
+
+pub(super) fn load_inner(
+    user: Option<&str>,
+    base_dir: &Path,
+    origin: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut root = parse_table(DEFAULTS_TOML, "built-in defaults")?;
+    if let Some(text) = user {
+        merge(&mut root, parse_table(text, origin)?);
+    }
+    let mut env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    env.sort();
+    let mut origins = Origins {
+        file: origin.to_string(),
+        env: Vec::new(),
+    };
+    for (var, value) in &env {
+        let path = apply_env(&mut root, var, value)?;
+        origins.env.push((path, var.clone()));
+    }
+    let raw: RawRoot = typed(Value::Table(root), "", &origins)?;
+    build(raw, base_dir, &origins)
+}
+
+fn build(raw: RawRoot, base_dir: &Path, o: &Origins) -> Result<Config, ConfigError> {
+    let sqs = build_sqs(raw.sqs, o)?;
+    if raw.runner.shutdown_grace_secs > 3600 {
+        return Err(o.invalid("runner.shutdown_grace_secs", "must be 0-3600"));
+    }
+    let lambda = build_lambda(raw.lambda, o)?;
+    let cache_dir = resolve_cache_dir(&raw.plugins.cache_dir, base_dir);
+
+    // app_defaults on its own first, so a bad default is named where it is written.
+    for key in APP_ONLY_KEYS {
+        if raw.app_defaults.contains_key(*key) {
+            return Err(o.invalid(
+                format!("app_defaults.{key}"),
+                format!("{key} is set per application, under [apps.NAME]"),
+            ));
+        }
+    }
+    let defaults: RawAppSettings =
+        typed(Value::Table(raw.app_defaults.clone()), "app_defaults", o)?;
+    check_settings(&defaults, "app_defaults", o)?;
+
+    let mut apps = Vec::with_capacity(raw.apps.len());
+    let mut env_names: BTreeMap<String, String> = BTreeMap::new();
+    for (id, mut table) in raw.apps {
+        let prefix = format!("apps.{id}");
+        check_app_id(&id, o)?;
+        if let Some(other) = env_names.insert(env_form(&id), id.clone()) {
+            return Err(o.invalid(
+                prefix,
+                format!(
+                    "apps.{other} and apps.{id} have the same environment variable form {}; rename one",
+                    env_form(&id)
+                ),
+            ));
+        }
+        let mut only = Table::new();
+        for key in APP_ONLY_KEYS {
+            if let Some(v) = table.remove(*key) {
+                only.insert(key.to_string(), v);
+            }
+        }
+        let only: RawAppOnly = typed(Value::Table(only), &prefix, o)?;
+        let mut merged = raw.app_defaults.clone();
+        merge(&mut merged, table);
+        let settings: RawAppSettings = typed(Value::Table(merged), &prefix, o)?;
+        check_settings(&settings, &prefix, o)?;
+        apps.push(build_app(
+            id,
+            settings,
+            only,
+            raw.allow_literal_secrets,
+            base_dir,
+            o,
+        )?);
+    }
+    Ok(Config {
+        path: None,
+        base_dir: base_dir.to_path_buf(),
+        allow_literal_secrets: raw.allow_literal_secrets,
+        sqs,
+        runner: RunnerConfig {
+            shutdown_grace_secs: raw.runner.shutdown_grace_secs,
+        },
+        plugins: PluginsConfig { cache_dir },
+        lambda,
+        apps,
+    })
+}
+
+fn non_empty(s: String) -> Option<String> {
+    let t = s.trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+fn check_url(key: &str, value: &str, o: &Origins) -> Result<(), ConfigError> {
+    let url = url::Url::parse(value)
+        .map_err(|e| o.invalid(key, format!("{value:?} is not an absolute URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(o.invalid(key, format!("{value:?} must be an http or https URL")));
+    }
+    Ok(())
+}
+
+
+/// A queue URL: an http(s) URL that does not name a FIFO queue. FIFO queues would refuse
+/// what Squall sends them (a retry's or deferral's copy carries `DelaySeconds` and no
+/// `MessageGroupId`; so would a dead letter or a metrics record): every such send would fail
+/// and the message come back again and again, so they are refused here, at start-up.
+fn check_queue_url(key: &str, value: &str, o: &Origins) -> Result<(), ConfigError> {
+    check_url(key, value, o)?;
+    let name = value.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    if name.ends_with(".fifo") {
+        return Err(o.invalid(
+            key,
+            format!(
+                "{value:?} is a FIFO queue: Squall does not support FIFO queues yet (its \
+                 re-sends carry DelaySeconds and no MessageGroupId, which FIFO queues refuse); \
+                 use a standard queue"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn in_range<T: PartialOrd + fmt::Display + Copy>(
+    key: String,
+    v: T,
+    lo: T,
+    hi: T,
+    o: &Origins,
+) -> Result<(), ConfigError> {
+    if v < lo || v > hi {
+        return Err(o.invalid(key, format!("{v} is out of range: must be {lo}-{hi}")));
+    }
+    Ok(())
+}
+
+fn build_sqs(raw: RawSqs, o: &Origins) -> Result<SqsConfig, ConfigError> {
+    let sqs = SqsConfig {
+        region: non_empty(raw.region),
+        endpoint_url: non_empty(raw.endpoint_url),
+        dead_letter_queue_url: non_empty(raw.dead_letter_queue_url),
+        metrics_queue_url: non_empty(raw.metrics_queue_url),
+        wait_time_secs: raw.wait_time_secs,
+        receive_batch: raw.receive_batch,
+        visibility_backoff_max_secs: raw.visibility_backoff_max_secs,
+    };
+    if let Some(v) = &sqs.endpoint_url {
+        check_url("sqs.endpoint_url", v, o)?;
+    }
+    for (key, v) in [
+        ("sqs.dead_letter_queue_url", &sqs.dead_letter_queue_url),
+        ("sqs.metrics_queue_url", &sqs.metrics_queue_url),
+    ] {
+        if let Some(v) = v {
+            check_queue_url(key, v, o)?;
+        }
+    }
+    in_range("sqs.wait_time_secs".into(), sqs.wait_time_secs, 0, 20, o)?;
+    in_range("sqs.receive_batch".into(), sqs.receive_batch, 1, 10, o)?;
+    // Not 43,200 (ChangeMessageVisibility's limit): a longer wait by visibility would keep the
+    // message in flight for hours, and the re-send path tops out at DelaySeconds' 900.
+    in_range(
+        "sqs.visibility_backoff_max_secs".into(),
+        sqs.visibility_backoff_max_secs,
+        0,
+        900,
+        o,
+    )?;
+    Ok(sqs)
+}
+
+fn build_lambda(raw: RawLambda, o: &Origins) -> Result<LambdaConfig, ConfigError> {
+    in_range("lambda.memory_mb".into(), raw.memory_mb, 128, 10_240, o)?;
+    in_range("lambda.timeout_secs".into(), raw.timeout_secs, 0, 900, o)?;
+    in_range(
+        "lambda.log_retention_days".into(),
+        raw.log_retention_days,
+        1,
+        3653,
+        o,
+    )?;
+    Ok(LambdaConfig {
+        architecture: raw.architecture,
+        memory_mb: raw.memory_mb,
+        timeout_secs: (raw.timeout_secs > 0).then_some(raw.timeout_secs),
+        log_retention_days: raw.log_retention_days,
+    })
+}
+
+fn resolve_cache_dir(value: &str, base_dir: &Path) -> Option<PathBuf> {
+    let value = value.trim();
+    (!value.is_empty()).then(|| base_dir.join(value))
+}
+
+fn check_app_id(id: &str, o: &Origins) -> Result<(), ConfigError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !ok {
+        return Err(o.invalid(
+            format!("apps.{id}"),
+            "an application id must be 1-64 characters of a-z, A-Z, 0-9, '_' or '-'",
+        ));
+    }
+    Ok(())
+}
+
+fn is_key_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= envelope::MAX_SIGNING_KEY_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn check_settings(s: &RawAppSettings, p: &str, o: &Origins) -> Result<(), ConfigError> {
+    let k = |name: &str| format!("{p}.{name}");
+    in_range(k("connect_timeout_ms"), s.connect_timeout_ms, 1, 600_000, o)?;
+    in_range(k("timeout_ms"), s.timeout_ms, 1, 900_000, o)?;
+    if s.connect_timeout_ms > s.timeout_ms {
+        return Err(o.invalid(
+            k("connect_timeout_ms"),
+            format!(
+                "{} is longer than timeout_ms ({}), which includes the connect",
+                s.connect_timeout_ms, s.timeout_ms
+            ),
+        ));
+    }
+    in_range(
+        k("max_response_bytes"),
+        s.max_response_bytes,
+        0,
+        16 << 20,
+        o,
+    )?;
+    in_range(
+        k("max_body_bytes"),
+        s.max_body_bytes,
+        1,
+        envelope::DEFAULT_MAX_BODY_BYTES,
+        o,
+    )?;
+    in_range(k("max_concurrency"), s.max_concurrency, 1, 100_000, o)?;
+    in_range(
+        k("max_per_endpoint"),
+        s.max_per_endpoint,
+        1,
+        s.max_concurrency,
+        o,
+    )?;
+    in_range(k("endpoint_wait_secs"), s.endpoint_wait_secs, 0, 300, o)?;
+    if let Err((i, e)) = Allowlist::parse(&s.allowed_networks) {
+        return Err(o.invalid(format!("{p}.allowed_networks[{i}]"), e.to_string()));
+    }
+    if !is_key_name(&s.signing_key) {
+        return Err(o.invalid(
+            k("signing_key"),
+            "must be a key name of 1-128 letters, digits, '_', '-' or '.'",
+        ));
+    }
+    let r = &s.retry;
+    in_range(k("retry.max_attempts"), r.max_attempts, 1, 10_000, o)?;
+    in_range(
+        k("retry.horizon_secs"),
+        r.horizon_secs,
+        1,
+        MAX_HORIZON_SECS,
+        o,
+    )
+    .map_err(|e| {
+        add_hint(
+            e,
+            "the horizon must fit in the SQS retention maximum of 14 days",
+        )
+    })?;
+    in_range(
+        k("retry.initial_delay_secs"),
+        r.initial_delay_secs,
+        1,
+        43_200,
+        o,
+    )?;
+    if !(r.multiplier.is_finite() && (1.0..=100.0).contains(&r.multiplier)) {
+        return Err(o.invalid(
+            k("retry.multiplier"),
+            format!("{} is out of range: must be 1.0-100.0", r.multiplier),
+        ));
+    }
+    in_range(
+        k("retry.max_delay_secs"),
+        r.max_delay_secs,
+        r.initial_delay_secs,
+        u32::try_from(MAX_HORIZON_SECS).unwrap_or(u32::MAX),
+        o,
+    )?;
+    if !(r.jitter.is_finite() && (0.0..=1.0).contains(&r.jitter)) {
+        return Err(o.invalid(
+            k("retry.jitter"),
+            format!("{} is out of range: must be 0.0-1.0", r.jitter),
+        ));
+    }
+    in_range(
+        k("retry.retry_after_max_secs"),
+        r.retry_after_max_secs,
+        1,
+        u32::try_from(MAX_HORIZON_SECS).unwrap_or(u32::MAX),
+        o,
+    )?;
+    check_plugin_limits(
+        &format!("{p}.plugin_limits"),
+        s.plugin_limits.timeout_ms,
+        s.plugin_limits.memory_bytes,
+        s.plugin_limits.max_output_bytes,
+        o,
+    )?;
+    in_range(k("lambda.batch_size"), s.lambda.batch_size, 1, 10_000, o)?;
+    in_range(
+        k("lambda.batching_window_secs"),
+        s.lambda.batching_window_secs,
+        0,
+        300,
+        o,
+    )?;
+    in_range(
+        k("lambda.age_alarm_secs"),
+        s.lambda.age_alarm_secs,
+        60,
+        MAX_HORIZON_SECS,
+        o,
+    )?;
+    Ok(())
+}
+
+fn add_hint(e: ConfigError, hint: &str) -> ConfigError {
+    match e {
+        ConfigError::Invalid {
+            origin,
+            key,
+            message,
+        } => ConfigError::Invalid {
+            origin,
+            key,
+            message: format!("{message} ({hint})"),
+        },
+        other => other,
+    }
+}
+
+fn check_plugin_limits(
+    p: &str,
+    timeout_ms: u64,
+    memory_bytes: usize,
+    max_output_bytes: usize,
+    o: &Origins,
+) -> Result<(), ConfigError> {
+    in_range(format!("{p}.timeout_ms"), timeout_ms, 1, 60_000, o)?;
+    in_range(
+        format!("{p}.memory_bytes"),
+        memory_bytes,
+        1 << 20,
+        4 << 30,
+        o,
+    )?;
+    in_range(
+        format!("{p}.max_output_bytes"),
+        max_output_bytes,
+        1024,
+        16 << 20,
+        o,
+    )?;
+    Ok(())
+}
+
+fn parse_secret_ref(
+    value: &str,
+    key: &str,
+    allow_literal: bool,
+    o: &Origins,
+) -> Result<SecretRef, ConfigError> {
+    if let Some(name) = value.strip_prefix("env:") {
+        let ok = name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok {
+            return Err(o.invalid(
+                key,
+                format!("env:{name} does not name an environment variable (letters, digits, '_')"),
+            ));
+        }
+        return Ok(SecretRef::Env(name.to_string()));
+    }
+    if let Some(v) = value.strip_prefix("literal:") {
+        if !allow_literal {
+            return Err(o.invalid(
+                key,
+                "literal: secrets are refused unless allow_literal_secrets = true (local demos \
+                 only); use env:NAME",
+            ));
+        }
+        // Check the value now, so a bad literal fails at load; never echo it.
+        SecretKey::parse(v).map_err(|e| o.invalid(key, format!("literal secret: {e}")))?;
+        return Ok(SecretRef::Literal(v.to_string()));
+    }
+    if value.starts_with("arn:aws:secretsmanager:") {
+        return Err(o.invalid(
+            key,
+            "AWS Secrets Manager references are not supported yet; pass the secret in an \
+             environment variable and write env:NAME",
+        ));
+    }
+    Err(o.invalid(
+        key,
+        "a secret reference must start with env: (or literal: for local demos); the value is not shown",
+    ))
+}
+
+fn build_plugin(
+    raw: RawPlugin,
+    key: &str,
+    app_limits: PluginLimitsConfig,
+    base_dir: &Path,
+    o: &Origins,
+) -> Result<PluginConfig, ConfigError> {
+    if raw.path.trim().is_empty() {
+        return Err(o.invalid(format!("{key}.path"), "must name a plugin component file"));
+    }
+    let path = base_dir.join(raw.path.trim());
+    let limits = PluginLimitsConfig {
+        timeout_ms: raw.timeout_ms.unwrap_or(app_limits.timeout_ms),
+        memory_bytes: raw.memory_bytes.unwrap_or(app_limits.memory_bytes),
+        max_output_bytes: raw.max_output_bytes.unwrap_or(app_limits.max_output_bytes),
+        isolation: raw.isolation.unwrap_or(app_limits.isolation),
+    };
+    check_plugin_limits(
+        key,
+        limits.timeout_ms,
+        limits.memory_bytes,
+        limits.max_output_bytes,
+        o,
+    )?;
+    Ok(PluginConfig {
+        key: key.to_string(),
+        path,
+        config: raw.config.into_iter().map(|(k, v)| (k, v.0)).collect(),
+        limits,
+    })
+}
+
+fn build_app(
+    id: String,
+    s: RawAppSettings,
+    only: RawAppOnly,
+    allow_literal: bool,
+    base_dir: &Path,
+    o: &Origins,
+) -> Result<AppConfig, ConfigError> {
+    let p = format!("apps.{id}");
+    let queue_url = non_empty(only.queue_url);
+    if let Some(q) = &queue_url {
+        check_queue_url(&format!("{p}.queue_url"), q, o)?;
+    }
+    let mut secrets = BTreeMap::new();
+    for (name, refs) in only.secrets {
+        let key = format!("{p}.secrets.{name}");
+        if !is_key_name(&name) {
+            return Err(o.invalid(
+                key,
+                "a secret name must be 1-128 letters, digits, '_', '-' or '.'",
+            ));
+        }
+        if refs.0.is_empty() {
+            return Err(o.invalid(key, "needs at least one secret reference"));
+        }
+        let refs = refs
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, r)| parse_secret_ref(r, &format!("{key}[{i}]"), allow_literal, o))
+            .collect::<Result<Vec<_>, _>>()?;
+        secrets.insert(name, refs);
+    }
+    let plugin_limits = PluginLimitsConfig {
+        timeout_ms: s.plugin_limits.timeout_ms,
+        memory_bytes: s.plugin_limits.memory_bytes,
+        max_output_bytes: s.plugin_limits.max_output_bytes,
+        isolation: s.plugin_limits.isolation,
+    };
+    let plugin = |raw: Option<RawPlugin>, hook: &str| {
+        raw.map(|r| {
+            build_plugin(
+                r,
+                &format!("{p}.plugins.{hook}"),
+                plugin_limits,
+                base_dir,
+                o,
+            )
+        })
+        .transpose()
+    };
+    let plugins = AppPlugins {
+        transform: plugin(only.plugins.transform, "transform")?,
+        signer: plugin(only.plugins.signer, "signer")?,
+        retry_policy: plugin(only.plugins.retry_policy, "retry_policy")?,
+    };
+    // The built-in signer needs the default key; a signer plugin may use other names.
+    if plugins.signer.is_none() && !secrets.contains_key(&s.signing_key) {
+        return Err(o.invalid(
+            format!("{p}.secrets"),
+            format!(
+                "no secret named {:?} (the signing_key the built-in signer uses); add \
+                 secrets = {{ {} = [\"env:VARIABLE\"] }}",
+                s.signing_key, s.signing_key
+            ),
+        ));
+    }
+    let allowed_networks = Allowlist::parse(&s.allowed_networks)
+        .map_err(|(i, e)| o.invalid(format!("{p}.allowed_networks[{i}]"), e.to_string()))?;
+    Ok(AppConfig {
+        id,
+        queue_url,
+        connect_timeout_ms: s.connect_timeout_ms,
+        timeout_ms: s.timeout_ms,
+        max_response_bytes: s.max_response_bytes,
+        max_body_bytes: s.max_body_bytes,
+        max_concurrency: s.max_concurrency,
+        max_per_endpoint: s.max_per_endpoint,
+        endpoint_wait_secs: s.endpoint_wait_secs,
+        allowed_networks,
+        on_plugin_error: s.on_plugin_error,
+        signing_key: s.signing_key,
+        secret_format: s.secret_format,
+        backoff: Backoff {
+            initial_delay_secs: s.retry.initial_delay_secs,
+            multiplier: s.retry.multiplier,
+            max_delay_secs: s.retry.max_delay_secs,
+            jitter: s.retry.jitter,
+            retry_after_max_secs: s.retry.retry_after_max_secs,
+        },
+        retry_limits: RetryLimits {
+            max_attempts: s.retry.max_attempts,
+            horizon_secs: s.retry.horizon_secs,
+        },
+        plugin_limits,
+        lambda: AppLambdaConfig {
+            batch_size: s.lambda.batch_size,
+            batching_window_secs: s.lambda.batching_window_secs,
+            age_alarm_secs: s.lambda.age_alarm_secs,
+        },
+        secrets,
+        plugins,
+    })
+}
