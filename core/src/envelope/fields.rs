@@ -9,6 +9,9 @@ use serde_json::value::RawValue;
 
 use super::*;
 
+// ---------------------------------------------------------------------------------------------
+// Stage 1: split the object into raw fields (one pass of the JSON parser, no typed decoding).
+
 #[derive(Default)]
 pub(super) struct RawFields<'a> {
     version: Option<&'a RawValue>,
