@@ -10,10 +10,7 @@
 //! The compiler keeps it so: the dependency graph has no I/O crate (`cargo tree -p squall-core`),
 //! and clippy denies the standard library's file, environment, clock and socket access here
 //! (clippy.toml lists them; tests may use them).
-#![cfg_attr(
-    not(test),
-    deny(clippy::disallowed_methods, clippy::disallowed_types)
-)]
+#![cfg_attr(not(test), deny(clippy::disallowed_methods, clippy::disallowed_types))]
 
 pub mod config;
 pub mod deploy;

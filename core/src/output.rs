@@ -141,7 +141,7 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 /// `s` cut to at most `max` bytes on a character boundary.
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
+pub fn truncate(s: &str, max: usize) -> &str {
     &s[..s.floor_char_boundary(max)]
 }
 

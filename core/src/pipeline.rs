@@ -54,7 +54,6 @@ pub enum PluginErrorPolicy {
     DeadLetter,
 }
 
-
 /// A message deferred because its endpoint host stayed saturated is re-sent with a delay drawn
 /// from this range, seconds (random, so that a backlog comes back spread out).
 pub const DEFER_DELAY_SECS: std::ops::RangeInclusive<u32> = 10..=30;
@@ -348,7 +347,6 @@ pub fn set_headers(request: &mut Request, headers: Vec<(String, String)>) {
         .retain(|(n, _)| !headers.iter().any(|(m, _)| m.eq_ignore_ascii_case(n)));
     request.headers.extend(headers);
 }
-
 
 /// A hop: the message comes back as a copy after `delay_secs` with the same attempt number, its
 /// first-attempt and not-before times; no attempt is made now and no record written.

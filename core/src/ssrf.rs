@@ -209,9 +209,9 @@ impl Cidr {
     /// IPv6 form of its addresses (`::ffff:127.0.0.1` is in `127.0.0.0/8`).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.0, ip) {
-            (ipnet::IpNet::V4(net), IpAddr::V6(v6)) => v6
-                .to_ipv4_mapped()
-                .is_some_and(|v4| net.contains(&v4)),
+            (ipnet::IpNet::V4(net), IpAddr::V6(v6)) => {
+                v6.to_ipv4_mapped().is_some_and(|v4| net.contains(&v4))
+            }
             (net, ip) => net.contains(&ip),
         }
     }

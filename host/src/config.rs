@@ -115,7 +115,11 @@ mod tests {
         let e = from_toml_str(text, Path::new("."), Vec::new())
             .unwrap_err()
             .to_string();
-        for part in ["apps.a.plugins.transform.path", "plugin file not found", "no/such.wasm"] {
+        for part in [
+            "apps.a.plugins.transform.path",
+            "plugin file not found",
+            "no/such.wasm",
+        ] {
             assert!(e.contains(part), "{e}");
         }
         // The core alone does not look at the file system.

@@ -19,10 +19,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::envelope;
 use crate::hooks::{
     AttemptContext, HookError, Outcome, Request, RetryDecision, RetryPolicy, Signer, Transform,
-    TransformResult, TransportErrorKind,
+    TransformResult,
 };
 use crate::metrics::{MetricOutcome, MetricRecord};
-use crate::queue::{Attributes, MAX_DELAY_SECS, Received};
+use crate::queue::Received;
 use crate::retry::{self, Backoff, RetryLimits};
 
 pub use squall_core::pipeline::*;
@@ -94,7 +94,6 @@ pub struct App {
     /// waits for a slot before its message is deferred. `None`: no per-host bound.
     pub endpoints: Option<Arc<EndpointLimiter>>,
 }
-
 
 /// Bounds concurrent deliveries per endpoint host for one application. A delivery that finds
 /// its host saturated waits at most `wait` for a slot; then its message is deferred (re-sent
@@ -444,7 +443,8 @@ pub async fn process(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hooks::{Headers, PassThrough};
+    use crate::hooks::{Headers, PassThrough, TransportErrorKind};
+    use crate::queue::Attributes;
     use crate::retry::BackoffPolicy;
     use crate::secrets::{SecretKey, Secrets};
     use crate::signing::{StandardWebhooksSigner, standard_webhooks_signature};

@@ -6,7 +6,6 @@ use toml::{Table, Value};
 
 use super::{ConfigError, ENV_PREFIX};
 
-
 /// Where each value came from, to name it in errors.
 pub(super) struct Origins {
     pub(super) file: String,
@@ -28,7 +27,11 @@ impl Origins {
         self.file.clone()
     }
 
-    pub(super) fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub(super) fn invalid(
+        &self,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let key = key.into();
         ConfigError::Invalid {
             origin: self.of(&key),

@@ -306,7 +306,6 @@ fn check_url(key: &str, value: &str, o: &Origins) -> Result<(), ConfigError> {
     Ok(())
 }
 
-
 /// A queue URL: an http(s) URL that does not name a FIFO queue. FIFO queues would refuse
 /// what Squall sends them (a retry's or deferral's copy carries `DelaySeconds` and no
 /// `MessageGroupId`; so would a dead letter or a metrics record): every such send would fail

@@ -172,7 +172,10 @@ pub(super) fn truncate(s: &str, max_chars: usize) -> String {
 // Stage 2: typed, validated fields.
 
 /// The content of a JSON string value: borrowed when it has no escapes.
-pub(super) fn string_of<'a>(raw: &'a RawValue, field: &'static str) -> Result<Cow<'a, str>, EnvelopeError> {
+pub(super) fn string_of<'a>(
+    raw: &'a RawValue,
+    field: &'static str,
+) -> Result<Cow<'a, str>, EnvelopeError> {
     let text = raw.get();
     if !text.starts_with('"') {
         return Err(EnvelopeError::WrongType {
@@ -200,7 +203,11 @@ pub(super) fn required<'a>(
 }
 
 /// A non-empty, bounded string of visible ASCII (no spaces, no control characters).
-pub(super) fn token_string(raw: &RawValue, field: &'static str, max: usize) -> Result<String, EnvelopeError> {
+pub(super) fn token_string(
+    raw: &RawValue,
+    field: &'static str,
+    max: usize,
+) -> Result<String, EnvelopeError> {
     let s = string_of(raw, field)?;
     check_len(&s, field, max)?;
     if !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
@@ -213,7 +220,11 @@ pub(super) fn token_string(raw: &RawValue, field: &'static str, max: usize) -> R
 }
 
 /// A non-empty, bounded string without control characters.
-pub(super) fn text_string(raw: &RawValue, field: &'static str, max: usize) -> Result<String, EnvelopeError> {
+pub(super) fn text_string(
+    raw: &RawValue,
+    field: &'static str,
+    max: usize,
+) -> Result<String, EnvelopeError> {
     let s = string_of(raw, field)?;
     check_len(&s, field, max)?;
     if s.chars().any(char::is_control) {

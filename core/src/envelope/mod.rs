@@ -26,8 +26,8 @@ mod fields;
 mod rfc3339;
 
 pub use endpoint::{check_endpoint_url, parse_url};
-use fields::*;
 pub(crate) use fields::is_tchar;
+use fields::*;
 pub use rfc3339::{format_rfc3339_ms, parse_rfc3339_ms};
 
 /// The only envelope version this host understands.

@@ -90,9 +90,9 @@ impl MetricRecord {
 mod tests {
     use std::collections::BTreeMap;
 
+    use super::MetricRecord;
     use super::aggregate::*;
     use super::render::*;
-    use super::MetricRecord;
 
     fn rec(
         app: &str,

@@ -16,7 +16,8 @@ pub mod memory;
 pub mod sqs;
 
 pub use squall_core::message::{
-    Attributes, MAX_BATCH, MAX_DELAY_SECS, MAX_VISIBILITY_SECS, Outgoing, Received, VisibilityChange,
+    Attributes, MAX_BATCH, MAX_DELAY_SECS, MAX_VISIBILITY_SECS, Outgoing, Received,
+    VisibilityChange,
 };
 
 /// A queue operation that failed, naming the queue.
