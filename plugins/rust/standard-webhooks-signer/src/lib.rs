@@ -4,7 +4,7 @@
 //! the application's secret, which never enters this component. Built against WIT 0.2.0:
 //! the host HMACs `id.timestamp.` and the body it holds (`hmac-sha256-body-all`), so the
 //! body never enters it either. Byte-identical to the host's built-in signer
-//! (`host/src/signing.rs`).
+//! (`core/src/signing.rs`).
 
 wit_bindgen::generate!({
     path: "../../../wit/v0.2.0",
