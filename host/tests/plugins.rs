@@ -278,12 +278,12 @@ fn a_wit_0_2_0_signer_is_answered_about_the_request_it_signs_and_only_during_the
         Some("0.2.0")
     );
     let keys = ["first-plain-secret", "second-plain-secret"];
+    // This test checks answers, not speed: a 100 KB body crossing an unoptimised (debug) wasmtime
+    // several times takes tens of ms, and more on a loaded machine, than the default 100-ms limit.
+    let mut spec = PluginSpec::new(&path);
+    spec.limits.timeout_ms = 5_000;
     let signer = rt
-        .load_signer(
-            "billing",
-            &PluginSpec::new(&path),
-            secrets(&[("main", &keys)]),
-        )
+        .load_signer("billing", &spec, secrets(&[("main", &keys)]))
         .unwrap();
     // A long body, then a short one on the same (reused) instance: no stale bytes carried over.
     for len in [100_000usize, 3000, 0, 17] {
