@@ -1,13 +1,13 @@
 //! Retry decisions as plain functions: the built-in exponential backoff policy, the
 //! `Retry-After` parser, and the application limits (max attempts, horizon) the host
 //! enforces on every policy, built-in or plugin. No clock, no randomness inside: both
-//! come in as arguments so every decision is reproducible in a test.
+//! come in as arguments so every decision is reproducible in a test. The built-in policy as a
+//! hook (`squall::retry::BackoffPolicy`) lives in the engine, which draws the jitter and calls
+//! [`Backoff::decide`].
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::hooks::{
-    AttemptContext, HookError, Outcome, RetryDecision, RetryPolicy, TransportErrorKind,
-};
+use crate::hooks::{AttemptContext, Outcome, RetryDecision, TransportErrorKind};
 
 /// Parameters of the built-in backoff policy. Defaults live in `config.default.toml`.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,23 +145,6 @@ pub fn enforce_limits(
         ));
     }
     RetryDecision::RetryAfterSeconds(delay)
-}
-
-/// The built-in retry policy as a hook.
-#[derive(Debug, Clone, Default)]
-pub struct BackoffPolicy {
-    /// Its parameters.
-    pub backoff: Backoff,
-}
-
-impl RetryPolicy for BackoffPolicy {
-    fn identity(&self) -> &str {
-        "builtin:exponential-backoff"
-    }
-
-    fn decide(&self, ctx: &AttemptContext, outcome: &Outcome) -> Result<RetryDecision, HookError> {
-        Ok(self.backoff.decide(ctx, outcome, fastrand::f64()))
-    }
 }
 
 #[cfg(test)]

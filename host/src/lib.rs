@@ -18,7 +18,8 @@ pub mod ops;
 pub mod pipeline;
 pub mod plugin;
 pub mod queue;
+pub mod retry;
 pub mod runner;
 pub mod ssrf;
 
-pub use squall_core::{deploy, envelope, hooks, retry, secrets, signing};
+pub use squall_core::{deploy, envelope, hooks, secrets, signing};
