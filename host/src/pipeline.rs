@@ -1,12 +1,10 @@
 //! One message in, one [`Action`] plus metric records out.
 //!
-//! `process` runs decode -> transform -> sign -> deliver -> retry decision for one received
-//! message of one application and returns what to do with it; it never touches a queue (the
-//! runner and the Lambda handler act, see `runner::Actor`). The deciding parts (attempt
-//! bookkeeping from attributes, the not-before hop, the hybrid visibility/re-send switch, the
-//! plugin-error policy, the DLQ attributes) are plain functions over values in
-//! `squall_core::pipeline`, re-exported here. See ARCHITECTURE.md "Retry mechanism" and "Where a
-//! message ends".
+//! `process` is the driver of the decision in `squall_core::pipeline` (re-exported here): it
+//! calls the hooks, waits for a slot of the endpoint host, sends the request, reads the clock and
+//! draws the random numbers, and feeds each result to the core's [`Attempt`], which says what
+//! comes next. It never touches a queue (the runner and the Lambda handler act, see
+//! `runner::Actor`). See ARCHITECTURE.md "Retry mechanism" and "Where a message ends".
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,13 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::envelope;
-use crate::hooks::{
-    AttemptContext, HookError, Outcome, Request, RetryDecision, RetryPolicy, Signer, Transform,
-    TransformResult,
-};
-use crate::metrics::{MetricOutcome, MetricRecord};
+use crate::hooks::{HookError, Request, RetryPolicy, Signer, Transform};
 use crate::queue::Received;
-use crate::retry::{self, Backoff, RetryLimits};
+use crate::retry::{Backoff, RetryLimits};
 
 pub use squall_core::pipeline::*;
 
@@ -34,15 +28,6 @@ pub trait Deliver: Send + Sync {
         &'a self,
         request: &'a Request,
     ) -> Pin<Box<dyn Future<Output = Delivery> + Send + 'a>>;
-}
-
-/// Result of one HTTP attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    /// Status and headers, or the transport error.
-    pub outcome: Outcome,
-    /// Time from sending to the end of the (capped) response.
-    pub latency: Duration,
 }
 
 /// Reads the wall clock (Unix ms). A trait so tests can fix time.
@@ -95,6 +80,27 @@ pub struct App {
     pub endpoints: Option<Arc<EndpointLimiter>>,
 }
 
+impl App {
+    /// What the core's decision needs to know of this application.
+    pub fn settings(&self) -> AppSettings<'_> {
+        AppSettings {
+            id: &self.id,
+            queue_url: &self.queue_url,
+            envelope_limits: &self.envelope_limits,
+            signing_key: &self.signing_key,
+            backoff: &self.backoff,
+            limits: self.limits,
+            on_plugin_error: self.on_plugin_error,
+            visibility_backoff_max_secs: self.visibility_backoff_max_secs,
+            identities: HookIdentities {
+                transform: self.transform.identity(),
+                signer: self.signer.identity(),
+                retry_policy: self.retry_policy.identity(),
+            },
+        }
+    }
+}
+
 /// Bounds concurrent deliveries per endpoint host for one application. A delivery that finds
 /// its host saturated waits at most `wait` for a slot; then its message is deferred (re-sent
 /// with a delay, no attempt counted) so that it does not hold one of the application's
@@ -134,6 +140,7 @@ impl EndpointLimiter {
         if let Ok(slot) = sem.clone().try_acquire_owned() {
             return Some(slot);
         }
+        // The driver's own wait, not a decision: the core only learns that no slot came.
         match tokio::time::timeout(self.wait, sem.acquire_owned()).await {
             Ok(slot) => Some(slot.expect("never closed")),
             Err(_) => None,
@@ -141,310 +148,77 @@ impl EndpointLimiter {
     }
 }
 
-/// Shared fields of the metric records of one attempt.
-struct AttemptRecord<'a> {
-    app: &'a App,
-    event_id: &'a str,
-    event_type: &'a str,
-    host: String,
-    attempt: u32,
-    started_at_ms: u64,
-}
-
-impl AttemptRecord<'_> {
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &self,
-        status: Option<u16>,
-        error_kind: Option<String>,
-        latency: Duration,
-        outcome: MetricOutcome,
-        retry_in_secs: Option<u32>,
-        finished_at_ms: u64,
-    ) -> MetricRecord {
-        MetricRecord {
-            v: 1,
-            event_id: self.event_id.to_string(),
-            app_id: self.app.id.clone(),
-            event_type: self.event_type.to_string(),
-            endpoint_host: self.host.clone(),
-            attempt: self.attempt,
-            status,
-            error_kind,
-            latency_ms: latency.as_millis().min(u64::MAX as u128) as u64,
-            outcome,
-            retry_in_secs,
-            transform: self.app.transform.identity().to_string(),
-            signer: self.app.signer.identity().to_string(),
-            retry_policy: self.app.retry_policy.identity().to_string(),
-            started_at_ms: self.started_at_ms,
-            finished_at_ms,
-        }
-    }
-}
-
 /// Process one received message of `app`. Never panics on any input, never does queue I/O.
+/// Every decision is the core's [`Attempt`]; this only runs the effects between its steps.
 pub async fn process(
     app: &App,
     msg: &Received,
     clock: &dyn Clock,
     opts: ProcessOptions,
 ) -> Processed {
-    let started_at_ms = clock.now_ms();
-    let malformed = |reason: String, last: String, attempts: u32, first: u64, id: Option<&str>| {
-        let attributes = dead_letter_attributes(&DeadLetterFacts {
-            app_id: &app.id,
-            event_id: id,
-            reason: &reason,
-            last: LastFailure::Error(last),
-            attempts,
-            first_attempt_ms: first,
-            source_queue: &app.queue_url,
-            now_ms: started_at_ms,
-        });
-        tracing::warn!(app_id = %app.id, message_id = %msg.message_id, %reason, "dead-lettering a malformed message");
-        Processed {
-            action: Action::DeadLetter { reason, attributes },
-            metrics: Vec::new(),
-        }
-    };
-
-    let state = match attempt_state(msg) {
-        Ok(s) => s,
-        Err(e) => {
-            return malformed(
-                format!("malformed message: {e}"),
-                "attribute".into(),
-                0,
-                msg.sent_timestamp_ms,
-                None,
-            );
-        }
-    };
-    if let Some(delay_secs) = hop_delay(state.not_before_ms, started_at_ms) {
-        return hop(&state, delay_secs);
-    }
-
-    let env = match envelope::decode(msg.body.as_bytes(), &app.envelope_limits) {
-        Ok(env) => env,
-        Err(e) => {
-            return malformed(
-                format!("malformed envelope: {e}"),
-                format!("envelope: {}", e.kind()),
-                state.attempt.saturating_sub(1),
-                state.first_attempt_ms,
-                None,
-            );
-        }
-    };
-    if env.app_id != app.id {
-        return malformed(
-            format!(
-                "malformed envelope: app_id {:?} does not match the queue's application {:?}",
-                env.app_id, app.id
-            ),
-            "envelope: app-id-mismatch".into(),
-            state.attempt.saturating_sub(1),
-            state.first_attempt_ms,
-            // The envelope decoded, so its id is known: name it, as for any other dead letter.
-            Some(&env.id),
-        );
-    }
-    let key_name = env
-        .signing_key
-        .clone()
-        .unwrap_or_else(|| app.signing_key.clone());
-    let event = env.into_event(state.attempt, state.first_attempt_ms);
-    let mut rec = AttemptRecord {
-        app,
-        event_id: &event.id,
-        event_type: &event.event_type,
-        host: url_host(&event.endpoint_url),
-        attempt: state.attempt,
-        started_at_ms,
-    };
-    let ctx = AttemptContext::for_event(&event, started_at_ms);
-
-    // After a decision (policy or plugin-error), turn it into an action + record.
-    let conclude = |decision: RetryDecision,
-                    last: LastFailure,
-                    status: Option<u16>,
-                    error_kind: Option<String>,
-                    latency: Duration,
-                    plugin_failed: bool,
-                    rec: &AttemptRecord<'_>| {
-        let now = clock.now_ms();
-        let (action, outcome, retry_in) = match decision {
-            RetryDecision::RetryAfterSeconds(secs) => (
-                schedule_retry(
-                    secs,
-                    &state,
-                    msg.receive_count,
-                    now,
-                    app.visibility_backoff_max_secs,
-                    opts,
-                ),
-                MetricOutcome::Retry,
-                Some(secs),
-            ),
-            RetryDecision::DeadLetter(reason) => {
-                let attributes = dead_letter_attributes(&DeadLetterFacts {
-                    app_id: &app.id,
-                    event_id: Some(rec.event_id),
-                    reason: &reason,
-                    last,
-                    attempts: state.attempt,
-                    first_attempt_ms: state.first_attempt_ms,
-                    source_queue: &app.queue_url,
-                    now_ms: now,
-                });
-                (
-                    Action::DeadLetter { reason, attributes },
-                    MetricOutcome::DeadLetter,
-                    None,
-                )
+    let settings = app.settings();
+    let mut attempt = match Attempt::start(&settings, msg, opts, clock.now_ms(), fastrand::f64()) {
+        Start::Attempt(attempt) => attempt,
+        Start::Hop(done) => return done,
+        Start::Malformed(done) => {
+            if let Action::DeadLetter { reason, .. } = &done.action {
+                tracing::warn!(app_id = %app.id, message_id = %msg.message_id, %reason, "dead-lettering a malformed message");
             }
-            RetryDecision::Discard(reason) => (
-                Action::Delete {
-                    why: DeleteReason::Discarded(reason),
-                },
-                MetricOutcome::Discarded,
-                None,
-            ),
-        };
-        let outcome = if plugin_failed {
-            MetricOutcome::PluginError
-        } else {
-            outcome
-        };
-        Processed {
-            action,
-            metrics: vec![rec.record(status, error_kind, latency, outcome, retry_in, now)],
+            return done;
         }
     };
-    let on_hook_error = |err: HookError,
-                         status: Option<u16>,
-                         latency: Duration,
-                         rec: &AttemptRecord<'_>| {
-        tracing::warn!(app_id = %app.id, event_id = %rec.event_id, attempt = state.attempt, error = %err, "hook failed");
-        let decision = plugin_error_decision(
-            app.on_plugin_error,
-            &err,
-            &app.backoff,
-            &ctx,
-            &app.limits,
-            fastrand::f64(),
-        );
-        let last = match status {
-            Some(s) => LastFailure::Status(s),
-            None => LastFailure::Error(err.to_string()),
-        };
-        conclude(
-            decision,
-            last,
-            status,
-            Some(err.kind().to_string()),
-            latency,
-            true,
-            rec,
-        )
+    let transformed = logged(&attempt, app.transform.transform(attempt.event()));
+    let request = match attempt.transformed(transformed, clock.now_ms()) {
+        Step::Next(request) => request,
+        Step::Done(done) => return done,
     };
-
-    let mut request = match app.transform.transform(&event) {
-        Ok(TransformResult::Send(r)) => r,
-        Ok(TransformResult::Skip(reason)) => {
-            let now = clock.now_ms();
-            return Processed {
-                metrics: vec![rec.record(
-                    None,
-                    None,
-                    Duration::ZERO,
-                    MetricOutcome::Skipped,
-                    None,
-                    now,
-                )],
-                action: Action::Delete {
-                    why: DeleteReason::Skipped(reason),
-                },
-            };
-        }
-        Err(e) => return on_hook_error(e, None, Duration::ZERO, &rec),
-    };
-    if request.url != event.endpoint_url {
-        rec.host = url_host(&request.url);
-    }
     let timestamp = clock.now_ms() / 1000;
-    match app.signer.sign(&ctx, &request, &key_name, timestamp) {
-        Ok(headers) => set_headers(&mut request, headers),
-        Err(e) => return on_hook_error(e, None, Duration::ZERO, &rec),
-    }
+    let signed = app
+        .signer
+        .sign(attempt.context(), &request, attempt.key_name(), timestamp);
+    let request = match attempt.signed(request, logged(&attempt, signed), clock.now_ms()) {
+        Step::Next(request) => request,
+        Step::Done(done) => return done,
+    };
 
     // Held until the response is read; released before the retry decision.
-    let endpoint_slot = match &app.endpoints {
-        None => None,
-        Some(limiter) => match limiter.acquire(&rec.host).await {
-            Some(slot) => Some(slot),
-            None => {
-                let delay_secs = fastrand::u32(DEFER_DELAY_SECS);
-                tracing::info!(app_id = %app.id, event_id = %rec.event_id, endpoint_host = %rec.host, attempt = state.attempt, delay_secs, "endpoint saturated: deferred, no attempt made");
-                return hop(&state, delay_secs);
-            }
-        },
-    };
-    let delivery = app.deliver.deliver(&request).await;
-    drop(endpoint_slot);
-    drop(request);
-    let status = match &delivery.outcome {
-        Outcome::Response { status, .. } => Some(*status),
-        Outcome::Transport { .. } => None,
-    };
-    let error_kind = match &delivery.outcome {
-        Outcome::Transport { kind, .. } => Some(kind.as_str().to_string()),
-        Outcome::Response { .. } => None,
-    };
-    if delivery.outcome.is_success() {
-        let now = clock.now_ms();
-        return Processed {
-            action: Action::Delete {
-                why: DeleteReason::Delivered,
-            },
-            metrics: vec![rec.record(
-                status,
-                None,
-                delivery.latency,
-                MetricOutcome::Delivered,
-                None,
-                now,
-            )],
-        };
-    }
-    let ctx_after = AttemptContext {
-        now_ms: clock.now_ms(),
-        ..ctx.clone()
-    };
-    match app.retry_policy.decide(&ctx_after, &delivery.outcome) {
-        Ok(decision) => {
-            let decision =
-                retry::enforce_limits(decision, &ctx_after, &delivery.outcome, &app.limits);
-            conclude(
-                decision,
-                LastFailure::from_outcome(&delivery.outcome),
-                status,
-                error_kind,
-                delivery.latency,
-                false,
-                &rec,
-            )
+    let mut endpoint_slot = None;
+    if let Some(limiter) = &app.endpoints {
+        endpoint_slot = limiter.acquire(attempt.endpoint_host()).await;
+        if endpoint_slot.is_none() {
+            tracing::info!(app_id = %app.id, event_id = %attempt.event().id, endpoint_host = %attempt.endpoint_host(), attempt = attempt.number(), delay_secs = attempt.defer_delay_secs(), "endpoint saturated: deferred, no attempt made");
+            return attempt.deferred();
         }
-        Err(e) => on_hook_error(e, status, delivery.latency, &rec),
     }
+    let delivery = app.deliver.deliver(&request).await;
+    drop((endpoint_slot, request));
+
+    let context = match attempt.delivered(&delivery, clock.now_ms()) {
+        Step::Next(context) => context,
+        Step::Done(done) => return done,
+    };
+    let decision = app.retry_policy.decide(&context, &delivery.outcome);
+    attempt.judged(
+        &delivery,
+        &context,
+        logged(&attempt, decision),
+        clock.now_ms(),
+    )
+}
+
+/// A hook's result, its failure logged (what the failure leads to is the core's decision).
+fn logged<T>(attempt: &Attempt<'_>, result: Result<T, HookError>) -> Result<T, HookError> {
+    if let Err(error) = &result {
+        tracing::warn!(app_id = %attempt.context().app_id, event_id = %attempt.event().id, attempt = attempt.number(), %error, "hook failed");
+    }
+    result
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hooks::{Headers, PassThrough, TransportErrorKind};
-    use crate::queue::Attributes;
+    use crate::hooks::{Headers, Outcome, PassThrough, TransformResult, TransportErrorKind};
+    use crate::metrics::MetricOutcome;
     use crate::retry::BackoffPolicy;
     use crate::secrets::{SecretKey, Secrets};
     use crate::signing::{StandardWebhooksSigner, standard_webhooks_signature};
@@ -464,179 +238,6 @@ mod tests {
             receive_count,
             sent_timestamp_ms: NOW - 60_000,
         }
-    }
-
-    // ---- pure decisions ----
-
-    #[test]
-    fn attempt_number_is_attribute_plus_receive_count() {
-        let s = attempt_state(&received("", 1, &[])).unwrap();
-        assert_eq!(
-            s,
-            AttemptState {
-                prior_attempts: 0,
-                attempt: 1,
-                first_attempt_ms: NOW - 60_000,
-                not_before_ms: None
-            }
-        );
-        let s = attempt_state(&received(
-            "",
-            3,
-            &[
-                (ATTR_ATTEMPTS, "6"),
-                (ATTR_FIRST_ATTEMPT_MS, "42"),
-                (ATTR_NOT_BEFORE_MS, "99"),
-            ],
-        ))
-        .unwrap();
-        assert_eq!(
-            (s.attempt, s.first_attempt_ms, s.not_before_ms),
-            (9, 42, Some(99))
-        );
-        let err = attempt_state(&received("", 1, &[(ATTR_ATTEMPTS, "x7")])).unwrap_err();
-        assert!(err.to_string().contains("squall-attempts") && err.to_string().contains("x7"));
-    }
-
-    #[test]
-    fn hop_only_when_not_before_is_more_than_a_second_away() {
-        assert_eq!(hop_delay(None, NOW), None);
-        assert_eq!(hop_delay(Some(NOW - 5), NOW), None);
-        assert_eq!(hop_delay(Some(NOW + 1_000), NOW), None);
-        assert_eq!(hop_delay(Some(NOW + 2_500), NOW), Some(3));
-        assert_eq!(hop_delay(Some(NOW + 7_200_000), NOW), Some(900));
-    }
-
-    #[test]
-    fn hybrid_switches_on_wait_receive_count_and_over_limit() {
-        let st = AttemptState {
-            prior_attempts: 2,
-            attempt: 4,
-            first_attempt_ms: 7,
-            not_before_ms: None,
-        };
-        let normal = ProcessOptions::default();
-        assert_eq!(
-            schedule_retry(900, &st, 2, NOW, 900, normal),
-            Action::RetryByVisibility { secs: 900 }
-        );
-        let long = schedule_retry(3_600, &st, 2, NOW, 900, normal);
-        assert_eq!(
-            long,
-            Action::Resend {
-                delay_secs: 900,
-                attributes: resend_attributes(4, 7, NOW + 3_600_000),
-                hop: false
-            }
-        );
-        assert_eq!(
-            long_attrs(&long),
-            vec![
-                ("squall-attempts", "4".to_string()),
-                ("squall-first-attempt-ms", "7".to_string()),
-                ("squall-not-before-ms", (NOW + 3_600_000).to_string())
-            ]
-        );
-        // 5th receive of the same SQS message: re-send even for a short wait.
-        assert!(matches!(
-            schedule_retry(5, &st, 5, NOW, 900, normal),
-            Action::Resend { delay_secs: 5, .. }
-        ));
-        // OverLimit mode: re-send always.
-        assert!(matches!(
-            schedule_retry(5, &st, 1, NOW, 900, ProcessOptions { force_resend: true }),
-            Action::Resend { delay_secs: 5, .. }
-        ));
-        // A smaller configured switch point.
-        assert!(matches!(
-            schedule_retry(61, &st, 1, NOW, 60, normal),
-            Action::Resend { delay_secs: 61, .. }
-        ));
-    }
-
-    fn long_attrs(a: &Action) -> Vec<(&str, String)> {
-        match a {
-            Action::Resend { attributes, .. } => attributes
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.clone()))
-                .collect(),
-            _ => vec![],
-        }
-    }
-
-    #[test]
-    fn plugin_errors_follow_the_policy_and_the_limits() {
-        let err = HookError::Trap {
-            plugin: "plugins/dist/x.wasm".into(),
-            detail: "unreachable".into(),
-        };
-        let b = Backoff {
-            jitter: 0.0,
-            ..Backoff::default()
-        };
-        let ctx = |attempt| AttemptContext {
-            event_id: "e".into(),
-            app_id: "a".into(),
-            event_type: "t".into(),
-            attempt,
-            first_attempt_at_ms: NOW,
-            now_ms: NOW,
-        };
-        let limits = RetryLimits {
-            max_attempts: 3,
-            horizon_secs: 3600,
-        };
-        assert_eq!(
-            plugin_error_decision(PluginErrorPolicy::Retry, &err, &b, &ctx(2), &limits, 0.5),
-            RetryDecision::RetryAfterSeconds(15)
-        );
-        let RetryDecision::DeadLetter(r) =
-            plugin_error_decision(PluginErrorPolicy::Retry, &err, &b, &ctx(3), &limits, 0.5)
-        else {
-            panic!()
-        };
-        assert!(r.contains("max_attempts") && r.contains("trapped"), "{r}");
-        let RetryDecision::DeadLetter(r) = plugin_error_decision(
-            PluginErrorPolicy::DeadLetter,
-            &err,
-            &b,
-            &ctx(1),
-            &limits,
-            0.5,
-        ) else {
-            panic!()
-        };
-        assert!(r.contains("x.wasm") && r.contains("dead-letter"), "{r}");
-    }
-
-    #[test]
-    fn dead_letter_attributes_are_complete_and_clean() {
-        let a = dead_letter_attributes(&DeadLetterFacts {
-            app_id: "billing",
-            event_id: Some("evt_1"),
-            reason: "bad\nthing",
-            last: LastFailure::Status(410),
-            attempts: 3,
-            first_attempt_ms: 5,
-            source_queue: "q",
-            now_ms: 9,
-        });
-        let want: Attributes = [
-            ("squall-app-id", "billing"),
-            ("squall-event-id", "evt_1"),
-            ("squall-reason", "bad thing"),
-            ("squall-last-status", "410"),
-            ("squall-attempts", "3"),
-            ("squall-first-attempt-ms", "5"),
-            ("squall-source-queue", "q"),
-            ("squall-dead-lettered-at-ms", "9"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        assert_eq!(a, want);
-        let long = attribute_text(&"é".repeat(2000));
-        assert!(long.len() <= MAX_ATTRIBUTE_TEXT + 3 && long.ends_with("..."));
     }
 
     // ---- process() with real built-ins and a scripted endpoint ----
