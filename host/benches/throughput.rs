@@ -27,13 +27,13 @@ use std::time::{Duration, Instant};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use squall::apps::{self, PluginSetup};
 use squall::config::Config;
 use squall::demo::Receiver;
 use squall::envelope::Envelope;
-use squall::http::Deliverers;
 use squall::queue::memory::{MemoryQueues, QueueOptions};
 use squall::queue::{Attributes, Outgoing, Queue};
-use squall::runner::{AppHooks, RunReport, Runner, RunnerSettings, build_app};
+use squall::runner::{RunReport, Runner, RunnerSettings};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -172,19 +172,8 @@ async fn engine(
     behaviour: &str,
 ) -> Result<(f64, RunReport), String> {
     let cfg = config(concurrency, hooks);
-    let secrets = squall::config::resolve_secrets(&cfg).map_err(|e| e.to_string())?;
-    let app_cfg = &cfg.apps[0];
-    let s = secrets["bench"].clone();
-    let app_hooks = match hooks {
-        Hooks::Builtins => AppHooks::builtins(app_cfg, s),
-        Hooks::Plugins => {
-            let rt = squall::plugin::PluginRuntime::new(squall::runner::runtime_options(&cfg))
-                .map_err(|e| e.to_string())?;
-            squall::runner::app_hooks(app_cfg, s, Some(&rt)).map_err(|e| e.to_string())?
-        }
-    };
-    let deliverers = Deliverers::new();
-    let app = build_app(&cfg, app_cfg, app_hooks, &deliverers).map_err(|e| e.to_string())?;
+    let apps =
+        apps::from_config(&cfg, PluginSetup::from_config(&cfg)).map_err(|e| e.to_string())?;
 
     let qs = Arc::new(MemoryQueues::new());
     for q in [
@@ -222,7 +211,7 @@ async fn engine(
         }
     }
     drop(batch);
-    let runner = Runner::new(qs.clone(), vec![app], RunnerSettings::from_config(&cfg));
+    let runner = Runner::new(qs.clone(), apps.built, RunnerSettings::from_config(&cfg));
     let stats = runner.stats();
     let t0 = Instant::now();
     let done_at = Arc::new(std::sync::Mutex::new(None));

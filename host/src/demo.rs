@@ -31,19 +31,14 @@ use sha2::Sha256;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::apps::{AppBuilder, BuildError, BuiltApp, PluginSetup};
+use crate::config::{AppPlugins, Config};
 use crate::envelope::Envelope;
-use crate::hooks::{PassThrough, RetryPolicy, Signer, Transform};
-use crate::http::{self, AppDelivery, ClientOptions, Deliverer, SendOptions};
 use crate::metrics::MetricOutcome;
-use crate::pipeline::{self, App, Deliver, PluginErrorPolicy};
-use crate::plugin::{PluginRuntime, PluginSpec, RuntimeOptions};
+use crate::pipeline;
 use crate::queue::memory::{MemoryQueues, QueueOptions, Redrive};
 use crate::queue::{Attributes, Outgoing, Queue};
-use crate::retry::{Backoff, BackoffPolicy, RetryLimits};
-use crate::runner::{RunReport, Runner, RunnerApp, RunnerSettings};
-use crate::secrets::{SecretKey, Secrets};
-use crate::signing::StandardWebhooksSigner;
-use crate::ssrf::Allowlist;
+use crate::runner::{RunReport, Runner, RunnerSettings};
 
 // ---------------------------------------------------------------------------------------
 // Signature verification, as a receiver does it (independent of `signing.rs`).
@@ -408,9 +403,9 @@ pub enum DemoError {
     /// A queue operation failed.
     #[error("demo queue: {0}")]
     Queue(#[from] crate::queue::QueueError),
-    /// The HTTP client could not be built.
-    #[error("demo HTTP client: {0}")]
-    Http(String),
+    /// The applications could not be built (their HTTP client, or the plugin runtime).
+    #[error("demo applications: {0}")]
+    Apps(String),
     /// Did not settle in time.
     #[error("the demo did not settle within {0:?}")]
     Timeout(Duration),
@@ -432,39 +427,8 @@ fn demo_secret(app: &str) -> String {
     )
 }
 
-fn secrets_for(secret: &str) -> Arc<Secrets> {
-    let mut s = Secrets::new();
-    s.insert(
-        "default",
-        vec![SecretKey::parse(secret).expect("generated secret parses")],
-    );
-    Arc::new(s)
-}
-
-/// The short test schedule: 1 s, then 2 s, ...
-fn demo_backoff() -> Backoff {
-    Backoff {
-        initial_delay_secs: 1,
-        multiplier: 2.0,
-        jitter: 0.0,
-        ..Backoff::default()
-    }
-}
-
-type Hooks = (Arc<dyn Transform>, Arc<dyn Signer>, Arc<dyn RetryPolicy>);
-
-fn builtin_hooks(secrets: Arc<Secrets>) -> Hooks {
-    (
-        Arc::new(PassThrough),
-        Arc::new(StandardWebhooksSigner::new(secrets)),
-        Arc::new(BackoffPolicy {
-            backoff: demo_backoff(),
-        }),
-    )
-}
-
-/// The sample plugins for `shipping` (and the runtime, which must outlive them), or why not.
-fn plugin_hooks(dir: &Path, secrets: Arc<Secrets>) -> Result<(Hooks, PluginRuntime), String> {
+/// The sample plugins' files in `dir`, or why not: (transform, signer, retry policy).
+fn sample_plugins(dir: &Path) -> Result<[PathBuf; 3], String> {
     let file = |f: &str| -> Result<PathBuf, String> {
         let p = dir.join(f);
         if p.is_file() {
@@ -476,41 +440,117 @@ fn plugin_hooks(dir: &Path, secrets: Arc<Secrets>) -> Result<(Hooks, PluginRunti
             ))
         }
     };
-    let mut transform = PluginSpec::new(file("envelope-transform.wasm")?);
-    transform.config.insert("skip_types".into(), "ping".into());
-    let signer = PluginSpec::new(file("standard-webhooks-signer.wasm")?);
-    let mut retry = PluginSpec::new(file("schedule-retry.wasm")?);
-    // The short test schedule, as for billing: 1 s, 2 s, then give up.
-    retry.config.insert("schedule".into(), "1s,2s,4s".into());
-    let rt = PluginRuntime::new(RuntimeOptions::default()).map_err(|e| e.to_string())?;
-    let hooks: Hooks = (
-        rt.transform("shipping", &transform, secrets.clone())
-            .map_err(|e| e.to_string())?,
-        rt.signer("shipping", &signer, secrets.clone())
-            .map_err(|e| e.to_string())?,
-        rt.retry_policy("shipping", &retry, secrets)
-            .map_err(|e| e.to_string())?,
-    );
-    Ok((hooks, rt))
+    Ok([
+        file("envelope-transform.wasm")?,
+        file("standard-webhooks-signer.wasm")?,
+        file("schedule-retry.wasm")?,
+    ])
 }
 
-/// The HTTP side of the demo: the engine's pooled [`http::Deliverer`], with the SSRF guard
-/// allowing loopback (127.0.0.0/8) only.
-fn demo_deliverer() -> Result<Arc<dyn Deliver>, DemoError> {
-    let allowlist = Allowlist::parse(&["127.0.0.0/8"]).expect("a valid CIDR");
-    let deliverer = Deliverer::new(&ClientOptions {
-        allowlist,
-        connect_timeout: Duration::from_secs(2),
-        pool_max_idle_per_host: http::POOL_MAX_IDLE_PER_HOST,
-    })
-    .map_err(|e| DemoError::Http(e.to_string()))?;
-    Ok(Arc::new(AppDelivery {
-        deliverer: Arc::new(deliverer),
-        opts: SendOptions {
-            timeout: Duration::from_secs(10),
-            max_response_bytes: 64 * 1024,
-        },
-    }))
+/// The demo's applications as configuration, built by the engine's one assembly path
+/// ([`crate::apps`]) like `squall run`'s: `billing` and `shipping`, each signing with its own
+/// secret, on the short test schedule (1 s, then 2 s, ...; at most 5 attempts within 10 min),
+/// delivering to loopback only; `shipping` with the sample plugins when `plugins` is given
+/// (transform skipping `ping`, the Standard Webhooks signer, the schedule retry policy on the
+/// same short schedule). Each application's queue is the in-process queue named after it.
+fn demo_config(secrets: &HashMap<String, String>, plugins: Option<&[PathBuf; 3]>) -> Config {
+    let mut text = String::from(
+        r#"
+allow_literal_secrets = true
+[app_defaults]
+connect_timeout_ms = 2000
+timeout_ms = 10000
+max_response_bytes = 65536
+max_concurrency = 16
+max_per_endpoint = 16
+allowed_networks = ["127.0.0.0/8"]
+[app_defaults.retry]
+max_attempts = 5
+horizon_secs = 600
+initial_delay_secs = 1
+multiplier = 2.0
+jitter = 0.0
+"#,
+    );
+    let mut ids: Vec<&String> = secrets.keys().collect();
+    ids.sort();
+    for id in ids {
+        text.push_str(&format!(
+            "[apps.{id}]\nsecrets = {{ default = \"literal:{}\" }}\n",
+            secrets[id]
+        ));
+    }
+    let mut base_dir = PathBuf::from(".");
+    if let Some([transform, signer, retry]) = plugins {
+        let name = |p: &PathBuf| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        };
+        base_dir = transform
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or(base_dir);
+        text.push_str(&format!(
+            r#"[apps.shipping.plugins.transform]
+path = "{}"
+config = {{ skip_types = "ping" }}
+[apps.shipping.plugins.signer]
+path = "{}"
+[apps.shipping.plugins.retry_policy]
+path = "{}"
+config = {{ schedule = "1s,2s,4s" }}
+"#,
+            name(transform),
+            name(signer),
+            name(retry)
+        ));
+    }
+    let mut config = Config::from_toml_str(&text, &base_dir, Vec::new())
+        .expect("the demo's configuration is valid");
+    for app in &mut config.apps {
+        app.queue_url = Some(app.id.clone());
+    }
+    config
+}
+
+/// The demo's applications, built; and, when `shipping` could not get its sample plugins, why
+/// (it then runs the built-ins). The builder holds the plugin runtime: keep it while they run.
+fn build_apps(
+    secrets: &HashMap<String, String>,
+    plugins: Option<&[PathBuf; 3]>,
+) -> Result<(AppBuilder, Vec<BuiltApp>, Option<String>), DemoError> {
+    let built_ins = |why: String| format!("{why}; shipping uses the built-ins");
+    let mut note = None;
+    let mut config = demo_config(secrets, plugins);
+    let builder = match AppBuilder::new(&config, PluginSetup::from_config(&config)) {
+        Ok(b) => b,
+        Err(e) => {
+            note = Some(built_ins(e.to_string()));
+            config = demo_config(secrets, None);
+            AppBuilder::new(&config, PluginSetup::from_config(&config))
+                .map_err(|e| DemoError::Apps(e.to_string()))?
+        }
+    };
+    let mut built = Vec::new();
+    for app in &config.apps {
+        let secrets = app
+            .resolve_secrets(&|_| None)
+            .map_err(|e| DemoError::Apps(e.to_string()))?;
+        let secrets = Arc::new(secrets);
+        let app = match builder.build(app, secrets.clone()) {
+            Err(BuildError::Plugin { message, .. }) => {
+                note = Some(built_ins(message));
+                let mut without = app.clone();
+                without.plugins = AppPlugins::default();
+                builder.build(&without, secrets)
+            }
+            other => other,
+        };
+        built.push(app.map_err(|e| DemoError::Apps(e.to_string()))?);
+    }
+    Ok((builder, built, note))
 }
 
 struct Sample {
@@ -594,56 +634,23 @@ pub async fn run_demo(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
         )?;
     }
 
-    let deliver = demo_deliverer()?;
     let mut plugins_note = None;
-    let mut runner_apps = Vec::new();
-    let mut shipping_uses_plugins = false;
-    let mut plugin_runtime: Option<PluginRuntime> = None;
-    for a in apps {
-        let s = secrets_for(&secrets[a]);
-        let hooks = if a == "shipping" {
-            match &opts.plugins_dir {
-                None => {
-                    plugins_note = Some("sample plugins not requested: built-ins used".into());
-                    builtin_hooks(s.clone())
-                }
-                Some(dir) => match plugin_hooks(dir, s.clone()) {
-                    Ok((h, rt)) => {
-                        shipping_uses_plugins = true;
-                        plugin_runtime = Some(rt);
-                        h
-                    }
-                    Err(why) => {
-                        plugins_note = Some(format!("{why}; shipping uses the built-ins"));
-                        builtin_hooks(s.clone())
-                    }
-                },
+    let plugins = match &opts.plugins_dir {
+        None => {
+            plugins_note = Some("sample plugins not requested: built-ins used".to_string());
+            None
+        }
+        Some(dir) => match sample_plugins(dir) {
+            Ok(files) => Some(files),
+            Err(why) => {
+                plugins_note = Some(format!("{why}; shipping uses the built-ins"));
+                None
             }
-        } else {
-            builtin_hooks(s.clone())
-        };
-        runner_apps.push(RunnerApp {
-            app: Arc::new(App {
-                id: a.to_string(),
-                queue_url: a.to_string(),
-                transform: hooks.0,
-                signer: hooks.1,
-                retry_policy: hooks.2,
-                backoff: demo_backoff(),
-                limits: RetryLimits {
-                    max_attempts: 5,
-                    horizon_secs: 600,
-                },
-                envelope_limits: crate::envelope::Limits::default(),
-                signing_key: "default".into(),
-                on_plugin_error: PluginErrorPolicy::Retry,
-                visibility_backoff_max_secs: 900,
-                deliver: deliver.clone(),
-                endpoints: None,
-            }),
-            max_concurrency: 16,
-        });
-    }
+        },
+    };
+    let (builder, runner_apps, not_loaded) = build_apps(&secrets, plugins.as_ref())?;
+    let shipping_uses_plugins = plugins.is_some() && not_loaded.is_none();
+    plugins_note = plugins_note.or(not_loaded);
 
     // Enqueue the samples.
     let created = SystemTime::now()
@@ -711,7 +718,7 @@ pub async fn run_demo(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
         .await
         .map_err(|_| DemoError::Timeout(limit))?;
 
-    drop(plugin_runtime);
+    drop(builder);
     summarize(
         &qs,
         &receiver,

@@ -28,11 +28,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use squall_core::metrics::render::emf_lines_for;
 
+use crate::actor::{ActError, ActMode, Actor};
+use crate::apps::BuiltApp;
 use crate::metrics::{MetricRecord, MetricsSink};
 use crate::pipeline::{self, Action, App, Clock, ProcessOptions};
 use crate::queue::{Attributes, Queue, Received};
-use crate::runner::{ActError, ActMode, Actor, RunnerApp};
 
 pub mod init;
 
@@ -178,7 +180,7 @@ pub type EmfSink = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Everything built once per cold start.
 pub struct Function<Q: Queue> {
-    apps: HashMap<QueueKey, RunnerApp>,
+    apps: HashMap<QueueKey, BuiltApp>,
     actor: Actor<Q>,
     metrics: MetricsSink<Q>,
     clock: Arc<dyn Clock>,
@@ -219,7 +221,7 @@ impl<Q: Queue> Function<Q> {
     /// Index the applications by their queue; check that each has its own queue.
     pub fn new(
         queue: Arc<Q>,
-        apps: Vec<RunnerApp>,
+        apps: Vec<BuiltApp>,
         dead_letter_queue_url: String,
         metrics_queue_url: Option<String>,
         clock: Arc<dyn Clock>,
@@ -227,7 +229,7 @@ impl<Q: Queue> Function<Q> {
         if dead_letter_queue_url.is_empty() {
             return Err(FunctionError::NoDeadLetterQueue);
         }
-        let mut index: HashMap<QueueKey, RunnerApp> = HashMap::new();
+        let mut index: HashMap<QueueKey, BuiltApp> = HashMap::new();
         for fa in apps {
             let key = QueueKey::from_url(&fa.app.queue_url).ok_or_else(|| {
                 FunctionError::BadQueueUrl {
@@ -333,8 +335,7 @@ impl<Q: Queue> Function<Q> {
         }
         self.metrics.flush(&metrics).await;
         if let Some((namespace, sink)) = &self.emf {
-            for line in crate::ops::metrics::emf_lines_for(&metrics, namespace, self.clock.now_ms())
-            {
+            for line in emf_lines_for(&metrics, namespace, self.clock.now_ms()) {
                 sink(&line);
             }
         }
@@ -394,13 +395,11 @@ mod tests {
 
     use super::*;
     use crate::envelope;
-    use crate::hooks::{Outcome, PassThrough, Request};
-    use crate::pipeline::{Deliver, Delivery, PluginErrorPolicy, SystemClock};
+    use crate::hooks::{Outcome, Request};
+    use crate::pipeline::{Deliver, Delivery, SystemClock};
     use crate::queue::memory::{MemoryQueues, QueueOptions};
     use crate::queue::{Outgoing, QueueError};
-    use crate::retry::{Backoff, BackoffPolicy, RetryLimits};
-    use crate::secrets::{SecretKey, Secrets};
-    use crate::signing::StandardWebhooksSigner;
+    use crate::testing::TestApp;
 
     const QUEUE: &str = "http://memory.invalid/123456789012/billing";
     const ARN: &str = "arn:aws:sqs:us-east-1:123456789012:billing";
@@ -536,36 +535,8 @@ mod tests {
         }
     }
 
-    fn app() -> RunnerApp {
-        let mut secrets = Secrets::new();
-        secrets.insert(
-            "default",
-            vec![SecretKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()],
-        );
-        let backoff = Backoff {
-            jitter: 0.0,
-            ..Backoff::default()
-        };
-        RunnerApp {
-            app: Arc::new(App {
-                id: "billing".into(),
-                queue_url: QUEUE.into(),
-                transform: Arc::new(PassThrough),
-                signer: Arc::new(StandardWebhooksSigner::new(Arc::new(secrets))),
-                retry_policy: Arc::new(BackoffPolicy {
-                    backoff: backoff.clone(),
-                }),
-                backoff,
-                limits: RetryLimits::default(),
-                envelope_limits: envelope::Limits::default(),
-                signing_key: "default".into(),
-                on_plugin_error: PluginErrorPolicy::Retry,
-                visibility_backoff_max_secs: 900,
-                deliver: Arc::new(ByPath),
-                endpoints: None,
-            }),
-            max_concurrency: 4,
-        }
+    fn app() -> BuiltApp {
+        TestApp::new(QUEUE, Arc::new(ByPath)).built(4)
     }
 
     fn envelope_to(id: &str, path: &str) -> String {

@@ -8,6 +8,8 @@
 //! ...), so a user of the engine sees one crate. See `ARCHITECTURE.md` at the repository root for
 //! the map.
 
+pub mod actor;
+pub mod apps;
 pub mod config;
 pub mod conformance;
 pub mod demo;
@@ -21,5 +23,7 @@ pub mod queue;
 pub mod retry;
 pub mod runner;
 pub mod ssrf;
+#[cfg(test)]
+mod testing;
 
 pub use squall_core::{deploy, envelope, hooks, secrets, signing};

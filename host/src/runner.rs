@@ -1,13 +1,10 @@
-//! Acting on queues, and `squall run`: long-polling every application queue.
+//! `squall run`: long-polling every application queue.
 //!
-//! - [`Actor`] applies a batch of [`Action`]s with batched queue calls, sends before deletes,
-//!   and reports per-message failures (a message whose action failed is left alone, so it
-//!   reappears after its visibility timeout). The Lambda handler reuses it in
-//!   [`ActMode::Lambda`], where the event source mapping does the deleting.
-//! - [`Runner`] long-polls each application's queue, processes messages concurrently within
-//!   the application's limit, acts, flushes metrics at the end of each batch, backs off on
-//!   OverLimit (and sends retries by re-send meanwhile), and on shutdown stops receiving,
-//!   finishes what is in flight, acts and flushes: nothing is lost.
+//! [`Runner`] long-polls each application's queue, processes messages concurrently within the
+//! application's limit, acts on them with the [`Actor`](crate::actor::Actor), flushes metrics at
+//! the end of each batch, backs off on OverLimit (and sends retries by re-send meanwhile), and on
+//! shutdown stops receiving, finishes what is in flight, acts and flushes: nothing is lost. Its
+//! counters are [`stats`]. The applications it drives are built by [`crate::apps`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,258 +13,16 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use crate::config::{self, AppConfig, Config, OnPluginError, PluginConfig};
-use crate::hooks::{PassThrough, RetryPolicy, Signer, Transform};
-use crate::http::Deliverers;
+use crate::actor::{ActMode, Actor};
+use crate::apps::BuiltApp;
+use crate::config::Config;
 use crate::metrics::{MetricRecord, MetricsSink, MetricsTotals};
-use crate::pipeline::{
-    self, Action, App, DeleteReason, EndpointLimiter, ProcessOptions, SystemClock,
-};
-use crate::plugin::{Isolation, PluginLimits, PluginRuntime, PluginSpec, RuntimeOptions};
-use crate::queue::{Outgoing, Queue, QueueError, Received, VisibilityChange};
-use crate::retry::BackoffPolicy;
-use crate::secrets::Secrets;
-use crate::signing::StandardWebhooksSigner;
+use crate::pipeline::{self, Action, App, ProcessOptions, SystemClock};
+use crate::queue::{Queue, QueueError, Received};
 
-/// Where acting happens, which decides who deletes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActMode {
-    /// `squall run`: the runner deletes (after any send succeeded).
-    Runner,
-    /// Lambda: the event source mapping deletes every message not reported as failed, so the
-    /// actor never deletes; `RetryByVisibility` messages must be reported as failures.
-    Lambda,
-}
+pub mod stats;
 
-/// Which step of an action failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ActError {
-    /// Sending the re-sent copy or the DLQ message failed (the original was kept).
-    #[error("send failed (message kept): {0}")]
-    Send(QueueError),
-    /// ChangeMessageVisibility failed (the message reappears after its current timeout).
-    #[error("change visibility failed: {0}")]
-    ChangeVisibility(QueueError),
-    /// Delete failed (the message reappears: a duplicate, never a loss).
-    #[error("delete failed: {0}")]
-    Delete(QueueError),
-}
-
-/// Applies actions to a queue with batched calls.
-pub struct Actor<Q: Queue> {
-    queue: Arc<Q>,
-    dead_letter_queue_url: String,
-    mode: ActMode,
-}
-
-impl<Q: Queue> Actor<Q> {
-    /// An actor sending dead letters to `dead_letter_queue_url`.
-    pub fn new(queue: Arc<Q>, dead_letter_queue_url: String, mode: ActMode) -> Actor<Q> {
-        Actor {
-            queue,
-            dead_letter_queue_url,
-            mode,
-        }
-    }
-
-    /// Apply `actions[i]` to `messages[i]` received from `queue_url`. Returns one result per
-    /// message, in order. Sends (re-sent copies, dead letters) and visibility changes go
-    /// first; a message is deleted only after its send succeeded.
-    pub async fn apply(
-        &self,
-        queue_url: &str,
-        messages: &[&Received],
-        actions: &[&Action],
-    ) -> Vec<Result<(), ActError>> {
-        assert_eq!(messages.len(), actions.len(), "one action per message");
-        let mut results: Vec<Result<(), ActError>> = vec![Ok(()); messages.len()];
-        let (mut resend_idx, mut resend) = (Vec::new(), Vec::new());
-        let (mut dlq_idx, mut dlq) = (Vec::new(), Vec::new());
-        let (mut vis_idx, mut vis) = (Vec::new(), Vec::new());
-        for (i, (m, a)) in messages.iter().zip(actions).enumerate() {
-            match a {
-                Action::Resend {
-                    delay_secs,
-                    attributes,
-                    ..
-                } => {
-                    resend_idx.push(i);
-                    resend.push(Outgoing {
-                        body: m.body.clone(),
-                        delay_secs: *delay_secs,
-                        attributes: attributes.clone(),
-                    });
-                }
-                Action::DeadLetter { attributes, .. } => {
-                    dlq_idx.push(i);
-                    dlq.push(Outgoing {
-                        body: m.body.clone(),
-                        delay_secs: 0,
-                        attributes: attributes.clone(),
-                    });
-                }
-                Action::RetryByVisibility { secs } => {
-                    vis_idx.push(i);
-                    vis.push(VisibilityChange {
-                        receipt_handle: m.receipt_handle.clone(),
-                        timeout_secs: *secs,
-                    });
-                }
-                Action::Delete { .. } => {}
-            }
-        }
-        let (r_resend, r_dlq, r_vis) = tokio::join!(
-            async {
-                if resend.is_empty() {
-                    Vec::new()
-                } else {
-                    self.queue.send_batch(queue_url, &resend).await
-                }
-            },
-            async {
-                if dlq.is_empty() {
-                    Vec::new()
-                } else {
-                    self.queue
-                        .send_batch(&self.dead_letter_queue_url, &dlq)
-                        .await
-                }
-            },
-            async {
-                if vis.is_empty() {
-                    Vec::new()
-                } else {
-                    self.queue.change_visibility_batch(queue_url, &vis).await
-                }
-            },
-        );
-        for (idx, res) in [(&resend_idx, r_resend), (&dlq_idx, r_dlq)] {
-            for (&i, r) in idx.iter().zip(res) {
-                if let Err(e) = r {
-                    results[i] = Err(ActError::Send(e));
-                }
-            }
-        }
-        for (&i, r) in vis_idx.iter().zip(r_vis) {
-            if let Err(e) = r {
-                results[i] = Err(ActError::ChangeVisibility(e));
-            }
-        }
-        if self.mode == ActMode::Runner {
-            let del_idx: Vec<usize> = actions
-                .iter()
-                .enumerate()
-                .filter(|(i, a)| {
-                    !matches!(a, Action::RetryByVisibility { .. }) && results[*i].is_ok()
-                })
-                .map(|(i, _)| i)
-                .collect();
-            if !del_idx.is_empty() {
-                let handles: Vec<String> = del_idx
-                    .iter()
-                    .map(|&i| messages[i].receipt_handle.clone())
-                    .collect();
-                let r_del = self.queue.delete_batch(queue_url, &handles).await;
-                for (&i, r) in del_idx.iter().zip(r_del) {
-                    if let Err(e) = r {
-                        results[i] = Err(ActError::Delete(e));
-                    }
-                }
-            }
-        }
-        results
-    }
-}
-
-/// Counters of a run, readable while it runs.
-#[derive(Debug, Default)]
-pub struct RunStats {
-    received: AtomicU64,
-    delivered: AtomicU64,
-    retried_by_visibility: AtomicU64,
-    resent: AtomicU64,
-    hops: AtomicU64,
-    dead_lettered: AtomicU64,
-    skipped: AtomicU64,
-    discarded: AtomicU64,
-    act_failed: AtomicU64,
-    receive_errors: AtomicU64,
-    over_limit: AtomicU64,
-}
-
-/// A snapshot of [`RunStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RunCounts {
-    /// Messages received.
-    pub received: u64,
-    /// Deleted after a 2xx.
-    pub delivered: u64,
-    /// Retries scheduled by ChangeMessageVisibility.
-    pub retried_by_visibility: u64,
-    /// Retries scheduled by re-sending a delayed copy.
-    pub resent: u64,
-    /// Early copies re-sent without an attempt.
-    pub hops: u64,
-    /// Sent to the dead-letter queue.
-    pub dead_lettered: u64,
-    /// Skipped by the transform.
-    pub skipped: u64,
-    /// Discarded by the retry policy.
-    pub discarded: u64,
-    /// Actions that failed (the message was left to reappear).
-    pub act_failed: u64,
-    /// Failed receives (any error).
-    pub receive_errors: u64,
-    /// Of those, OverLimit.
-    pub over_limit: u64,
-}
-
-impl RunStats {
-    /// Read all counters.
-    pub fn snapshot(&self) -> RunCounts {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        RunCounts {
-            received: g(&self.received),
-            delivered: g(&self.delivered),
-            retried_by_visibility: g(&self.retried_by_visibility),
-            resent: g(&self.resent),
-            hops: g(&self.hops),
-            dead_lettered: g(&self.dead_lettered),
-            skipped: g(&self.skipped),
-            discarded: g(&self.discarded),
-            act_failed: g(&self.act_failed),
-            receive_errors: g(&self.receive_errors),
-            over_limit: g(&self.over_limit),
-        }
-    }
-
-    fn count(&self, action: &Action) {
-        let c = match action {
-            Action::Delete {
-                why: DeleteReason::Delivered,
-            } => &self.delivered,
-            Action::Delete {
-                why: DeleteReason::Skipped(_),
-            } => &self.skipped,
-            Action::Delete {
-                why: DeleteReason::Discarded(_),
-            } => &self.discarded,
-            Action::RetryByVisibility { .. } => &self.retried_by_visibility,
-            Action::Resend { hop: true, .. } => &self.hops,
-            Action::Resend { hop: false, .. } => &self.resent,
-            Action::DeadLetter { .. } => &self.dead_lettered,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// One application as the runner drives it.
-pub struct RunnerApp {
-    /// The per-application context.
-    pub app: Arc<App>,
-    /// At most this many messages of the application processed at once.
-    pub max_concurrency: usize,
-}
+pub use stats::{RunCounts, RunStats};
 
 /// Settings of the runner (from `[sqs]` and `[runner]` in the config).
 #[derive(Debug, Clone)]
@@ -341,7 +96,7 @@ const RECEIVE_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 impl<Q: Queue> Runner<Q> {
     /// A runner over `queue` for these applications.
-    pub fn new(queue: Arc<Q>, apps: Vec<RunnerApp>, settings: RunnerSettings) -> Runner<Q> {
+    pub fn new(queue: Arc<Q>, apps: Vec<BuiltApp>, settings: RunnerSettings) -> Runner<Q> {
         let shared = Arc::new(Shared {
             actor: Actor::new(
                 queue.clone(),
@@ -410,172 +165,6 @@ impl<Q: Queue> Runner<Q> {
     }
 }
 
-/// Why the applications could not be built from the configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// `apps.ID.queue_url` is missing.
-    #[error("apps.{0}.queue_url is required")]
-    MissingQueue(String),
-    /// No resolved secrets for an application.
-    #[error("apps.{0}: secrets were not resolved")]
-    MissingSecrets(String),
-    /// The HTTP client could not be built.
-    #[error("apps.{app}: {error}")]
-    Http {
-        /// Application id.
-        app: String,
-        /// Cause.
-        error: crate::http::ClientError,
-    },
-    /// A plugin could not be loaded.
-    #[error("apps.{app}.plugins.{hook}: {message}")]
-    Plugin {
-        /// Application id.
-        app: String,
-        /// `transform`, `signer` or `retry_policy`.
-        hook: &'static str,
-        /// What went wrong, naming the plugin file.
-        message: String,
-    },
-}
-
-/// An application's three hooks.
-pub struct AppHooks {
-    /// Transform.
-    pub transform: Arc<dyn Transform>,
-    /// Signer.
-    pub signer: Arc<dyn Signer>,
-    /// Retry policy.
-    pub retry_policy: Arc<dyn RetryPolicy>,
-}
-
-impl AppHooks {
-    /// The native built-ins: pass-through, Standard Webhooks, the app's exponential backoff.
-    pub fn builtins(app: &AppConfig, secrets: Arc<Secrets>) -> AppHooks {
-        AppHooks {
-            transform: Arc::new(PassThrough),
-            signer: Arc::new(StandardWebhooksSigner::new(secrets)),
-            retry_policy: Arc::new(BackoffPolicy {
-                backoff: app.backoff(),
-            }),
-        }
-    }
-}
-
-/// The plugin spec of a configured plugin.
-pub fn plugin_spec(cfg: &PluginConfig) -> PluginSpec {
-    PluginSpec {
-        path: cfg.path.clone(),
-        config: cfg.config.clone(),
-        limits: PluginLimits {
-            timeout_ms: cfg.limits.timeout_ms,
-            memory_bytes: cfg.limits.memory_bytes,
-            max_output_bytes: cfg.limits.max_output_bytes,
-        },
-        isolation: match cfg.limits.isolation {
-            config::Isolation::Reuse => Isolation::Reuse,
-            config::Isolation::Fresh => Isolation::FreshPerCall,
-        },
-    }
-}
-
-/// True if any application configures a plugin (so a plugin runtime is needed).
-pub fn uses_plugins(config: &Config) -> bool {
-    config.apps.iter().any(|a| a.plugins.any())
-}
-
-/// The plugin runtime options from `[plugins]` (an empty `cache_dir` = the default).
-pub fn runtime_options(config: &Config) -> RuntimeOptions {
-    let mut opts = RuntimeOptions::default();
-    if let Some(dir) = &config.plugins.cache_dir {
-        opts.cache_dir = Some(dir.clone());
-    }
-    opts
-}
-
-/// The hooks of one application: plugins where configured (loaded, compiled and validated
-/// now, at start-up, through `runtime`), the built-ins for the others.
-pub fn app_hooks(
-    app: &AppConfig,
-    secrets: Arc<Secrets>,
-    runtime: Option<&PluginRuntime>,
-) -> Result<AppHooks, BuildError> {
-    let mut hooks = AppHooks::builtins(app, secrets.clone());
-    let p = &app.plugins;
-    let need = |hook: &'static str| -> Result<&PluginRuntime, BuildError> {
-        runtime.ok_or_else(|| BuildError::Plugin {
-            app: app.id.clone(),
-            hook,
-            message: "no plugin runtime was created".into(),
-        })
-    };
-    let err = |hook: &'static str| {
-        move |e: crate::plugin::PluginError| BuildError::Plugin {
-            app: app.id.clone(),
-            hook,
-            message: e.to_string(),
-        }
-    };
-    if let Some(c) = &p.transform {
-        hooks.transform = need("transform")?
-            .transform(&app.id, &plugin_spec(c), secrets.clone())
-            .map_err(err("transform"))?;
-    }
-    if let Some(c) = &p.signer {
-        hooks.signer = need("signer")?
-            .signer(&app.id, &plugin_spec(c), secrets.clone())
-            .map_err(err("signer"))?;
-    }
-    if let Some(c) = &p.retry_policy {
-        hooks.retry_policy = need("retry_policy")?
-            .retry_policy(&app.id, &plugin_spec(c), secrets.clone())
-            .map_err(err("retry_policy"))?;
-    }
-    Ok(hooks)
-}
-
-/// Build one application's pipeline context from its configuration (once per process):
-/// its hooks, its shared HTTP client wrapped in its per-endpoint limit, its limits.
-pub fn build_app(
-    config: &Config,
-    app: &AppConfig,
-    hooks: AppHooks,
-    deliverers: &Deliverers,
-) -> Result<RunnerApp, BuildError> {
-    let queue_url = app
-        .queue_url
-        .clone()
-        .ok_or_else(|| BuildError::MissingQueue(app.id.clone()))?;
-    let delivery = deliverers.for_app(app).map_err(|error| BuildError::Http {
-        app: app.id.clone(),
-        error,
-    })?;
-    Ok(RunnerApp {
-        app: Arc::new(App {
-            id: app.id.clone(),
-            queue_url,
-            transform: hooks.transform,
-            signer: hooks.signer,
-            retry_policy: hooks.retry_policy,
-            backoff: app.backoff(),
-            limits: app.retry_limits(),
-            envelope_limits: app.envelope_limits(),
-            signing_key: app.signing_key.clone(),
-            on_plugin_error: match app.on_plugin_error {
-                OnPluginError::Retry => pipeline::PluginErrorPolicy::Retry,
-                OnPluginError::DeadLetter => pipeline::PluginErrorPolicy::DeadLetter,
-            },
-            visibility_backoff_max_secs: config.sqs.visibility_backoff_max_secs,
-            deliver: Arc::new(delivery),
-            endpoints: Some(Arc::new(EndpointLimiter::new(
-                app.max_per_endpoint as usize,
-                Duration::from_secs(app.endpoint_wait_secs.into()),
-            ))),
-        }),
-        max_concurrency: app.max_concurrency as usize,
-    })
-}
-
 impl RunnerSettings {
     /// From `[sqs]` and `[runner]`.
     pub fn from_config(config: &Config) -> RunnerSettings {
@@ -625,10 +214,7 @@ async fn poll<Q: Queue>(
                 if msgs.is_empty() {
                     continue;
                 }
-                shared
-                    .stats
-                    .received
-                    .fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                shared.stats.received(msgs.len());
                 slots.truncate(msgs.len());
                 tokio::spawn(run_batch(
                     shared.clone(),
@@ -640,9 +226,9 @@ async fn poll<Q: Queue>(
             }
             Err(e) => {
                 drop(slots);
-                shared.stats.receive_errors.fetch_add(1, Ordering::Relaxed);
-                if let QueueError::OverLimit { .. } = e {
-                    shared.stats.over_limit.fetch_add(1, Ordering::Relaxed);
+                let over_limit = matches!(e, QueueError::OverLimit { .. });
+                shared.stats.receive_failed(over_limit);
+                if over_limit {
                     app.enter_resend_mode();
                 }
                 tracing::warn!(app_id = %app.app.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "receive failed");
@@ -705,11 +291,11 @@ async fn run_batch<Q: Queue>(
     for ((m, a), r) in acted_msgs.iter().zip(&actions).zip(results) {
         match r {
             Ok(()) => {
-                shared.stats.count(a);
+                shared.stats.acted(a);
                 log_action(&app.app.id, m, a);
             }
             Err(e) => {
-                shared.stats.act_failed.fetch_add(1, Ordering::Relaxed);
+                shared.stats.act_failed();
                 tracing::warn!(app_id = %app.app.id, message_id = %m.message_id, error = %e, "action failed; the message will reappear");
             }
         }
@@ -743,140 +329,11 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::hooks::{Outcome, PassThrough, Request};
-    use crate::pipeline::PluginErrorPolicy;
-    use crate::pipeline::{Deliver, Delivery};
-    use crate::queue::Attributes;
-    use crate::queue::memory::{MemoryQueues, QueueOptions};
-    use crate::retry::{Backoff, BackoffPolicy, RetryLimits};
-    use crate::secrets::{SecretKey, Secrets};
-    use crate::signing::StandardWebhooksSigner;
-
-    fn queues(max_in_flight: usize) -> Arc<MemoryQueues> {
-        let qs = Arc::new(MemoryQueues::new());
-        for q in ["dlq", "metrics"] {
-            qs.create_queue(q, QueueOptions::default()).unwrap();
-        }
-        qs.create_queue(
-            "app",
-            QueueOptions {
-                max_in_flight,
-                ..QueueOptions::default()
-            },
-        )
-        .unwrap();
-        qs
-    }
-
-    fn received(body: &str, handle: &str) -> Received {
-        Received {
-            message_id: format!("id-{body}"),
-            receipt_handle: handle.into(),
-            body: body.into(),
-            attributes: Attributes::new(),
-            receive_count: 1,
-            sent_timestamp_ms: 0,
-        }
-    }
-
-    async fn receive_all(qs: &MemoryQueues, q: &str) -> Vec<Received> {
-        qs.receive(q, 10, Duration::ZERO).await.unwrap()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn actor_sends_before_deleting_and_keeps_what_failed() {
-        let qs = queues(100);
-        let bodies = ["deliver", "later", "copy", "dead"];
-        qs.send_batch(
-            "app",
-            &bodies
-                .iter()
-                .map(|b| Outgoing {
-                    body: b.to_string(),
-                    delay_secs: 0,
-                    attributes: Attributes::new(),
-                })
-                .collect::<Vec<_>>(),
-        )
-        .await;
-        let got = receive_all(&qs, "app").await;
-        let attrs = Attributes::from([("squall-reason".to_string(), "status 410".to_string())]);
-        let actions = [
-            Action::Delete {
-                why: DeleteReason::Delivered,
-            },
-            Action::RetryByVisibility { secs: 7 },
-            Action::Resend {
-                delay_secs: 30,
-                attributes: Attributes::from([("squall-attempts".to_string(), "1".to_string())]),
-                hop: false,
-            },
-            Action::DeadLetter {
-                reason: "status 410".into(),
-                attributes: attrs.clone(),
-            },
-        ];
-        let actor = Actor::new(qs.clone(), "dlq".into(), ActMode::Runner);
-        let msgs: Vec<&Received> = got.iter().collect();
-        let acts: Vec<&Action> = actions.iter().collect();
-        let res = actor.apply("app", &msgs, &acts).await;
-        assert!(res.iter().all(Result::is_ok), "{res:?}");
-        // Left: the visibility-parked original (in flight) and the delayed copy.
-        let left = qs.messages("app").unwrap();
-        let mut left_bodies: Vec<&str> = left.iter().map(|m| m.body.as_str()).collect();
-        left_bodies.sort();
-        assert_eq!(left_bodies, ["copy", "later"]);
-        let copy = left.iter().find(|m| m.body == "copy").unwrap();
-        assert_eq!(copy.receive_count, 0);
-        assert_eq!(copy.attributes["squall-attempts"], "1");
-        assert_eq!(qs.counts("app").unwrap().in_flight, 1);
-        let dead = qs.messages("dlq").unwrap();
-        assert_eq!(
-            (dead[0].body.as_str(), &dead[0].attributes),
-            ("dead", &attrs)
-        );
-        // The parked one is back after 7 s, the copy after 30 s.
-        tokio::time::advance(Duration::from_secs(7)).await;
-        assert_eq!(receive_all(&qs, "app").await[0].body, "later");
-        tokio::time::advance(Duration::from_secs(23)).await;
-        assert_eq!(receive_all(&qs, "app").await[0].body, "copy");
-
-        // A failed send keeps the original; a bad handle is reported, not hidden.
-        let broken = Actor::new(qs.clone(), "no-such-dlq".into(), ActMode::Runner);
-        qs.send_batch(
-            "app",
-            &[Outgoing {
-                body: "x".into(),
-                delay_secs: 0,
-                attributes: Attributes::new(),
-            }],
-        )
-        .await;
-        let x = receive_all(&qs, "app").await;
-        let bogus = received("y", "999.1");
-        let dl = Action::DeadLetter {
-            reason: "r".into(),
-            attributes: Attributes::new(),
-        };
-        let del = Action::Delete {
-            why: DeleteReason::Delivered,
-        };
-        let res = broken.apply("app", &[&x[0], &bogus], &[&dl, &del]).await;
-        assert!(matches!(
-            res[0],
-            Err(ActError::Send(QueueError::QueueDoesNotExist { .. }))
-        ));
-        assert!(
-            res[1].is_ok(),
-            "deleting an unknown message is not an error"
-        );
-        assert!(qs.messages("app").unwrap().iter().any(|m| m.body == "x"));
-        // Lambda mode: never deletes.
-        let lambda = Actor::new(qs.clone(), "dlq".into(), ActMode::Lambda);
-        let res = lambda.apply("app", &[&x[0]], &[&del]).await;
-        assert_eq!(res, vec![Ok(())]);
-        assert!(qs.messages("app").unwrap().iter().any(|m| m.body == "x"));
-    }
+    use crate::hooks::{Outcome, Request};
+    use crate::pipeline::{Deliver, Delivery, EndpointLimiter};
+    use crate::queue::{Attributes, Outgoing};
+    use crate::retry::Backoff;
+    use crate::testing::{TestApp, queues};
 
     /// Fails each event id `fail_first` times with 503, then answers 200.
     struct Flaky {
@@ -910,32 +367,14 @@ mod tests {
         }
     }
 
-    fn app(deliver: Arc<dyn Deliver>) -> Arc<App> {
-        let mut secrets = Secrets::new();
-        secrets.insert("default", vec![SecretKey::parse("test-secret").unwrap()]);
-        let backoff = Backoff {
+    /// Retries after 1 s, then 2 s, 4 s...
+    fn fast_backoff() -> Backoff {
+        Backoff {
             initial_delay_secs: 1,
             multiplier: 2.0,
             jitter: 0.0,
             ..Backoff::default()
-        };
-        Arc::new(App {
-            id: "billing".into(),
-            queue_url: "app".into(),
-            transform: Arc::new(PassThrough),
-            signer: Arc::new(StandardWebhooksSigner::new(Arc::new(secrets))),
-            retry_policy: Arc::new(BackoffPolicy {
-                backoff: backoff.clone(),
-            }),
-            backoff,
-            limits: RetryLimits::default(),
-            envelope_limits: crate::envelope::Limits::default(),
-            signing_key: "default".into(),
-            on_plugin_error: PluginErrorPolicy::Retry,
-            visibility_backoff_max_secs: 900,
-            deliver,
-            endpoints: None,
-        })
+        }
     }
 
     fn event(id: &str) -> Outgoing {
@@ -982,10 +421,11 @@ mod tests {
         qs.send_batch("app", &batch).await;
         let runner = Runner::new(
             qs.clone(),
-            vec![RunnerApp {
-                app: app(flaky.clone()),
-                max_concurrency: 8,
-            }],
+            vec![
+                TestApp::new("app", flaky.clone())
+                    .backoff(fast_backoff())
+                    .built(8),
+            ],
             settings(),
         );
         let stats = runner.stats();
@@ -1044,29 +484,18 @@ mod tests {
             fail_first: usize::MAX,
             seen: Mutex::new(vec![]),
         });
-        let mut a = app(failing.clone());
-        Arc::get_mut(&mut a).unwrap().backoff.initial_delay_secs = 5;
-        Arc::get_mut(&mut a).unwrap().retry_policy = Arc::new(BackoffPolicy {
-            backoff: Backoff {
-                initial_delay_secs: 5,
-                multiplier: 1.0,
-                jitter: 0.0,
-                ..Backoff::default()
-            },
+        let a = TestApp::new("app", failing.clone()).backoff(Backoff {
+            initial_delay_secs: 5,
+            multiplier: 1.0,
+            jitter: 0.0,
+            ..Backoff::default()
         });
         qs.send_batch(
             "app",
             &(0..6).map(|i| event(&format!("e{i}"))).collect::<Vec<_>>(),
         )
         .await;
-        let runner = Runner::new(
-            qs.clone(),
-            vec![RunnerApp {
-                app: a,
-                max_concurrency: 10,
-            }],
-            settings(),
-        );
+        let runner = Runner::new(qs.clone(), vec![a.built(10)], settings());
         let stats = runner.stats();
         let report = runner
             .run(until(stats, |c| c.over_limit >= 1 && c.resent >= 6))
@@ -1121,10 +550,11 @@ mod tests {
         .await;
         let runner = Runner::new(
             qs.clone(),
-            vec![RunnerApp {
-                app: app(slow.clone()),
-                max_concurrency: 6,
-            }],
+            vec![
+                TestApp::new("app", slow.clone())
+                    .backoff(fast_backoff())
+                    .built(6),
+            ],
             settings(),
         );
         let stats = runner.stats();
@@ -1205,21 +635,12 @@ mod tests {
             started: tokio::time::Instant::now(),
             done: Mutex::new(vec![]),
         });
-        let mut a = app(d.clone());
-        Arc::get_mut(&mut a).unwrap().endpoints = Some(Arc::new(EndpointLimiter::new(
-            1,
-            Duration::from_millis(200),
-        )));
+        let a = TestApp::new("app", d.clone())
+            .backoff(fast_backoff())
+            .per_endpoint(1, Duration::from_millis(200));
         let mut s = settings();
         s.receive_batch = 4;
-        let runner = Runner::new(
-            qs.clone(),
-            vec![RunnerApp {
-                app: a,
-                max_concurrency: 4,
-            }],
-            s,
-        );
+        let runner = Runner::new(qs.clone(), vec![a.built(4)], s);
         let stats = runner.stats();
         // Bounded: without deferral the hops never come (the assertions below then fail).
         let report = runner

@@ -177,6 +177,9 @@ pub struct LambdaConfig {
     pub timeout_secs: Option<u64>,
     /// Log group retention, days.
     pub log_retention_days: u32,
+    /// CloudWatch namespace of the Embedded Metric Format lines the function prints after each
+    /// invocation; `None` (the key set to `off`) = none printed.
+    pub emf_namespace: Option<String>,
 }
 
 /// What a plugin failure does to the event (`on_plugin_error`).
@@ -631,6 +634,28 @@ mod tests {
 
     fn err(text: &str, vars: &[(&str, &str)]) -> String {
         load(text, vars).expect_err(text).to_string()
+    }
+
+    #[test]
+    fn the_emf_namespace_is_a_key_that_the_environment_overlays() {
+        assert_eq!(
+            load("", &[]).unwrap().lambda.emf_namespace.as_deref(),
+            Some("Squall")
+        );
+        let ns = |v: &str| load("", &[("SQUALL__LAMBDA__EMF_NAMESPACE", v)]);
+        assert_eq!(
+            ns("Webhooks").unwrap().lambda.emf_namespace.as_deref(),
+            Some("Webhooks")
+        );
+        assert_eq!(ns("off").unwrap().lambda.emf_namespace, None);
+        let e = ns("").unwrap_err().to_string();
+        for part in [
+            "SQUALL__LAMBDA__EMF_NAMESPACE",
+            "lambda.emf_namespace",
+            "\"off\"",
+        ] {
+            assert!(e.contains(part), "{e}");
+        }
     }
 
     #[test]

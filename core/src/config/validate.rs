@@ -52,6 +52,7 @@ struct RawLambda {
     memory_mb: u32,
     timeout_secs: u64,
     log_retention_days: u32,
+    emf_namespace: String,
 }
 
 #[derive(Deserialize)]
@@ -384,11 +385,22 @@ fn build_lambda(raw: RawLambda, o: &Origins) -> Result<LambdaConfig, ConfigError
         3653,
         o,
     )?;
+    let emf_namespace = match raw.emf_namespace.trim() {
+        "" => {
+            return Err(o.invalid(
+                "lambda.emf_namespace",
+                "is empty: give a CloudWatch namespace, or \"off\" to print no EMF lines",
+            ));
+        }
+        "off" => None,
+        ns => Some(ns.to_string()),
+    };
     Ok(LambdaConfig {
         architecture: raw.architecture,
         memory_mb: raw.memory_mb,
         timeout_secs: (raw.timeout_secs > 0).then_some(raw.timeout_secs),
         log_retention_days: raw.log_retention_days,
+        emf_namespace,
     })
 }
 

@@ -113,6 +113,31 @@ impl PluginSpec {
     }
 }
 
+impl From<crate::config::Isolation> for Isolation {
+    fn from(v: crate::config::Isolation) -> Isolation {
+        match v {
+            crate::config::Isolation::Reuse => Isolation::Reuse,
+            crate::config::Isolation::Fresh => Isolation::FreshPerCall,
+        }
+    }
+}
+
+impl From<&crate::config::PluginConfig> for PluginSpec {
+    /// The spec of a configured plugin (`[apps.NAME.plugins.HOOK]`).
+    fn from(cfg: &crate::config::PluginConfig) -> PluginSpec {
+        PluginSpec {
+            path: cfg.path.clone(),
+            config: cfg.config.clone(),
+            limits: PluginLimits {
+                timeout_ms: cfg.limits.timeout_ms,
+                memory_bytes: cfg.limits.memory_bytes,
+                max_output_bytes: cfg.limits.max_output_bytes,
+            },
+            isolation: cfg.limits.isolation.into(),
+        }
+    }
+}
+
 /// How the engine allocates instances.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AllocatorChoice {

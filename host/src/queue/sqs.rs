@@ -35,6 +35,18 @@ pub struct SqsSettings {
     pub static_credentials: Option<(String, String)>,
 }
 
+impl SqsSettings {
+    /// As `squall run` and the Lambda function reach SQS: region from `sqs.region` (empty: the
+    /// AWS default chain), endpoint from `sqs.endpoint_url`, credentials from the default chain.
+    pub fn from_config(config: &crate::config::Config) -> SqsSettings {
+        SqsSettings {
+            region: config.sqs.region.clone().unwrap_or_default(),
+            endpoint_url: config.sqs.endpoint_url.clone(),
+            static_credentials: None,
+        }
+    }
+}
+
 /// The SQS client. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SqsQueues {

@@ -5,14 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use squall::apps::{self, PluginSetup, StartupError};
 use squall::config::Config;
-use squall::http::Deliverers;
-use squall::plugin::PluginRuntime;
 use squall::queue::QueueError;
 use squall::queue::sqs::{SqsQueues, SqsSettings};
-use squall::runner::{
-    BuildError, Runner, RunnerSettings, app_hooks, build_app, runtime_options, uses_plugins,
-};
+use squall::runner::{Runner, RunnerSettings};
 
 /// Arguments of `squall run`.
 #[derive(Debug, clap::Args)]
@@ -50,30 +47,18 @@ pub fn init_logging(format: LogFormat, default: &str) {
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_format, "info");
     let config = squall::config::load(Some(&args.config))?;
-    config.require_queues()?;
-    let secrets = squall::config::resolve_secrets(&config)?;
-    let deliverers = Deliverers::new();
-    // Once per process, and only if some application configures a plugin.
-    let runtime = if uses_plugins(&config) {
-        Some(PluginRuntime::new(runtime_options(&config)).context("creating the plugin runtime")?)
-    } else {
-        None
-    };
-    let mut apps = Vec::new();
-    for app in &config.apps {
-        let s = secrets
-            .get(&app.id)
-            .cloned()
-            .ok_or_else(|| BuildError::MissingSecrets(app.id.clone()))?;
-        let hooks = app_hooks(app, s, runtime.as_ref())?;
-        apps.push(build_app(&config, app, hooks, &deliverers)?);
-    }
+    // The plugin runtime (once per process, only if some application configures a plugin)
+    // stays alive for the whole run.
+    let apps::Apps {
+        builder: _builder,
+        built: apps,
+    } = apps::from_config(&config, PluginSetup::from_config(&config)).map_err(|e| match e {
+        StartupError::Runtime(e) => anyhow::Error::new(e).context("creating the plugin runtime"),
+        StartupError::Config(e) => e.into(),
+        StartupError::Build(e) => e.into(),
+    })?;
     let settings = RunnerSettings::from_config(&config);
-    let sqs_settings = SqsSettings {
-        region: config.sqs.region.clone().unwrap_or_default(),
-        endpoint_url: config.sqs.endpoint_url.clone(),
-        static_credentials: None,
-    };
+    let sqs_settings = SqsSettings::from_config(&config);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
