@@ -1183,7 +1183,7 @@ fn cli_check_and_test_work_as_documented() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let cache = temp_dir("cli-cache");
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_squall"))
+        let out = std::process::Command::new(squall_tests::process::squall_bin())
             .args(args)
             .current_dir(&root)
             .env("XDG_CACHE_HOME", &cache)
