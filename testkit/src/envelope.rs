@@ -61,15 +61,20 @@ impl TestEnvelope {
     }
 }
 
-/// Unix milliseconds as RFC 3339 UTC (`2026-11-28T10:00:00.5Z`).
+/// Unix milliseconds as RFC 3339 UTC with milliseconds (`2026-11-28T10:00:00.500Z`).
 pub fn rfc3339(ms: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("{ms} ms is not a representable time"))
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or_else(|_| panic!("{ms} ms is not a representable time"));
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
 }
 
 #[cfg(test)]
@@ -87,7 +92,7 @@ mod tests {
             v,
             json!({"version": 1, "id": "evt_1", "app_id": "billing", "type": "ping",
                    "endpoint": "http://127.0.0.1:9/hook",
-                   "created_at": "2026-11-28T10:00:00.5Z", "payload": {"n": 1}})
+                   "created_at": "2026-11-28T10:00:00.500Z", "payload": {"n": 1}})
         );
     }
 }

@@ -857,7 +857,8 @@ fn ten_thousand_traps_do_not_grow_memory() {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "ten_thousand_traps_do_not_grow_memory",
+                // Its name in the `engine` test binary.
+                "plugins::ten_thousand_traps_do_not_grow_memory",
                 "--nocapture",
                 "--test-threads=1",
             ])
