@@ -1,6 +1,6 @@
 //! The properties the fuzz targets check, one function per target, each taking the raw
 //! fuzzer input. Shared by the cargo-fuzz targets (`fuzz/fuzz_targets/*.rs`) and by the
-//! host's regression test (`host/tests/fuzz_regressions.rs`, which includes this file), so a
+//! regression test in `tests/engine/fuzz_regressions.rs` (which includes this file), so a
 //! crashing input kept under `fuzz/regressions/<target>/` is replayed by `cargo test`.
 //!
 //! Every function must return normally for every input: a panic is a finding. Besides "does

@@ -34,7 +34,8 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Serve `handler` on a fresh loopback port until the returned handle is aborted.
+/// Serve `handler` (the Lambda Runtime API) on a fresh loopback port until the returned handle is
+/// aborted.
 async fn serve<F>(handler: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
 where
     F: Fn(
@@ -69,12 +70,14 @@ where
 }
 
 fn sqs_event(receiver: SocketAddr) -> String {
-    let body = serde_json::json!({
-        "version": 1, "id": "evt_cold", "app_id": "bench", "type": "invoice.paid",
-        "endpoint": format!("http://{receiver}/hook"), "created_at": "2026-11-28T10:00:00Z",
-        "payload": {"amount": 42}
-    })
-    .to_string();
+    let body = squall_testkit::envelope::TestEnvelope::new(
+        "evt_cold",
+        "bench",
+        &format!("http://{receiver}/hook"),
+    )
+    .created_at_ms(1_795_860_000_000) // 2026-11-28T10:00:00Z
+    .payload(serde_json::json!({"amount": 42}))
+    .to_json();
     serde_json::json!({"Records": [{
         "messageId": "m-1", "receiptHandle": "h-1", "body": body,
         "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1795000000000"},
@@ -222,8 +225,13 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
-    let (receiver, _rx_task) =
-        serve(|_req| Box::pin(async { Response::new(Full::new(Bytes::new())) })).await;
+    // The webhook endpoint: the test kit's receiver, answering 200, keeping nothing.
+    let rx = squall_testkit::receiver::Receiver::options()
+        .record(false)
+        .start()
+        .await
+        .expect("receiver");
+    let receiver = rx.addr();
     let dist = repo_root().join("plugins/dist");
     let have = |f: &str| dist.join(f).exists();
     let rust: &[(&str, &str)] = &[

@@ -17,7 +17,6 @@
 //! The sample Rust plugins are measured too when `plugins/dist` holds them and the build has
 //! the plugin runtime (run scripts/build-plugins first).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,11 +28,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use squall::apps::{self, PluginSetup};
 use squall::config::Config;
-use squall::demo::Receiver;
-use squall::envelope::Envelope;
 use squall::queue::memory::{MemoryQueues, QueueOptions};
 use squall::queue::{Attributes, Outgoing, Queue};
 use squall::runner::{RunReport, Runner, RunnerSettings};
+use squall_testkit::envelope::TestEnvelope;
+use squall_testkit::receiver::{Receiver, Reply};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -104,7 +103,23 @@ enum Hooks {
     Plugins,
 }
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const DLQ: &str = "http://memory.invalid/dlq";
+const METRICS: &str = "http://memory.invalid/metrics";
+const QUEUE: &str = "http://memory.invalid/bench";
+/// The receiver's paths: answered 200 at once, and 200 after 2 s (holds many requests open at
+/// once, for the memory measurement).
+const OK: &str = "/bench/ok";
+const HOLD: &str = "/bench/hold";
+
+/// The test kit's receiver on its fast path: nothing recorded or verified, fixed replies.
+async fn start_receiver() -> Receiver {
+    Receiver::options()
+        .record(false)
+        .route(HOLD, Reply::Slow(Duration::from_secs(2), 200))
+        .start()
+        .await
+        .expect("receiver")
+}
 
 fn plugins_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist")
@@ -143,22 +158,14 @@ fn config(concurrency: usize, hooks: Hooks) -> Config {
     } else {
         String::new()
     };
-    let text = format!(
-        r#"
-allow_literal_secrets = true
-[sqs]
-dead_letter_queue_url = "http://memory.invalid/dlq"
-metrics_queue_url = "http://memory.invalid/metrics"
-wait_time_secs = 1
-[apps.bench]
-queue_url = "http://memory.invalid/bench"
-allowed_networks = ["127.0.0.0/8"]
-max_concurrency = {concurrency}
-max_per_endpoint = {concurrency}
-secrets = {{ default = ["literal:{SECRET}"] }}
-{plugins}
-"#
-    );
+    let text = squall_testkit::config::head(None, DLQ, Some(METRICS))
+        + &squall_testkit::config::app(
+            "bench",
+            QUEUE,
+            &format!(
+                "allowed_networks = [\"127.0.0.0/8\"]\nmax_concurrency = {concurrency}\nmax_per_endpoint = {concurrency}\n{plugins}"
+            ),
+        );
     Config::from_toml_str(&text, &std::env::current_dir().expect("cwd"), Vec::new())
         .expect("bench config")
 }
@@ -169,44 +176,32 @@ async fn engine(
     n: usize,
     concurrency: usize,
     hooks: Hooks,
-    behaviour: &str,
+    path: &str,
 ) -> Result<(f64, RunReport), String> {
     let cfg = config(concurrency, hooks);
     let apps =
         apps::from_config(&cfg, PluginSetup::from_config(&cfg)).map_err(|e| e.to_string())?;
 
     let qs = Arc::new(MemoryQueues::new());
-    for q in [
-        "http://memory.invalid/dlq",
-        "http://memory.invalid/metrics",
-        "http://memory.invalid/bench",
-    ] {
+    for q in [DLQ, METRICS, QUEUE] {
         qs.create_queue(q, QueueOptions::default())
             .map_err(|e| e.to_string())?;
     }
-    let url = receiver.url("bench", behaviour);
+    let url = receiver.url(path);
     let p = payload();
     let created = 1_800_000_000_000;
     let batch: Vec<Outgoing> = (0..n)
         .map(|i| Outgoing {
-            body: String::from_utf8(
-                Envelope::new_json(
-                    format!("evt_{i:08}"),
-                    "bench",
-                    "invoice.paid",
-                    &url,
-                    created,
-                    &p,
-                )
-                .encode(),
-            )
-            .expect("utf-8"),
+            body: TestEnvelope::new(&format!("evt_{i:08}"), "bench", &url)
+                .created_at_ms(created)
+                .payload(p.clone())
+                .to_json(),
             delay_secs: 0,
             attributes: Attributes::new(),
         })
         .collect();
     for chunk in batch.chunks(1000) {
-        for r in qs.send_batch("http://memory.invalid/bench", chunk).await {
+        for r in qs.send_batch(QUEUE, chunk).await {
             r.map_err(|e| e.to_string())?;
         }
     }
@@ -251,12 +246,10 @@ fn main() {
 /// leave the allocator and the plugin runtime holding memory that is not the in-flight cost).
 async fn rss_only() {
     let in_flight = env_usize("SQUALL_BENCH_IN_FLIGHT", 1_000);
-    let receiver = Receiver::start(HashMap::new(), false)
-        .await
-        .expect("receiver");
+    let receiver = start_receiver().await;
     let before = vm_hwm_kib().unwrap_or(0);
     let n = (in_flight * 4).max(2_000);
-    let (rate, _) = engine(&receiver, n, in_flight, Hooks::Builtins, "hold")
+    let (rate, _) = engine(&receiver, n, in_flight, Hooks::Builtins, HOLD)
         .await
         .expect("in-flight run");
     let peak = vm_hwm_kib().unwrap_or(0);
@@ -279,9 +272,9 @@ enum Path {
 
 async fn measure(receiver: &Receiver, path: Path, n: usize, c: usize) -> f64 {
     match path {
-        Path::Plain => plain_loop(&receiver.url("bench", "ok"), n, c).await,
+        Path::Plain => plain_loop(&receiver.url(OK), n, c).await,
         Path::Engine(hooks) => {
-            let (rate, report) = engine(receiver, n, c, hooks, "ok")
+            let (rate, report) = engine(receiver, n, c, hooks, OK)
                 .await
                 .unwrap_or_else(|e| panic!("engine run failed: {e}"));
             assert_eq!(
@@ -308,9 +301,7 @@ async fn bench() {
     let c = env_usize("SQUALL_BENCH_CONCURRENCY", 64);
     let rounds = env_usize("SQUALL_BENCH_ROUNDS", 5).max(1);
     let in_flight = env_usize("SQUALL_BENCH_IN_FLIGHT", 1_000);
-    let receiver = Receiver::start(HashMap::new(), false)
-        .await
-        .expect("receiver");
+    let receiver = start_receiver().await;
     let with_plugins = plugins_dir().join("envelope-transform.wasm").is_file();
     // SQUALL_BENCH_ONLY=plain|builtins|plugins: that path alone, round after round (for perf).
     let only = std::env::var("SQUALL_BENCH_ONLY").ok();

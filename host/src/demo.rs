@@ -1,6 +1,7 @@
 //! The no-AWS demo: real webhooks through the real pipeline and runner, with the embedded
-//! in-process queue (application queues, a dead-letter queue, a metrics queue) and a local
-//! receiver on 127.0.0.1 that verifies Standard Webhooks signatures itself.
+//! in-process queue (application queues, a dead-letter queue, a metrics queue) and the test
+//! kit's receiver on 127.0.0.1, which verifies Standard Webhooks signatures independently of
+//! the engine's signer (`squall_testkit::verify`).
 //!
 //! Two applications: `billing` with the native built-ins, and `shipping` with the sample
 //! plugins from `plugins/dist` when they are built (envelope transform that skips `ping`,
@@ -11,25 +12,12 @@
 //! Never needs a network outside loopback.
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use bytes::Bytes;
-use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request as HttpRequest, Response};
-use hyper_util::rt::TokioIo;
-use sha2::Sha256;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use squall_testkit::receiver::{Chooser, Receiver, Reply};
 
 use crate::apps::{AppBuilder, BuildError, BuiltApp, PluginSetup};
 use crate::config::{AppPlugins, Config};
@@ -41,297 +29,28 @@ use crate::queue::{Attributes, Outgoing, Queue};
 use crate::runner::{RunReport, Runner, RunnerSettings};
 
 // ---------------------------------------------------------------------------------------
-// Signature verification, as a receiver does it (independent of `signing.rs`).
+// The local receiver: the test kit's, verifying each application's signatures.
 // ---------------------------------------------------------------------------------------
 
-/// Why a webhook's signature was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum VerifyError {
-    /// A required header is absent or not text.
-    #[error("missing header {0}")]
-    MissingHeader(&'static str),
-    /// `webhook-timestamp` is not an integer.
-    #[error("webhook-timestamp is not an integer")]
-    BadTimestamp,
-    /// The timestamp is too far from now (replay protection).
-    #[error("webhook-timestamp is {0} s away from now (tolerance 300 s)")]
-    OutOfTolerance(u64),
-    /// The receiver's secret is unusable.
-    #[error("the receiver's secret is not valid (whsec_ followed by bad base64)")]
-    BadSecret,
-    /// No `v1,` signature matched.
-    #[error("no v1 signature matches")]
-    NoMatch,
-}
-
-/// Timestamps further than this from the receiver's clock are refused.
-pub const TIMESTAMP_TOLERANCE_SECS: u64 = 300;
-
-/// Verify a Standard Webhooks signature: HMAC-SHA256 over `id.timestamp.body` with the
-/// secret (`whsec_<base64>` decodes to the key; any other string is its own UTF-8 bytes),
-/// compared in constant time with each space-separated `v1,<base64>` entry.
-pub fn verify_standard_webhooks(
-    secret: &str,
-    msg_id: &str,
-    timestamp: &str,
-    signatures: &str,
-    body: &[u8],
-    now_secs: u64,
-) -> Result<(), VerifyError> {
-    let ts: u64 = timestamp
-        .trim()
-        .parse()
-        .map_err(|_| VerifyError::BadTimestamp)?;
-    let skew = ts.abs_diff(now_secs);
-    if skew > TIMESTAMP_TOLERANCE_SECS {
-        return Err(VerifyError::OutOfTolerance(skew));
-    }
-    let key = match secret.strip_prefix("whsec_") {
-        Some(b64) => base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|_| VerifyError::BadSecret)?,
-        None => secret.as_bytes().to_vec(),
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| VerifyError::BadSecret)?;
-    mac.update(msg_id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.trim().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    for entry in signatures.split(' ') {
-        let Some(b64) = entry.strip_prefix("v1,") else {
-            continue;
-        };
-        let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(b64) else {
-            continue;
-        };
-        if mac.clone().verify_slice(&sig).is_ok() {
-            return Ok(());
-        }
-    }
-    Err(VerifyError::NoMatch)
-}
-
-// ---------------------------------------------------------------------------------------
-// The local receiver.
-// ---------------------------------------------------------------------------------------
-
-/// One request the receiver answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hit {
-    /// First path segment: the application.
-    pub app: String,
-    /// Second path segment: `ok`, `flaky` or `gone`.
-    pub behaviour: String,
-    /// `webhook-id` header.
-    pub webhook_id: String,
-    /// Signature check result (`None` when the receiver has no secret for the app).
-    pub verified: Option<Result<(), VerifyError>>,
-    /// Status answered.
-    pub status: u16,
-    /// Body received.
-    pub body: Vec<u8>,
-}
-
-/// A keep-alive HTTP/1.1 server on 127.0.0.1 answering `POST /<app>/<behaviour>`:
-/// `ok` -> 200, `flaky` -> 503 for the first two requests of each `webhook-id` then 200,
-/// `gone` -> 410, `slow` -> 200 after 50 ms, `hold` -> 200 after 2 s (holds many requests
-/// open at once, for memory measurements); a signature that does not verify -> 401.
-/// Stops when dropped.
-pub struct Receiver {
-    addr: SocketAddr,
-    hits: Arc<Mutex<Vec<Hit>>>,
-    state: Arc<ReceiverState>,
-    task: JoinHandle<()>,
-}
-
-struct ReceiverState {
-    secrets: HashMap<String, String>,
-    record: bool,
-    hits: Arc<Mutex<Vec<Hit>>>,
-    flaky: Mutex<HashMap<String, u32>>,
-    served: AtomicUsize,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
-}
-
-/// How long `slow` holds a request.
-pub const SLOW_DELAY: Duration = Duration::from_millis(50);
-/// How long `hold` holds a request.
-pub const HOLD_DELAY: Duration = Duration::from_secs(2);
-
-impl Receiver {
-    /// Start on an ephemeral loopback port. `secrets`: application -> secret to verify with
-    /// (apps without one are not verified). `record = false` keeps no hits (benchmarks).
-    pub async fn start(
-        secrets: HashMap<String, String>,
-        record: bool,
-    ) -> std::io::Result<Receiver> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let hits = Arc::new(Mutex::new(Vec::new()));
-        let state = Arc::new(ReceiverState {
-            secrets,
-            record,
-            hits: hits.clone(),
-            flaky: Mutex::new(HashMap::new()),
-            served: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: AtomicUsize::new(0),
-        });
-        let task_state = state.clone();
-        let task = tokio::spawn(async move {
-            let state = task_state;
-            // Connections live in this set: aborting the accept task closes them all.
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                conns.spawn(async move {
-                    let svc = service_fn(move |req| answer(state.clone(), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-                while conns.try_join_next().is_some() {}
-            }
-        });
-        Ok(Receiver {
-            addr,
-            hits,
-            state,
-            task,
-        })
-    }
-
-    /// Where it listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `http://127.0.0.1:PORT/<app>/<behaviour>`.
-    pub fn url(&self, app: &str, behaviour: &str) -> String {
-        format!("http://{}/{app}/{behaviour}", self.addr)
-    }
-
-    /// Requests answered so far (counted even when not recorded).
-    pub fn served(&self) -> usize {
-        self.state.served.load(Ordering::Relaxed)
-    }
-
-    /// Most requests held at once so far.
-    pub fn max_in_flight(&self) -> usize {
-        self.state.max_in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Requests recorded so far.
-    pub fn hits(&self) -> Vec<Hit> {
-        self.hits.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-async fn answer(
-    state: Arc<ReceiverState>,
-    req: HttpRequest<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let now = state.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-    state.max_in_flight.fetch_max(now, Ordering::Relaxed);
-    let resp = answer_inner(&state, req).await;
-    state.in_flight.fetch_sub(1, Ordering::Relaxed);
-    state.served.fetch_add(1, Ordering::Relaxed);
-    resp
-}
-
-async fn answer_inner(
-    state: &ReceiverState,
-    req: HttpRequest<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let mut segs = req.uri().path().trim_start_matches('/').splitn(2, '/');
-    let app = segs.next().unwrap_or("").to_string();
-    let behaviour = segs.next().unwrap_or("ok").to_string();
-    let header = |name: &'static str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let (id, ts, sig) = (
-        header("webhook-id"),
-        header("webhook-timestamp"),
-        header("webhook-signature"),
-    );
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => Bytes::new(),
-    };
-    let verified = state.secrets.get(&app).map(|secret| {
-        let id = id
-            .as_deref()
-            .ok_or(VerifyError::MissingHeader("webhook-id"))?;
-        let ts = ts
-            .as_deref()
-            .ok_or(VerifyError::MissingHeader("webhook-timestamp"))?;
-        let sig = sig
-            .as_deref()
-            .ok_or(VerifyError::MissingHeader("webhook-signature"))?;
-        verify_standard_webhooks(secret, id, ts, sig, &body, unix_secs())
+/// The test kit's receiver on 127.0.0.1 answering `POST /<app>/<behaviour>`: `ok` -> 200,
+/// `flaky` -> 503 for the first two requests of each `webhook-id` then 200, `gone` -> 410; a
+/// signature that does not verify with the application's secret -> 401.
+async fn start_receiver(secrets: &HashMap<String, String>) -> std::io::Result<Receiver> {
+    let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let flaky: Chooser = Arc::new(move |req| {
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        let n = seen.entry(req.webhook_id().to_string()).or_insert(0);
+        *n += 1;
+        Reply::Status(if *n <= 2 { 503 } else { 200 })
     });
-    let webhook_id = id.unwrap_or_default();
-    let status = if matches!(verified, Some(Err(_))) {
-        401
-    } else {
-        match behaviour.as_str() {
-            "gone" => 410,
-            "slow" => {
-                tokio::time::sleep(SLOW_DELAY).await;
-                200
-            }
-            "hold" => {
-                tokio::time::sleep(HOLD_DELAY).await;
-                200
-            }
-            "flaky" => {
-                let mut f = state.flaky.lock().unwrap_or_else(|e| e.into_inner());
-                let n = f.entry(webhook_id.clone()).or_insert(0);
-                *n += 1;
-                if *n <= 2 { 503 } else { 200 }
-            }
-            _ => 200,
-        }
-    };
-    if state.record {
-        state
-            .hits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Hit {
-                app,
-                behaviour,
-                webhook_id,
-                verified,
-                status,
-                body: body.to_vec(),
-            });
+    let mut opts = Receiver::options();
+    for (app, secret) in secrets {
+        opts = opts
+            .verify(format!("/{app}/"), secret.clone())
+            .route(format!("/{app}/gone"), Reply::Status(410))
+            .route_with(format!("/{app}/flaky"), flaky.clone());
     }
-    let mut resp = Response::new(Full::new(Bytes::from_static(b"")));
-    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
-    Ok(resp)
+    opts.start().await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -616,7 +335,7 @@ pub async fn run_demo(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
         .iter()
         .map(|a| (a.to_string(), demo_secret(a)))
         .collect();
-    let receiver = Receiver::start(secrets.clone(), true).await?;
+    let receiver = start_receiver(&secrets).await?;
 
     let qs = Arc::new(MemoryQueues::new());
     qs.create_queue(DLQ, QueueOptions::default())?;
@@ -666,7 +385,7 @@ pub async fn run_demo(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
                     s.id,
                     s.app,
                     s.event_type,
-                    receiver.url(s.app, s.behaviour),
+                    receiver.url(&format!("/{}/{}", s.app, s.behaviour)),
                     created,
                     &serde_json::json!({"id": s.id, "type": s.event_type, "amount_cents": 4200}),
                 );
@@ -745,7 +464,7 @@ fn summarize(
         .filter_map(|m| serde_json::from_str(&m.body).ok())
         .collect();
     let dead = qs.messages(DLQ)?;
-    let hits = receiver.hits();
+    let hits = receiver.requests();
 
     // Per event: its metric records in attempt order.
     let mut by_event: BTreeMap<(String, String), Vec<&serde_json::Value>> = BTreeMap::new();
@@ -763,7 +482,7 @@ fn summarize(
         let outcome = last["outcome"].as_str().unwrap_or("").to_string();
         let verified = hits
             .iter()
-            .filter(|h| h.webhook_id == id)
+            .filter(|h| h.webhook_id() == id)
             .map(|h| matches!(h.verified, Some(Ok(()))))
             .collect::<Vec<_>>();
         let statuses: Vec<String> = recs
@@ -924,44 +643,6 @@ impl DemoSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn verifies_the_specification_vector_and_refuses_tampering() {
-        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-        let (id, ts, body) = (
-            "msg_p5jXN8AQM9LWM0D4loKWxJek",
-            "1614265330",
-            br#"{"test": 2432232314}"#,
-        );
-        let sig = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
-        let now = 1614265330;
-        assert_eq!(
-            verify_standard_webhooks(secret, id, ts, sig, body, now),
-            Ok(())
-        );
-        // Rotation: another signature first, the right one second.
-        let two = format!("v1,AAAA {sig}");
-        assert_eq!(
-            verify_standard_webhooks(secret, id, ts, &two, body, now),
-            Ok(())
-        );
-        assert_eq!(
-            verify_standard_webhooks(secret, id, ts, sig, b"{\"test\": 1}", now),
-            Err(VerifyError::NoMatch)
-        );
-        assert_eq!(
-            verify_standard_webhooks(secret, "other", ts, sig, body, now),
-            Err(VerifyError::NoMatch)
-        );
-        assert_eq!(
-            verify_standard_webhooks(secret, id, ts, sig, body, now + 301),
-            Err(VerifyError::OutOfTolerance(301))
-        );
-        assert_eq!(
-            verify_standard_webhooks(secret, id, "x", sig, body, now),
-            Err(VerifyError::BadTimestamp)
-        );
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn demo_delivers_retries_and_dead_letters() {

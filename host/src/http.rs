@@ -388,114 +388,24 @@ impl Deliver for AppDelivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::convert::Infallible;
-    use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
-    use tokio::io::AsyncReadExt;
+    use squall_testkit::receiver::{Receiver, Reply};
     use tokio::net::TcpListener;
 
-    /// What the test server saw of one request.
-    #[derive(Debug, Clone)]
-    struct Seen {
-        method: String,
-        path: String,
-        headers: Vec<(String, String)>,
-        body: Vec<u8>,
+    /// The test kit's receiver answering every request with `reply`.
+    async fn receiver(reply: Reply) -> Receiver {
+        Receiver::start(reply).await
     }
 
-    type Reply = (u16, Vec<(&'static str, String)>, Vec<u8>, Duration);
-
-    /// A real hyper HTTP/1.1 server on 127.0.0.1; stopped when dropped.
-    struct Server {
-        addr: SocketAddr,
-        seen: Arc<Mutex<Vec<Seen>>>,
-        connections: Arc<AtomicUsize>,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
-
-    impl Server {
-        async fn start(reply: fn(&Seen) -> Reply) -> Server {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let seen = Arc::new(Mutex::new(Vec::new()));
-            let connections = Arc::new(AtomicUsize::new(0));
-            let (seen2, conns2) = (seen.clone(), connections.clone());
-            let task = tokio::spawn(async move {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        return;
-                    };
-                    conns2.fetch_add(1, Ordering::SeqCst);
-                    let seen = seen2.clone();
-                    tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(
-                            move |req: hyper::Request<hyper::body::Incoming>| {
-                                let seen = seen.clone();
-                                async move {
-                                    let method = req.method().to_string();
-                                    let path = req.uri().to_string();
-                                    let headers = req
-                                        .headers()
-                                        .iter()
-                                        .map(|(n, v)| {
-                                            (n.to_string(), v.to_str().unwrap_or("").to_string())
-                                        })
-                                        .collect();
-                                    let body = req
-                                        .into_body()
-                                        .collect()
-                                        .await
-                                        .unwrap()
-                                        .to_bytes()
-                                        .to_vec();
-                                    let s = Seen {
-                                        method,
-                                        path,
-                                        headers,
-                                        body,
-                                    };
-                                    let (status, headers, body, delay) = reply(&s);
-                                    seen.lock().unwrap().push(s);
-                                    tokio::time::sleep(delay).await;
-                                    let mut resp = hyper::Response::builder().status(status);
-                                    for (n, v) in headers {
-                                        resp = resp.header(n, v);
-                                    }
-                                    Ok::<_, Infallible>(
-                                        resp.body(Full::new(Bytes::from(body))).unwrap(),
-                                    )
-                                }
-                            },
-                        );
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-            });
-            Server {
-                addr,
-                seen,
-                connections,
-                task,
-            }
-        }
-
-        fn url(&self, path: &str) -> String {
-            format!("http://{}{path}", self.addr)
-        }
-
-        fn seen(&self) -> Vec<Seen> {
-            self.seen.lock().unwrap().clone()
+    /// A reply with headers and a body.
+    fn answer(status: u16, headers: &[(&str, &str)], body: &[u8], delay: Duration) -> Reply {
+        Reply::Answer {
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: body.to_vec(),
+            delay,
         }
     }
 
@@ -536,16 +446,13 @@ mod tests {
 
     #[tokio::test]
     async fn delivers_exact_bytes_and_caps_the_response_body() {
-        let server = Server::start(|s| {
-            let size = if s.path == "/big" { 100_000 } else { 10 };
-            (
-                200,
-                vec![("x-reply", "ok".into())],
-                vec![b'r'; size],
-                Duration::ZERO,
-            )
-        })
-        .await;
+        let ok = [("x-reply", "ok")];
+        let server = Receiver::options()
+            .route("/big", answer(200, &ok, &[b'r'; 100_000], Duration::ZERO))
+            .default_reply(answer(200, &ok, &[b'r'; 10], Duration::ZERO))
+            .start()
+            .await
+            .unwrap();
         let d = loopback();
         let body = br#"{"b" : 2,  "a":[1, 2.50]}"#;
         let a = d
@@ -561,18 +468,12 @@ mod tests {
         assert_eq!(small.body_prefix, b"rrrrrrrrrr");
         assert!(!small.truncated);
 
-        let seen = server.seen();
+        let seen = server.requests();
         assert_eq!(seen.len(), 2);
         let first = &seen[0];
         assert_eq!(first.method, "POST");
         assert_eq!(first.body, body);
-        let header = |n: &str| {
-            first
-                .headers
-                .iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, v)| v.as_str())
-        };
+        let header = |n: &str| first.header(n);
         assert_eq!(header("user-agent"), Some(USER_AGENT));
         assert!(USER_AGENT.starts_with("Squall/"));
         assert_eq!(header("webhook-id"), Some("evt_1"));
@@ -585,7 +486,7 @@ mod tests {
 
     #[tokio::test]
     async fn keeps_connections_alive_across_requests() {
-        let server = Server::start(|_| (204, vec![], vec![], Duration::ZERO)).await;
+        let server = receiver(Reply::Status(204)).await;
         let d = loopback();
         for _ in 0..5 {
             let a = d
@@ -593,24 +494,19 @@ mod tests {
                 .await;
             assert!(a.outcome.is_success());
         }
-        assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+        assert_eq!(server.connections(), 1);
     }
 
     #[tokio::test]
     async fn redirects_are_not_followed() {
-        let server = Server::start(|s| {
-            if s.path == "/moved" {
-                (
-                    302,
-                    vec![("location", "/target".into())],
-                    vec![],
-                    Duration::ZERO,
-                )
-            } else {
-                (200, vec![], vec![], Duration::ZERO)
-            }
-        })
-        .await;
+        let server = Receiver::options()
+            .route(
+                "/moved",
+                Reply::StatusWith(302, vec![("location".into(), "/target".into())]),
+            )
+            .start()
+            .await
+            .unwrap();
         let a = loopback()
             .send(&post(&server.url("/moved"), b"{}"), &opts(5000, 100))
             .await;
@@ -622,7 +518,7 @@ mod tests {
         assert!(!a.outcome.is_success());
         assert_eq!(a.outcome.header("location"), Some("/target"));
         assert_eq!(
-            server.seen().len(),
+            server.requests().len(),
             1,
             "the redirect target must not be requested"
         );
@@ -630,14 +526,12 @@ mod tests {
 
     #[tokio::test]
     async fn retry_after_is_visible_in_the_outcome() {
-        let server = Server::start(|_| {
-            (
-                429,
-                vec![("retry-after", "7".into())],
-                b"slow down".to_vec(),
-                Duration::ZERO,
-            )
-        })
+        let server = receiver(answer(
+            429,
+            &[("retry-after", "7")],
+            b"slow down",
+            Duration::ZERO,
+        ))
         .await;
         let a = loopback()
             .send(&post(&server.url("/"), b"{}"), &opts(5000, 100))
@@ -649,7 +543,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_server_is_a_timeout() {
-        let server = Server::start(|_| (200, vec![], vec![], Duration::from_secs(3))).await;
+        let server = receiver(Reply::Slow(Duration::from_secs(3), 200)).await;
         let a = loopback()
             .send(&post(&server.url("/"), b"{}"), &opts(300, 100))
             .await;
@@ -664,31 +558,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_connection_is_a_reset() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            for i in 0.. {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut buf = [0u8; 1024];
-                let _ = stream.read(&mut buf).await;
-                if i % 2 == 1 {
-                    // RST instead of FIN.
-                    #[allow(deprecated)]
-                    let _ = stream.set_linger(Some(Duration::ZERO));
-                }
-                drop(stream);
-            }
-        });
+        // Closed after the request is read: first with FIN, then with RST.
+        let server = receiver(Reply::Reset).await;
+        server.script("/", vec![Reply::Hang(Duration::ZERO)]);
         let d = loopback();
         for _ in 0..2 {
             let a = d
-                .send(&post(&format!("http://{addr}/"), b"{}"), &opts(5000, 100))
+                .send(&post(&server.url("/"), b"{}"), &opts(5000, 100))
                 .await;
             assert_eq!(kind(&a), Some(TransportErrorKind::Reset), "{:?}", a.outcome);
         }
-        task.abort();
     }
 
     #[tokio::test]
@@ -709,14 +588,14 @@ mod tests {
 
     #[tokio::test]
     async fn the_ssrf_guard_refuses_without_an_allow_list() {
-        let server = Server::start(|_| (200, vec![], vec![], Duration::ZERO)).await;
+        let server = receiver(Reply::Status(200)).await;
         let d = Deliverer::new(&ClientOptions {
             allowlist: Allowlist::default(),
             connect_timeout: Duration::from_secs(2),
             pool_max_idle_per_host: 8,
         })
         .unwrap();
-        let port = server.addr.port();
+        let port = server.addr().port();
         for url in [
             format!("http://127.0.0.1:{port}/"),
             format!("http://2130706433:{port}/"),
@@ -738,7 +617,7 @@ mod tests {
                 "{message}"
             );
         }
-        assert!(server.seen().is_empty(), "nothing may reach the server");
+        assert!(server.requests().is_empty(), "nothing may reach the server");
     }
 
     #[tokio::test]
@@ -794,7 +673,7 @@ mod tests {
         assert_eq!(b.opts.timeout, Duration::from_millis(15000));
 
         // Through the pipeline's trait.
-        let server = Server::start(|_| (503, vec![], vec![], Duration::ZERO)).await;
+        let server = receiver(Reply::Status(503)).await;
         let delivery = Deliver::deliver(&a, &post(&server.url("/"), b"{}")).await;
         assert!(matches!(
             delivery.outcome,
@@ -810,7 +689,7 @@ mod tests {
     async fn throughput_against_plain_reqwest() {
         const TOTAL: usize = 20_000;
         const CONCURRENCY: usize = 32;
-        let server = Server::start(|_| (200, vec![], vec![], Duration::ZERO)).await;
+        let server = Receiver::options().record(false).start().await.unwrap();
         let url = server.url("/hook");
         let body = vec![b'x'; 1024];
         let plain = reqwest::Client::builder().no_proxy().build().unwrap();

@@ -5,18 +5,19 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use squall::envelope::Envelope;
+use squall_testkit::envelope::TestEnvelope;
+use squall_testkit::receiver::{Receiver, Reply};
+use squall_testkit::verify::verify_recorded;
 use squall_tests::process::{SquallRun, eventually};
-use squall_tests::receiver::{Receiver, Reply};
 use squall_tests::sqs::{TestQueues, msg_attr};
-use squall_tests::verify::verify_standard_webhooks;
 use squall_tests::{TEST_SECRET, config_toml, now_ms, sqs_or_skip};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
 fn envelope(id: &str, app: &str, endpoint: &str, payload: Value) -> String {
-    let e = Envelope::new_json(id, app, "invoice.paid", endpoint, now_ms(), &payload);
-    String::from_utf8(e.encode()).unwrap()
+    TestEnvelope::new(id, app, endpoint)
+        .payload(payload)
+        .to_json()
 }
 
 async fn metrics_records(q: &TestQueues) -> Vec<Value> {
@@ -68,8 +69,7 @@ async fn delivers_signed_bytes_and_one_metric_per_attempt() {
     let mut seen = Vec::new();
     for r in rx.requests_for("/hook") {
         assert_eq!(r.method, "POST");
-        let id =
-            verify_standard_webhooks(TEST_SECRET, &r).expect("valid Standard Webhooks signature");
+        let id = verify_recorded(TEST_SECRET, &r).expect("valid Standard Webhooks signature");
         let i: usize = id.strip_prefix("evt_").unwrap().parse().unwrap();
         assert_eq!(
             r.body,
@@ -124,7 +124,7 @@ async fn fails_twice_then_succeeds_exactly_once_with_a_stable_id() {
     assert_eq!(reqs.len(), 3, "exactly three attempts");
     let ids: Vec<String> = reqs
         .iter()
-        .map(|r| verify_standard_webhooks(TEST_SECRET, r).unwrap())
+        .map(|r| verify_recorded(TEST_SECRET, r).unwrap())
         .collect();
     assert_eq!(
         ids,

@@ -10,19 +10,21 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use squall::envelope::Envelope;
+use squall_testkit::envelope::TestEnvelope;
+use squall_testkit::receiver::{Receiver, Reply};
+use squall_testkit::verify::verify_recorded;
 use squall_tests::process::{SquallRun, eventually};
-use squall_tests::receiver::{Receiver, Reply};
 use squall_tests::sqs::{TestQueues, msg_attr};
-use squall_tests::verify::verify_standard_webhooks;
 use squall_tests::{TEST_SECRET, config_toml, now_ms, plugin_path, sqs_or_skip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
 fn envelope(id: &str, app: &str, kind: &str, endpoint: &str) -> String {
-    let e = Envelope::new_json(id, app, kind, endpoint, now_ms(), &json!({"id": id}));
-    String::from_utf8(e.encode()).unwrap()
+    TestEnvelope::new(id, app, endpoint)
+        .event_type(kind)
+        .payload(json!({"id": id}))
+        .to_json()
 }
 
 fn prober(app: &str, config: &str, extra: &str) -> String {
@@ -41,7 +43,7 @@ async fn probe(q: &TestQueues, rx: &Receiver, app: &str, id: &str, kind: &str) -
     })
     .await;
     assert_eq!(
-        verify_standard_webhooks(TEST_SECRET, &req).unwrap(),
+        verify_recorded(TEST_SECRET, &req).unwrap(),
         id,
         "the report is delivered like any event (signed)"
     );

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use serde_json::{Value, json};
-use squall_tests::receiver::{Receiver, Reply};
+use squall_testkit::envelope::TestEnvelope;
+use squall_testkit::receiver::{Receiver, Reply};
 use squall_tests::sqs::{TestQueues, msg_attr};
 use squall_tests::sqs_or_skip;
 
@@ -152,12 +153,10 @@ async fn invoke(port: u16, event: &Value) -> (u16, Value) {
 }
 
 fn envelope(id: &str, endpoint: &str) -> String {
-    json!({
-        "version": 1, "id": id, "app_id": "billing", "type": "invoice.paid",
-        "endpoint": endpoint, "created_at": "2026-11-28T10:00:00Z",
-        "payload": {"invoice": id}
-    })
-    .to_string()
+    TestEnvelope::new(id, "billing", endpoint)
+        .created_at_ms(1_795_860_000_000) // 2026-11-28T10:00:00Z
+        .payload(json!({"invoice": id}))
+        .to_json()
 }
 
 /// What the event source mapping builds from received messages.
@@ -330,7 +329,7 @@ async fn lambda_mixed_batch_through_the_runtime_api() {
     for path in ["/ok", "/retry", "/later", "/gone"] {
         let reqs = rx.requests_for(path);
         assert_eq!(reqs.len(), 1, "{path}");
-        squall_tests::verify::verify_standard_webhooks(SECRET, &reqs[0]).unwrap();
+        squall_testkit::verify::verify_recorded(SECRET, &reqs[0]).unwrap();
     }
 
     // DLQ: the 410 and the malformed body, byte for byte, with reasons.

@@ -6,18 +6,20 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sha2::Digest;
-use squall::envelope::Envelope;
+use squall_testkit::envelope::TestEnvelope;
+use squall_testkit::receiver::{Receiver, Reply};
+use squall_testkit::verify::verify_recorded;
 use squall_tests::process::{SquallRun, eventually};
-use squall_tests::receiver::{Receiver, Reply};
 use squall_tests::sqs::{TestQueues, msg_attr};
-use squall_tests::verify::verify_standard_webhooks;
-use squall_tests::{TEST_SECRET, config_toml, now_ms, plugin_path, sqs_or_skip};
+use squall_tests::{TEST_SECRET, config_toml, plugin_path, sqs_or_skip};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
 fn envelope(id: &str, app: &str, kind: &str, endpoint: &str) -> String {
-    let e = Envelope::new_json(id, app, kind, endpoint, now_ms(), &json!({"order": id}));
-    String::from_utf8(e.encode()).unwrap()
+    TestEnvelope::new(id, app, endpoint)
+        .event_type(kind)
+        .payload(json!({"order": id}))
+        .to_json()
 }
 
 async fn settled(q: &TestQueues, apps: &[&str], dlq: u64) {
@@ -62,10 +64,7 @@ async fn transform_plugin_wraps_payloads_and_skips_by_type() {
 
     let reqs = rx.requests_for("/shop");
     assert_eq!(reqs.len(), 1, "the ping was skipped, not delivered");
-    assert_eq!(
-        verify_standard_webhooks(TEST_SECRET, &reqs[0]).unwrap(),
-        "evt_order"
-    );
+    assert_eq!(verify_recorded(TEST_SECRET, &reqs[0]).unwrap(), "evt_order");
     let body: Value = serde_json::from_slice(&reqs[0].body).expect("wrapped body is JSON");
     assert_eq!(body["type"], "order.created");
     assert_eq!(body["id"], "evt_order");

@@ -13,13 +13,13 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use squall::envelope::Envelope;
 use squall::ssrf::{self, Allowlist, SsrfError};
+use squall_testkit::envelope::TestEnvelope;
+use squall_testkit::receiver::{Receiver, Reply};
+use squall_testkit::verify::verify_recorded;
 use squall_tests::process::{SquallRun, eventually};
-use squall_tests::receiver::{Receiver, Reply};
 use squall_tests::sqs::{TestQueues, msg_attr};
-use squall_tests::verify::verify_standard_webhooks;
-use squall_tests::{TEST_SECRET, config_toml, now_ms, sqs_or_skip};
+use squall_tests::{TEST_SECRET, config_toml, sqs_or_skip};
 
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -330,15 +330,10 @@ fn table() -> Vec<Row> {
 }
 
 fn envelope(id: &str, app: &str, endpoint: &str) -> String {
-    let e = Envelope::new_json(
-        id,
-        app,
-        "ssrf.probe",
-        endpoint,
-        now_ms(),
-        &json!({"id": id}),
-    );
-    String::from_utf8(e.encode()).unwrap()
+    TestEnvelope::new(id, app, endpoint)
+        .event_type("ssrf.probe")
+        .payload(json!({"id": id}))
+        .to_json()
 }
 
 fn loopback_allowlist() -> Allowlist {
@@ -513,7 +508,7 @@ async fn ssrf_table_refused_with_reasons_and_allowlisted_loopback_delivers() {
                     row.case
                 );
                 assert_eq!(
-                    verify_standard_webhooks(TEST_SECRET, &reqs[0]).unwrap(),
+                    verify_recorded(TEST_SECRET, &reqs[0]).unwrap(),
                     format!("trusted-r{i}")
                 );
                 continue;

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use squall::pipeline::{ATTR_DEAD_LETTERED_AT_MS, ATTR_EVENT_ID, ATTR_REASON};
+use squall_testkit::receiver::{Chooser, Receiver, Reply};
+use squall_testkit::verify::verify_recorded;
 use squall_tests::process::SquallRun;
-use squall_tests::receiver::{Chooser, Receiver, Reply};
 use squall_tests::sqs::{TestQueues, msg_attr};
-use squall_tests::verify::verify_standard_webhooks;
 use squall_tests::{TEST_SECRET, app_toml, config_head, now_ms, plugin_path};
 
 use plan::{APPS, ENDPOINTS_PER_APP, Kind, LOOP_TYPE, LOOPER, TIMEOUT_MS, TRAP_TYPE, TRAPPER};
@@ -544,7 +544,7 @@ async fn run() -> anyhow::Result<bool> {
     for (e, rx) in receivers.iter().enumerate() {
         for r in rx.requests() {
             requests.push(verdict::Request {
-                verified: verify_standard_webhooks(TEST_SECRET, &r),
+                verified: verify_recorded(TEST_SECRET, &r).map_err(|e| e.to_string()),
                 receiver: e,
                 status: r.status,
                 at_ms: ms(r.at),

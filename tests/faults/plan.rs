@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use squall::envelope::Envelope;
-use squall_tests::receiver::Reply;
+use squall_testkit::envelope::TestEnvelope;
+use squall_testkit::receiver::Reply;
 
 /// The applications: two plain ones, one whose transform plugin traps on [`TRAP_TYPE`]
 /// (`on_plugin_error = "dead-letter"`), one whose transform loops on [`LOOP_TYPE`]
@@ -103,13 +103,17 @@ pub fn plan(seed: u64, n: usize, urls: &[String], created_ms: u64) -> Vec<Planne
                 _ => (Kind::Normal, TYPES[rng.usize(..TYPES.len())]),
             };
             let payload = serde_json::json!({"seq": i, "app": APPS[app], "note": "fault-run"});
-            let env = Envelope::new_json(&id, APPS[app], event_type, url, created_ms, &payload);
+            let body = TestEnvelope::new(&id, APPS[app], url)
+                .event_type(event_type)
+                .created_at_ms(created_ms)
+                .payload(payload)
+                .to_json();
             Planned {
                 id,
                 app,
                 endpoint,
                 kind,
-                body: String::from_utf8(env.encode()).expect("envelope is UTF-8"),
+                body,
             }
         })
         .collect()

@@ -1,4 +1,4 @@
-//! A fixture for the host's tests of WIT 0.2.0 (host/tests/plugins.rs): a signer that
+//! A fixture for the host's tests of WIT 0.2.0 (tests/engine/plugins.rs): a signer that
 //! reports, as headers, what the host answers about the request being signed, so a test can
 //! compare each answer with an independent computation.
 //!

@@ -857,7 +857,8 @@ fn ten_thousand_traps_do_not_grow_memory() {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "ten_thousand_traps_do_not_grow_memory",
+                // Its name in the `engine` test binary.
+                "plugins::ten_thousand_traps_do_not_grow_memory",
                 "--nocapture",
                 "--test-threads=1",
             ])
@@ -1183,7 +1184,7 @@ fn cli_check_and_test_work_as_documented() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let cache = temp_dir("cli-cache");
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_squall"))
+        let out = std::process::Command::new(squall_tests::process::squall_bin())
             .args(args)
             .current_dir(&root)
             .env("XDG_CACHE_HOME", &cache)
