@@ -476,6 +476,7 @@ pub fn plugin_spec(cfg: &PluginConfig) -> PluginSpec {
             config::Isolation::Reuse => Isolation::Reuse,
             config::Isolation::Fresh => Isolation::FreshPerCall,
         },
+        sha256: cfg.sha256,
     }
 }
 
