@@ -832,11 +832,16 @@ mod tests {
         let pin = pin.expect("pinned");
         assert_eq!((pin[0], pin[1], pin[31]), (0xe3, 0xb0, 0x55));
         let unpinned = with("").unwrap();
-        assert_eq!(unpinned.apps[0].plugins.signer.as_ref().unwrap().sha256, None);
+        assert_eq!(
+            unpinned.apps[0].plugins.signer.as_ref().unwrap().sha256,
+            None
+        );
         let longer = format!("{digest}0");
         let not_hex = digest.replace('E', "g");
         for bad in [&digest[..63], &longer, &not_hex, "sha256:e3b0"] {
-            let msg = with(&format!("sha256 = \"{bad}\"")).expect_err(bad).to_string();
+            let msg = with(&format!("sha256 = \"{bad}\""))
+                .expect_err(bad)
+                .to_string();
             assert!(
                 msg.contains("apps.billing.plugins.signer.sha256") && msg.contains("64 hex digits"),
                 "{bad}: {msg}"
