@@ -9,6 +9,14 @@ export RUSTUP_AUTO_INSTALL=0
 MOTO_VERSION=5.2.5
 CFN_LINT_VERSION=1.58.0
 CARGO_LAMBDA_VERSION=1.9.2
+# Supply-chain tools (docs/security.md, "Supply chain").
+CARGO_DENY_VERSION=0.20.2
+# Where cargo-deny 0.20 looks for the RustSec database under its db-path (the last segment of
+# db-urls plus a hash of that URL); scripts/deny lays the snapshot out there.
+CARGO_DENY_DB_FOLDER=advisory-db-3157b0e258782691
+CARGO_AUDITABLE_VERSION=0.7.7
+CARGO_CYCLONEDX_VERSION=0.5.9
+CYCLONEDX_PYTHON_LIB_VERSION=11.12.0
 
 say() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -29,6 +37,25 @@ ensure_venv() { # name requirement...
 }
 
 ensure_moto() { ensure_venv moto "moto[server]==$MOTO_VERSION"; }
+
+# A cargo subcommand at a pinned version in .tools/NAME (`cargo install --locked`, built in a
+# temporary directory of its own, never the shared target directory); skipped when that
+# version is there. Prints how long a fresh install took.
+ensure_cargo_tool() { # crate version
+  local name=$1 version=$2
+  local dir="$TOOLS/$name" stamp="$TOOLS/$name/.squall-installed"
+  if [ -x "$dir/bin/$name" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$name@$version" ]; then return; fi
+  say "installing $name $version into .tools/$name (cargo install --locked: minutes on a cold machine)"
+  local started=$SECONDS
+  env -u CARGO_TARGET_DIR cargo install --quiet --locked --force --root "$dir" "$name@$version"
+  echo "$name@$version" > "$stamp"
+  say "installed $name $version in $((SECONDS - started)) s"
+}
+
+ensure_cargo_deny() { ensure_cargo_tool cargo-deny "$CARGO_DENY_VERSION"; }
+ensure_cargo_auditable() { ensure_cargo_tool cargo-auditable "$CARGO_AUDITABLE_VERSION"; }
+ensure_cargo_cyclonedx() { ensure_cargo_tool cargo-cyclonedx "$CARGO_CYCLONEDX_VERSION"; }
+ensure_cyclonedx_python() { ensure_venv cyclonedx "cyclonedx-python-lib[json-validation]==$CYCLONEDX_PYTHON_LIB_VERSION"; }
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'

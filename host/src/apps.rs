@@ -247,20 +247,25 @@ impl AppBuilder {
         let Some(runtime) = self.runtime.as_ref().filter(|_| self.prefer_artifacts) else {
             return apps;
         };
-        // (app index, hook position in `by_hook`, artifact path)
+        // (app index, hook position in `by_hook`, artifact path, pinned digest)
         let mut candidates = Vec::new();
         for (i, app) in apps.iter().enumerate() {
             for (j, (_, cfg)) in app.plugins.by_hook().into_iter().enumerate() {
                 let Some(cfg) = cfg else { continue };
                 let artifact = artifact_path(&cfg.path);
                 if artifact != cfg.path && artifact.exists() {
-                    candidates.push((i, j, artifact));
+                    candidates.push((i, j, artifact, cfg.sha256));
                 }
             }
         }
-        let paths: Vec<&Path> = candidates.iter().map(|(_, _, a)| a.as_path()).collect();
+        // A pinned artifact must carry the pinned source digest; one that does not is not used
+        // (the warning names both digests) and the `.wasm` is then held to the pin in its place.
+        let paths: Vec<(&Path, Option<[u8; 32]>)> = candidates
+            .iter()
+            .map(|(_, _, a, pin)| (a.as_path(), *pin))
+            .collect();
         let loaded = runtime.inspect_all(&paths);
-        for ((i, j, artifact), result) in candidates.into_iter().zip(loaded) {
+        for ((i, j, artifact, _), result) in candidates.into_iter().zip(loaded) {
             let app = &mut apps[i];
             let (hook, cfg) = app
                 .plugins

@@ -7,3 +7,4 @@ mod lambda;
 mod ops;
 mod plugins;
 mod ssrf;
+mod supply;

@@ -1082,7 +1082,7 @@ fn artifacts_are_loaded_once_per_file_and_checked_again_when_changed() {
         ..RuntimeOptions::default()
     })
     .unwrap();
-    let infos = rt2.inspect_all(&[a.as_path(), b.as_path()]);
+    let infos = rt2.inspect_all(&[(a.as_path(), None), (b.as_path(), None)]);
     assert!(infos.iter().all(Result::is_ok), "{infos:?}");
     assert_eq!(rt2.components_loaded(), 2);
     rt2.signer("app", &PluginSpec::new(&a), secrets(&[]))
@@ -1125,6 +1125,86 @@ fn artifacts_are_loaded_once_per_file_and_checked_again_when_changed() {
             && text.contains("precompile it again"),
         "{text}"
     );
+}
+
+/// A plugin pinned by its SHA-256 (`sha256` in the config) loads while the file is the pinned
+/// one; another file at the same path is refused with both digests, before it is compiled. A
+/// `.cwasm` is held to the digest of the source it was compiled from.
+#[test]
+fn a_pinned_plugin_is_refused_when_its_file_is_not_the_pinned_one() {
+    use squall::plugin::file_digest;
+    let rt = runtime();
+    let dir = temp_dir("pin");
+    let file = dir.join("signer.wasm");
+    std::fs::copy(dist("standard-webhooks-signer"), &file).unwrap();
+    let pinned: [u8; 32] = <Sha256 as sha2::Digest>::digest(std::fs::read(&file).unwrap()).into();
+    assert_eq!(file_digest(&file).unwrap(), pinned);
+    let mut spec = PluginSpec::new(&file);
+    spec.sha256 = Some(pinned);
+    rt.signer("app", &spec, secrets(&[])).unwrap();
+
+    // Another build at the same path (replaced, as a deployment would).
+    let tmp = dir.join("signer.wasm.tmp");
+    std::fs::copy(dist("github-signer"), &tmp).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let actual = file_digest(&file).unwrap();
+    let loaded = rt.components_loaded();
+    let err = rt.signer("app", &spec, secrets(&[])).err().unwrap();
+    match &err {
+        PluginError::DigestMismatch {
+            path,
+            expected,
+            actual: found,
+        } => assert_eq!((path, expected, found), (&file, &pinned, &actual)),
+        other => panic!("{other:?}"),
+    }
+    let text = err.to_string();
+    for needle in [
+        file.display().to_string(),
+        hex::encode(pinned),
+        hex::encode(actual),
+        "sha256".to_string(),
+    ] {
+        assert!(text.contains(&needle), "{text} lacks {needle}");
+    }
+    assert_eq!(rt.components_loaded(), loaded, "refused before compiling");
+    assert!(matches!(
+        rt.inspect_pinned(&file, Some(&pinned)),
+        Err(PluginError::DigestMismatch { .. })
+    ));
+    // Unpinned, the same file loads (the pin is what refuses it).
+    rt.signer("app", &PluginSpec::new(&file), secrets(&[]))
+        .unwrap();
+
+    // Precompiled: the artifact names its source's digest, and the pin is held to it, read
+    // or mapped.
+    let artifact = dir.join("signer.cwasm");
+    rt.precompile(&dist("standard-webhooks-signer"), &artifact)
+        .unwrap();
+    assert_eq!(file_digest(&artifact).unwrap(), pinned);
+    let mapped = PluginRuntime::new(RuntimeOptions {
+        cache_dir: None,
+        map_artifacts: true,
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    for rt in [&rt, &mapped] {
+        let mut spec = PluginSpec::new(&artifact);
+        spec.sha256 = Some(pinned);
+        rt.signer("app", &spec, secrets(&[])).unwrap();
+        spec.sha256 = Some(actual);
+        let err = rt.signer("app", &spec, secrets(&[])).err().unwrap();
+        assert!(
+            matches!(&err, PluginError::DigestMismatch { expected, actual, .. }
+                if *expected == spec.sha256.unwrap() && *actual == pinned),
+            "{err:?}"
+        );
+    }
+    let results = mapped.inspect_all(&[(artifact.as_path(), Some(actual))]);
+    assert!(matches!(
+        results[0],
+        Err(PluginError::DigestMismatch { .. })
+    ));
 }
 
 #[test]

@@ -237,6 +237,9 @@ pub struct PluginConfig {
     pub config: BTreeMap<String, String>,
     /// Limits and isolation (the app's `plugin_limits`, overridden by this table's keys).
     pub limits: PluginLimitsConfig,
+    /// `sha256`: the digest the plugin file must have (a `.cwasm` is held to the source
+    /// digest it carries); `None` = not pinned. Checked by the engine when it loads the plugin.
+    pub sha256: Option<[u8; 32]>,
 }
 
 /// `[apps.NAME.plugins]`: the plugin of each hook; `None` = the built-in.
@@ -837,6 +840,37 @@ mod tests {
                     "{text:?} {vars:?}\n  error: {msg}\n  lacks: {n:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_plugin_sha256_pin_is_64_hex_digits_and_a_bad_one_names_its_key() {
+        let with = |extra: &str| {
+            load(
+                &format!("{ONE_APP}\n[apps.billing.plugins.signer]\npath = \"p.wasm\"\n{extra}"),
+                &[],
+            )
+        };
+        let digest = "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855";
+        let pinned = with(&format!("sha256 = \"{digest}\"")).unwrap();
+        let pin = pinned.apps[0].plugins.signer.as_ref().unwrap().sha256;
+        let pin = pin.expect("pinned");
+        assert_eq!((pin[0], pin[1], pin[31]), (0xe3, 0xb0, 0x55));
+        let unpinned = with("").unwrap();
+        assert_eq!(
+            unpinned.apps[0].plugins.signer.as_ref().unwrap().sha256,
+            None
+        );
+        let longer = format!("{digest}0");
+        let not_hex = digest.replace('E', "g");
+        for bad in [&digest[..63], &longer, &not_hex, "sha256:e3b0"] {
+            let msg = with(&format!("sha256 = \"{bad}\""))
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                msg.contains("apps.billing.plugins.signer.sha256") && msg.contains("64 hex digits"),
+                "{bad}: {msg}"
+            );
         }
     }
 

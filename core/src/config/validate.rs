@@ -135,6 +135,7 @@ struct RawPlugin {
     memory_bytes: Option<usize>,
     max_output_bytes: Option<usize>,
     isolation: Option<Isolation>,
+    sha256: Option<String>,
 }
 
 /// A plugin config value: string, number or boolean, kept as text.
@@ -658,12 +659,38 @@ fn build_plugin(
         limits.max_output_bytes,
         o,
     )?;
+    let sha256 = match raw.sha256 {
+        None => None,
+        Some(text) => Some(parse_sha256(&text).ok_or_else(|| {
+            o.invalid(
+                format!("{key}.sha256"),
+                format!(
+                    "{text:?} is not a SHA-256 digest (64 hex digits; `squall plugin check FILE` prints the one to pin)"
+                ),
+            )
+        })?),
+    };
     Ok(PluginConfig {
         key: key.to_string(),
         path,
         config: raw.config.into_iter().map(|(k, v)| (k, v.0)).collect(),
         limits,
+        sha256,
     })
+}
+
+/// A SHA-256 digest written as 64 hex digits (either case).
+fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    let text = text.as_bytes();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(text.chunks(2)) {
+        let digit = |c: u8| (c as char).to_digit(16);
+        *byte = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(out)
 }
 
 fn build_app(

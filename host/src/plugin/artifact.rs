@@ -48,8 +48,11 @@ const MAGIC: &[u8; 8] = b"SQUALLCW";
 const FORMAT_VERSION: u32 = 2;
 /// Length of the trailer after wasmtime's payload.
 pub(crate) const TRAILER_LEN: usize = 8 + 4 + 32 + 32 + 32 + 8;
-/// The wasmtime version the host is pinned to (`=48.0.8` in the workspace).
-pub(crate) const WASMTIME_VERSION: &str = "48.0.8";
+/// The wasmtime version the host is built with (the one in Cargo.lock: a test checks it, so a
+/// `cargo update -p wasmtime` must change it too). It is part of the engine digest: artifacts
+/// made by another wasmtime release are refused with "precompile it again", before wasmtime's
+/// own version check would refuse them less clearly.
+pub(crate) const WASMTIME_VERSION: &str = "48.0.10";
 
 /// The trailer of `bytes` when they end like a Squall artifact.
 pub(crate) fn trailer(bytes: &[u8]) -> Option<&[u8]> {
@@ -76,6 +79,11 @@ pub(crate) fn format_1_error(path: &Path) -> PluginError {
 /// A digest naming everything an artifact depends on: the wasmtime version, the target
 /// and the engine's compatibility hash (its compilation settings and CPU features).
 pub(crate) fn engine_digest(engine: &Engine) -> [u8; 32] {
+    engine_digest_for(WASMTIME_VERSION, engine)
+}
+
+/// [`engine_digest`] as a build with wasmtime `version` computes it.
+fn engine_digest_for(version: &str, engine: &Engine) -> [u8; 32] {
     struct ShaHasher(Sha256);
     impl Hasher for ShaHasher {
         fn finish(&self) -> u64 {
@@ -87,7 +95,7 @@ pub(crate) fn engine_digest(engine: &Engine) -> [u8; 32] {
     }
     let mut h = ShaHasher(Sha256::new());
     h.write(b"squall-cwasm\0wasmtime ");
-    h.write(WASMTIME_VERSION.as_bytes());
+    h.write(version.as_bytes());
     h.write(std::env::consts::ARCH.as_bytes());
     h.write(std::env::consts::OS.as_bytes());
     engine.precompile_compatibility_hash().hash(&mut h);
@@ -162,6 +170,12 @@ pub(crate) fn check_header(
         payload_checksum: rest[32..64].try_into().expect("32 bytes"),
         payload_len: u64::from_le_bytes(rest[64..72].try_into().expect("8 bytes")),
     })
+}
+
+/// The source digest field of a trailer (see [`trailer`]), unchecked: what the artifact
+/// says it was compiled from.
+pub(crate) fn source_digest(trailer: &[u8]) -> [u8; 32] {
+    trailer[44..76].try_into().expect("32 bytes")
 }
 
 fn corrupt(path: &Path, detail: &str) -> PluginError {
@@ -330,6 +344,45 @@ mod tests {
         // The matching engine loads it.
         let (_, digest) = load(&theirs, &theirs_digest, &honest, path).unwrap();
         assert_eq!(digest, source);
+    }
+
+    #[test]
+    fn the_wasmtime_version_is_the_one_in_the_lockfile() {
+        let lock = include_str!("../../../Cargo.lock");
+        let locked: Vec<&str> = lock
+            .split("[[package]]")
+            .filter(|p| p.contains("\nname = \"wasmtime\"\n"))
+            .filter_map(|p| p.split("\nversion = \"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(
+            locked,
+            [WASMTIME_VERSION],
+            "update WASMTIME_VERSION with wasmtime"
+        );
+    }
+
+    #[test]
+    fn artifacts_of_another_wasmtime_version_are_refused() {
+        // What an artifact precompiled by a build with wasmtime 48.0.8 carries: the same
+        // engine settings, another version in the digest.
+        let engine = engine(true);
+        let ours = engine_digest(&engine);
+        let theirs = engine_digest_for("48.0.8", &engine);
+        assert_ne!(ours, theirs);
+        let wasm = sample();
+        let source: [u8; 32] = Sha256::digest(&wasm).into();
+        let payload = Component::new(&engine, &wasm).unwrap().serialize().unwrap();
+        let old = wrap(&theirs, &source, &payload);
+        let err = load(&engine, &ours, &old, Path::new("old.cwasm"))
+            .err()
+            .unwrap();
+        let text = err.to_string();
+        assert!(
+            matches!(err, PluginError::ForeignArtifact { .. })
+                && text.contains(&format!("wasmtime {WASMTIME_VERSION}"))
+                && text.contains("precompile it again"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -99,16 +99,21 @@ pub struct PluginSpec {
     pub limits: PluginLimits,
     /// Instance sharing.
     pub isolation: Isolation,
+    /// The SHA-256 the plugin must have (`sha256 = "..."` in the config), `None` = unpinned.
+    /// A `.wasm` is hashed; a `.cwasm` is held to the source digest in its trailer. A file
+    /// whose digest differs is refused before it is compiled or deserialized.
+    pub sha256: Option<[u8; 32]>,
 }
 
 impl PluginSpec {
-    /// A spec with empty config and default limits and isolation.
+    /// A spec with empty config, default limits and isolation, and no pinned digest.
     pub fn new(path: impl Into<PathBuf>) -> PluginSpec {
         PluginSpec {
             path: path.into(),
             config: BTreeMap::new(),
             limits: PluginLimits::default(),
             isolation: Isolation::default(),
+            sha256: None,
         }
     }
 }
@@ -134,6 +139,7 @@ impl From<&crate::config::PluginConfig> for PluginSpec {
                 max_output_bytes: cfg.limits.max_output_bytes,
             },
             isolation: cfg.limits.isolation.into(),
+            sha256: cfg.sha256,
         }
     }
 }
@@ -305,6 +311,20 @@ pub enum PluginError {
         /// What failed.
         detail: String,
     },
+    /// The file is not the one pinned in the config (`sha256`).
+    #[error(
+        "plugin {path}: SHA-256 {}, but the config pins {} (sha256): the file changed since it was pinned; deploy the pinned build or pin the new one (`squall plugin check` prints its digest)",
+        hex::encode(actual),
+        hex::encode(expected)
+    )]
+    DigestMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The pinned digest.
+        expected: [u8; 32],
+        /// The file's digest (for a `.cwasm`, the digest of the source it was compiled from).
+        actual: [u8; 32],
+    },
     /// Limits out of range.
     #[error("plugin {path}: invalid limits: {detail}")]
     Limits {
@@ -433,19 +453,36 @@ impl PluginRuntime {
     /// Load a component (or artifact) and report what it exports and imports, checked
     /// against the contract and linked, exactly as a hook load would do.
     pub fn inspect(&self, path: &Path) -> Result<ComponentInfo, PluginError> {
-        Ok(self.component(path)?.info.clone())
+        self.inspect_pinned(path, None)
+    }
+
+    /// [`PluginRuntime::inspect`], refusing a file whose digest is not `sha256` (see
+    /// [`PluginSpec::sha256`]) before compiling or deserializing it.
+    pub fn inspect_pinned(
+        &self,
+        path: &Path,
+        sha256: Option<&[u8; 32]>,
+    ) -> Result<ComponentInfo, PluginError> {
+        Ok(self.component(path, sha256)?.info.clone())
     }
 
     /// [`PluginRuntime::inspect`] for several files at once, on up to as many threads as
     /// there are CPUs (a cold start with several large plugins loads them side by side).
+    /// Each file comes with its pinned digest, if any ([`PluginRuntime::inspect_pinned`]).
     /// Results are in the order of `paths`; later loads of the same files are cache hits.
-    pub fn inspect_all(&self, paths: &[&Path]) -> Vec<Result<ComponentInfo, PluginError>> {
+    pub fn inspect_all(
+        &self,
+        paths: &[(&Path, Option<[u8; 32]>)],
+    ) -> Vec<Result<ComponentInfo, PluginError>> {
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
             .min(paths.len());
         if workers <= 1 {
-            return paths.iter().map(|p| self.inspect(p)).collect();
+            return paths
+                .iter()
+                .map(|(p, pin)| self.inspect_pinned(p, pin.as_ref()))
+                .collect();
         }
         let next = std::sync::atomic::AtomicUsize::new(0);
         let results: Vec<Mutex<Option<Result<ComponentInfo, PluginError>>>> =
@@ -455,8 +492,10 @@ impl PluginRuntime {
                 s.spawn(|| {
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(path) = paths.get(i) else { break };
-                        let r = self.inspect(path);
+                        let Some((path, pin)) = paths.get(i) else {
+                            break;
+                        };
+                        let r = self.inspect_pinned(path, pin.as_ref());
                         *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
                     }
                 });
@@ -554,7 +593,7 @@ impl PluginRuntime {
     ) -> Result<Arc<PluginHook<G>>, PluginError> {
         let path = &spec.path;
         self.check_limits(spec)?;
-        let loaded = self.component(path)?;
+        let loaded = self.component(path, spec.sha256.as_ref())?;
         let hook = G::HOOK;
         contract::require(&loaded.info, hook, path)?;
         let export = loaded
@@ -617,8 +656,13 @@ impl PluginRuntime {
     }
 
     /// The compiled, checked and pre-linked component at `path`, compiled at most once
-    /// per content digest.
-    fn component(&self, path: &Path) -> Result<Arc<LoadedComponent>, PluginError> {
+    /// per content digest; refused before any compiling or deserializing when `pin` is set
+    /// and the file's digest differs.
+    fn component(
+        &self,
+        path: &Path,
+        pin: Option<&[u8; 32]>,
+    ) -> Result<Arc<LoadedComponent>, PluginError> {
         let io = |source| PluginError::Io {
             path: path.to_path_buf(),
             source,
@@ -636,9 +680,10 @@ impl PluginRuntime {
             && was == stamp
             && let Some(hit) = self.cached(&digest)
         {
+            check_pin(path, pin, &digest)?;
             return Ok(hit);
         }
-        let loaded = self.load_component(path, file, meta.len())?;
+        let loaded = self.load_component(path, file, meta.len(), pin)?;
         self.files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -651,6 +696,7 @@ impl PluginRuntime {
         path: &Path,
         mut file: std::fs::File,
         size: u64,
+        pin: Option<&[u8; 32]>,
     ) -> Result<Arc<LoadedComponent>, PluginError> {
         use std::io::{Read, Seek, SeekFrom};
         let io = |source| PluginError::Io {
@@ -659,8 +705,11 @@ impl PluginRuntime {
         };
         // An artifact ends with its trailer: read that first.
         let (component, digest) = if let Some(tail) = read_trailer(&mut file, size) {
+            // The pin is held against the source digest the trailer names (a `.cwasm` is
+            // native code: only trusted bundles carry them, see `artifact`).
+            let header = artifact::check_header(&self.engine_digest, &tail, path)?;
+            check_pin(path, pin, &header.source_digest)?;
             if self.opts.map_artifacts {
-                let header = artifact::check_header(&self.engine_digest, &tail, path)?;
                 let component = artifact::load_file(&self.engine, &header, file, size, path)?;
                 (component, header.source_digest)
             } else {
@@ -679,6 +728,7 @@ impl PluginRuntime {
                 return Err(artifact::format_1_error(path));
             }
             let digest: [u8; 32] = Sha256::digest(&bytes).into();
+            check_pin(path, pin, &digest)?;
             if let Some(hit) = self.cached(&digest) {
                 return Ok(hit);
             }
@@ -788,6 +838,34 @@ impl PluginRuntime {
         tracing::info!(plugin = %path.display(), ms = started.elapsed().as_millis() as u64, "compiled plugin");
         Ok(component)
     }
+}
+
+/// Refuse `path` when a digest is pinned and `actual` is not it.
+fn check_pin(path: &Path, pin: Option<&[u8; 32]>, actual: &[u8; 32]) -> Result<(), PluginError> {
+    match pin {
+        Some(expected) if expected != actual => Err(PluginError::DigestMismatch {
+            path: path.to_path_buf(),
+            expected: *expected,
+            actual: *actual,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The digest that identifies the plugin file at `path` and that a `sha256` pin is held
+/// to: the SHA-256 of a component (`.wasm`), or, for a precompiled artifact (`.cwasm`), the
+/// SHA-256 of the source component its trailer names. Reads the file; compiles nothing.
+pub fn file_digest(path: &Path) -> Result<[u8; 32], PluginError> {
+    let io = |source| PluginError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    if let Some(tail) = read_trailer(&mut file, size) {
+        return Ok(artifact::source_digest(&tail));
+    }
+    Ok(Sha256::digest(read(path)?).into())
 }
 
 /// The last [`artifact::TRAILER_LEN`] bytes of `file` (`size` bytes long) when they are a Squall

@@ -12,7 +12,8 @@ pub enum DeployCommand {
     /// Print the CloudFormation template (JSON) for the applications in the config file.
     Template(TemplateArgs),
     /// Stage the files of the deployment zip: the config as `squall.toml` with its plugins
-    /// under `plugins/` (paths rewritten), and optionally precompiled `.cwasm` beside them.
+    /// under `plugins/` (paths rewritten, each pinned by the SHA-256 of the file bundled),
+    /// and optionally precompiled `.cwasm` beside them.
     Bundle(BundleArgs),
 }
 
@@ -57,7 +58,9 @@ pub fn main(cmd: DeployCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Stage config + plugins. The bundled config names each plugin as `plugins/<file name>`.
+/// Stage config + plugins. The bundled config names each plugin as `plugins/<file name>`
+/// and pins it (`sha256`) to the file bundled, so the function refuses any other file at init.
+/// A plugin the source config already pins must match its pin.
 fn bundle(args: &BundleArgs) -> anyhow::Result<()> {
     // Validate exactly as the function will (plugin files must exist).
     let config = config::load(Some(&args.config))?;
@@ -83,6 +86,8 @@ fn bundle(args: &BundleArgs) -> anyhow::Result<()> {
     };
     // file name -> source, so two different plugins with one name are caught.
     let mut staged: std::collections::BTreeMap<String, PathBuf> = Default::default();
+    // file name -> the hex SHA-256 the bundled config pins it to.
+    let mut digests: std::collections::BTreeMap<String, String> = Default::default();
     for app in &config.apps {
         for (hook, cfg) in app.plugins.by_hook() {
             let Some(cfg) = cfg else { continue };
@@ -99,6 +104,19 @@ fn bundle(args: &BundleArgs) -> anyhow::Result<()> {
                     cfg.path.display()
                 )
             })?;
+            let digest = squall::plugin::file_digest(&src)
+                .with_context(|| format!("apps.{}.plugins.{hook}.path", app.id))?;
+            if let Some(pin) = cfg.sha256
+                && pin != digest
+            {
+                bail!(
+                    "apps.{}.plugins.{hook}: {} has SHA-256 {}, but the config pins {} (sha256); bundle the pinned build or pin this one",
+                    app.id,
+                    src.display(),
+                    hex::encode(digest),
+                    hex::encode(pin)
+                );
+            }
             match staged.get(&name) {
                 Some(prev) if prev != &src => bail!(
                     "apps.{}.plugins.{hook}.path: {} and {} have the same file name; rename one",
@@ -118,15 +136,18 @@ fn bundle(args: &BundleArgs) -> anyhow::Result<()> {
                             })?;
                     }
                     eprintln!(
-                        "bundled plugins/{name}{}",
-                        if runtime.is_some() { " (+ .cwasm)" } else { "" }
+                        "bundled plugins/{name}{} sha256 {}",
+                        if runtime.is_some() { " (+ .cwasm)" } else { "" },
+                        hex::encode(digest)
                     );
                     staged.insert(name.clone(), src);
+                    digests.insert(name.clone(), hex::encode(digest));
                 }
             }
         }
     }
-    // Point every plugin table of the bundled config at plugins/<file name>.
+    // Point every plugin table of the bundled config at plugins/<file name>, pinned to the
+    // digest of the file bundled there.
     let rewrite = |table: Option<&mut toml::Value>| {
         let Some(plugins) = table
             .and_then(|t| t.get_mut("plugins"))
@@ -135,14 +156,19 @@ fn bundle(args: &BundleArgs) -> anyhow::Result<()> {
             return;
         };
         for (_, spec) in plugins.iter_mut() {
-            if let Some(path) = spec.get_mut("path") {
-                let name = path
-                    .as_str()
-                    .and_then(|p| std::path::Path::new(p).file_name())
-                    .and_then(|n| n.to_str())
-                    .map(|n| format!("plugins/{n}"));
-                if let Some(name) = name {
-                    *path = toml::Value::String(name);
+            let Some(spec) = spec.as_table_mut() else {
+                continue;
+            };
+            let name = spec
+                .get("path")
+                .and_then(|p| p.as_str())
+                .and_then(|p| std::path::Path::new(p).file_name())
+                .and_then(|n| n.to_str())
+                .map(str::to_string);
+            if let Some(name) = name {
+                spec.insert("path".into(), format!("plugins/{name}").into());
+                if let Some(digest) = digests.get(&name) {
+                    spec.insert("sha256".into(), digest.clone().into());
                 }
             }
         }
@@ -154,7 +180,7 @@ fn bundle(args: &BundleArgs) -> anyhow::Result<()> {
         }
     }
     let header = format!(
-        "# Bundled by `squall deploy bundle` from {}; plugin paths point into the zip.\n",
+        "# Bundled by `squall deploy bundle` from {}; plugin paths point into the zip, each\n# pinned (sha256) to the file bundled.\n",
         args.config.display()
     );
     std::fs::write(

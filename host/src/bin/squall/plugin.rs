@@ -101,6 +101,11 @@ pub struct TestArgs {
     /// Do not use or fill the on-disk compilation cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// The SHA-256 the plugin must have (64 hex digits, as `squall plugin check` prints it
+    /// and a config's `sha256` pins it): a file whose digest differs is refused, as in
+    /// production.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
     /// After the first call, make this many more on the same reused instance and print
     /// their median and 90th percentile (what a warm production call costs).
     #[arg(long, default_value_t = 0)]
@@ -132,7 +137,9 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     let rt = PluginRuntime::new(RuntimeOptions::default())?;
     let started = Instant::now();
     let info = rt.inspect(&path)?;
+    let digest = hex::encode(squall::plugin::file_digest(&path)?);
     println!("plugin:   {}", path.display());
+    println!("sha256:   {digest}");
     println!(
         "load:     {:.1} ms (compile or cache)",
         started.elapsed().as_secs_f64() * 1e3
@@ -166,6 +173,7 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
             Hook::ALL.map(Hook::export_names).join(", ")
         );
     }
+    println!("pin:      sha256 = \"{digest}\"   (in the config's plugin table, beside path)");
     println!("ok");
     Ok(())
 }
@@ -190,6 +198,13 @@ fn conformance(path: PathBuf, vector_files: Vec<PathBuf>) -> anyhow::Result<()> 
         bail!("{failed} conformance vector(s) failed");
     }
     Ok(())
+}
+
+/// A SHA-256 written as 64 hex digits.
+fn parse_sha256(s: &str) -> anyhow::Result<[u8; 32]> {
+    let bytes = hex::decode(s.trim()).ok().filter(|b| b.len() == 32);
+    let bytes = bytes.with_context(|| format!("{s:?} is not a SHA-256 (64 hex digits)"))?;
+    Ok(bytes.try_into().expect("32 bytes"))
 }
 
 fn key_value(s: &str, what: &str) -> anyhow::Result<(String, String)> {
@@ -263,6 +278,12 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
     spec.limits.memory_bytes = args.memory_mib << 20;
     spec.limits.max_output_bytes = args.max_output_bytes;
     spec.isolation = Isolation::Reuse;
+    spec.sha256 = args
+        .sha256
+        .as_deref()
+        .map(parse_sha256)
+        .transpose()
+        .context("--sha256")?;
 
     let rt = PluginRuntime::new(RuntimeOptions {
         cache_dir: if args.no_cache {
