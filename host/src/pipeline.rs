@@ -4,7 +4,7 @@
 //! calls the hooks, waits for a slot of the endpoint host, sends the request, reads the clock and
 //! draws the random numbers, and feeds each result to the core's [`Attempt`], which says what
 //! comes next. It never touches a queue (the runner and the Lambda handler act, see
-//! `runner::Actor`). See ARCHITECTURE.md "Retry mechanism" and "Where a message ends".
+//! `actor::Actor`). See ARCHITECTURE.md "Retry mechanism" and "Where a message ends".
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -217,11 +217,11 @@ fn logged<T>(attempt: &Attempt<'_>, result: Result<T, HookError>) -> Result<T, H
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hooks::{Headers, Outcome, PassThrough, TransformResult, TransportErrorKind};
+    use crate::hooks::{Headers, Outcome, TransformResult, TransportErrorKind};
     use crate::metrics::MetricOutcome;
-    use crate::retry::BackoffPolicy;
-    use crate::secrets::{SecretKey, Secrets};
-    use crate::signing::{StandardWebhooksSigner, standard_webhooks_signature};
+    use crate::secrets::SecretKey;
+    use crate::signing::standard_webhooks_signature;
+    use crate::testing::SECRET;
     use std::sync::Mutex;
 
     const NOW: u64 = 1_800_000_000_000;
@@ -302,34 +302,8 @@ mod tests {
         }
     }
 
-    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
     fn app(deliver: Arc<dyn Deliver>) -> App {
-        let mut secrets = Secrets::new();
-        secrets.insert("default", vec![SecretKey::parse(SECRET).unwrap()]);
-        App {
-            id: "billing".into(),
-            queue_url: "memory://billing".into(),
-            transform: Arc::new(PassThrough),
-            signer: Arc::new(StandardWebhooksSigner::new(Arc::new(secrets))),
-            retry_policy: Arc::new(BackoffPolicy {
-                backoff: Backoff {
-                    jitter: 0.0,
-                    ..Backoff::default()
-                },
-            }),
-            backoff: Backoff {
-                jitter: 0.0,
-                ..Backoff::default()
-            },
-            limits: RetryLimits::default(),
-            envelope_limits: envelope::Limits::default(),
-            signing_key: "default".into(),
-            on_plugin_error: PluginErrorPolicy::Retry,
-            visibility_backoff_max_secs: 900,
-            deliver,
-            endpoints: None,
-        }
+        crate::testing::TestApp::new("memory://billing", deliver).app()
     }
 
     fn body(app_id: &str) -> String {

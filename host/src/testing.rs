@@ -65,10 +65,6 @@ impl TestApp {
     }
 
     /// The application.
-    #[allow(
-        dead_code,
-        reason = "for the pipeline's tests, whose own builder goes next"
-    )]
     pub fn app(self) -> App {
         self.0
     }
