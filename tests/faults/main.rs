@@ -30,7 +30,33 @@ use squall_tests::{TEST_SECRET, app_toml, config_head, now_ms, plugin_path};
 use plan::{APPS, ENDPOINTS_PER_APP, Kind, LOOP_TYPE, LOOPER, TIMEOUT_MS, TRAP_TYPE, TRAPPER};
 use verdict::{Stop, StopKind};
 
+/// The fault-injection run: kills and restarts `squall run` mid-run and proves nothing was lost.
+#[derive(clap::Parser)]
+#[command(name = "fault-run")]
 struct Args {
+    /// Events to send (at least 100).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(100..))]
+    events: u64,
+    /// Seed of the plan (decimal or 0x-hex); default: drawn from the time and the process id.
+    #[arg(long, value_parser = parse_seed)]
+    seed: Option<u64>,
+    /// Messages sent per second; default: events / 30, within 10-80 (moto sustains ~300 msg/s in
+    /// all, and every event costs several calls).
+    #[arg(long)]
+    rate: Option<usize>,
+    /// How long the queues may take to drain after production, seconds; default 180 + events / 20.
+    #[arg(long = "drain-limit-secs")]
+    drain_limit_secs: Option<u64>,
+    /// Write the plan, the config and the verdict's details into this directory.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Also check the metrics queue's records against the deliveries.
+    #[arg(long)]
+    metrics: bool,
+}
+
+/// The run's settings, defaults applied.
+struct Run {
     events: usize,
     seed: u64,
     rate: usize,
@@ -39,55 +65,32 @@ struct Args {
     metrics: bool,
 }
 
-fn args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        events: 600,
-        seed: now_ms() ^ u64::from(std::process::id()) << 40,
-        rate: 0,
-        drain_limit: Duration::ZERO,
-        out: None,
-        metrics: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let mut val = || it.next().with_context(|| format!("{k} needs a value"));
-        match k.as_str() {
-            "--events" => a.events = val()?.parse().context("--events")?,
-            "--seed" => {
-                let s = val()?;
-                a.seed = match s.strip_prefix("0x") {
-                    Some(h) => u64::from_str_radix(h, 16),
-                    None => s.parse(),
-                }
-                .context("--seed")?
-            }
-            "--rate" => a.rate = val()?.parse().context("--rate")?,
-            "--drain-limit-secs" => {
-                a.drain_limit = Duration::from_secs(val()?.parse().context("--drain-limit-secs")?)
-            }
-            "--out" => a.out = Some(val()?.into()),
-            "--metrics" => a.metrics = true,
-            "-h" | "--help" => {
-                println!(
-                    "usage: fault-run [--events N (600)] [--seed S] [--rate MSG_PER_S] [--drain-limit-secs S] [--out DIR] [--metrics]"
-                );
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?} (try --help)"),
-        }
+fn parse_seed(s: &str) -> Result<u64, String> {
+    match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
     }
-    if a.events < 100 {
-        bail!("--events must be at least 100");
-    }
-    if a.rate == 0 {
-        // Production lasts at least ~30 s so the three stops land mid-run; moto sustains
-        // ~300 msg/s in all, and every event costs several calls, so never above 80/s.
-        a.rate = (a.events / 30).clamp(10, 80);
-    }
-    if a.drain_limit.is_zero() {
-        a.drain_limit = Duration::from_secs(180 + a.events as u64 / 20);
-    }
-    Ok(a)
+    .map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn args() -> anyhow::Result<Run> {
+    let a = <Args as clap::Parser>::parse();
+    let events = a.events as usize;
+    Ok(Run {
+        events,
+        seed: a
+            .seed
+            .unwrap_or_else(|| now_ms() ^ u64::from(std::process::id()) << 40),
+        // Production lasts at least ~30 s so the three stops land mid-run.
+        rate: a.rate.filter(|r| *r > 0).unwrap_or((events / 30).clamp(10, 80)),
+        drain_limit: Duration::from_secs(
+            a.drain_limit_secs
+                .filter(|s| *s > 0)
+                .unwrap_or(180 + events as u64 / 20),
+        ),
+        out: a.out,
+        metrics: a.metrics,
+    })
 }
 
 /// The runner's config. Without `metrics` no metrics queue is configured (the engine then
