@@ -123,7 +123,11 @@ impl PluginSetup {
 
 /// What every application is built with, made once per process.
 pub struct AppBuilder {
-    runtime: Option<PluginRuntime>,
+    /// Made at once when the configuration's applications need it, else by the first
+    /// application built that configures a plugin (a registry's).
+    runtime: std::sync::OnceLock<PluginRuntime>,
+    options: RuntimeOptions,
+    making_runtime: std::sync::Mutex<()>,
     prefer_artifacts: bool,
     deliverers: Deliverers,
     visibility_backoff_max_secs: u32,
@@ -134,13 +138,14 @@ impl AppBuilder {
     /// `plugins` if any of them configures a plugin, and no HTTP client yet (each is made when
     /// the first application that needs it is built).
     pub fn new(config: &Config, plugins: PluginSetup) -> Result<AppBuilder, PluginError> {
-        let runtime = if config.apps.iter().any(|a| a.plugins.any()) {
-            Some(PluginRuntime::new(plugins.options)?)
-        } else {
-            None
-        };
+        let runtime = std::sync::OnceLock::new();
+        if config.apps.iter().any(|a| a.plugins.any()) {
+            let _ = runtime.set(PluginRuntime::new(plugins.options.clone())?);
+        }
         Ok(AppBuilder {
             runtime,
+            options: plugins.options,
+            making_runtime: std::sync::Mutex::new(()),
             prefer_artifacts: plugins.prefer_artifacts,
             deliverers: Deliverers::new(),
             visibility_backoff_max_secs: config.sqs.visibility_backoff_max_secs,
@@ -149,7 +154,45 @@ impl AppBuilder {
 
     /// The plugin runtime, if one was made.
     pub fn runtime(&self) -> Option<&PluginRuntime> {
-        self.runtime.as_ref()
+        self.runtime.get()
+    }
+
+    /// The plugin runtime, made now if none was.
+    fn runtime_or_make(&self) -> Result<&PluginRuntime, PluginError> {
+        if let Some(r) = self.runtime.get() {
+            return Ok(r);
+        }
+        let _one_at_a_time = self
+            .making_runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = self.runtime.get() {
+            return Ok(r);
+        }
+        let made = PluginRuntime::new(self.options.clone())?;
+        Ok(self.runtime.get_or_init(|| made))
+    }
+
+    /// Build one application whose settings arrived after start-up (a registry's): its
+    /// plugins' precompiled artifacts preferred as at start-up, the plugin runtime made first
+    /// if this is the first application that needs one.
+    pub fn build_late(
+        &self,
+        settings: &AppConfig,
+        secrets: Arc<Secrets>,
+    ) -> Result<BuiltApp, BuildError> {
+        if settings.plugins.any() {
+            self.runtime_or_make().map_err(|e| BuildError::Plugin {
+                app: settings.id.clone(),
+                hook: "runtime",
+                message: e.to_string(),
+            })?;
+        }
+        let settings = self
+            .prefer_artifacts(std::slice::from_ref(settings))
+            .pop()
+            .expect("one in, one out");
+        self.build(&settings, secrets)
     }
 
     /// Build one application from its settings and its resolved secrets.
@@ -204,7 +247,7 @@ impl AppBuilder {
             }),
         };
         let runtime = |hook: &'static str| -> Result<&PluginRuntime, BuildError> {
-            self.runtime.as_ref().ok_or_else(|| BuildError::Plugin {
+            self.runtime.get().ok_or_else(|| BuildError::Plugin {
                 app: app.id.clone(),
                 hook,
                 message: "no plugin runtime was created".into(),
@@ -244,7 +287,7 @@ impl AppBuilder {
     /// without a runtime, the settings as given.
     pub fn prefer_artifacts(&self, apps: &[AppConfig]) -> Vec<AppConfig> {
         let mut apps = apps.to_vec();
-        let Some(runtime) = self.runtime.as_ref().filter(|_| self.prefer_artifacts) else {
+        let Some(runtime) = self.runtime.get().filter(|_| self.prefer_artifacts) else {
             return apps;
         };
         // (app index, hook position in `by_hook`, artifact path, pinned digest)

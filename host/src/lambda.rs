@@ -35,52 +35,11 @@ use crate::apps::BuiltApp;
 use crate::metrics::{MetricRecord, MetricsSink};
 use crate::pipeline::{self, Action, App, Clock, ProcessOptions};
 use crate::queue::{Attributes, Queue, Received};
+use crate::registry::{Directory, Found};
 
 pub mod init;
 
-/// A queue's identity as both an event source ARN and a queue URL can name it:
-/// (account id, queue name). `arn:aws:sqs:eu-west-1:123456789012:billing` and
-/// `https://sqs.eu-west-1.amazonaws.com/123456789012/billing` give the same key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct QueueKey {
-    /// AWS account id (moto uses `123456789012`).
-    pub account: String,
-    /// Queue name.
-    pub name: String,
-}
-
-impl QueueKey {
-    /// From an SQS ARN `arn:<partition>:sqs:<region>:<account>:<name>`.
-    pub fn from_arn(arn: &str) -> Option<QueueKey> {
-        let parts: Vec<&str> = arn.split(':').collect();
-        match parts.as_slice() {
-            ["arn", _partition, "sqs", _region, account, name]
-                if !account.is_empty() && !name.is_empty() =>
-            {
-                Some(QueueKey {
-                    account: account.to_string(),
-                    name: name.to_string(),
-                })
-            }
-            _ => None,
-        }
-    }
-
-    /// From a queue URL `<scheme>://<host>/<account>/<name>`.
-    pub fn from_url(url: &str) -> Option<QueueKey> {
-        let parsed = url::Url::parse(url).ok()?;
-        let mut segments = parsed.path_segments()?.filter(|s| !s.is_empty());
-        let account = segments.next()?;
-        let name = segments.next()?;
-        if segments.next().is_some() {
-            return None;
-        }
-        Some(QueueKey {
-            account: account.to_string(),
-            name: name.to_string(),
-        })
-    }
-}
+pub use crate::registry::QueueKey;
 
 /// Why a record of the event could not be handed to the pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,14 +53,14 @@ pub enum RecordError {
         field: &'static str,
     },
     /// The event source ARN names a queue that no configured application consumes.
-    #[error(
-        "SQS record {message_id}: event source {arn} is not the queue of any configured application"
-    )]
+    #[error("SQS record {message_id} from {arn}: {reason}")]
     UnknownQueue {
         /// The record's message id.
         message_id: String,
         /// The event source ARN.
         arn: String,
+        /// Why no application took it (none reads the queue, or it is unavailable now).
+        reason: String,
     },
 }
 
@@ -180,11 +139,19 @@ pub type EmfSink = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Everything built once per cold start.
 pub struct Function<Q: Queue> {
-    apps: HashMap<QueueKey, BuiltApp>,
+    apps: AppSource,
     actor: Actor<Q>,
     metrics: MetricsSink<Q>,
     clock: Arc<dyn Clock>,
     emf: Option<(String, EmfSink)>,
+}
+
+/// Where the function finds the application of a record's queue.
+enum AppSource {
+    /// The configuration file's applications, built at init.
+    Fixed(HashMap<QueueKey, BuiltApp>),
+    /// The registry, read on first use of each queue and cached.
+    Registry(Directory),
 }
 
 /// Why the function could not be built.
@@ -249,10 +216,57 @@ impl<Q: Queue> Function<Q> {
         Ok(Function {
             metrics: MetricsSink::new(queue.clone(), metrics_queue_url),
             actor: Actor::new(queue, dead_letter_queue_url, ActMode::Lambda),
-            apps: index,
+            apps: AppSource::Fixed(index),
             clock,
             emf: None,
         })
+    }
+
+    /// A function that finds its applications in the registry through `directory`: nothing
+    /// per application is read or built at init.
+    pub fn with_registry(
+        queue: Arc<Q>,
+        directory: Directory,
+        dead_letter_queue_url: String,
+        metrics_queue_url: Option<String>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Function<Q>, FunctionError> {
+        if dead_letter_queue_url.is_empty() {
+            return Err(FunctionError::NoDeadLetterQueue);
+        }
+        Ok(Function {
+            metrics: MetricsSink::new(queue.clone(), metrics_queue_url),
+            actor: Actor::new(queue, dead_letter_queue_url, ActMode::Lambda),
+            apps: AppSource::Registry(directory),
+            clock,
+            emf: None,
+        })
+    }
+
+    /// The registry's directory, when the function reads one.
+    pub fn directory(&self) -> Option<&Directory> {
+        match &self.apps {
+            AppSource::Registry(d) => Some(d),
+            AppSource::Fixed(_) => None,
+        }
+    }
+
+    /// The application of a queue, as (pipeline view, concurrency), or why there is none.
+    async fn app_for(&self, key: Option<&QueueKey>) -> Result<(Arc<App>, usize), String> {
+        let Some(key) = key else {
+            return Err("the record's eventSourceARN is not an SQS queue ARN".into());
+        };
+        match &self.apps {
+            AppSource::Fixed(index) => index
+                .get(key)
+                .map(|b| (b.app.clone(), b.max_concurrency.max(1)))
+                .ok_or_else(|| format!("no configured application reads queue {key}")),
+            AppSource::Registry(directory) => match directory.lookup(key).await {
+                Found::App(b) => Ok((b.app.clone(), b.max_concurrency.max(1))),
+                Found::Unknown => Err(format!("no registered application reads queue {key}")),
+                Found::Unavailable(reason) => Err(reason),
+            },
+        }
     }
 
     /// After each invocation, write the EMF lines of its attempts (per application and
@@ -274,6 +288,8 @@ impl<Q: Queue> Function<Q> {
         let mut failures: Vec<String> = Vec::new();
         // (message id, app, received) of the records that route to an application.
         let mut routed: Vec<(Arc<App>, Received, usize)> = Vec::new();
+        type Lookup = Result<(Arc<App>, usize), String>;
+        let mut lookups: Vec<(Option<QueueKey>, Lookup)> = Vec::new();
         for record in &event.records {
             let received = match received_from_record(record) {
                 Ok(r) => r,
@@ -289,14 +305,28 @@ impl<Q: Queue> Function<Q> {
                 }
             };
             let arn = record.event_source_arn.clone().unwrap_or_default();
-            match QueueKey::from_arn(&arn).and_then(|k| self.apps.get(&k)) {
-                Some(fa) => routed.push((fa.app.clone(), received, fa.max_concurrency.max(1))),
+            let key = QueueKey::from_arn(&arn);
+            // One lookup per queue of the batch (a mapping's batch comes from one queue).
+            let found = match lookups.iter().find(|(k, _)| *k == key) {
+                Some((_, found)) => found.clone(),
                 None => {
+                    let found = self.app_for(key.as_ref()).await;
+                    if let (Err(reason), AppSource::Fixed(_)) = (&found, &self.apps) {
+                        tracing::error!(arn = %arn, reason = %reason, "records left for SQS to redeliver");
+                    }
+                    lookups.push((key, found.clone()));
+                    found
+                }
+            };
+            match found {
+                Ok((app, max)) => routed.push((app, received, max)),
+                Err(reason) => {
                     let e = RecordError::UnknownQueue {
                         message_id: received.message_id.clone(),
                         arn,
+                        reason,
                     };
-                    tracing::error!(error = %e, "record left for SQS to redeliver");
+                    tracing::debug!(error = %e, "record left for SQS to redeliver");
                     failures.push(received.message_id);
                 }
             }
@@ -405,34 +435,6 @@ mod tests {
     const ARN: &str = "arn:aws:sqs:us-east-1:123456789012:billing";
     const DLQ: &str = "http://memory.invalid/123456789012/dlq";
     const METRICS: &str = "http://memory.invalid/123456789012/metrics";
-
-    #[test]
-    fn queue_keys_match_between_arns_and_urls() {
-        let k = QueueKey::from_arn(ARN).unwrap();
-        assert_eq!(
-            k,
-            QueueKey::from_url("https://sqs.us-east-1.amazonaws.com/123456789012/billing").unwrap()
-        );
-        assert_eq!(
-            k,
-            QueueKey::from_url("http://127.0.0.1:5000/123456789012/billing").unwrap()
-        );
-        assert_eq!(
-            k,
-            QueueKey::from_arn("arn:aws-cn:sqs:cn-north-1:123456789012:billing").unwrap()
-        );
-        assert_ne!(
-            k,
-            QueueKey::from_arn("arn:aws:sqs:us-east-1:999999999999:billing").unwrap()
-        );
-        assert_eq!(
-            QueueKey::from_arn("arn:aws:sns:us-east-1:123456789012:billing"),
-            None
-        );
-        assert_eq!(QueueKey::from_arn("billing"), None);
-        assert_eq!(QueueKey::from_url("http://127.0.0.1:5000/billing"), None);
-        assert_eq!(QueueKey::from_url("not a url"), None);
-    }
 
     #[test]
     fn reports_follow_the_table() {

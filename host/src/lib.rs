@@ -20,6 +20,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod plugin;
 pub mod queue;
+pub mod registry;
 pub mod retry;
 pub mod runner;
 pub mod ssrf;

@@ -82,7 +82,10 @@ fn args() -> anyhow::Result<Run> {
             .seed
             .unwrap_or_else(|| now_ms() ^ u64::from(std::process::id()) << 40),
         // Production lasts at least ~30 s so the three stops land mid-run.
-        rate: a.rate.filter(|r| *r > 0).unwrap_or((events / 30).clamp(10, 80)),
+        rate: a
+            .rate
+            .filter(|r| *r > 0)
+            .unwrap_or((events / 30).clamp(10, 80)),
         drain_limit: Duration::from_secs(
             a.drain_limit_secs
                 .filter(|s| *s > 0)

@@ -82,6 +82,14 @@ pub enum ConfigError {
         /// The variable.
         var: String,
     },
+    /// A secret reference names an SSM parameter that does not exist (or cannot be read).
+    #[error("{key}: SSM parameter {name} was not found (secret reference ssm:{name})")]
+    SecretSsmMissing {
+        /// Key path of the reference.
+        key: String,
+        /// The parameter name.
+        name: String,
+    },
     /// A secret's value is unusable (the value itself is never shown).
     #[error("{key}: the secret from {source_name} is unusable: {reason}")]
     SecretInvalid {
@@ -117,8 +125,40 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// Deployed function settings.
     pub lambda: LambdaConfig,
-    /// Applications, sorted by id.
+    /// Where the applications' settings live.
+    pub registry: RegistryConfig,
+    /// Applications, sorted by id (the file registry's; empty with another backend).
     pub apps: Vec<AppConfig>,
+    /// `[app_defaults]` as written (defaults and file laid over each other), for settings that
+    /// arrive later: a registry item is laid over it as an `[apps.NAME]` table is.
+    pub(crate) app_defaults: toml::Table,
+}
+
+/// `[registry] backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryBackend {
+    /// The `[apps.NAME]` tables of the configuration.
+    File,
+    /// A DynamoDB table read at run time.
+    Dynamodb,
+}
+
+/// `[registry]`: where the applications' settings live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// The backend.
+    pub backend: RegistryBackend,
+    /// The DynamoDB table (set when the backend is DynamoDB).
+    pub table: Option<String>,
+    /// How long read settings and secrets are trusted.
+    pub ttl: Duration,
+    /// Built applications kept per process.
+    pub max_cached_apps: usize,
+    /// Endpoint override for DynamoDB and SSM (already defaulted to `sqs.endpoint_url`).
+    pub endpoint_url: Option<String>,
+    /// The SSM path of the applications' secrets, `/.../`.
+    pub secret_path: String,
 }
 
 /// `[sqs]`.
@@ -296,6 +336,9 @@ pub enum SecretRef {
     Env(String),
     /// `literal:VALUE` (only with `allow_literal_secrets`).
     Literal(String),
+    /// `ssm:NAME`: an SSM Parameter Store parameter (a SecureString), read at run time and
+    /// read again after the registry's TTL, so a rotation needs no redeploy.
+    Ssm(String),
 }
 
 impl fmt::Debug for SecretRef {
@@ -303,6 +346,7 @@ impl fmt::Debug for SecretRef {
         match self {
             SecretRef::Env(name) => write!(f, "env:{name}"),
             SecretRef::Literal(_) => f.write_str("literal:<redacted>"),
+            SecretRef::Ssm(name) => write!(f, "ssm:{name}"),
         }
     }
 }
@@ -384,15 +428,34 @@ impl AppConfig {
     pub fn secret_env_vars(&self) -> impl Iterator<Item = &str> {
         self.secrets.values().flatten().filter_map(|r| match r {
             SecretRef::Env(name) => Some(name.as_str()),
-            SecretRef::Literal(_) => None,
+            _ => None,
         })
     }
 
-    /// Read this application's secrets through `lookup` (the environment in production).
-    /// Reports every missing or unusable secret, naming key paths and variables, never values.
+    /// Names of the SSM parameters this application's secrets come from.
+    pub fn secret_ssm_names(&self) -> impl Iterator<Item = &str> {
+        self.secrets.values().flatten().filter_map(|r| match r {
+            SecretRef::Ssm(name) => Some(name.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Read this application's secrets through `lookup` (the environment in production); an
+    /// `ssm:` reference is reported missing (see [`AppConfig::resolve_secrets_from`]).
     pub fn resolve_secrets(
         &self,
         lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Secrets, ConfigError> {
+        self.resolve_secrets_from(lookup, &|_| None)
+    }
+
+    /// Read this application's secrets: `env:` references through `env`, `ssm:` references
+    /// through `ssm` (parameter values the caller fetched). Reports every missing or unusable
+    /// secret, naming key paths, variables and parameters, never values.
+    pub fn resolve_secrets_from(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+        ssm: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Secrets, ConfigError> {
         let mut secrets = Secrets::new();
         let mut problems = Vec::new();
@@ -401,12 +464,22 @@ impl AppConfig {
             for (i, r) in refs.iter().enumerate() {
                 let key = format!("apps.{}.secrets.{name}[{i}]", self.id);
                 let (value, source_name) = match r {
-                    SecretRef::Env(var) => match lookup(var) {
+                    SecretRef::Env(var) => match env(var) {
                         Some(v) => (v, format!("env:{var}")),
                         None => {
                             problems.push(ConfigError::SecretEnvMissing {
                                 key,
                                 var: var.clone(),
+                            });
+                            continue;
+                        }
+                    },
+                    SecretRef::Ssm(param) => match ssm(param) {
+                        Some(v) => (v, format!("ssm:{param}")),
+                        None => {
+                            problems.push(ConfigError::SecretSsmMissing {
+                                key,
+                                name: param.clone(),
                             });
                             continue;
                         }
@@ -461,6 +534,18 @@ impl Config {
         load_inner(Some(text), base_dir, "inline config", env)
     }
 
+    /// An application whose settings arrive after start-up (a registry item's TOML text, the
+    /// body of an `[apps.ID]` table), laid over this configuration's `[app_defaults]` and
+    /// validated as the file's applications are; errors name `origin` and `apps.ID.key`.
+    pub fn app_from_toml(
+        &self,
+        id: &str,
+        text: &str,
+        origin: &str,
+    ) -> Result<AppConfig, ConfigError> {
+        validate::app_from_toml(self, id, text, origin)
+    }
+
     /// The application with this id.
     pub fn app(&self, id: &str) -> Option<&AppConfig> {
         self.apps.iter().find(|a| a.id == id)
@@ -479,13 +564,23 @@ impl Config {
             key,
             message: message.to_string(),
         };
-        if self.apps.is_empty() {
+        let mut problems = Vec::new();
+        if self.registry.backend == RegistryBackend::Dynamodb {
+            // The applications live in the registry; a table in the file would be silently
+            // ignored, so it is refused (`squall apps import` moves them).
+            for app in &self.apps {
+                problems.push(invalid(
+                    format!("apps.{}", app.id),
+                    "registry.backend is \"dynamodb\": applications live in the registry, not in \
+                     the file (move them with `squall apps import`)",
+                ));
+            }
+        } else if self.apps.is_empty() {
             return Err(invalid(
                 "apps".into(),
                 "no application configured: add an [apps.NAME] table with queue_url",
             ));
         }
-        let mut problems = Vec::new();
         for app in &self.apps {
             if app.queue_url.is_none() {
                 problems.push(invalid(
@@ -819,7 +914,7 @@ mod tests {
             ("[apps.a]\nqueue_url = \"http://q/\"".into(), vec![], &["apps.a.secrets", "no secret named \"default\""]),
             ("[apps.a]\nsecrets = { default = \"BILLING\" }".into(), vec![], &["apps.a.secrets.default[0]", "must start with env:"]),
             ("[apps.a]\nsecrets = { default = [\"env:OK\", \"literal:abc\"] }".into(), vec![], &["apps.a.secrets.default[1]", "allow_literal_secrets = true"]),
-            ("[apps.a]\nsecrets = { default = \"arn:aws:secretsmanager:us-east-1:1:secret:x\" }".into(), vec![], &["apps.a.secrets.default[0]", "not supported yet"]),
+            ("[apps.a]\nsecrets = { default = \"arn:aws:secretsmanager:us-east-1:1:secret:x\" }".into(), vec![], &["apps.a.secrets.default[0]", "SSM SecureString"]),
             ("[apps.a]\nsecrets = { default = \"env:1BAD\" }".into(), vec![], &["apps.a.secrets.default[0]", "environment variable"]),
             ("[apps.a]\nsecrets = { default = [] }".into(), vec![], &["apps.a.secrets.default", "at least one"]),
             ("[apps.a]\nsecrets = { default = 5 }".into(), vec![], &["apps.a.secrets.default", "secret reference"]),

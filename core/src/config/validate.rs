@@ -16,6 +16,7 @@ struct RawRoot {
     runner: RawRunner,
     plugins: RawPlugins,
     lambda: RawLambda,
+    registry: RawRegistry,
     app_defaults: Table,
     #[serde(default)]
     apps: BTreeMap<String, Table>,
@@ -53,6 +54,17 @@ struct RawLambda {
     timeout_secs: u64,
     log_retention_days: u32,
     emf_namespace: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    backend: RegistryBackend,
+    table: String,
+    ttl_secs: u64,
+    max_cached_apps: usize,
+    endpoint_url: String,
+    secret_path: String,
 }
 
 #[derive(Deserialize)]
@@ -246,35 +258,24 @@ fn build(raw: RawRoot, base_dir: &Path, o: &Origins) -> Result<Config, ConfigErr
         typed(Value::Table(raw.app_defaults.clone()), "app_defaults", o)?;
     check_settings(&defaults, "app_defaults", o)?;
 
+    let registry = build_registry(raw.registry, &sqs, o)?;
+
     let mut apps = Vec::with_capacity(raw.apps.len());
     let mut env_names: BTreeMap<String, String> = BTreeMap::new();
-    for (id, mut table) in raw.apps {
-        let prefix = format!("apps.{id}");
-        check_app_id(&id, o)?;
+    for (id, table) in raw.apps {
         if let Some(other) = env_names.insert(env_form(&id), id.clone()) {
             return Err(o.invalid(
-                prefix,
+                format!("apps.{id}"),
                 format!(
                     "apps.{other} and apps.{id} have the same environment variable form {}; rename one",
                     env_form(&id)
                 ),
             ));
         }
-        let mut only = Table::new();
-        for key in APP_ONLY_KEYS {
-            if let Some(v) = table.remove(*key) {
-                only.insert(key.to_string(), v);
-            }
-        }
-        let only: RawAppOnly = typed(Value::Table(only), &prefix, o)?;
-        let mut merged = raw.app_defaults.clone();
-        merge(&mut merged, table);
-        let settings: RawAppSettings = typed(Value::Table(merged), &prefix, o)?;
-        check_settings(&settings, &prefix, o)?;
-        apps.push(build_app(
+        apps.push(app_from_table(
             id,
-            settings,
-            only,
+            table,
+            &raw.app_defaults,
             raw.allow_literal_secrets,
             base_dir,
             o,
@@ -290,8 +291,132 @@ fn build(raw: RawRoot, base_dir: &Path, o: &Origins) -> Result<Config, ConfigErr
         },
         plugins: PluginsConfig { cache_dir },
         lambda,
+        registry,
         apps,
+        app_defaults: raw.app_defaults,
     })
+}
+
+/// One application from its table (`[apps.ID]` of a file, or a registry item's settings) laid
+/// over `[app_defaults]`, validated with every error naming `apps.ID.key`.
+fn app_from_table(
+    id: String,
+    mut table: Table,
+    defaults: &Table,
+    allow_literal: bool,
+    base_dir: &Path,
+    o: &Origins,
+) -> Result<AppConfig, ConfigError> {
+    let prefix = format!("apps.{id}");
+    check_app_id(&id, o)?;
+    let mut only = Table::new();
+    for key in APP_ONLY_KEYS {
+        if let Some(v) = table.remove(*key) {
+            only.insert(key.to_string(), v);
+        }
+    }
+    let only: RawAppOnly = typed(Value::Table(only), &prefix, o)?;
+    let mut merged = defaults.clone();
+    merge(&mut merged, table);
+    let settings: RawAppSettings = typed(Value::Table(merged), &prefix, o)?;
+    check_settings(&settings, &prefix, o)?;
+    build_app(id, settings, only, allow_literal, base_dir, o)
+}
+
+/// An application whose settings arrive after start-up (a registry item's TOML text, `origin`
+/// naming it in errors), built as `[apps.ID]` of the loaded configuration would be.
+pub(super) fn app_from_toml(
+    config: &Config,
+    id: &str,
+    text: &str,
+    origin: &str,
+) -> Result<AppConfig, ConfigError> {
+    let o = Origins {
+        file: origin.to_string(),
+        env: Vec::new(),
+    };
+    let table = parse_table(text, origin)?;
+    app_from_table(
+        id.to_string(),
+        table,
+        &config.app_defaults,
+        config.allow_literal_secrets,
+        &config.base_dir,
+        &o,
+    )
+}
+
+fn build_registry(
+    raw: RawRegistry,
+    sqs: &SqsConfig,
+    o: &Origins,
+) -> Result<RegistryConfig, ConfigError> {
+    in_range("registry.ttl_secs".into(), raw.ttl_secs, 1, 3600, o)?;
+    in_range(
+        "registry.max_cached_apps".into(),
+        raw.max_cached_apps,
+        1,
+        100_000,
+        o,
+    )?;
+    let endpoint_url = match non_empty(raw.endpoint_url) {
+        Some(url) => {
+            check_url("registry.endpoint_url", &url, o)?;
+            Some(url)
+        }
+        None => sqs.endpoint_url.clone(),
+    };
+    let path = raw.secret_path.trim();
+    if !(path.starts_with('/') && path.ends_with('/') && is_ssm_name(path.trim_end_matches('/')))
+        && path != "/"
+    {
+        return Err(o.invalid(
+            "registry.secret_path",
+            "must be an SSM parameter path starting and ending with '/' (letters, digits, \
+             '_', '.', '-', '/')",
+        ));
+    }
+    let table = non_empty(raw.table);
+    if raw.backend == RegistryBackend::Dynamodb {
+        match &table {
+            None => {
+                return Err(o.invalid(
+                    "registry.table",
+                    "is empty: backend = \"dynamodb\" needs the table's name",
+                ));
+            }
+            Some(t) if !is_table_name(t) => {
+                return Err(o.invalid(
+                    "registry.table",
+                    "a DynamoDB table name is 3-255 letters, digits, '_', '-' or '.'",
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(RegistryConfig {
+        backend: raw.backend,
+        table,
+        ttl: Duration::from_secs(raw.ttl_secs),
+        max_cached_apps: raw.max_cached_apps,
+        endpoint_url,
+        secret_path: path.to_string(),
+    })
+}
+
+fn is_table_name(s: &str) -> bool {
+    (3..=255).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// An SSM parameter name: `/`-separated, letters, digits, `_`, `.`, `-`, at most 2048 bytes.
+fn is_ssm_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 2048
+        && !s.contains("//")
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/'))
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -622,16 +747,30 @@ fn parse_secret_ref(
         SecretKey::parse(v).map_err(|e| o.invalid(key, format!("literal secret: {e}")))?;
         return Ok(SecretRef::Literal(v.to_string()));
     }
+    if let Some(name) = value.strip_prefix("ssm:") {
+        if !is_ssm_name(name) {
+            return Err(o.invalid(
+                key,
+                format!(
+                    "ssm:{name} does not name an SSM parameter (letters, digits, '_', '.', '-', \
+                     '/'; at most 2048)"
+                ),
+            ));
+        }
+        return Ok(SecretRef::Ssm(name.to_string()));
+    }
     if value.starts_with("arn:aws:secretsmanager:") {
         return Err(o.invalid(
             key,
-            "AWS Secrets Manager references are not supported yet; pass the secret in an \
-             environment variable and write env:NAME",
+            "AWS Secrets Manager references are not supported; store the secret as an SSM \
+             SecureString parameter and write ssm:NAME (or pass it in an environment variable: \
+             env:NAME)",
         ));
     }
     Err(o.invalid(
         key,
-        "a secret reference must start with env: (or literal: for local demos); the value is not shown",
+        "a secret reference must start with env: or ssm: (or literal: for local demos); the \
+         value is not shown",
     ))
 }
 

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use super::{Function, FunctionError};
 use crate::apps::{self, BuildError, PluginSetup, StartupError};
-use crate::config::{self, Config};
+use crate::config::{self, Config, RegistryBackend};
 use crate::pipeline::SystemClock;
 use crate::plugin::PluginError;
 use crate::queue::sqs::{SqsQueues, SqsSettings};
+use crate::registry::{self, Directory};
 
 /// Why the function could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,15 +60,38 @@ pub async fn from_config_file(path: &Path) -> Result<Function<SqsQueues>, InitEr
 
 /// Build the function from a loaded config.
 pub async fn from_config(config: &Config) -> Result<Function<SqsQueues>, InitError> {
-    let apps = apps::from_config(config, PluginSetup::lambda())?;
-    let sqs = SqsQueues::connect(&SqsSettings::from_config(config)).await;
-    let function = Function::new(
-        Arc::new(sqs),
-        apps.built,
-        config.sqs.dead_letter_queue_url.clone().unwrap_or_default(),
-        config.sqs.metrics_queue_url.clone(),
-        Arc::new(SystemClock),
-    )?;
+    let function = match config.registry.backend {
+        RegistryBackend::File => {
+            let apps = apps::from_config(config, PluginSetup::lambda())?;
+            let sqs = SqsQueues::connect(&SqsSettings::from_config(config)).await;
+            Function::new(
+                Arc::new(sqs),
+                apps.built,
+                config.sqs.dead_letter_queue_url.clone().unwrap_or_default(),
+                config.sqs.metrics_queue_url.clone(),
+                Arc::new(SystemClock),
+            )?
+        }
+        // Nothing per application at init: each is read, with its secrets, and built on the
+        // first event from its queue.
+        RegistryBackend::Dynamodb => {
+            config.require_queues()?;
+            let builder =
+                apps::AppBuilder::new(config, PluginSetup::lambda()).map_err(InitError::Runtime)?;
+            let sqs = SqsQueues::connect(&SqsSettings::from_config(config)).await;
+            let (store, secrets) =
+                registry::connect(config, &registry::aws_settings(config)).await?;
+            let clock: Arc<SystemClock> = Arc::new(SystemClock);
+            let directory = Directory::new(config.clone(), store, secrets, builder, clock.clone());
+            Function::with_registry(
+                Arc::new(sqs),
+                directory,
+                config.sqs.dead_letter_queue_url.clone().unwrap_or_default(),
+                config.sqs.metrics_queue_url.clone(),
+                clock,
+            )?
+        }
+    };
     // CloudWatch Embedded Metric Format on stdout, unless `lambda.emf_namespace` is "off".
     Ok(match &config.lambda.emf_namespace {
         Some(namespace) => function.with_emf(namespace, Arc::new(|l: &str| println!("{l}"))),

@@ -47,6 +47,32 @@ impl SqsSettings {
     }
 }
 
+/// The AWS SDK configuration for these settings (region, endpoint override, credentials), with
+/// the one HTTP client (rustls on ring) every SDK client of the engine uses: SQS, and the
+/// registry's DynamoDB and SSM clients.
+pub async fn sdk_config(settings: &SqsSettings) -> aws_config::SdkConfig {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+    if !settings.region.is_empty() {
+        loader = loader.region(aws_config::Region::new(settings.region.clone()));
+    }
+    if let Some(url) = &settings.endpoint_url {
+        loader = loader.endpoint_url(url.clone());
+    }
+    if let Some((id, secret)) = &settings.static_credentials {
+        loader = loader.credentials_provider(Credentials::new(
+            id.clone(),
+            secret.clone(),
+            None,
+            None,
+            "squall-static",
+        ));
+    }
+    loader.load().await
+}
+
 /// The SQS client. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SqsQueues {
@@ -56,27 +82,8 @@ pub struct SqsQueues {
 impl SqsQueues {
     /// Build the client once per process.
     pub async fn connect(settings: &SqsSettings) -> SqsQueues {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-            .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
-        if !settings.region.is_empty() {
-            loader = loader.region(aws_config::Region::new(settings.region.clone()));
-        }
-        if let Some(url) = &settings.endpoint_url {
-            loader = loader.endpoint_url(url.clone());
-        }
-        if let Some((id, secret)) = &settings.static_credentials {
-            loader = loader.credentials_provider(Credentials::new(
-                id.clone(),
-                secret.clone(),
-                None,
-                None,
-                "squall-static",
-            ));
-        }
         SqsQueues {
-            client: Client::new(&loader.load().await),
+            client: Client::new(&sdk_config(settings).await),
         }
     }
 

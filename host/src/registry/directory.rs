@@ -1,0 +1,251 @@
+//! Applications by queue, read from the registry on first use and kept for the TTL.
+//!
+//! A queue's first lookup costs one registry read (the `Query` by queue) and, when the
+//! application has `ssm:` secrets, one secret read; the application is then built (its plugins
+//! loaded, from the bundled precompiled artifacts in the Lambda function) and kept. Within
+//! `registry.ttl_secs` later lookups read nothing. After it, the next lookup reads the item and
+//! the secrets again: the same version and the same secret digest keep the built application;
+//! a new version or a rotated secret rebuild it; a deleted item makes the queue unknown.
+//!
+//! Failures keep events, never drop them: a queue with no application, an invalid item, a
+//! missing secret or a store outage is answered [`Found::Unknown`] or [`Found::Unavailable`],
+//! and the caller leaves the events queued (the Lambda function reports them as batch item
+//! failures; the queue's redrive policy is the last safety net). An outage on a refresh keeps
+//! serving the application already built and asks again a few seconds later. Each unknown
+//! queue and each broken item version is logged once.
+//!
+//! Beyond `registry.max_cached_apps` applications, the least recently used is dropped (its
+//! plugin instances and limits with it) and rebuilt on its next event.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{DynamoStore, QueueKey, ReadCounts, RegistryError, SecretStore};
+use crate::apps::{AppBuilder, BuiltApp};
+use crate::config::Config;
+use crate::pipeline::Clock;
+
+/// After a failed refresh, how long the application already built is served before the
+/// registry is asked again.
+const RETRY_AFTER_FAILURE_MS: u64 = 5_000;
+
+/// What a lookup found.
+#[derive(Clone)]
+pub enum Found {
+    /// The application reading the queue.
+    App(Arc<BuiltApp>),
+    /// No application reads this queue (never registered, or deleted).
+    Unknown,
+    /// The application could not be read or built now (the reason names the item, key or
+    /// store call); its events stay queued.
+    Unavailable(String),
+}
+
+enum State {
+    Unknown,
+    Ready {
+        built: Arc<BuiltApp>,
+        version: u64,
+        digest: [u8; 32],
+    },
+    Broken {
+        reason: String,
+    },
+}
+
+struct Slot {
+    /// When the state was read (clock ms); `None` = never.
+    fetched_ms: Option<u64>,
+    state: State,
+}
+
+struct Entry {
+    slot: Arc<tokio::sync::Mutex<Slot>>,
+    last_used: AtomicU64,
+}
+
+/// The cache of applications by queue.
+pub struct Directory {
+    config: Config,
+    store: DynamoStore,
+    secrets: SecretStore,
+    builder: AppBuilder,
+    clock: Arc<dyn Clock>,
+    ttl_ms: u64,
+    capacity: usize,
+    reads: Arc<ReadCounts>,
+    entries: Mutex<HashMap<QueueKey, Arc<Entry>>>,
+    uses: AtomicU64,
+    logged: Mutex<HashSet<String>>,
+}
+
+impl Directory {
+    /// A directory over `store` and `secrets`, building with `builder`; the TTL and capacity
+    /// from `config.registry`, its `[app_defaults]` under every item.
+    pub fn new(
+        config: Config,
+        store: DynamoStore,
+        secrets: SecretStore,
+        builder: AppBuilder,
+        clock: Arc<dyn Clock>,
+    ) -> Directory {
+        Directory {
+            ttl_ms: config.registry.ttl.as_millis() as u64,
+            capacity: config.registry.max_cached_apps.max(1),
+            config,
+            store,
+            secrets,
+            builder,
+            clock,
+            reads: Arc::new(ReadCounts::default()),
+            entries: Mutex::new(HashMap::new()),
+            uses: AtomicU64::new(0),
+            logged: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Reads made so far.
+    pub fn reads(&self) -> Arc<ReadCounts> {
+        self.reads.clone()
+    }
+
+    /// Applications currently built and kept.
+    pub fn cached(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The application reading `queue`.
+    pub async fn lookup(&self, queue: &QueueKey) -> Found {
+        let entry = self.entry(queue);
+        let mut slot = entry.slot.lock().await;
+        let now = self.clock.now_ms();
+        let fresh = slot
+            .fetched_ms
+            .is_some_and(|t| now.saturating_sub(t) < self.ttl_ms);
+        if !fresh {
+            self.refresh(queue, &mut slot, now).await;
+        }
+        match &slot.state {
+            State::Ready { built, .. } => Found::App(built.clone()),
+            State::Unknown => {
+                self.log_once(format!("unknown {queue}"), || {
+                    tracing::error!(queue = %queue, "no registered application reads this queue: its records are left for SQS to redeliver (the redrive policy dead-letters them after maxReceiveCount)")
+                });
+                Found::Unknown
+            }
+            State::Broken { reason } => Found::Unavailable(reason.clone()),
+        }
+    }
+
+    /// The cache entry of `queue`, made if absent; marks it used; drops the least recently
+    /// used entries beyond the capacity.
+    fn entry(&self, queue: &QueueKey) -> Arc<Entry> {
+        let tick = self.uses.fetch_add(1, Ordering::Relaxed);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = entries.get(queue) {
+            e.last_used.store(tick, Ordering::Relaxed);
+            return e.clone();
+        }
+        while entries.len() >= self.capacity {
+            let oldest = entries
+                .iter()
+                .min_by_key(|(_, e)| e.last_used.load(Ordering::Relaxed))
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => {
+                    tracing::debug!(queue = %k, "least recently used application dropped from the cache");
+                    entries.remove(&k);
+                }
+                None => break,
+            }
+        }
+        let e = Arc::new(Entry {
+            slot: Arc::new(tokio::sync::Mutex::new(Slot {
+                fetched_ms: None,
+                state: State::Unknown,
+            })),
+            last_used: AtomicU64::new(tick),
+        });
+        entries.insert(queue.clone(), e.clone());
+        e
+    }
+
+    async fn refresh(&self, queue: &QueueKey, slot: &mut Slot, now: u64) {
+        match self.read(queue, slot).await {
+            Ok(state) => {
+                if let Some(state) = state {
+                    slot.state = state;
+                }
+                slot.fetched_ms = Some(now);
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                match &slot.state {
+                    State::Ready { .. } => {
+                        // Keep delivering with what was read; ask again soon.
+                        tracing::warn!(queue = %queue, error = %reason, "registry refresh failed: the application read before is used until the next try");
+                        slot.fetched_ms =
+                            Some(now.saturating_sub(self.ttl_ms) + RETRY_AFTER_FAILURE_MS);
+                    }
+                    _ => {
+                        self.log_once(format!("broken {queue} {reason}"), || {
+                            tracing::error!(queue = %queue, error = %reason, "application unavailable: its records are left for SQS to redeliver")
+                        });
+                        let transient = matches!(e, RegistryError::Store { .. });
+                        slot.state = State::Broken { reason };
+                        slot.fetched_ms = Some(if transient {
+                            now.saturating_sub(self.ttl_ms) + RETRY_AFTER_FAILURE_MS
+                        } else {
+                            now
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Read the queue's item and secrets; `Ok(None)` = unchanged (keep the built application).
+    async fn read(&self, queue: &QueueKey, slot: &Slot) -> Result<Option<State>, RegistryError> {
+        let Some(record) = self.store.by_queue(queue, &self.reads).await? else {
+            if let State::Ready { built, .. } = &slot.state {
+                tracing::info!(app_id = %built.app.id, queue = %queue, "application deleted from the registry: no longer served");
+            }
+            return Ok(Some(State::Unknown));
+        };
+        if record.tier != super::Tier::Dedicated {
+            return Err(RegistryError::Malformed {
+                id: record.id,
+                message: "tier \"shared\" is not served yet: only dedicated applications".into(),
+            });
+        }
+        let settings = record.app_config(&self.config)?;
+        let resolved = self.secrets.resolve(&settings, &self.reads).await?;
+        if let State::Ready {
+            version, digest, ..
+        } = &slot.state
+            && *version == record.version
+            && *digest == resolved.digest
+        {
+            return Ok(None);
+        }
+        let built = self.builder.build_late(&settings, resolved.secrets)?;
+        tracing::info!(app_id = %record.id, version = record.version, queue = %queue, "application loaded from the registry");
+        Ok(Some(State::Ready {
+            built: Arc::new(built),
+            version: record.version,
+            digest: resolved.digest,
+        }))
+    }
+
+    fn log_once(&self, key: String, log: impl FnOnce()) {
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: a flood of distinct unknown queues cannot grow it without end.
+        if logged.len() > 10_000 {
+            logged.clear();
+        }
+        if logged.insert(key) {
+            log();
+        }
+    }
+}

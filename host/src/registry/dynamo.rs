@@ -1,0 +1,337 @@
+//! The registry in a DynamoDB table: one item per application.
+//!
+//! | attribute | type | meaning |
+//! |---|---|---|
+//! | `app_id` | S | partition key: the application id |
+//! | `queue_key` | S | `account/queue-name` of its queue; the `queue_key-index` GSI finds it |
+//! | `version` | N | incremented by every write (conditional writes refuse a stale one) |
+//! | `tier` | S | `dedicated` (`shared` is refused until the shared tier exists) |
+//! | `settings` | S | the body of its `[apps.ID]` table, TOML text (secret references only) |
+//! | `updated_ms` | N | when the item was last written (Unix ms) |
+//!
+//! Finding an application by its queue is one `Query` on the index; listing them is a `Scan`.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ScalarAttributeType,
+};
+
+use super::{AppRecord, QueueKey, ReadCounts, RegistryError, Tier};
+
+/// The index that finds an application by its queue.
+pub const QUEUE_INDEX: &str = "queue_key-index";
+
+/// The registry's table.
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The item did not exist.
+    Created,
+    /// The item existed with other settings; its version was incremented.
+    Updated,
+    /// The item already held these settings: nothing written.
+    Unchanged,
+}
+
+pub(crate) fn store_err<E: ProvideErrorMetadata + std::fmt::Debug>(
+    operation: &'static str,
+    target: &str,
+    e: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+) -> RegistryError {
+    let message = match e.as_service_error() {
+        Some(se) => format!(
+            "{}: {}",
+            se.code().unwrap_or("error"),
+            se.message().unwrap_or("(no message)")
+        ),
+        None => format!("{e}"),
+    };
+    RegistryError::Store {
+        operation,
+        target: target.to_string(),
+        message,
+    }
+}
+
+impl DynamoStore {
+    /// The table `table` through `client`.
+    pub fn new(client: Client, table: String) -> DynamoStore {
+        DynamoStore { client, table }
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Create the table with its index (on-demand billing), unless it exists: for local
+    /// servers and tests (`squall apps init`); the deployment template creates it in AWS.
+    /// Returns whether it was created.
+    pub async fn create_table(&self) -> Result<bool, RegistryError> {
+        let s = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("name and type set")
+        };
+        let hash = |name: &str| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(KeyType::Hash)
+                .build()
+                .expect("name and type set")
+        };
+        let index = GlobalSecondaryIndex::builder()
+            .index_name(QUEUE_INDEX)
+            .key_schema(hash("queue_key"))
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::All)
+                    .build(),
+            )
+            .build()
+            .expect("index fields set");
+        let r = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .attribute_definitions(s("app_id"))
+            .attribute_definitions(s("queue_key"))
+            .key_schema(hash("app_id"))
+            .global_secondary_indexes(index)
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_resource_in_use_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(store_err("CreateTable", &self.table, e)),
+        }
+    }
+
+    /// The application reading `queue` (one `Query` on the index), if one is registered.
+    pub async fn by_queue(
+        &self,
+        queue: &QueueKey,
+        reads: &ReadCounts,
+    ) -> Result<Option<AppRecord>, RegistryError> {
+        reads.registry_read();
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(QUEUE_INDEX)
+            .key_condition_expression("queue_key = :q")
+            .expression_attribute_values(":q", AttributeValue::S(queue.to_string()))
+            .send()
+            .await
+            .map_err(|e| store_err("Query", &self.table, e))?;
+        let mut records = out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|item| record_from_item(&item))
+            .collect::<Result<Vec<_>, _>>()?;
+        match records.len() {
+            0 => Ok(None),
+            1 => Ok(records.pop()),
+            _ => Err(RegistryError::SharedQueue {
+                first: records[0].id.clone(),
+                second: records[1].id.clone(),
+                queue: queue.to_string(),
+            }),
+        }
+    }
+
+    /// The application `id` (one strongly consistent `GetItem`).
+    pub async fn get(
+        &self,
+        id: &str,
+        reads: &ReadCounts,
+    ) -> Result<Option<AppRecord>, RegistryError> {
+        reads.registry_read();
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("app_id", AttributeValue::S(id.to_string()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_err("GetItem", &self.table, e))?;
+        out.item.as_ref().map(record_from_item).transpose()
+    }
+
+    /// Every application, by id (a paginated `Scan`; each page counts one read).
+    pub async fn list(&self, reads: &ReadCounts) -> Result<Vec<AppRecord>, RegistryError> {
+        let mut out = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            reads.registry_read();
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| store_err("Scan", &self.table, e))?;
+            for item in page.items.unwrap_or_default() {
+                out.push(record_from_item(&item)?);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Write `record`'s settings and tier: created when absent, updated (version + 1) when
+    /// they differ, left alone when equal. The write is conditional on the version read, so a
+    /// concurrent writer makes it fail with [`RegistryError::Conflict`] rather than be lost.
+    pub async fn put(
+        &self,
+        record: &AppRecord,
+        now_ms: u64,
+        reads: &ReadCounts,
+    ) -> Result<(PutOutcome, AppRecord), RegistryError> {
+        let existing = self.get(&record.id, reads).await?;
+        let (outcome, version, condition) = match &existing {
+            None => (
+                PutOutcome::Created,
+                1,
+                "attribute_not_exists(app_id)".to_string(),
+            ),
+            Some(old)
+                if old.settings == record.settings
+                    && old.tier == record.tier
+                    && old.queue == record.queue =>
+            {
+                return Ok((PutOutcome::Unchanged, old.clone()));
+            }
+            Some(old) => (
+                PutOutcome::Updated,
+                old.version + 1,
+                "version = :expected".to_string(),
+            ),
+        };
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("app_id", AttributeValue::S(record.id.clone()))
+            .item("version", AttributeValue::N(version.to_string()))
+            .item("tier", AttributeValue::S(record.tier.as_str().into()))
+            .item("settings", AttributeValue::S(record.settings.clone()))
+            .item("updated_ms", AttributeValue::N(now_ms.to_string()))
+            .condition_expression(condition);
+        if let Some(q) = &record.queue {
+            req = req.item("queue_key", AttributeValue::S(q.to_string()));
+        }
+        if let Some(old) = &existing {
+            req = req.expression_attribute_values(
+                ":expected",
+                AttributeValue::N(old.version.to_string()),
+            );
+        }
+        match req.send().await {
+            Ok(_) => Ok((
+                outcome,
+                AppRecord {
+                    version,
+                    ..record.clone()
+                },
+            )),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Err(RegistryError::Conflict {
+                    id: record.id.clone(),
+                    expected: existing.map_or(0, |o| o.version),
+                })
+            }
+            Err(e) => Err(store_err("PutItem", &self.table, e)),
+        }
+    }
+
+    /// Remove the application's item; whether there was one.
+    pub async fn delete(&self, id: &str) -> Result<bool, RegistryError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("app_id", AttributeValue::S(id.to_string()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| store_err("DeleteItem", &self.table, e))?;
+        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+    }
+}
+
+/// One item as a record; a missing or mistyped attribute is named.
+fn record_from_item(item: &HashMap<String, AttributeValue>) -> Result<AppRecord, RegistryError> {
+    let id = match item.get("app_id") {
+        Some(AttributeValue::S(s)) => s.clone(),
+        _ => {
+            return Err(RegistryError::Malformed {
+                id: "?".into(),
+                message: "app_id (string) is missing".into(),
+            });
+        }
+    };
+    let bad = |message: String| RegistryError::Malformed {
+        id: id.clone(),
+        message,
+    };
+    let string = |name: &str| match item.get(name) {
+        Some(AttributeValue::S(s)) => Ok(Some(s.clone())),
+        None => Ok(None),
+        Some(_) => Err(bad(format!("{name} must be a string"))),
+    };
+    let version = match item.get("version") {
+        Some(AttributeValue::N(n)) => n
+            .parse::<u64>()
+            .map_err(|_| bad(format!("version {n:?} is not a whole number")))?,
+        _ => return Err(bad("version (number) is missing".into())),
+    };
+    let tier = match string("tier")? {
+        None => Tier::Dedicated,
+        Some(t) => Tier::parse(&t)
+            .ok_or_else(|| bad(format!("tier {t:?}: must be \"dedicated\" or \"shared\"")))?,
+    };
+    let queue = match string("queue_key")? {
+        None => None,
+        Some(q) => Some(
+            QueueKey::parse(&q)
+                .ok_or_else(|| bad(format!("queue_key {q:?}: must be account/queue-name")))?,
+        ),
+    };
+    let settings = string("settings")?.ok_or_else(|| bad("settings (string) is missing".into()))?;
+    Ok(AppRecord {
+        id: id.clone(),
+        version,
+        tier,
+        queue,
+        settings,
+    })
+}
