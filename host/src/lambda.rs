@@ -151,7 +151,7 @@ enum AppSource {
     /// The configuration file's applications, built at init.
     Fixed(HashMap<QueueKey, BuiltApp>),
     /// The registry, read on first use of each queue and cached.
-    Registry(Directory),
+    Registry(Box<Directory>),
 }
 
 /// Why the function could not be built.
@@ -237,7 +237,7 @@ impl<Q: Queue> Function<Q> {
         Ok(Function {
             metrics: MetricsSink::new(queue.clone(), metrics_queue_url),
             actor: Actor::new(queue, dead_letter_queue_url, ActMode::Lambda),
-            apps: AppSource::Registry(directory),
+            apps: AppSource::Registry(Box::new(directory)),
             clock,
             emf: None,
         })

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::metrics::{MetricRecord, MetricsSink, MetricsTotals};
 use crate::pipeline::{self, Action, App, ProcessOptions, SystemClock};
 use crate::queue::{Queue, QueueError, Received};
+use crate::registry::{Directory, Found, QueueKey};
 
 pub mod stats;
 
@@ -52,7 +53,11 @@ pub struct RunReport {
 }
 
 struct AppState {
-    app: Arc<App>,
+    /// The application as last built (a registry application is swapped for its rebuilt self
+    /// when its settings or secrets change).
+    app: std::sync::RwLock<Arc<App>>,
+    /// A registry application's queue: the poller asks the directory before each receive.
+    registry: Option<(Arc<Directory>, QueueKey)>,
     slots: Arc<Semaphore>,
     /// Re-send mode ends at this many ms after `epoch` (0: off). Set on OverLimit.
     resend_until_ms: AtomicU64,
@@ -60,6 +65,40 @@ struct AppState {
 }
 
 impl AppState {
+    fn new(built: &BuiltApp, registry: Option<(Arc<Directory>, QueueKey)>) -> AppState {
+        AppState {
+            slots: Arc::new(Semaphore::new(built.max_concurrency.max(1))),
+            app: std::sync::RwLock::new(built.app.clone()),
+            registry,
+            resend_until_ms: AtomicU64::new(0),
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The application as it is now.
+    fn current(&self) -> Arc<App> {
+        self.app.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A registry application: its current build, or `None` once it is no longer registered
+    /// (the poller then stops). An application that cannot be read now keeps its last build.
+    async fn refresh(&self) -> Option<Arc<App>> {
+        let Some((directory, key)) = &self.registry else {
+            return Some(self.current());
+        };
+        match directory.lookup(key).await {
+            Found::App(b) => {
+                let mut app = self.app.write().unwrap_or_else(|p| p.into_inner());
+                if !Arc::ptr_eq(&app, &b.app) {
+                    *app = b.app.clone();
+                }
+                Some(app.clone())
+            }
+            Found::Unknown => None,
+            Found::Unavailable(_) => Some(self.current()),
+        }
+    }
+
     fn elapsed_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -67,7 +106,8 @@ impl AppState {
     /// After an OverLimit, every retry goes by re-send for `visibility_backoff_max_secs`:
     /// the longest a visibility-parked message stays in flight, so the in-flight count drains.
     fn enter_resend_mode(&self) {
-        let until = self.elapsed_ms() + self.app.visibility_backoff_max_secs as u64 * 1000 + 1;
+        let until =
+            self.elapsed_ms() + self.current().visibility_backoff_max_secs as u64 * 1000 + 1;
         self.resend_until_ms.store(until, Ordering::Relaxed);
     }
 
@@ -89,6 +129,8 @@ struct Shared<Q: Queue> {
 pub struct Runner<Q: Queue> {
     shared: Arc<Shared<Q>>,
     apps: Vec<Arc<AppState>>,
+    /// With a registry: its applications are discovered and polled while the runner runs.
+    directory: Option<Arc<Directory>>,
 }
 
 const RECEIVE_BACKOFF_START: Duration = Duration::from_secs(1);
@@ -109,17 +151,28 @@ impl<Q: Queue> Runner<Q> {
             settings,
         });
         let apps = apps
-            .into_iter()
-            .map(|a| {
-                Arc::new(AppState {
-                    slots: Arc::new(Semaphore::new(a.max_concurrency.max(1))),
-                    app: a.app,
-                    resend_until_ms: AtomicU64::new(0),
-                    epoch: tokio::time::Instant::now(),
-                })
-            })
+            .iter()
+            .map(|a| Arc::new(AppState::new(a, None)))
             .collect();
-        Runner { shared, apps }
+        Runner {
+            shared,
+            apps,
+            directory: None,
+        }
+    }
+
+    /// A runner over the applications of a registry: every `registry.ttl_secs` it lists the
+    /// registry and starts polling each new application's queue; a poller whose application
+    /// is no longer registered stops receiving, finishes its batches in flight and ends; a
+    /// changed application is rebuilt by the directory and used from the next receive.
+    pub fn with_registry(
+        queue: Arc<Q>,
+        directory: Arc<Directory>,
+        settings: RunnerSettings,
+    ) -> Runner<Q> {
+        let mut runner = Runner::new(queue, Vec::new(), settings);
+        runner.directory = Some(directory);
+        runner
     }
 
     /// Live counters.
@@ -134,10 +187,19 @@ impl<Q: Queue> Runner<Q> {
         // Every poller and batch task holds a clone; when all are dropped, all work is done.
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         for app in &self.apps {
-            tracing::info!(app_id = %app.app.id, queue = %app.app.queue_url, "polling");
+            let a = app.current();
+            tracing::info!(app_id = %a.id, queue = %a.queue_url, "polling");
             tokio::spawn(poll(
                 self.shared.clone(),
                 app.clone(),
+                stop_rx.clone(),
+                done_tx.clone(),
+            ));
+        }
+        if let Some(directory) = &self.directory {
+            tokio::spawn(discover(
+                self.shared.clone(),
+                directory.clone(),
                 stop_rx.clone(),
                 done_tx.clone(),
             ));
@@ -204,8 +266,12 @@ async fn poll<Q: Queue>(
                 Err(_) => break,
             }
         }
+        let Some(current) = app.refresh().await else {
+            tracing::info!(app_id = %app.current().id, "application no longer registered: polling stopped (batches in flight finish)");
+            break;
+        };
         let received = tokio::select! {
-            r = shared.queue.receive(&app.app.queue_url, slots.len(), shared.settings.wait) => r,
+            r = shared.queue.receive(&current.queue_url, slots.len(), shared.settings.wait) => r,
             _ = stop.changed() => break,
         };
         match received {
@@ -231,7 +297,7 @@ async fn poll<Q: Queue>(
                 if over_limit {
                     app.enter_resend_mode();
                 }
-                tracing::warn!(app_id = %app.app.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "receive failed");
+                tracing::warn!(app_id = %current.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "receive failed");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => break,
@@ -254,9 +320,10 @@ async fn run_batch<Q: Queue>(
         force_resend: app.force_resend(),
     };
     let msgs: Vec<Arc<Received>> = msgs.into_iter().map(Arc::new).collect();
+    let current = app.current();
     let mut set = tokio::task::JoinSet::new();
     for (i, (msg, slot)) in msgs.iter().cloned().zip(slots).enumerate() {
-        let a = app.app.clone();
+        let a = current.clone();
         set.spawn(async move {
             let p = pipeline::process(&a, &msg, &SystemClock, opts).await;
             drop(slot);
@@ -268,7 +335,7 @@ async fn run_batch<Q: Queue>(
         match r {
             Ok((i, p)) => processed[i] = Some(p),
             // process() does not panic; if it ever did, the message is left to reappear.
-            Err(e) => tracing::error!(app_id = %app.app.id, error = %e, "message task failed"),
+            Err(e) => tracing::error!(app_id = %current.id, error = %e, "message task failed"),
         }
     }
     // The records move out (a record is a dozen strings: cloning them showed in profiles).
@@ -286,21 +353,71 @@ async fn run_batch<Q: Queue>(
     }
     let results = shared
         .actor
-        .apply(&app.app.queue_url, &acted_msgs, &actions)
+        .apply(&current.queue_url, &acted_msgs, &actions)
         .await;
     for ((m, a), r) in acted_msgs.iter().zip(&actions).zip(results) {
         match r {
             Ok(()) => {
                 shared.stats.acted(a);
-                log_action(&app.app.id, m, a);
+                log_action(&current.id, m, a);
             }
             Err(e) => {
                 shared.stats.act_failed();
-                tracing::warn!(app_id = %app.app.id, message_id = %m.message_id, error = %e, "action failed; the message will reappear");
+                tracing::warn!(app_id = %current.id, message_id = %m.message_id, error = %e, "action failed; the message will reappear");
             }
         }
     }
     shared.metrics.flush(&records).await;
+    drop(done);
+}
+
+/// The registry's applications, polled as they appear: every TTL the registry is listed and a
+/// poller started for each queue not yet polled. A poller ends when its application is gone.
+async fn discover<Q: Queue>(
+    shared: Arc<Shared<Q>>,
+    directory: Arc<Directory>,
+    mut stop: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
+    let mut polled: std::collections::HashMap<QueueKey, tokio::task::JoinHandle<()>> =
+        std::collections::HashMap::new();
+    loop {
+        polled.retain(|_, h| !h.is_finished());
+        match directory.queues().await {
+            Ok(queues) => {
+                for key in queues {
+                    if polled.contains_key(&key) {
+                        continue;
+                    }
+                    match directory.lookup(&key).await {
+                        Found::App(built) => {
+                            tracing::info!(app_id = %built.app.id, queue = %built.app.queue_url, "polling (registry)");
+                            let state = Arc::new(AppState::new(
+                                &built,
+                                Some((directory.clone(), key.clone())),
+                            ));
+                            let h = tokio::spawn(poll(
+                                shared.clone(),
+                                state,
+                                stop.clone(),
+                                done.clone(),
+                            ));
+                            polled.insert(key, h);
+                        }
+                        // Logged by the directory; asked again at the next listing.
+                        Found::Unknown | Found::Unavailable(_) => {}
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the registry failed; trying again after the TTL")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(directory.ttl()) => {}
+            _ = stop.changed() => break,
+        }
+    }
     drop(done);
 }
 

@@ -26,7 +26,7 @@ fn repo_root() -> PathBuf {
 
 /// `.tools/cargo-lambda/bin/cargo-lambda`, or `None` (the test is skipped with a notice)
 /// unless `SQUALL_REQUIRE_LAMBDA=1`.
-fn cargo_lambda() -> Option<PathBuf> {
+pub(crate) fn cargo_lambda() -> Option<PathBuf> {
     let p = repo_root().join(".tools/cargo-lambda/bin/cargo-lambda");
     if p.exists() {
         return Some(p);
@@ -42,7 +42,7 @@ fn cargo_lambda() -> Option<PathBuf> {
 
 /// The bootstrap binary: `SQUALL_BOOTSTRAP_BIN` if set (scripts that built it already),
 /// else built now (if needed) in this profile.
-fn bootstrap_binary() -> PathBuf {
+pub(crate) fn bootstrap_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("SQUALL_BOOTSTRAP_BIN") {
         return PathBuf::from(p);
     }
@@ -62,7 +62,7 @@ fn bootstrap_binary() -> PathBuf {
 }
 
 /// A child process killed (by its own pid) when the test ends, pass or fail.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -79,7 +79,7 @@ fn free_port() -> u16 {
 }
 
 /// The Runtime API emulator on a free loopback port.
-fn start_emulator(cargo_lambda: &Path) -> (Proc, u16) {
+pub(crate) fn start_emulator(cargo_lambda: &Path) -> (Proc, u16) {
     let port = free_port();
     let child = Command::new(cargo_lambda)
         .args([
@@ -110,7 +110,7 @@ fn start_emulator(cargo_lambda: &Path) -> (Proc, u16) {
 
 /// The function, pointed at the emulator, with a config file and the test server's
 /// credentials in its environment, as Lambda would start it.
-fn start_function(bin: &Path, port: u16, config: &Path, stderr: &Path) -> Proc {
+pub(crate) fn start_function(bin: &Path, port: u16, config: &Path, stderr: &Path) -> Proc {
     let child = Command::new(bin)
         .env(
             "AWS_LAMBDA_RUNTIME_API",
@@ -133,7 +133,7 @@ fn start_function(bin: &Path, port: u16, config: &Path, stderr: &Path) -> Proc {
     Proc(child)
 }
 
-async fn invoke(port: u16, event: &Value) -> (u16, Value) {
+pub(crate) async fn invoke(port: u16, event: &Value) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(format!(
             "http://127.0.0.1:{port}/2015-03-31/functions/_/invocations"
@@ -160,7 +160,7 @@ fn envelope(id: &str, endpoint: &str) -> String {
 }
 
 /// What the event source mapping builds from received messages.
-async fn sqs_event(
+pub(crate) async fn sqs_event(
     q: &TestQueues,
     queue_url: &str,
     count: usize,
@@ -252,7 +252,7 @@ jitter = 0.0
     path
 }
 
-fn temp_dir(name: &str) -> PathBuf {
+pub(crate) fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("squall-e2e-{name}-{:08x}", fastrand::u32(..)));
     std::fs::create_dir_all(&d).unwrap();
     d

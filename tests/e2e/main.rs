@@ -6,5 +6,6 @@ mod isolation;
 mod lambda;
 mod ops;
 mod plugins;
+mod registry;
 mod ssrf;
 mod supply;

@@ -110,6 +110,24 @@ impl Directory {
         self.reads.clone()
     }
 
+    /// How long a read application is kept before it is read again.
+    pub fn ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ttl_ms)
+    }
+
+    /// The queues of every registered dedicated application (a `Scan` of the registry:
+    /// `squall run` lists them every TTL to find new applications).
+    pub async fn queues(&self) -> Result<Vec<QueueKey>, RegistryError> {
+        Ok(self
+            .store
+            .list(&self.reads)
+            .await?
+            .into_iter()
+            .filter(|r| r.tier == super::Tier::Dedicated)
+            .filter_map(|r| r.queue)
+            .collect())
+    }
+
     /// Applications currently built and kept.
     pub fn cached(&self) -> usize {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -124,7 +142,9 @@ impl Directory {
             .fetched_ms
             .is_some_and(|t| now.saturating_sub(t) < self.ttl_ms);
         if !fresh {
-            self.refresh(queue, &mut slot, now).await;
+            // Boxed: the SDK calls' futures are deep, and a caller's future type (the Lambda
+            // handler's) must not carry them inline.
+            Box::pin(self.refresh(queue, &mut slot, now)).await;
         }
         match &slot.state {
             State::Ready { built, .. } => Found::App(built.clone()),

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use squall::apps::{self, PluginSetup, StartupError};
-use squall::config::Config;
+use squall::config::{Config, RegistryBackend};
+use squall::pipeline::SystemClock;
 use squall::queue::QueueError;
 use squall::queue::sqs::{SqsQueues, SqsSettings};
+use squall::registry::{self, Directory};
 use squall::runner::{Runner, RunnerSettings};
 
 /// Arguments of `squall run`.
@@ -47,36 +49,73 @@ pub fn init_logging(format: LogFormat, default: &str) {
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_format, "info");
     let config = squall::config::load(Some(&args.config))?;
-    // The plugin runtime (once per process, only if some application configures a plugin)
-    // stays alive for the whole run.
-    let apps::Apps {
-        builder: _builder,
-        built: apps,
-    } = apps::from_config(&config, PluginSetup::from_config(&config)).map_err(|e| match e {
-        StartupError::Runtime(e) => anyhow::Error::new(e).context("creating the plugin runtime"),
-        StartupError::Config(e) => e.into(),
-        StartupError::Build(e) => e.into(),
-    })?;
     let settings = RunnerSettings::from_config(&config);
     let sqs_settings = SqsSettings::from_config(&config);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let report = rt.block_on(async move {
-        let sqs = Arc::new(SqsQueues::connect(&sqs_settings).await);
-        check_queues(&sqs, &config).await?;
-        tracing::info!(
-            apps = apps.len(),
-            endpoint = sqs_settings.endpoint_url.as_deref().unwrap_or("aws"),
-            "squall run starting"
-        );
-        anyhow::Ok(
-            Runner::new(sqs, apps, settings)
-                .run(shutdown_signal())
-                .await,
-        )
-    })?;
+    let report = match config.registry.backend {
+        RegistryBackend::File => {
+            // The plugin runtime (once per process, only if some application configures a
+            // plugin) stays alive for the whole run.
+            let apps::Apps {
+                builder: _builder,
+                built: apps,
+            } = apps::from_config(&config, PluginSetup::from_config(&config)).map_err(
+                |e| match e {
+                    StartupError::Runtime(e) => {
+                        anyhow::Error::new(e).context("creating the plugin runtime")
+                    }
+                    StartupError::Config(e) => e.into(),
+                    StartupError::Build(e) => e.into(),
+                },
+            )?;
+            rt.block_on(async move {
+                let sqs = Arc::new(SqsQueues::connect(&sqs_settings).await);
+                check_queues(&sqs, &config).await?;
+                tracing::info!(
+                    apps = apps.len(),
+                    endpoint = sqs_settings.endpoint_url.as_deref().unwrap_or("aws"),
+                    "squall run starting"
+                );
+                anyhow::Ok(
+                    Runner::new(sqs, apps, settings)
+                        .run(shutdown_signal())
+                        .await,
+                )
+            })?
+        }
+        RegistryBackend::Dynamodb => {
+            config.require_queues()?;
+            let builder = apps::AppBuilder::new(&config, PluginSetup::from_config(&config))
+                .context("creating the plugin runtime")?;
+            rt.block_on(async move {
+                let sqs = Arc::new(SqsQueues::connect(&sqs_settings).await);
+                check_queues(&sqs, &config).await?;
+                let (store, secrets) =
+                    registry::connect(&config, &registry::aws_settings(&config)).await?;
+                tracing::info!(
+                    table = store.table(),
+                    ttl_secs = config.registry.ttl.as_secs(),
+                    endpoint = sqs_settings.endpoint_url.as_deref().unwrap_or("aws"),
+                    "squall run starting on the registry"
+                );
+                let directory = Arc::new(Directory::new(
+                    config.clone(),
+                    store,
+                    secrets,
+                    builder,
+                    Arc::new(SystemClock),
+                ));
+                anyhow::Ok(
+                    Runner::with_registry(sqs, directory, settings)
+                        .run(shutdown_signal())
+                        .await,
+                )
+            })?
+        }
+    };
     if !report.drained {
         tracing::warn!("some in-flight messages were not finished; they reappear on their queue");
     }
