@@ -380,3 +380,105 @@ async fn a_thousand_registered_applications_served_by_one_function_without_redep
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn squall_run_follows_the_registry_without_a_restart() {
+    let endpoint = sqs_or_skip!();
+    let q = TestQueues::create(&endpoint, &["alpha", "beta", "gamma"]).await;
+    let prefix = QueueKey::from_url(&q.dlq)
+        .unwrap()
+        .name
+        .trim_end_matches("-dlq")
+        .to_string();
+    let dir = temp_dir("registry-run");
+    let (table, path) = (format!("{prefix}-registry"), format!("/{prefix}/"));
+    let text = config_text(&endpoint, &q, &table, &path);
+    let config = Config::from_toml_str(&text, &dir, Vec::<(String, String)>::new()).unwrap();
+    let reg = Registry::create(&endpoint, &prefix, config).await;
+    let mut secrets = HashMap::new();
+    for app in ["alpha", "beta", "gamma"] {
+        let secret = new_secret();
+        reg.put_secret(app, &secret).await;
+        secrets.insert(app, secret);
+    }
+    for app in ["alpha", "beta"] {
+        reg.put(app, &settings_text(q.app(app), &reg.param(app), 5))
+            .await;
+    }
+    let rx = Receiver::start(Reply::Status(200)).await;
+    let run = squall_tests::process::SquallRun::start(
+        &text.replace("[sqs]", "[sqs]\nwait_time_secs = 1"),
+    );
+    let delivered = |path: &'static str, n: usize| {
+        let rx = &rx;
+        squall_tests::process::eventually(Duration::from_secs(30), path, move || async move {
+            (rx.requests_for(path).len() >= n).then_some(())
+        })
+    };
+    for app in ["alpha", "beta"] {
+        q.send(
+            app,
+            &envelope(&format!("evt-{app}"), app, &rx.url(&format!("/{app}"))),
+        )
+        .await;
+    }
+    delivered("/alpha", 1).await;
+    delivered("/beta", 1).await;
+    squall_testkit::verify::verify_recorded(&secrets["alpha"], &rx.requests_for("/alpha")[0])
+        .unwrap();
+
+    // Registered while running: polled within the TTL, no restart.
+    reg.put(
+        "gamma",
+        &settings_text(q.app("gamma"), &reg.param("gamma"), 5),
+    )
+    .await;
+    q.send("gamma", &envelope("evt-gamma", "gamma", &rx.url("/gamma")))
+        .await;
+    delivered("/gamma", 1).await;
+    squall_testkit::verify::verify_recorded(&secrets["gamma"], &rx.requests_for("/gamma")[0])
+        .unwrap();
+
+    // The operations verbs see registry applications.
+    let out = std::process::Command::new(squall_tests::process::squall_bin())
+        .args(["status", "--config"])
+        .arg(write_config(&dir, &endpoint, &q, &table, &path))
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && ["alpha", "beta", "gamma"]
+                .iter()
+                .all(|a| status.contains(a)),
+        "{status}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Deleted: its poller stops within the TTL; events sent after stay queued.
+    assert!(reg.store.delete("beta").await.unwrap());
+    squall_tests::process::eventually(Duration::from_secs(30), "beta's poller stopping", || {
+        let log = run.log();
+        async move {
+            log.contains("application no longer registered")
+                .then_some(())
+        }
+    })
+    .await;
+    q.send("beta", &envelope("evt-beta-late", "beta", &rx.url("/beta")))
+        .await;
+    tokio::time::sleep(Duration::from_secs(TTL_SECS + 2)).await;
+    assert_eq!(
+        rx.requests_for("/beta").len(),
+        1,
+        "not delivered after deletion"
+    );
+    let (visible, _, _) = q.depth(q.app("beta")).await;
+    assert_eq!(visible, 1, "still queued");
+    let (status, log) = run.stop_with_log("TERM");
+    assert!(status.success(), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

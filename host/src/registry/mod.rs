@@ -129,3 +129,23 @@ pub async fn connect(
         SecretStore::new(aws_sdk_ssm::Client::new(&sdk)),
     ))
 }
+
+/// `config` with the registry's applications in `apps`, as if the file held them (the
+/// operations verbs, `squall ops status` and the like, then work unchanged on registry
+/// applications). A file-backend config is returned as it is. An invalid item is skipped with
+/// a warning naming it and its key.
+pub async fn with_registered_apps(mut config: Config) -> Result<Config, RegistryError> {
+    if config.registry.backend != crate::config::RegistryBackend::Dynamodb {
+        return Ok(config);
+    }
+    let (store, _) = connect(&config, &aws_settings(&config)).await?;
+    let mut apps = Vec::new();
+    for record in store.list(&ReadCounts::default()).await? {
+        match record.app_config(&config) {
+            Ok(app) => apps.push(app),
+            Err(e) => tracing::warn!(app_id = %record.id, error = %e, "registry item skipped"),
+        }
+    }
+    config.apps = apps;
+    Ok(config)
+}

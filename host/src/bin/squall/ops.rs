@@ -120,9 +120,13 @@ pub struct ConfigArg {
 }
 
 impl ConfigArg {
-    fn load(&self) -> anyhow::Result<Config> {
-        squall::config::load(Some(&self.config))
-            .with_context(|| format!("loading config {}", self.config.display()))
+    /// The config file, with the registry's applications when it names a registry.
+    async fn load(&self) -> anyhow::Result<Config> {
+        let config = squall::config::load(Some(&self.config))
+            .with_context(|| format!("loading config {}", self.config.display()))?;
+        squall::registry::with_registered_apps(config)
+            .await
+            .context("reading the application registry")
     }
 }
 
@@ -336,7 +340,7 @@ pub fn main(cmd: OpsCommand) -> anyhow::Result<()> {
 }
 
 async fn status_cmd(a: StatusArgs) -> anyhow::Result<()> {
-    let config = a.config.load()?;
+    let config = a.config.load().await?;
     let q = connect(&config).await;
     let q = q?;
     // Short polls: an estimate does not need every SQS server asked.
@@ -423,7 +427,7 @@ fn peek_table(views: &[MessageView], dlq: bool) -> String {
 }
 
 async fn peek_cmd(a: PeekArgs) -> anyhow::Result<()> {
-    let config = a.config.load()?;
+    let config = a.config.load().await?;
     let (queue, app_filter) = match &a.app {
         Some(app) => (ops_lib::app_queue_url(&config, app)?.to_string(), None),
         None => (
@@ -444,7 +448,7 @@ async fn peek_cmd(a: PeekArgs) -> anyhow::Result<()> {
 }
 
 async fn redrive_cmd(a: RedriveArgs) -> anyhow::Result<()> {
-    let config = a.config.load()?;
+    let config = a.config.load().await?;
     if let Some(app) = &a.app
         && config.app(app).is_none()
     {
@@ -494,7 +498,7 @@ async fn redrive_cmd(a: RedriveArgs) -> anyhow::Result<()> {
 }
 
 async fn delete_cmd(a: DeleteArgs) -> anyhow::Result<()> {
-    let config = a.config.load()?;
+    let config = a.config.load().await?;
     let app_queue = ops_lib::app_queue_url(&config, &a.app)?.to_string();
     let queue = if a.dlq {
         ops_lib::dead_letter_queue_url(&config)?.to_string()
@@ -537,7 +541,7 @@ async fn delete_cmd(a: DeleteArgs) -> anyhow::Result<()> {
 }
 
 async fn send_cmd(a: SendArgs) -> anyhow::Result<()> {
-    let config = a.config.load()?;
+    let config = a.config.load().await?;
     let queue = ops_lib::app_queue_url(&config, &a.app)?.to_string();
     let limits = config
         .app(&a.app)
@@ -578,7 +582,7 @@ async fn metrics_cmd(a: MetricsArgs) -> anyhow::Result<()> {
     use squall::ops::exporter;
     use squall::ops::metrics::{self as agg, Aggregator, Thresholds};
 
-    let config = a.config.load()?;
+    let config = a.config.load().await?;
     let queue = ops_lib::metrics_queue_url(&config)?.to_string();
     let q = connect(&config).await?;
     let mut aggregator = Aggregator::new(Thresholds {
