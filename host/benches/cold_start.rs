@@ -9,7 +9,8 @@
 //! Run: `scripts/build-plugins && cargo bench -p squall --bench cold_start` (optional
 //! `COLD_START_RUNS=N`, default 10). Prints a table; `docs/benchmarks.md` keeps the results.
 
-use std::convert::Infallible;
+mod support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,11 +19,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper::Response;
+use support::serve;
 use tokio::sync::oneshot;
 
 const BOOTSTRAP: &str = env!("CARGO_BIN_EXE_bootstrap");
@@ -32,41 +30,6 @@ fn repo_root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-/// Serve `handler` (the Lambda Runtime API) on a fresh loopback port until the returned handle is
-/// aborted.
-async fn serve<F>(handler: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
-where
-    F: Fn(
-            Request<Incoming>,
-        ) -> std::pin::Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>
-        + Send
-        + Sync
-        + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handler = Arc::new(handler);
-    let task = tokio::spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                break;
-            };
-            let handler = handler.clone();
-            conns.spawn(async move {
-                let svc = service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, task)
 }
 
 fn sqs_event(receiver: SocketAddr) -> String {
