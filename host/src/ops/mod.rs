@@ -21,7 +21,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 
 use crate::config::Config;
 use crate::queue::memory::MemoryQueues;
-use crate::queue::sqs::{SqsQueues, SqsSettings};
+use crate::queue::sqs::SqsQueues;
 use crate::queue::{Queue, QueueError, Received};
 
 pub mod exporter;
@@ -144,17 +144,6 @@ impl Inspect for MemoryQueues {
             in_flight: c.in_flight as u64,
             delayed: 0,
         })
-    }
-}
-
-/// The SQS client settings for a config, as `squall run` builds them: region from
-/// `sqs.region` (empty: the AWS default chain, `AWS_REGION`...), endpoint from
-/// `sqs.endpoint_url`, credentials from the default AWS chain.
-pub fn sqs_settings(config: &Config) -> SqsSettings {
-    SqsSettings {
-        region: config.sqs.region.clone().unwrap_or_default(),
-        endpoint_url: config.sqs.endpoint_url.clone().filter(|u| !u.is_empty()),
-        static_credentials: None,
     }
 }
 

@@ -13,7 +13,7 @@ use squall::ops::send::{self, EventSource};
 use squall::ops::status::{self, Status};
 use squall::ops::{self as ops_lib, parse_duration, parse_when};
 use squall::queue::Queue;
-use squall::queue::sqs::SqsQueues;
+use squall::queue::sqs::{SqsQueues, SqsSettings};
 
 /// Operations commands (flattened into the top-level command list).
 #[derive(Debug, clap::Subcommand)]
@@ -322,7 +322,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn connect(config: &Config) -> anyhow::Result<SqsQueues> {
-    Ok(SqsQueues::connect(&ops_lib::sqs_settings(config)).await)
+    Ok(SqsQueues::connect(&SqsSettings::from_config(config)).await)
 }
 
 /// Run one operations command.
