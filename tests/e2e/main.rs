@@ -8,3 +8,4 @@ mod ops;
 mod plugins;
 mod ssrf;
 mod supply;
+mod template;
