@@ -403,4 +403,50 @@ mod tests {
         let plan = deploy::plan(&spec).unwrap();
         assert_eq!(plan.apps[1].maximum_concurrency, 2);
     }
+
+    #[test]
+    fn registry_spec_sizes_the_function_from_app_defaults_whatever_they_sign_with() {
+        let config = Config::from_toml_str(
+            r#"
+            [registry]
+            backend = "dynamodb"
+            table = "squall-registry"
+            secret_path = "/hooks/"
+            [app_defaults]
+            timeout_ms = 40000
+            signing_key = "stripe"
+            "#,
+            std::path::Path::new("."),
+            Vec::<(String, String)>::new(),
+        )
+        .unwrap();
+        let spec = registry_spec_from_config(&config).unwrap();
+        assert_eq!(spec.defaults.delivery_timeout_ms, 40_000);
+        assert_eq!(
+            (spec.table.as_str(), spec.secret_path.as_str()),
+            ("squall-registry", "/hooks/")
+        );
+        // One round of 40 s + 15 s margin.
+        assert_eq!(
+            deploy::plan_registry(&spec).unwrap().function_timeout_secs,
+            55
+        );
+    }
+
+    #[test]
+    fn policy_scope_refuses_what_would_not_name_the_stack() {
+        assert!(policy_scope("squall", "123456789012", "eu-west-1", "aws").is_ok());
+        for (stack, account, region) in [
+            ("squall*", "123456789012", "eu-west-1"),
+            ("1squall", "123456789012", "eu-west-1"),
+            (&"s".repeat(40) as &str, "123456789012", "eu-west-1"),
+            ("squall", "12345", "eu-west-1"),
+            ("squall", "123456789012", "eu-west-1:x"),
+        ] {
+            assert!(
+                policy_scope(stack, account, region, "aws").is_err(),
+                "{stack} {account} {region}"
+            );
+        }
+    }
 }
