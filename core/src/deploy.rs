@@ -980,13 +980,14 @@ pub fn registry_template(plan: &RegistryPlan) -> Value {
                               ] },
                             { "Sid": "ReadSecrets", "Effect": "Allow",
                               "Action": ["ssm:GetParameters"],
-                              "Resource": [{ "Fn::Sub": secret_arn.clone() }] },
+                              "Resource": [{ "Fn::Sub": secret_arn }] },
                             { "Sid": "DecryptSecretsThroughSsm", "Effect": "Allow",
                               "Action": ["kms:Decrypt"],
                               "Resource": [{ "Fn::Sub": sub_arn("kms", "key/*") }],
+                              // Only through SSM, which checks ssm:GetParameters above (the
+                              // secret path) before it decrypts.
                               "Condition": {
-                                  "StringEquals": { "kms:ViaService": { "Fn::Sub": "ssm.${AWS::Region}.amazonaws.com" } },
-                                  "StringLike": { "kms:EncryptionContext:PARAMETER_ARN": { "Fn::Sub": secret_arn } }
+                                  "StringEquals": { "kms:ViaService": { "Fn::Sub": "ssm.${AWS::Region}.amazonaws.com" } }
                               } },
                             { "Sid": "WriteLogs", "Effect": "Allow",
                               "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
