@@ -40,6 +40,8 @@ pub const FUNCTION_TIMEOUT_MARGIN_SECS: u64 = 15;
 pub const MIN_FUNCTION_TIMEOUT_SECS: u64 = 30;
 /// Where the packaged config file sits inside the function (`/var/task` is the zip's root).
 pub const PACKAGED_CONFIG_PATH: &str = "/var/task/squall.toml";
+/// The registry table's index by queue (the engine's `DynamoStore` queries it).
+pub const REGISTRY_QUEUE_INDEX: &str = "queue_key-index";
 
 /// CPU architecture of the function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,95 +234,87 @@ fn div_ceil(a: u64, b: u64) -> u64 {
     a.div_ceil(b)
 }
 
-/// Derive every number of the stack and check it against the AWS limits.
-///
-/// - Per invocation, a batch runs with up to `min(batch_size, max_concurrency)` deliveries at
-///   once, so `MaximumConcurrency = max_concurrency / that`, kept within 2..=1000 (2 is the
-///   event source mapping's minimum, so an app with `max_concurrency` below 2 x its per-batch
-///   concurrency can reach twice its limit: documented in docs/deploy.md).
-/// - Function timeout (unless given): the longest app's `ceil(batch / per-invocation
-///   concurrency)` delivery rounds x its delivery timeout, plus a margin, at least 30 s,
-///   at most 900 s.
-/// - Visibility timeout of the queues: 6 x the function timeout, at most 12 h.
-/// - Retention: the retry horizon plus one day, at least the SQS default of 4 days, at most
-///   14 days; the dead-letter queue always keeps 14 days.
-pub fn plan(spec: &DeploySpec) -> Result<Plan, DeployError> {
-    if spec.apps.is_empty() {
-        return Err(DeployError::NoApps);
+/// One application's derived numbers, checked against the SQS and Lambda limits (see [`plan`]
+/// for the rules). `squall apps create` sizes a queue and mapping made at run time with it, as
+/// the file-backend template does at deploy time.
+pub fn plan_app(app: &AppSettings) -> Result<AppPlan, DeployError> {
+    let key = |k: &str| format!("apps.{}.{k}", app.id);
+    let logical = logical_name(&app.id).ok_or_else(|| DeployError::BadAppId {
+        app: app.id.clone(),
+    })?;
+    if app.batch_size == 0 || app.batch_size > MAX_BATCH_SIZE {
+        return Err(out_of_range(
+            key("batch_size"),
+            app.batch_size,
+            "must be 1..=10000 (SQS event source mapping)",
+        ));
     }
-    let mut apps: Vec<AppPlan> = Vec::with_capacity(spec.apps.len());
-    let mut longest_round_secs = 0u64;
-    for app in &spec.apps {
-        let key = |k: &str| format!("apps.{}.{k}", app.id);
-        let logical = logical_name(&app.id).ok_or_else(|| DeployError::BadAppId {
-            app: app.id.clone(),
-        })?;
-        if let Some(other) = apps
-            .iter()
-            .find(|p| p.logical.eq_ignore_ascii_case(&logical) || p.env_key == env_key(&app.id))
-        {
-            return Err(DeployError::NameClash {
-                first: other.settings.id.clone(),
-                second: app.id.clone(),
-                logical,
-            });
-        }
-        if app.batch_size == 0 || app.batch_size > MAX_BATCH_SIZE {
-            return Err(out_of_range(
-                key("batch_size"),
-                app.batch_size,
-                "must be 1..=10000 (SQS event source mapping)",
-            ));
-        }
-        if app.batching_window_secs > MAX_BATCHING_WINDOW_SECS {
-            return Err(out_of_range(
-                key("batching_window_secs"),
-                app.batching_window_secs,
-                "must be 0..=300",
-            ));
-        }
-        if app.batch_size > 10 && app.batching_window_secs == 0 {
-            return Err(out_of_range(
-                key("batching_window_secs"),
-                0,
-                "a batch size above 10 needs a batching window of at least 1 s (AWS rule)",
-            ));
-        }
-        if app.max_concurrency == 0 {
-            return Err(out_of_range(
-                key("max_concurrency"),
-                0,
-                "must be at least 1",
-            ));
-        }
-        if app.delivery_timeout_ms == 0 {
-            return Err(out_of_range(key("timeout_ms"), 0, "must be at least 1"));
-        }
-        if app.retry_horizon_secs > MAX_RETENTION_SECS {
-            return Err(out_of_range(
-                key("retry.horizon_secs"),
-                app.retry_horizon_secs,
-                "must fit in the SQS retention of 14 days (1209600 s)",
-            ));
-        }
-        let per_invocation = app.batch_size.min(app.max_concurrency);
-        let (lo, hi) = MAXIMUM_CONCURRENCY_RANGE;
-        let maximum_concurrency = (app.max_concurrency / per_invocation).clamp(lo, hi);
-        let rounds = div_ceil(app.batch_size as u64, per_invocation as u64);
-        let round_secs = rounds * div_ceil(app.delivery_timeout_ms, 1000);
-        longest_round_secs = longest_round_secs.max(round_secs);
-        let retention_secs =
-            (app.retry_horizon_secs + 24 * 3600).clamp(4 * 24 * 3600, MAX_RETENTION_SECS);
-        apps.push(AppPlan {
-            settings: app.clone(),
-            logical,
-            env_key: env_key(&app.id),
-            maximum_concurrency,
-            per_invocation_concurrency: per_invocation,
-            retention_secs,
-        });
+    if app.batching_window_secs > MAX_BATCHING_WINDOW_SECS {
+        return Err(out_of_range(
+            key("batching_window_secs"),
+            app.batching_window_secs,
+            "must be 0..=300",
+        ));
     }
-    let function_timeout_secs = match spec.function.timeout_secs {
+    if app.batch_size > 10 && app.batching_window_secs == 0 {
+        return Err(out_of_range(
+            key("batching_window_secs"),
+            0,
+            "a batch size above 10 needs a batching window of at least 1 s (AWS rule)",
+        ));
+    }
+    if app.max_concurrency == 0 {
+        return Err(out_of_range(
+            key("max_concurrency"),
+            0,
+            "must be at least 1",
+        ));
+    }
+    if app.delivery_timeout_ms == 0 {
+        return Err(out_of_range(key("timeout_ms"), 0, "must be at least 1"));
+    }
+    if app.retry_horizon_secs > MAX_RETENTION_SECS {
+        return Err(out_of_range(
+            key("retry.horizon_secs"),
+            app.retry_horizon_secs,
+            "must fit in the SQS retention of 14 days (1209600 s)",
+        ));
+    }
+    let per_invocation = app.batch_size.min(app.max_concurrency);
+    let (lo, hi) = MAXIMUM_CONCURRENCY_RANGE;
+    let maximum_concurrency = (app.max_concurrency / per_invocation).clamp(lo, hi);
+    let retention_secs =
+        (app.retry_horizon_secs + 24 * 3600).clamp(4 * 24 * 3600, MAX_RETENTION_SECS);
+    Ok(AppPlan {
+        settings: app.clone(),
+        logical,
+        env_key: env_key(&app.id),
+        maximum_concurrency,
+        per_invocation_concurrency: per_invocation,
+        retention_secs,
+    })
+}
+
+impl AppPlan {
+    /// The longest time one invocation spends delivering this application's batch, seconds:
+    /// `ceil(batch / per-invocation concurrency)` rounds x the delivery timeout.
+    pub fn round_secs(&self) -> u64 {
+        let rounds = div_ceil(
+            self.settings.batch_size as u64,
+            self.per_invocation_concurrency as u64,
+        );
+        rounds * div_ceil(self.settings.delivery_timeout_ms, 1000)
+    }
+}
+
+/// The function timeout: `function.timeout_secs` when given, else the longest delivery round
+/// plus a margin (30..=900 s); checked against Lambda's limits and the 12 h visibility limit
+/// (queues get 6 x the function timeout). Also checks the memory size.
+fn function_timeout(
+    function: &FunctionSettings,
+    longest_round_secs: u64,
+) -> Result<u64, DeployError> {
+    let function_timeout_secs = match function.timeout_secs {
         Some(t) => {
             if !(1..=MAX_FUNCTION_TIMEOUT_SECS).contains(&t) {
                 return Err(out_of_range(
@@ -341,13 +335,49 @@ pub fn plan(spec: &DeploySpec) -> Result<Plan, DeployError> {
             "6 x the function timeout must fit in the 12 h SQS visibility limit",
         ));
     }
-    if !(128..=10_240).contains(&spec.function.memory_mb) {
+    if !(128..=10_240).contains(&function.memory_mb) {
         return Err(out_of_range(
             "function memory".to_string(),
-            spec.function.memory_mb,
+            function.memory_mb,
             "must be 128..=10240 MB (Lambda)",
         ));
     }
+    Ok(function_timeout_secs)
+}
+
+/// Derive every number of the stack and check it against the AWS limits.
+///
+/// - Per invocation, a batch runs with up to `min(batch_size, max_concurrency)` deliveries at
+///   once, so `MaximumConcurrency = max_concurrency / that`, kept within 2..=1000 (2 is the
+///   event source mapping's minimum, so an app with `max_concurrency` below 2 x its per-batch
+///   concurrency can reach twice its limit: documented in docs/deploy.md).
+/// - Function timeout (unless given): the longest app's `ceil(batch / per-invocation
+///   concurrency)` delivery rounds x its delivery timeout, plus a margin, at least 30 s,
+///   at most 900 s.
+/// - Visibility timeout of the queues: 6 x the function timeout, at most 12 h.
+/// - Retention: the retry horizon plus one day, at least the SQS default of 4 days, at most
+///   14 days; the dead-letter queue always keeps 14 days.
+pub fn plan(spec: &DeploySpec) -> Result<Plan, DeployError> {
+    if spec.apps.is_empty() {
+        return Err(DeployError::NoApps);
+    }
+    let mut apps: Vec<AppPlan> = Vec::with_capacity(spec.apps.len());
+    let mut longest_round_secs = 0u64;
+    for app in &spec.apps {
+        let planned = plan_app(app)?;
+        if let Some(other) = apps.iter().find(|p| {
+            p.logical.eq_ignore_ascii_case(&planned.logical) || p.env_key == planned.env_key
+        }) {
+            return Err(DeployError::NameClash {
+                first: other.settings.id.clone(),
+                second: app.id.clone(),
+                logical: planned.logical,
+            });
+        }
+        longest_round_secs = longest_round_secs.max(planned.round_secs());
+        apps.push(planned);
+    }
+    let function_timeout_secs = function_timeout(&spec.function, longest_round_secs)?;
     let mut secret_params = Vec::new();
     let mut seen = BTreeSet::new();
     for name in &spec.secret_env_vars {
@@ -396,33 +426,7 @@ fn alarm_actions() -> Value {
 
 /// Render a plan as a CloudFormation template (JSON).
 pub fn template(plan: &Plan) -> Value {
-    let mut parameters = serde_json::Map::new();
-    parameters.insert(
-        "Architecture".into(),
-        json!({
-            "Type": "String",
-            "Default": plan.function.architecture.as_str(),
-            "AllowedValues": ["arm64", "x86_64"],
-            "Description": "CPU architecture of the function; the deployment zip must be built for it (scripts/package-lambda --arch)."
-        }),
-    );
-    parameters.insert(
-        "CodeS3Bucket".into(),
-        json!({ "Type": "String", "Description": "S3 bucket holding the deployment zip." }),
-    );
-    parameters.insert(
-        "CodeS3Key".into(),
-        json!({ "Type": "String", "Description": "S3 key of the deployment zip (change it to roll out a new build)." }),
-    );
-    parameters.insert(
-        "MemorySize".into(),
-        json!({ "Type": "Number", "Default": plan.function.memory_mb, "MinValue": 128, "MaxValue": 10240,
-                "Description": "Function memory, MB (CPU scales with it)." }),
-    );
-    parameters.insert(
-        "AlarmTopicArn".into(),
-        json!({ "Type": "String", "Default": "", "Description": "SNS topic notified by the alarms; empty for none." }),
-    );
+    let mut parameters = common_parameters(&plan.function);
     for (var, param) in &plan.secret_params {
         parameters.insert(
             param.clone(),
@@ -432,41 +436,9 @@ pub fn template(plan: &Plan) -> Value {
     }
 
     let mut resources = serde_json::Map::new();
-    resources.insert(
-        "DeadLetterQueue".into(),
-        json!({
-            "Type": "AWS::SQS::Queue",
-            "Properties": {
-                "QueueName": { "Fn::Sub": "${AWS::StackName}-dlq" },
-                "MessageRetentionPeriod": MAX_RETENTION_SECS
-            }
-        }),
-    );
-    resources.insert(
-        "MetricsQueue".into(),
-        json!({
-            "Type": "AWS::SQS::Queue",
-            "Properties": {
-                "QueueName": { "Fn::Sub": "${AWS::StackName}-metrics" },
-                "MessageRetentionPeriod": 4 * 24 * 3600
-            }
-        }),
-    );
+    shared_resources(&plan.function, &mut resources);
 
-    let mut env = serde_json::Map::new();
-    env.insert("SQUALL_CONFIG".into(), json!(PACKAGED_CONFIG_PATH));
-    env.insert(
-        "SQUALL__SQS__REGION".into(),
-        json!({ "Ref": "AWS::Region" }),
-    );
-    env.insert(
-        "SQUALL__SQS__DEAD_LETTER_QUEUE_URL".into(),
-        json!({ "Ref": "DeadLetterQueue" }),
-    );
-    env.insert(
-        "SQUALL__SQS__METRICS_QUEUE_URL".into(),
-        json!({ "Ref": "MetricsQueue" }),
-    );
+    let mut env = shared_env();
     for (var, param) in &plan.secret_params {
         env.insert(var.clone(), json!({ "Ref": param }));
     }
@@ -536,40 +508,10 @@ pub fn template(plan: &Plan) -> Value {
                     "Value": { "Ref": q } }),
         );
     }
-    resources.insert(
-        "DeadLetterQueueDepthAlarm".into(),
-        json!({
-            "Type": "AWS::CloudWatch::Alarm",
-            "Properties": {
-                "AlarmDescription": "Squall: events were dead-lettered; inspect the DLQ (reasons are in the message attributes).",
-                "Namespace": "AWS/SQS",
-                "MetricName": "ApproximateNumberOfMessagesVisible",
-                "Dimensions": [{ "Name": "QueueName", "Value": { "Fn::GetAtt": ["DeadLetterQueue", "QueueName"] } }],
-                "Statistic": "Maximum",
-                "Period": 60,
-                "EvaluationPeriods": 1,
-                "Threshold": 0,
-                "ComparisonOperator": "GreaterThanThreshold",
-                "TreatMissingData": "notBreaching",
-                "AlarmActions": alarm_actions()
-            }
-        }),
-    );
-
     let app_arns: Vec<Value> = plan.apps.iter().map(|a| arn(&queue_logical(a))).collect();
     let mut send_arns = app_arns.clone();
     send_arns.push(arn("DeadLetterQueue"));
     send_arns.push(arn("MetricsQueue"));
-    resources.insert(
-        "LogGroup".into(),
-        json!({
-            "Type": "AWS::Logs::LogGroup",
-            "Properties": {
-                "LogGroupName": { "Fn::Sub": "/aws/lambda/${AWS::StackName}-squall" },
-                "RetentionInDays": plan.function.log_retention_days
-            }
-        }),
-    );
     resources.insert(
         "FunctionRole".into(),
         json!({
@@ -603,22 +545,7 @@ pub fn template(plan: &Plan) -> Value {
     );
     resources.insert(
         "Function".into(),
-        json!({
-            "Type": "AWS::Lambda::Function",
-            "Properties": {
-                "FunctionName": { "Fn::Sub": "${AWS::StackName}-squall" },
-                "Description": "Squall webhook delivery",
-                "Runtime": "provided.al2023",
-                "Handler": "bootstrap",
-                "Architectures": [{ "Ref": "Architecture" }],
-                "Code": { "S3Bucket": { "Ref": "CodeS3Bucket" }, "S3Key": { "Ref": "CodeS3Key" } },
-                "MemorySize": { "Ref": "MemorySize" },
-                "Timeout": plan.function_timeout_secs,
-                "Role": { "Fn::GetAtt": ["FunctionRole", "Arn"] },
-                "LoggingConfig": { "LogGroup": { "Ref": "LogGroup" }, "LogFormat": "Text" },
-                "Environment": { "Variables": env }
-            }
-        }),
+        function_resource(plan.function_timeout_secs, env),
     );
     outputs.insert(
         "DeadLetterQueueUrl".into(),
@@ -638,6 +565,519 @@ pub fn template(plan: &Plan) -> Value {
         "Description": format!(
             "Squall webhook delivery: {} application queue(s), shared DLQ and metrics queue, one Lambda function. Generated by `squall deploy template`; do not edit by hand.",
             plan.apps.len()),
+        "Parameters": parameters,
+        "Conditions": {
+            "HasAlarmTopic": { "Fn::Not": [{ "Fn::Equals": [{ "Ref": "AlarmTopicArn" }, ""] }] }
+        },
+        "Resources": resources,
+        "Outputs": outputs
+    })
+}
+
+/// Queue-name suffixes the stack itself uses (`<stack>-dlq`, `<stack>-metrics`): no
+/// application may have these ids, or its queue would be the shared one.
+pub const RESERVED_APP_IDS: [&str; 2] = ["dlq", "metrics"];
+
+/// The longest stack name whose queues fit SQS's 80-character queue names for every valid
+/// application id (`<stack>-<id>`, ids up to 40 characters).
+pub const MAX_REGISTRY_STACK_NAME: usize = 80 - 1 - 40;
+
+/// The queue name of application `app_id` in stack `stack`: `<stack>-<app id>`. The registry
+/// template's role may consume only queues named `<stack>-*`, so `squall apps create` must
+/// name queues with this.
+pub fn app_queue_name(stack: &str, app_id: &str) -> Result<String, DeployError> {
+    if logical_name(app_id).is_none() || RESERVED_APP_IDS.contains(&app_id) {
+        return Err(DeployError::BadAppId {
+            app: app_id.to_string(),
+        });
+    }
+    let name = format!("{stack}-{app_id}");
+    if stack.is_empty() || name.len() > 80 {
+        return Err(out_of_range(
+            "stack name".into(),
+            stack,
+            "queues are named <stack>-<app id> in at most 80 characters: keep the stack name within 39",
+        ));
+    }
+    Ok(name)
+}
+
+/// What the template of a registry deployment (`registry.backend = "dynamodb"`) reads: nothing
+/// per application.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistrySpec {
+    /// The function.
+    pub function: FunctionSettings,
+    /// `[app_defaults]` as an application: sizes the function timeout when `[lambda]
+    /// timeout_secs` is not set (applications are not known at deploy time).
+    pub defaults: AppSettings,
+    /// The registry's DynamoDB table name (`registry.table`).
+    pub table: String,
+    /// The SSM path of the applications' secrets (`registry.secret_path`, `/.../`).
+    pub secret_path: String,
+}
+
+/// The derived numbers of a registry deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistryPlan {
+    /// Function settings.
+    pub function: FunctionSettings,
+    /// Function timeout, seconds: `[lambda] timeout_secs`, else derived from `[app_defaults]`
+    /// as [`plan`] derives it from the applications. `squall apps create` gives each queue a
+    /// visibility timeout of 6 x this (the stack's `FunctionTimeout` output).
+    pub function_timeout_secs: u64,
+    /// The registry table.
+    pub table: String,
+    /// The secrets' SSM path.
+    pub secret_path: String,
+}
+
+/// Plan a registry deployment: the function and the shared parts only.
+pub fn plan_registry(spec: &RegistrySpec) -> Result<RegistryPlan, DeployError> {
+    let defaults = plan_app(&spec.defaults)?;
+    let function_timeout_secs = function_timeout(&spec.function, defaults.round_secs())?;
+    let table_ok = (3..=255).contains(&spec.table.len())
+        && spec
+            .table
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if !table_ok {
+        return Err(out_of_range(
+            "registry.table".into(),
+            &spec.table,
+            "a DynamoDB table name is 3-255 letters, digits, '_', '-' or '.'",
+        ));
+    }
+    let path_ok = spec.secret_path.starts_with('/')
+        && spec.secret_path.ends_with('/')
+        && spec
+            .secret_path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'));
+    if !path_ok {
+        return Err(out_of_range(
+            "registry.secret_path".into(),
+            &spec.secret_path,
+            "must be an SSM path starting and ending with '/'",
+        ));
+    }
+    Ok(RegistryPlan {
+        function: spec.function.clone(),
+        function_timeout_secs,
+        table: spec.table.clone(),
+        secret_path: spec.secret_path.clone(),
+    })
+}
+
+/// The SQS actions the registry function needs on the stack's queues: consume the
+/// applications' queues, and send re-sends, dead letters and metrics records.
+pub const REGISTRY_QUEUE_ACTIONS: [&str; 5] = [
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibility",
+    "sqs:SendMessage",
+    "sqs:GetQueueAttributes",
+];
+
+/// The DynamoDB actions the registry function needs (find by queue, read one, list).
+pub const REGISTRY_READ_ACTIONS: [&str; 3] =
+    ["dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan"];
+
+/// `arn:<partition>:<service>:<region>:<account>:<rest>`, in `Fn::Sub` syntax.
+fn sub_arn(service: &str, rest: &str) -> String {
+    format!("arn:${{AWS::Partition}}:{service}:${{AWS::Region}}:${{AWS::AccountId}}:{rest}")
+}
+
+/// The permissions `squall apps` needs, as policy statements whose strings use `Fn::Sub`
+/// syntax (`${AWS::StackName}`, `${AWS::Region}`...). [`apps_policy`] fills them in for a
+/// given stack; the registry template wraps them in `Fn::Sub`.
+fn apps_policy_statements(table: &str, secret_path: &str) -> Value {
+    let function = sub_arn("lambda", "function:${AWS::StackName}-squall");
+    let table_arn = sub_arn("dynamodb", &format!("table/{table}"));
+    json!([
+        { "Sid": "ManageAppQueues", "Effect": "Allow",
+          "Action": ["sqs:CreateQueue", "sqs:DeleteQueue", "sqs:GetQueueUrl",
+                     "sqs:GetQueueAttributes", "sqs:SetQueueAttributes",
+                     "sqs:TagQueue", "sqs:UntagQueue", "sqs:ListQueueTags"],
+          "Resource": [sub_arn("sqs", "${AWS::StackName}-*")] },
+        { "Sid": "CreateListMappings", "Effect": "Allow",
+          "Action": ["lambda:CreateEventSourceMapping", "lambda:ListEventSourceMappings"],
+          "Resource": ["*"],
+          "Condition": { "StringEquals": { "lambda:FunctionArn": function } } },
+        { "Sid": "ChangeMappings", "Effect": "Allow",
+          "Action": ["lambda:GetEventSourceMapping", "lambda:UpdateEventSourceMapping",
+                     "lambda:DeleteEventSourceMapping"],
+          "Resource": [sub_arn("lambda", "event-source-mapping:*")],
+          "Condition": { "StringEquals": { "lambda:FunctionArn": function } } },
+        { "Sid": "ManageAppAlarms", "Effect": "Allow",
+          "Action": ["cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms"],
+          "Resource": [sub_arn("cloudwatch", "alarm:${AWS::StackName}-*")] },
+        { "Sid": "WriteRegistry", "Effect": "Allow",
+          "Action": ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DeleteItem",
+                     "dynamodb:Query", "dynamodb:Scan"],
+          "Resource": [table_arn.clone(), format!("{table_arn}/index/*")] },
+        { "Sid": "CheckSecretReferences", "Effect": "Allow",
+          "Action": ["ssm:GetParameters"],
+          "Resource": [sub_arn("ssm", &format!("parameter{secret_path}*"))] }
+    ])
+}
+
+/// Where the `squall apps` policy applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyScope {
+    /// AWS partition (`aws`, `aws-cn`, `aws-us-gov`).
+    pub partition: String,
+    /// Region of the stack.
+    pub region: String,
+    /// Account id of the stack.
+    pub account: String,
+    /// Stack name (the queue, alarm and function name prefix).
+    pub stack: String,
+}
+
+/// The IAM policy document an operator attaches to whoever runs `squall apps` against the
+/// stack `scope.stack` (`squall deploy policy`): queues and alarms named `<stack>-*`, the
+/// stack function's event source mappings, the registry table, the secrets' path (read).
+pub fn apps_policy(plan: &RegistryPlan, scope: &PolicyScope) -> Value {
+    let mut statements = apps_policy_statements(&plan.table, &plan.secret_path);
+    let fill = |s: &str| {
+        s.replace("${AWS::Partition}", &scope.partition)
+            .replace("${AWS::Region}", &scope.region)
+            .replace("${AWS::AccountId}", &scope.account)
+            .replace("${AWS::StackName}", &scope.stack)
+    };
+    map_strings(&mut statements, &|s| Value::String(fill(s)));
+    json!({ "Version": "2012-10-17", "Statement": statements })
+}
+
+/// Replace every string in `v` (not object keys) by `f(string)`.
+fn map_strings(v: &mut Value, f: &dyn Fn(&str) -> Value) {
+    match v {
+        Value::String(s) => *v = f(s),
+        Value::Array(items) => items.iter_mut().for_each(|i| map_strings(i, f)),
+        Value::Object(map) => map.values_mut().for_each(|i| map_strings(i, f)),
+        _ => {}
+    }
+}
+
+/// The parameters both templates share.
+fn common_parameters(function: &FunctionSettings) -> serde_json::Map<String, Value> {
+    let mut parameters = serde_json::Map::new();
+    parameters.insert(
+        "Architecture".into(),
+        json!({
+            "Type": "String",
+            "Default": function.architecture.as_str(),
+            "AllowedValues": ["arm64", "x86_64"],
+            "Description": "CPU architecture of the function; the deployment zip must be built for it (scripts/package-lambda --arch)."
+        }),
+    );
+    parameters.insert(
+        "CodeS3Bucket".into(),
+        json!({ "Type": "String", "Description": "S3 bucket holding the deployment zip." }),
+    );
+    parameters.insert(
+        "CodeS3Key".into(),
+        json!({ "Type": "String", "Description": "S3 key of the deployment zip (change it to roll out a new build)." }),
+    );
+    parameters.insert(
+        "MemorySize".into(),
+        json!({ "Type": "Number", "Default": function.memory_mb, "MinValue": 128, "MaxValue": 10240,
+                "Description": "Function memory, MB (CPU scales with it)." }),
+    );
+    parameters.insert(
+        "AlarmTopicArn".into(),
+        json!({ "Type": "String", "Default": "", "Description": "SNS topic notified by the alarms; empty for none." }),
+    );
+    parameters
+}
+
+/// The shared dead-letter and metrics queues, the DLQ-depth alarm and the function's log
+/// group: in both templates.
+fn shared_resources(function: &FunctionSettings, resources: &mut serde_json::Map<String, Value>) {
+    resources.insert(
+        "DeadLetterQueue".into(),
+        json!({
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": { "Fn::Sub": "${AWS::StackName}-dlq" },
+                "MessageRetentionPeriod": MAX_RETENTION_SECS
+            }
+        }),
+    );
+    resources.insert(
+        "MetricsQueue".into(),
+        json!({
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": { "Fn::Sub": "${AWS::StackName}-metrics" },
+                "MessageRetentionPeriod": 4 * 24 * 3600
+            }
+        }),
+    );
+    resources.insert(
+        "DeadLetterQueueDepthAlarm".into(),
+        json!({
+            "Type": "AWS::CloudWatch::Alarm",
+            "Properties": {
+                "AlarmDescription": "Squall: events were dead-lettered; inspect the DLQ (reasons are in the message attributes).",
+                "Namespace": "AWS/SQS",
+                "MetricName": "ApproximateNumberOfMessagesVisible",
+                "Dimensions": [{ "Name": "QueueName", "Value": { "Fn::GetAtt": ["DeadLetterQueue", "QueueName"] } }],
+                "Statistic": "Maximum",
+                "Period": 60,
+                "EvaluationPeriods": 1,
+                "Threshold": 0,
+                "ComparisonOperator": "GreaterThanThreshold",
+                "TreatMissingData": "notBreaching",
+                "AlarmActions": alarm_actions()
+            }
+        }),
+    );
+    resources.insert(
+        "LogGroup".into(),
+        json!({
+            "Type": "AWS::Logs::LogGroup",
+            "Properties": {
+                "LogGroupName": { "Fn::Sub": "/aws/lambda/${AWS::StackName}-squall" },
+                "RetentionInDays": function.log_retention_days
+            }
+        }),
+    );
+}
+
+/// The function resource, with these environment variables and role.
+fn function_resource(function_timeout_secs: u64, env: serde_json::Map<String, Value>) -> Value {
+    json!({
+        "Type": "AWS::Lambda::Function",
+        "Properties": {
+            "FunctionName": { "Fn::Sub": "${AWS::StackName}-squall" },
+            "Description": "Squall webhook delivery",
+            "Runtime": "provided.al2023",
+            "Handler": "bootstrap",
+            "Architectures": [{ "Ref": "Architecture" }],
+            "Code": { "S3Bucket": { "Ref": "CodeS3Bucket" }, "S3Key": { "Ref": "CodeS3Key" } },
+            "MemorySize": { "Ref": "MemorySize" },
+            "Timeout": function_timeout_secs,
+            "Role": { "Fn::GetAtt": ["FunctionRole", "Arn"] },
+            "LoggingConfig": { "LogGroup": { "Ref": "LogGroup" }, "LogFormat": "Text" },
+            "Environment": { "Variables": env }
+        }
+    })
+}
+
+/// The environment every deployed function gets: the packaged config, the region, the
+/// shared queues.
+fn shared_env() -> serde_json::Map<String, Value> {
+    let mut env = serde_json::Map::new();
+    env.insert("SQUALL_CONFIG".into(), json!(PACKAGED_CONFIG_PATH));
+    env.insert(
+        "SQUALL__SQS__REGION".into(),
+        json!({ "Ref": "AWS::Region" }),
+    );
+    env.insert(
+        "SQUALL__SQS__DEAD_LETTER_QUEUE_URL".into(),
+        json!({ "Ref": "DeadLetterQueue" }),
+    );
+    env.insert(
+        "SQUALL__SQS__METRICS_QUEUE_URL".into(),
+        json!({ "Ref": "MetricsQueue" }),
+    );
+    env
+}
+
+/// An alarm on one of the function's `AWS/Lambda` metrics (sum over 5 minutes above 0).
+fn function_alarm(metric: &str, what: &str) -> Value {
+    json!({
+        "Type": "AWS::CloudWatch::Alarm",
+        "Properties": {
+            "AlarmDescription": format!("Squall: the function {what} (sum of {metric} over 5 minutes above 0)."),
+            "Namespace": "AWS/Lambda",
+            "MetricName": metric,
+            "Dimensions": [{ "Name": "FunctionName", "Value": { "Ref": "Function" } }],
+            "Statistic": "Sum",
+            "Period": 300,
+            "EvaluationPeriods": 1,
+            "Threshold": 0,
+            "ComparisonOperator": "GreaterThanThreshold",
+            "TreatMissingData": "notBreaching",
+            "AlarmActions": alarm_actions()
+        }
+    })
+}
+
+/// Render a registry plan as a CloudFormation template (JSON): the function, the shared DLQ
+/// and metrics queue, the registry table, alarms on the shared parts, the function's role and
+/// the `squall apps` operator policy. Nothing in it depends on the applications: they are
+/// created at run time by `squall apps create`, each with a queue named `<stack>-<app id>`
+/// (the stack name is the prefix; see [`app_queue_name`]).
+pub fn registry_template(plan: &RegistryPlan) -> Value {
+    let parameters = common_parameters(&plan.function);
+    let mut resources = serde_json::Map::new();
+    shared_resources(&plan.function, &mut resources);
+    resources.insert(
+        "RegistryTable".into(),
+        json!({
+            "Type": "AWS::DynamoDB::Table",
+            // The registry is the applications' only record: keep it if the stack goes.
+            "DeletionPolicy": "Retain",
+            "UpdateReplacePolicy": "Retain",
+            "Properties": {
+                "TableName": plan.table,
+                "BillingMode": "PAY_PER_REQUEST",
+                "AttributeDefinitions": [
+                    { "AttributeName": "app_id", "AttributeType": "S" },
+                    { "AttributeName": "queue_key", "AttributeType": "S" }
+                ],
+                "KeySchema": [{ "AttributeName": "app_id", "KeyType": "HASH" }],
+                "GlobalSecondaryIndexes": [{
+                    "IndexName": REGISTRY_QUEUE_INDEX,
+                    "KeySchema": [{ "AttributeName": "queue_key", "KeyType": "HASH" }],
+                    "Projection": { "ProjectionType": "ALL" }
+                }],
+                "PointInTimeRecoverySpecification": { "PointInTimeRecoveryEnabled": true }
+            }
+        }),
+    );
+    resources.insert(
+        "FunctionErrorsAlarm".into(),
+        function_alarm("Errors", "failed invocations (crash or timeout)"),
+    );
+    resources.insert(
+        "FunctionThrottlesAlarm".into(),
+        function_alarm(
+            "Throttles",
+            "was throttled (account or reserved concurrency reached)",
+        ),
+    );
+    let secret_arn = sub_arn("ssm", &format!("parameter{}*", plan.secret_path));
+    resources.insert(
+        "FunctionRole".into(),
+        json!({
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "AssumeRolePolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [{
+                        "Effect": "Allow",
+                        "Principal": { "Service": "lambda.amazonaws.com" },
+                        "Action": "sts:AssumeRole"
+                    }]
+                },
+                "Policies": [{
+                    "PolicyName": "squall-function",
+                    "PolicyDocument": {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            { "Sid": "StackQueues", "Effect": "Allow",
+                              "Action": REGISTRY_QUEUE_ACTIONS,
+                              "Resource": [{ "Fn::Sub": sub_arn("sqs", "${AWS::StackName}-*") }] },
+                            { "Sid": "ReadRegistry", "Effect": "Allow",
+                              "Action": REGISTRY_READ_ACTIONS,
+                              "Resource": [
+                                  { "Fn::GetAtt": ["RegistryTable", "Arn"] },
+                                  { "Fn::Sub": format!("${{RegistryTable.Arn}}/index/{REGISTRY_QUEUE_INDEX}") }
+                              ] },
+                            { "Sid": "ReadSecrets", "Effect": "Allow",
+                              "Action": ["ssm:GetParameters"],
+                              "Resource": [{ "Fn::Sub": secret_arn }] },
+                            { "Sid": "DecryptSecretsThroughSsm", "Effect": "Allow",
+                              "Action": ["kms:Decrypt"],
+                              "Resource": [{ "Fn::Sub": sub_arn("kms", "key/*") }],
+                              // Only through SSM, which checks ssm:GetParameters above (the
+                              // secret path) before it decrypts.
+                              "Condition": {
+                                  "StringEquals": { "kms:ViaService": { "Fn::Sub": "ssm.${AWS::Region}.amazonaws.com" } }
+                              } },
+                            { "Sid": "WriteLogs", "Effect": "Allow",
+                              "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                              "Resource": [{ "Fn::GetAtt": ["LogGroup", "Arn"] }] }
+                        ]
+                    }
+                }]
+            }
+        }),
+    );
+    let mut env = shared_env();
+    env.insert("SQUALL__REGISTRY__BACKEND".into(), json!("dynamodb"));
+    env.insert(
+        "SQUALL__REGISTRY__TABLE".into(),
+        json!({ "Ref": "RegistryTable" }),
+    );
+    resources.insert(
+        "Function".into(),
+        function_resource(plan.function_timeout_secs, env),
+    );
+    let mut statements = apps_policy_statements(&plan.table, &plan.secret_path);
+    map_strings(&mut statements, &|s| {
+        if s.contains("${") {
+            json!({ "Fn::Sub": s })
+        } else {
+            json!(s)
+        }
+    });
+    resources.insert(
+        "AppsOperatorPolicy".into(),
+        json!({
+            "Type": "AWS::IAM::ManagedPolicy",
+            "Properties": {
+                "Description": "What `squall apps` needs on this stack: attach it to the operators' role (not attached by the stack).",
+                "PolicyDocument": { "Version": "2012-10-17", "Statement": statements }
+            }
+        }),
+    );
+
+    let mut outputs = serde_json::Map::new();
+    let mut output = |name: &str, description: &str, value: Value| {
+        outputs.insert(
+            name.into(),
+            json!({ "Description": description, "Value": value }),
+        );
+    };
+    output(
+        "DeadLetterQueueUrl",
+        "Shared dead-letter queue.",
+        json!({ "Ref": "DeadLetterQueue" }),
+    );
+    output(
+        "DeadLetterQueueArn",
+        "Shared dead-letter queue (the redrive target of every application queue).",
+        json!({ "Fn::GetAtt": ["DeadLetterQueue", "Arn"] }),
+    );
+    output(
+        "MetricsQueueUrl",
+        "Shared metrics queue (one JSON record per attempt).",
+        json!({ "Ref": "MetricsQueue" }),
+    );
+    output(
+        "FunctionName",
+        "The Squall function.",
+        json!({ "Ref": "Function" }),
+    );
+    output(
+        "FunctionTimeout",
+        "Function timeout, seconds: application queues get 6 x this as visibility timeout.",
+        json!(plan.function_timeout_secs.to_string()),
+    );
+    output(
+        "QueueNamePrefix",
+        "Application queues must be named <prefix><app id> (squall apps create does).",
+        json!({ "Fn::Sub": "${AWS::StackName}-" }),
+    );
+    output(
+        "RegistryTableName",
+        "The application registry.",
+        json!({ "Ref": "RegistryTable" }),
+    );
+    output(
+        "AppsOperatorPolicyArn",
+        "Managed policy with what `squall apps` needs on this stack.",
+        json!({ "Ref": "AppsOperatorPolicy" }),
+    );
+
+    json!({
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": "Squall webhook delivery with an application registry: one Lambda function, shared DLQ and metrics queue, the registry table; application queues are created at run time by `squall apps create`. Generated by `squall deploy template`; do not edit by hand.",
         "Parameters": parameters,
         "Conditions": {
             "HasAlarmTopic": { "Fn::Not": [{ "Fn::Equals": [{ "Ref": "AlarmTopicArn" }, ""] }] }
@@ -877,5 +1317,360 @@ mod tests {
         let f = &t["Resources"]["Function"]["Properties"];
         assert_eq!(f["Runtime"], "provided.al2023");
         assert_eq!(t["Parameters"]["Architecture"]["Default"], "arm64");
+    }
+    fn registry_spec() -> RegistrySpec {
+        RegistrySpec {
+            function: FunctionSettings::default(),
+            defaults: app("defaults", 64),
+            table: "squall-registry".into(),
+            secret_path: "/squall/".into(),
+        }
+    }
+
+    fn registry_text() -> (RegistryPlan, Value) {
+        let p = plan_registry(&registry_spec()).unwrap();
+        let text = serde_json::to_string_pretty(&registry_template(&p)).unwrap();
+        (p, serde_json::from_str(&text).unwrap())
+    }
+
+    fn keys(v: &Value) -> BTreeSet<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn registry_template_holds_the_shared_parts_only() {
+        let (p, t) = registry_text();
+        // 15 s deliveries, 10 per batch, 10 at once: one round + 15 s margin = 30 s.
+        assert_eq!(p.function_timeout_secs, 30);
+        assert_eq!(
+            keys(&t["Resources"]),
+            set(&[
+                "AppsOperatorPolicy",
+                "DeadLetterQueue",
+                "DeadLetterQueueDepthAlarm",
+                "Function",
+                "FunctionErrorsAlarm",
+                "FunctionRole",
+                "FunctionThrottlesAlarm",
+                "LogGroup",
+                "MetricsQueue",
+                "RegistryTable",
+            ])
+        );
+        assert!(resources_of_type(&t, "AWS::Lambda::EventSourceMapping").is_empty());
+        assert_eq!(resources_of_type(&t, "AWS::SQS::Queue").len(), 2);
+        assert_eq!(
+            keys(&t["Parameters"]),
+            set(&[
+                "AlarmTopicArn",
+                "Architecture",
+                "CodeS3Bucket",
+                "CodeS3Key",
+                "MemorySize"
+            ])
+        );
+        let env = &t["Resources"]["Function"]["Properties"]["Environment"]["Variables"];
+        assert_eq!(
+            keys(env),
+            set(&[
+                "SQUALL_CONFIG",
+                "SQUALL__REGISTRY__BACKEND",
+                "SQUALL__REGISTRY__TABLE",
+                "SQUALL__SQS__DEAD_LETTER_QUEUE_URL",
+                "SQUALL__SQS__METRICS_QUEUE_URL",
+                "SQUALL__SQS__REGION",
+            ])
+        );
+        assert_eq!(env["SQUALL__REGISTRY__BACKEND"], "dynamodb");
+        assert_eq!(env["SQUALL__REGISTRY__TABLE"]["Ref"], "RegistryTable");
+
+        // The table: as the engine's DynamoStore::create_table makes it.
+        let table = &t["Resources"]["RegistryTable"];
+        assert_eq!(table["DeletionPolicy"], "Retain");
+        let tp = &table["Properties"];
+        assert_eq!(tp["TableName"], "squall-registry");
+        assert_eq!(tp["BillingMode"], "PAY_PER_REQUEST");
+        assert_eq!(
+            tp["KeySchema"],
+            json!([{ "AttributeName": "app_id", "KeyType": "HASH" }])
+        );
+        assert_eq!(
+            tp["GlobalSecondaryIndexes"],
+            json!([{ "IndexName": "queue_key-index",
+                     "KeySchema": [{ "AttributeName": "queue_key", "KeyType": "HASH" }],
+                     "Projection": { "ProjectionType": "ALL" } }])
+        );
+        assert_eq!(
+            tp["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"],
+            true
+        );
+
+        // Alarms on the shared parts only.
+        let alarms: BTreeSet<String> = resources_of_type(&t, "AWS::CloudWatch::Alarm")
+            .into_iter()
+            .map(|(name, a)| format!("{name}:{}", a["Properties"]["MetricName"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            alarms,
+            set(&[
+                "DeadLetterQueueDepthAlarm:ApproximateNumberOfMessagesVisible",
+                "FunctionErrorsAlarm:Errors",
+                "FunctionThrottlesAlarm:Throttles",
+            ])
+        );
+        assert_eq!(
+            keys(&t["Outputs"]),
+            set(&[
+                "AppsOperatorPolicyArn",
+                "DeadLetterQueueArn",
+                "DeadLetterQueueUrl",
+                "FunctionName",
+                "FunctionTimeout",
+                "MetricsQueueUrl",
+                "QueueNamePrefix",
+                "RegistryTableName",
+            ])
+        );
+        assert_eq!(t["Outputs"]["FunctionTimeout"]["Value"], "30");
+    }
+
+    #[test]
+    fn registry_role_is_limited_to_the_stack_the_table_and_the_secret_path() {
+        let (_, t) = registry_text();
+        let role = &t["Resources"]["FunctionRole"]["Properties"];
+        assert!(role.get("ManagedPolicyArns").is_none());
+        let statements = role["Policies"][0]["PolicyDocument"]["Statement"]
+            .as_array()
+            .unwrap();
+        let mut seen = BTreeSet::new();
+        for s in statements {
+            assert_eq!(s["Effect"], "Allow");
+            let actions: BTreeSet<String> = s["Action"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+                .collect();
+            for a in &actions {
+                assert!(!a.contains('*'), "no wildcard action: {a}");
+                assert!(seen.insert(a.clone()), "{a} granted twice");
+            }
+            let resources = serde_json::to_string(&s["Resource"]).unwrap();
+            match s["Sid"].as_str().unwrap() {
+                "StackQueues" => {
+                    assert_eq!(actions, set(&REGISTRY_QUEUE_ACTIONS));
+                    assert_eq!(
+                        s["Resource"],
+                        json!([{ "Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${AWS::StackName}-*" }])
+                    );
+                }
+                "ReadRegistry" => {
+                    assert_eq!(actions, set(&REGISTRY_READ_ACTIONS));
+                    assert_eq!(
+                        s["Resource"],
+                        json!([{ "Fn::GetAtt": ["RegistryTable", "Arn"] },
+                               { "Fn::Sub": "${RegistryTable.Arn}/index/queue_key-index" }])
+                    );
+                }
+                "ReadSecrets" => {
+                    assert_eq!(actions, set(&["ssm:GetParameters"]));
+                    assert_eq!(
+                        s["Resource"],
+                        json!([{ "Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/squall/*" }])
+                    );
+                }
+                "DecryptSecretsThroughSsm" => {
+                    assert_eq!(actions, set(&["kms:Decrypt"]));
+                    assert_eq!(
+                        s["Condition"]["StringEquals"]["kms:ViaService"]["Fn::Sub"],
+                        "ssm.${AWS::Region}.amazonaws.com"
+                    );
+                    assert!(resources.contains(":key/*"), "{resources}");
+                }
+                "WriteLogs" => {
+                    assert_eq!(actions, set(&["logs:CreateLogStream", "logs:PutLogEvents"]));
+                    assert_eq!(arn_targets(&s["Resource"]), set(&["LogGroup"]));
+                }
+                other => panic!("unexpected statement {other}"),
+            }
+        }
+        assert_eq!(seen.len(), 12);
+    }
+
+    /// Resolve a template value as CloudFormation would, for the environment test.
+    fn resolve(v: &Value, refs: &dyn Fn(&str) -> String) -> String {
+        match v {
+            Value::String(s) => s.clone(),
+            Value::Object(m) if m.contains_key("Ref") => refs(m["Ref"].as_str().unwrap()),
+            other => panic!("unexpected environment value {other}"),
+        }
+    }
+
+    #[test]
+    fn registry_function_environment_fits_in_4_kb_whatever_the_names() {
+        let mut spec = registry_spec();
+        // The longest names AWS allows: a 255-character table, a stack name as long as a
+        // queue name allows (`<stack>-metrics` within 80), the longest region in the longest
+        // SQS domain (China), a 12-digit account.
+        spec.table = "t".repeat(255);
+        let p = plan_registry(&spec).unwrap();
+        let t = registry_template(&p);
+        let stack = "s".repeat(80 - "-metrics".len());
+        let region = "ap-southeast-7";
+        let url = |suffix: &str| {
+            format!("https://sqs.{region}.amazonaws.com.cn/123456789012/{stack}-{suffix}")
+        };
+        let refs = |name: &str| match name {
+            "AWS::Region" => region.to_string(),
+            "DeadLetterQueue" => url("dlq"),
+            "MetricsQueue" => url("metrics"),
+            "RegistryTable" => spec.table.clone(),
+            other => panic!("unexpected Ref {other} in the environment"),
+        };
+        let env = t["Resources"]["Function"]["Properties"]["Environment"]["Variables"]
+            .as_object()
+            .unwrap();
+        let resolved: serde_json::Map<String, Value> = env
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(resolve(v, &refs))))
+            .collect();
+        // Lambda counts keys and values; the JSON form (quotes, colons, commas) is an upper
+        // bound of that.
+        let keys_and_values: usize = resolved
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().unwrap().len())
+            .sum();
+        let as_json = serde_json::to_string(&resolved).unwrap().len();
+        assert!(keys_and_values <= as_json);
+        assert!(as_json < 4096, "resolved environment is {as_json} bytes");
+        // Recorded in docs/deploy.md: 712 bytes of keys and values, 749 as JSON.
+        assert_eq!((keys_and_values, as_json), (712, 749));
+    }
+
+    #[test]
+    fn registry_template_is_within_cloudformation_limits() {
+        let (_, t) = registry_text();
+        let count = |k: &str| t[k].as_object().unwrap().len();
+        assert!(count("Resources") <= 500, "{}", count("Resources"));
+        assert!(count("Parameters") <= 200);
+        assert!(count("Outputs") <= 200);
+        assert_eq!(
+            (count("Resources"), count("Parameters"), count("Outputs")),
+            (10, 5, 8)
+        );
+        // A template body passed inline must fit 51,200 bytes (S3: 1 MB).
+        let text = serde_json::to_string_pretty(&t).unwrap();
+        assert!(text.len() < 51_200, "{}", text.len());
+
+        // For contrast: the file-backend template for 300 applications is over every limit.
+        let apps = (0..300).map(|i| app(&format!("app{i}"), 64)).collect();
+        let big = template(&plan(&spec(apps)).unwrap());
+        let n = |k: &str| big[k].as_object().unwrap().len();
+        assert!(
+            n("Resources") > 500 && n("Outputs") > 200,
+            "{}",
+            n("Resources")
+        );
+    }
+
+    #[test]
+    fn registry_plan_refuses_bad_names_and_sizes_the_function_from_the_defaults() {
+        let mut s = registry_spec();
+        s.table = "a b".into();
+        assert!(
+            plan_registry(&s)
+                .unwrap_err()
+                .to_string()
+                .contains("registry.table")
+        );
+        let mut s = registry_spec();
+        s.secret_path = "squall".into();
+        assert!(
+            plan_registry(&s)
+                .unwrap_err()
+                .to_string()
+                .contains("registry.secret_path")
+        );
+        let mut s = registry_spec();
+        s.defaults.delivery_timeout_ms = 60_000;
+        assert_eq!(plan_registry(&s).unwrap().function_timeout_secs, 75);
+        s.function.timeout_secs = Some(120);
+        assert_eq!(plan_registry(&s).unwrap().function_timeout_secs, 120);
+    }
+
+    #[test]
+    fn app_queues_are_named_after_the_stack() {
+        assert_eq!(
+            app_queue_name("squall", "billing").unwrap(),
+            "squall-billing"
+        );
+        for reserved in RESERVED_APP_IDS {
+            assert!(app_queue_name("squall", reserved).is_err(), "{reserved}");
+        }
+        assert!(app_queue_name("squall", "a.b").is_err());
+        let stack = "s".repeat(MAX_REGISTRY_STACK_NAME);
+        assert!(app_queue_name(&stack, &"a".repeat(40)).is_ok());
+        assert!(app_queue_name(&format!("{stack}s"), &"a".repeat(40)).is_err());
+    }
+
+    #[test]
+    fn apps_policy_is_filled_in_for_one_stack() {
+        let p = plan_registry(&registry_spec()).unwrap();
+        let scope = PolicyScope {
+            partition: "aws".into(),
+            region: "eu-west-1".into(),
+            account: "123456789012".into(),
+            stack: "squall".into(),
+        };
+        let doc = apps_policy(&p, &scope);
+        let text = serde_json::to_string(&doc).unwrap();
+        assert!(!text.contains("${"), "unfilled placeholder: {text}");
+        let statements = doc["Statement"].as_array().unwrap();
+        let by_sid = |sid: &str| {
+            statements
+                .iter()
+                .find(|s| s["Sid"] == sid)
+                .unwrap_or_else(|| panic!("{sid}"))
+        };
+        assert_eq!(
+            by_sid("ManageAppQueues")["Resource"],
+            json!(["arn:aws:sqs:eu-west-1:123456789012:squall-*"])
+        );
+        assert_eq!(
+            by_sid("ManageAppAlarms")["Resource"],
+            json!(["arn:aws:cloudwatch:eu-west-1:123456789012:alarm:squall-*"])
+        );
+        for sid in ["CreateListMappings", "ChangeMappings"] {
+            assert_eq!(
+                by_sid(sid)["Condition"]["StringEquals"]["lambda:FunctionArn"],
+                "arn:aws:lambda:eu-west-1:123456789012:function:squall-squall"
+            );
+        }
+        assert_eq!(
+            by_sid("WriteRegistry")["Resource"],
+            json!([
+                "arn:aws:dynamodb:eu-west-1:123456789012:table/squall-registry",
+                "arn:aws:dynamodb:eu-west-1:123456789012:table/squall-registry/index/*"
+            ])
+        );
+        assert_eq!(
+            by_sid("CheckSecretReferences")["Resource"],
+            json!(["arn:aws:ssm:eu-west-1:123456789012:parameter/squall/*"])
+        );
+        // The template's managed policy is the same document, in Fn::Sub form.
+        let t = registry_template(&p);
+        let in_template = &t["Resources"]["AppsOperatorPolicy"]["Properties"]["PolicyDocument"];
+        assert_eq!(
+            in_template["Statement"].as_array().unwrap().len(),
+            statements.len()
+        );
+        assert_eq!(
+            in_template["Statement"][0]["Resource"][0]["Fn::Sub"],
+            "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${AWS::StackName}-*"
+        );
     }
 }

@@ -9,3 +9,4 @@ mod plugins;
 mod registry;
 mod ssrf;
 mod supply;
+mod template;

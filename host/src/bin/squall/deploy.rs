@@ -4,13 +4,23 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use squall::config::{self, Config};
-use squall::deploy::{self, AppSettings, Architecture, DeploySpec, FunctionSettings};
+use squall::config::{AppConfig, RegistryBackend};
+use squall::deploy::{
+    self, AppSettings, Architecture, DeploySpec, FunctionSettings, PolicyScope, RegistrySpec,
+};
 
 /// Deployment subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum DeployCommand {
-    /// Print the CloudFormation template (JSON) for the applications in the config file.
+    /// Print the CloudFormation template (JSON) for the config file: with the file registry,
+    /// one queue, mapping and alarm per `[apps.NAME]`; with `registry.backend = "dynamodb"`,
+    /// the shared parts only (function, DLQ, metrics queue, registry table), the same
+    /// whatever the registry holds.
     Template(TemplateArgs),
+    /// Print the IAM policy (JSON) that whoever runs `squall apps` against a registry stack
+    /// needs: queues and alarms named `<stack>-*`, the function's event source mappings, the
+    /// registry table, the secrets' path (read).
+    Policy(PolicyArgs),
     /// Stage the files of the deployment zip: the config as `squall.toml` with its plugins
     /// under `plugins/` (paths rewritten, each pinned by the SHA-256 of the file bundled),
     /// and optionally precompiled `.cwasm` beside them.
@@ -43,18 +53,142 @@ pub struct TemplateArgs {
     pub config: PathBuf,
 }
 
+/// Arguments of `squall deploy policy`.
+#[derive(Debug, clap::Args)]
+pub struct PolicyArgs {
+    /// The Squall config file (`registry.backend = "dynamodb"`).
+    #[arg(long, default_value = "squall.toml")]
+    pub config: PathBuf,
+    /// The CloudFormation stack name (the prefix of the stack's queue, alarm and function names).
+    #[arg(long)]
+    pub stack: String,
+    /// The AWS account id of the stack (12 digits).
+    #[arg(long)]
+    pub account: String,
+    /// The stack's region; default: `[sqs] region` of the config.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// The AWS partition.
+    #[arg(long, default_value = "aws")]
+    pub partition: String,
+}
+
 pub fn main(cmd: DeployCommand) -> anyhow::Result<()> {
     match cmd {
         DeployCommand::Template(args) => {
             let config = config::load(Some(&args.config))?;
-            let spec = spec_from_config(&config);
-            let plan = deploy::plan(&spec)
+            let context = || format!("in config file {}", args.config.display());
+            let template = if config.registry.backend == RegistryBackend::Dynamodb {
+                let plan = deploy::plan_registry(&registry_spec_from_config(&config)?)
+                    .with_context(context)?;
+                deploy::registry_template(&plan)
+            } else {
+                let plan = deploy::plan(&spec_from_config(&config)).with_context(context)?;
+                deploy::template(&plan)
+            };
+            println!("{}", serde_json::to_string_pretty(&template)?);
+            Ok(())
+        }
+        DeployCommand::Policy(args) => {
+            let config = config::load(Some(&args.config))?;
+            if config.registry.backend != RegistryBackend::Dynamodb {
+                bail!(
+                    "{}: registry.backend is \"file\": `squall apps` works on a DynamoDB registry; set [registry] backend = \"dynamodb\" and table",
+                    args.config.display()
+                );
+            }
+            let plan = deploy::plan_registry(&registry_spec_from_config(&config)?)
                 .with_context(|| format!("in config file {}", args.config.display()))?;
-            let out = serde_json::to_string_pretty(&deploy::template(&plan))?;
-            println!("{out}");
+            let Some(region) = args.region.clone().or_else(|| config.sqs.region.clone()) else {
+                bail!("no region: pass --region or set [sqs] region in the config");
+            };
+            let scope = policy_scope(&args.stack, &args.account, &region, &args.partition)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&deploy::apps_policy(&plan, &scope))?
+            );
             Ok(())
         }
         DeployCommand::Bundle(args) => bundle(&args),
+    }
+}
+
+/// The policy's scope, each part checked so that nothing but a name lands in an ARN.
+fn policy_scope(
+    stack: &str,
+    account: &str,
+    region: &str,
+    partition: &str,
+) -> anyhow::Result<PolicyScope> {
+    let name_like =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !(name_like(stack) && stack.starts_with(|c: char| c.is_ascii_alphabetic())) {
+        bail!("--stack {stack:?}: a stack name is letters, digits and '-', starting with a letter");
+    }
+    if stack.len() > deploy::MAX_REGISTRY_STACK_NAME {
+        bail!(
+            "--stack {stack:?}: application queues are named <stack>-<app id> in at most 80 characters, so the stack name may have at most {} characters",
+            deploy::MAX_REGISTRY_STACK_NAME
+        );
+    }
+    if !(account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())) {
+        bail!("--account {account:?}: an AWS account id is 12 digits");
+    }
+    if !name_like(region) {
+        bail!("region {region:?}: not a region name");
+    }
+    if !name_like(partition) {
+        bail!("--partition {partition:?}: not a partition name");
+    }
+    Ok(PolicyScope {
+        partition: partition.to_string(),
+        region: region.to_string(),
+        account: account.to_string(),
+        stack: stack.to_string(),
+    })
+}
+
+/// The registry deployment's view of a loaded config (`registry.backend = "dynamodb"`).
+pub fn registry_spec_from_config(config: &Config) -> anyhow::Result<RegistrySpec> {
+    // `[app_defaults]` as an application sizes the function timeout. Only its delivery
+    // numbers count; the signing key is pinned to a placeholder reference (never read) so
+    // defaults that name no secret still make a valid application.
+    let defaults = config
+        .app_from_toml(
+            "defaults",
+            "signing_key = \"default\"\nsecrets = { default = \"env:SQUALL_TEMPLATE_SIZING\" }",
+            "[app_defaults]",
+        )
+        .context("[app_defaults] is not a valid application")?;
+    Ok(RegistrySpec {
+        function: function_settings(config),
+        defaults: app_settings(&defaults),
+        table: config.registry.table.clone().unwrap_or_default(),
+        secret_path: config.registry.secret_path.clone(),
+    })
+}
+
+fn app_settings(a: &AppConfig) -> AppSettings {
+    AppSettings {
+        id: a.id.clone(),
+        max_concurrency: a.max_concurrency,
+        delivery_timeout_ms: a.timeout_ms,
+        retry_horizon_secs: a.retry_limits.horizon_secs,
+        batch_size: a.lambda.batch_size,
+        batching_window_secs: a.lambda.batching_window_secs,
+        age_alarm_secs: a.lambda.age_alarm_secs,
+    }
+}
+
+fn function_settings(config: &Config) -> FunctionSettings {
+    FunctionSettings {
+        architecture: match config.lambda.architecture {
+            config::Architecture::Arm64 => Architecture::Arm64,
+            config::Architecture::X86_64 => Architecture::X86_64,
+        },
+        memory_mb: config.lambda.memory_mb,
+        timeout_secs: config.lambda.timeout_secs,
+        log_retention_days: config.lambda.log_retention_days,
     }
 }
 
@@ -192,19 +326,7 @@ fn bundle(args: &BundleArgs) -> anyhow::Result<()> {
 
 /// The deployment view of a loaded config.
 pub fn spec_from_config(config: &Config) -> DeploySpec {
-    let apps = config
-        .apps
-        .iter()
-        .map(|a| AppSettings {
-            id: a.id.clone(),
-            max_concurrency: a.max_concurrency,
-            delivery_timeout_ms: a.timeout_ms,
-            retry_horizon_secs: a.retry_limits.horizon_secs,
-            batch_size: a.lambda.batch_size,
-            batching_window_secs: a.lambda.batching_window_secs,
-            age_alarm_secs: a.lambda.age_alarm_secs,
-        })
-        .collect();
+    let apps = config.apps.iter().map(app_settings).collect();
     let mut secret_env_vars: Vec<String> = Vec::new();
     for a in &config.apps {
         for v in a.secret_env_vars() {
@@ -215,15 +337,7 @@ pub fn spec_from_config(config: &Config) -> DeploySpec {
     }
     DeploySpec {
         apps,
-        function: FunctionSettings {
-            architecture: match config.lambda.architecture {
-                config::Architecture::Arm64 => Architecture::Arm64,
-                config::Architecture::X86_64 => Architecture::X86_64,
-            },
-            memory_mb: config.lambda.memory_mb,
-            timeout_secs: config.lambda.timeout_secs,
-            log_retention_days: config.lambda.log_retention_days,
-        },
+        function: function_settings(config),
         secret_env_vars,
     }
 }
@@ -288,5 +402,51 @@ mod tests {
         // And the plan accepts it.
         let plan = deploy::plan(&spec).unwrap();
         assert_eq!(plan.apps[1].maximum_concurrency, 2);
+    }
+
+    #[test]
+    fn registry_spec_sizes_the_function_from_app_defaults_whatever_they_sign_with() {
+        let config = Config::from_toml_str(
+            r#"
+            [registry]
+            backend = "dynamodb"
+            table = "squall-registry"
+            secret_path = "/hooks/"
+            [app_defaults]
+            timeout_ms = 40000
+            signing_key = "stripe"
+            "#,
+            std::path::Path::new("."),
+            Vec::<(String, String)>::new(),
+        )
+        .unwrap();
+        let spec = registry_spec_from_config(&config).unwrap();
+        assert_eq!(spec.defaults.delivery_timeout_ms, 40_000);
+        assert_eq!(
+            (spec.table.as_str(), spec.secret_path.as_str()),
+            ("squall-registry", "/hooks/")
+        );
+        // One round of 40 s + 15 s margin.
+        assert_eq!(
+            deploy::plan_registry(&spec).unwrap().function_timeout_secs,
+            55
+        );
+    }
+
+    #[test]
+    fn policy_scope_refuses_what_would_not_name_the_stack() {
+        assert!(policy_scope("squall", "123456789012", "eu-west-1", "aws").is_ok());
+        for (stack, account, region) in [
+            ("squall*", "123456789012", "eu-west-1"),
+            ("1squall", "123456789012", "eu-west-1"),
+            (&"s".repeat(40) as &str, "123456789012", "eu-west-1"),
+            ("squall", "12345", "eu-west-1"),
+            ("squall", "123456789012", "eu-west-1:x"),
+        ] {
+            assert!(
+                policy_scope(stack, account, region, "aws").is_err(),
+                "{stack} {account} {region}"
+            );
+        }
     }
 }
