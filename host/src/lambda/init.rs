@@ -12,7 +12,7 @@ use crate::config::{self, Config, RegistryBackend};
 use crate::pipeline::SystemClock;
 use crate::plugin::PluginError;
 use crate::queue::sqs::{SqsQueues, SqsSettings};
-use crate::registry::{self, Directory};
+use crate::registry;
 
 /// Why the function could not start.
 #[derive(Debug, thiserror::Error)]
@@ -75,14 +75,9 @@ pub async fn from_config(config: &Config) -> Result<Function<SqsQueues>, InitErr
         // Nothing per application at init: each is read, with its secrets, and built on the
         // first event from its queue.
         RegistryBackend::Dynamodb => {
-            config.require_queues()?;
-            let builder =
-                apps::AppBuilder::new(config, PluginSetup::lambda()).map_err(InitError::Runtime)?;
-            let sqs = SqsQueues::connect(&SqsSettings::from_config(config)).await;
-            let (store, secrets) =
-                registry::connect(config, &registry::aws_settings(config)).await?;
             let clock: Arc<SystemClock> = Arc::new(SystemClock);
-            let directory = Directory::new(config.clone(), store, secrets, builder, clock.clone());
+            let directory = registry::start(config, PluginSetup::lambda(), clock.clone()).await?;
+            let sqs = SqsQueues::connect(&SqsSettings::from_config(config)).await;
             Function::with_registry(
                 Arc::new(sqs),
                 directory,

@@ -130,6 +130,34 @@ pub async fn connect(
     ))
 }
 
+/// The start-up sequence on a registry, for `squall run` and the Lambda init: check the
+/// configuration (a dead-letter queue; no `[apps.*]` in the file), make the process-wide parts
+/// (`plugins` says how the plugin runtime is made, when an application first needs it), connect
+/// to the table and the secret store. Nothing per application: each is read and built on first
+/// use through the returned directory.
+pub async fn start(
+    config: &Config,
+    plugins: crate::apps::PluginSetup,
+    clock: std::sync::Arc<dyn crate::pipeline::Clock>,
+) -> Result<Directory, crate::apps::StartupError> {
+    config.require_queues()?;
+    let builder = crate::apps::AppBuilder::new(config, plugins)
+        .map_err(crate::apps::StartupError::Runtime)?;
+    let (store, secrets) = connect(config, &aws_settings(config)).await?;
+    tracing::info!(
+        table = store.table(),
+        ttl_secs = config.registry.ttl.as_secs(),
+        "applications from the registry"
+    );
+    Ok(Directory::new(
+        config.clone(),
+        store,
+        secrets,
+        builder,
+        clock,
+    ))
+}
+
 /// `config` with the registry's applications in `apps`, as if the file held them (the
 /// operations verbs, `squall ops status` and the like, then work unchanged on registry
 /// applications). A file-backend config is returned as it is. An invalid item is skipped with

@@ -10,7 +10,7 @@ use squall::config::{Config, RegistryBackend};
 use squall::pipeline::SystemClock;
 use squall::queue::QueueError;
 use squall::queue::sqs::{SqsQueues, SqsSettings};
-use squall::registry::{self, Directory};
+use squall::registry;
 use squall::runner::{Runner, RunnerSettings};
 
 /// Arguments of `squall run`.
@@ -62,15 +62,8 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
             let apps::Apps {
                 builder: _builder,
                 built: apps,
-            } = apps::from_config(&config, PluginSetup::from_config(&config)).map_err(
-                |e| match e {
-                    StartupError::Runtime(e) => {
-                        anyhow::Error::new(e).context("creating the plugin runtime")
-                    }
-                    StartupError::Config(e) => e.into(),
-                    StartupError::Build(e) => e.into(),
-                },
-            )?;
+            } = apps::from_config(&config, PluginSetup::from_config(&config))
+                .map_err(startup_error)?;
             rt.block_on(async move {
                 let sqs = Arc::new(SqsQueues::connect(&sqs_settings).await);
                 check_queues(&sqs, &config).await?;
@@ -86,40 +79,39 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
                 )
             })?
         }
-        RegistryBackend::Dynamodb => {
-            config.require_queues()?;
-            let builder = apps::AppBuilder::new(&config, PluginSetup::from_config(&config))
-                .context("creating the plugin runtime")?;
-            rt.block_on(async move {
-                let sqs = Arc::new(SqsQueues::connect(&sqs_settings).await);
-                check_queues(&sqs, &config).await?;
-                let (store, secrets) =
-                    registry::connect(&config, &registry::aws_settings(&config)).await?;
-                tracing::info!(
-                    table = store.table(),
-                    ttl_secs = config.registry.ttl.as_secs(),
-                    endpoint = sqs_settings.endpoint_url.as_deref().unwrap_or("aws"),
-                    "squall run starting on the registry"
-                );
-                let directory = Arc::new(Directory::new(
-                    config.clone(),
-                    store,
-                    secrets,
-                    builder,
-                    Arc::new(SystemClock),
-                ));
-                anyhow::Ok(
-                    Runner::with_registry(sqs, directory, settings)
-                        .run(shutdown_signal())
-                        .await,
-                )
-            })?
-        }
+        RegistryBackend::Dynamodb => rt.block_on(async move {
+            let directory = registry::start(
+                &config,
+                PluginSetup::from_config(&config),
+                Arc::new(SystemClock),
+            )
+            .await
+            .map_err(startup_error)?;
+            let sqs = Arc::new(SqsQueues::connect(&sqs_settings).await);
+            check_queues(&sqs, &config).await?;
+            tracing::info!(
+                endpoint = sqs_settings.endpoint_url.as_deref().unwrap_or("aws"),
+                "squall run starting on the registry"
+            );
+            anyhow::Ok(
+                Runner::with_registry(sqs, Arc::new(directory), settings)
+                    .run(shutdown_signal())
+                    .await,
+            )
+        })?,
     };
     if !report.drained {
         tracing::warn!("some in-flight messages were not finished; they reappear on their queue");
     }
     Ok(())
+}
+
+fn startup_error(e: StartupError) -> anyhow::Error {
+    match e {
+        StartupError::Runtime(e) => anyhow::Error::new(e).context("creating the plugin runtime"),
+        StartupError::Config(e) => e.into(),
+        StartupError::Build(e) => e.into(),
+    }
 }
 
 /// Ask for every configured queue once before the first receive. A queue that does not exist
