@@ -264,7 +264,7 @@ fn bundle(args: &BundleArgs) -> anyhow::Result<()> {
                     std::fs::copy(&src, &dst)
                         .with_context(|| format!("copying {}", src.display()))?;
                     if let Some(rt) = &runtime {
-                        rt.precompile(&src, &dst.with_extension("cwasm"))
+                        rt.precompile(&src, &squall::apps::artifact_path(&dst))
                             .with_context(|| {
                                 format!("apps.{}.plugins.{hook}: precompiling", app.id)
                             })?;
