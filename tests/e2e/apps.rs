@@ -274,6 +274,26 @@ async fn create_twice_update_and_delete_with_drain() {
         o.stderr
     );
 
+    // Another application on billing's queue: refused (the engine finds applications by queue).
+    let taken = d.file(
+        "crm.toml",
+        &format!(
+            "queue_url = \"{}\"\nsecrets = {{ default = \"env:X\" }}\n",
+            attrs["url"]
+        ),
+    );
+    let o = d.squall(
+        &["create", "crm", "--settings", taken.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        !o.ok
+            && o.stderr
+                .contains("already the queue of application billing"),
+        "{}",
+        o.stderr
+    );
+
     // list and show.
     let o = d.ok(&["list", "--json"]);
     let rows: Vec<serde_json::Value> = o

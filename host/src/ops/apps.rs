@@ -98,6 +98,18 @@ pub enum AppsError {
         /// Its current version.
         version: u64,
     },
+    /// The queue already belongs to another registered application.
+    #[error(
+        "application {id}: queue {queue} is already the queue of application {owner}; give {id} its own queue_url (or none, for <prefix>{id})"
+    )]
+    QueueTaken {
+        /// The application.
+        id: String,
+        /// The queue (`account/name`).
+        queue: String,
+        /// The application it belongs to.
+        owner: String,
+    },
     /// The application is not registered.
     #[error("application {id} is not in the registry table {table}")]
     NotFound {
@@ -413,6 +425,18 @@ impl Apps {
         // The function: named, else the one already mapped to the queue.
         let mut steps = Vec::new();
         let found = self.queue_url(&queue_name, account.as_deref()).await?;
+        // One queue, one application: the engine finds an application by its queue.
+        let key = found.as_deref().and_then(QueueKey::from_url);
+        if let Some(key) = &key
+            && let Some(owner) = self.store.by_queue(key, &self.reads).await?
+            && owner.id != id
+        {
+            return Err(AppsError::QueueTaken {
+                id: id.to_string(),
+                queue: key.to_string(),
+                owner: owner.id,
+            });
+        }
         let mappings = match &found {
             Some(url) => self.mappings(&self.queue_arn(url).await?).await?,
             None => Vec::new(),
