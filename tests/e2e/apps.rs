@@ -431,6 +431,24 @@ async fn create_twice_update_and_delete_with_drain() {
     for r in ["mapping", "alarm", "queue", "item"] {
         assert_eq!(o.change("billing", r), "absent", "{r}");
     }
+
+    // A queue of the default name that is no registered application's, and not tagged as
+    // one: left alone.
+    let ghost = format!("{}-ghost", d.stack);
+    d.queues
+        .client
+        .create_queue()
+        .queue_name(&ghost)
+        .send()
+        .await
+        .unwrap();
+    let o = d.ok(&["delete", "ghost"]);
+    assert!(
+        o.change("ghost", "queue").starts_with("skipped"),
+        "{}",
+        o.stdout
+    );
+    assert!(d.queue_attrs(&ghost).await.is_some(), "not ours: kept");
 }
 
 /// `squall apps import --config examples/squall.toml`: both applications registered with their

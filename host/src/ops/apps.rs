@@ -539,8 +539,26 @@ impl Apps {
                 }
             },
         };
-        let found = self.queue_url(&queue_name, account.as_deref()).await?;
+        let mut found = self.queue_url(&queue_name, account.as_deref()).await?;
         let mut steps = Vec::new();
+        let mut foreign_queue = false;
+        // Without an item, a queue is removed only if it says it is this application's (a
+        // create that stopped before its item); another queue of that name is left alone.
+        if existing.is_none()
+            && let Some(url) = &found
+            && self.queue_tags(url).await?.get(provision::TAG_APP) != Some(&id.to_string())
+        {
+            steps.push(Step {
+                resource: "queue",
+                name: queue_name.clone(),
+                change: Change::Skipped(format!(
+                    "not registered and not tagged {}={id}: left alone",
+                    provision::TAG_APP
+                )),
+            });
+            found = None;
+            foreign_queue = true;
+        }
         if let Some(url) = &found {
             let d = self.queues.depth(url).await?;
             let total = d.visible + d.in_flight + d.delayed;
@@ -618,7 +636,8 @@ impl Apps {
         });
         // 4. Queue.
         let change = match &found {
-            None => Change::Absent,
+            None if foreign_queue => None,
+            None => Some(Change::Absent),
             Some(url) => {
                 let r = self
                     .queues
@@ -628,17 +647,19 @@ impl Apps {
                     .send()
                     .await;
                 match r.map_err(|e| from_sdk(url, "DeleteQueue", e)) {
-                    Ok(_) => Change::Deleted,
-                    Err(QueueError::QueueDoesNotExist { .. }) => Change::Absent,
+                    Ok(_) => Some(Change::Deleted),
+                    Err(QueueError::QueueDoesNotExist { .. }) => Some(Change::Absent),
                     Err(e) => return Err(e.into()),
                 }
             }
         };
-        steps.push(Step {
-            resource: "queue",
-            name: queue_name,
-            change,
-        });
+        if let Some(change) = change {
+            steps.push(Step {
+                resource: "queue",
+                name: queue_name,
+                change,
+            });
+        }
         // 5. Item.
         let deleted = self.store.delete(id).await?;
         steps.push(Step {
@@ -772,6 +793,21 @@ impl Apps {
             .collect())
     }
 
+    async fn queue_tags(&self, url: &str) -> Result<BTreeMap<String, String>, AppsError> {
+        Ok(self
+            .queues
+            .client()
+            .list_queue_tags()
+            .queue_url(url)
+            .send()
+            .await
+            .map_err(|e| from_sdk(url, "ListQueueTags", e))?
+            .tags
+            .unwrap_or_default()
+            .into_iter()
+            .collect())
+    }
+
     async fn queue_arn(&self, url: &str) -> Result<String, AppsError> {
         self.queue_attributes(url)
             .await?
@@ -832,16 +868,7 @@ impl Apps {
                 .await
                 .map_err(|e| from_sdk(&url, "SetQueueAttributes", e))?;
         }
-        let tags = client
-            .list_queue_tags()
-            .queue_url(&url)
-            .send()
-            .await
-            .map_err(|e| from_sdk(&url, "ListQueueTags", e))?
-            .tags
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let tags = self.queue_tags(&url).await?;
         let missing = provision::missing_tags(&tags, spec);
         if !missing.is_empty() {
             client
