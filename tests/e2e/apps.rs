@@ -274,6 +274,30 @@ async fn create_twice_update_and_delete_with_drain() {
         o.stderr
     );
 
+    // A secret outside registry.secret_path (default /squall/): refused before anything is made.
+    let outside = d.file(
+        "outside.toml",
+        "secrets = { default = \"ssm:/elsewhere/crm\" }\n",
+    );
+    let o = d.squall(
+        &["create", "crm", "--settings", outside.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        !o.ok && o.stderr.contains("apps.crm.secrets") && o.stderr.contains("secret_path"),
+        "{}",
+        o.stderr
+    );
+    assert!(d.queue_attrs(&format!("{}-crm", d.stack)).await.is_none());
+
+    // The operator's policy names this stack's resources.
+    let policy: serde_json::Value = serde_json::from_str(&d.ok(&["policy"]).stdout).unwrap();
+    assert!(
+        policy
+            .to_string()
+            .contains(&format!("arn:aws:sqs:*:*:{}-*", d.stack))
+    );
+
     // Another application on billing's queue: refused (the engine finds applications by queue).
     let taken = d.file(
         "crm.toml",

@@ -193,6 +193,42 @@ pub struct Target {
     pub alarm_topic: Option<String>,
 }
 
+/// The IAM policy `squall apps` needs on `config`'s deployment
+/// ([`provision::operator_policy`]); no AWS call.
+pub fn operator_policy(config: &Config, target: &Target) -> Result<serde_json::Value, AppsError> {
+    let Some(table) = config
+        .registry
+        .table
+        .as_deref()
+        .filter(|_| config.registry.backend == RegistryBackend::Dynamodb)
+    else {
+        return Err(not_dynamodb(config));
+    };
+    let stack = stack_of(config, target)?;
+    Ok(provision::operator_policy(&stack, table))
+}
+
+fn not_dynamodb(config: &Config) -> AppsError {
+    AppsError::NotDynamodb {
+        config: config
+            .path
+            .as_ref()
+            .map_or("config".into(), |p| p.display().to_string()),
+    }
+}
+
+fn stack_of(config: &Config, target: &Target) -> Result<String, AppsError> {
+    if let Some(s) = &target.stack {
+        return Ok(s.clone());
+    }
+    config
+        .sqs
+        .dead_letter_queue_url
+        .as_deref()
+        .and_then(provision::stack_from_dead_letter_queue)
+        .ok_or(AppsError::NoStack)
+}
+
 /// `delete`'s handling of waiting messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteMode {
@@ -232,12 +268,7 @@ impl Apps {
     /// `sqs.endpoint_url` serves SQS, Lambda and CloudWatch; `registry.endpoint_url` the table).
     pub async fn connect(config: Config, target: Target) -> Result<Apps, AppsError> {
         if config.registry.backend != RegistryBackend::Dynamodb {
-            return Err(AppsError::NotDynamodb {
-                config: config
-                    .path
-                    .as_ref()
-                    .map_or("config".into(), |p| p.display().to_string()),
-            });
+            return Err(not_dynamodb(&config));
         }
         let (store, _secrets) =
             registry::connect(&config, &registry::aws_settings(&config)).await?;
@@ -261,15 +292,7 @@ impl Apps {
     }
 
     fn stack(&self) -> Result<String, AppsError> {
-        if let Some(s) = &self.target.stack {
-            return Ok(s.clone());
-        }
-        self.config
-            .sqs
-            .dead_letter_queue_url
-            .as_deref()
-            .and_then(provision::stack_from_dead_letter_queue)
-            .ok_or(AppsError::NoStack)
+        stack_of(&self.config, &self.target)
     }
 
     fn queue_prefix(&self) -> Result<String, AppsError> {
@@ -361,6 +384,18 @@ impl Apps {
         let app =
             self.config
                 .app_from_toml(id, settings, &format!("settings of application {id}"))?;
+        let outside = provision::secrets_outside_path(&app, &self.config.registry.secret_path);
+        if let Some(name) = outside.first() {
+            return Err(ConfigError::Invalid {
+                origin: format!("settings of application {id}"),
+                key: format!("apps.{id}.secrets"),
+                message: format!(
+                    "ssm:{name} is outside registry.secret_path {:?}: the function may read only parameters below it",
+                    self.config.registry.secret_path
+                ),
+            }
+            .into());
+        }
         let existing = self.store.get(id, &self.reads).await?;
         let given_queue = app.queue_url.as_deref().map(QueueKey::from_url);
         let queue_name = match &given_queue {

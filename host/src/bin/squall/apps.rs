@@ -102,6 +102,9 @@ enum Verb {
         #[arg(long, default_value = "20m", value_parser = parse_duration)]
         drain_wait: Duration,
     },
+    /// Print the IAM policy (JSON) an operator needs to run these verbs on this deployment:
+    /// the registry table, and the queues, functions and alarms named after the stack.
+    Policy,
     /// Register every [apps.ID] table of a config file (default: the --config file itself);
     /// queue URLs are kept as written, their queues created if absent.
     Import {
@@ -132,16 +135,18 @@ async fn run(args: AppsArgs) -> anyhow::Result<()> {
     let t = &args.target;
     let config = squall::config::load(Some(&t.config))
         .with_context(|| format!("loading config {}", t.config.display()))?;
-    let apps = Apps::connect(
-        config,
-        Target {
-            stack: t.stack.clone(),
-            queue_prefix: t.queue_prefix.clone(),
-            function: t.function.clone(),
-            alarm_topic: t.alarm_topic.clone(),
-        },
-    )
-    .await?;
+    let target = Target {
+        stack: t.stack.clone(),
+        queue_prefix: t.queue_prefix.clone(),
+        function: t.function.clone(),
+        alarm_topic: t.alarm_topic.clone(),
+    };
+    if let Verb::Policy = args.verb {
+        let policy = squall::ops::apps::operator_policy(&config, &target)?;
+        println!("{}", serde_json::to_string_pretty(&policy)?);
+        return Ok(());
+    }
+    let apps = Apps::connect(config, target).await?;
     match args.verb {
         Verb::Init => print_steps("registry", &apps.init().await?),
         Verb::List { json } => {
@@ -210,6 +215,7 @@ async fn run(args: AppsArgs) -> anyhow::Result<()> {
             };
             print_steps(&id, &apps.delete(&id, mode).await?);
         }
+        Verb::Policy => unreachable!("answered before connecting"),
         Verb::Import { from } => {
             let path = from.unwrap_or_else(|| t.config.clone());
             let text = read(&path)?;
