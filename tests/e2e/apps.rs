@@ -257,6 +257,35 @@ async fn create_twice_update_and_delete_with_drain() {
     assert_eq!(a.threshold, 600.0);
     assert_eq!(a.queue_name.as_deref(), Some(queue.as_str()));
 
+    // A create without the function, then again with it: the rerun finishes the job (the
+    // queue's visibility follows the function's timeout, the mapping is made).
+    let crm = d.file(
+        "crm-ok.toml",
+        "secrets = { default = \"env:CRM_SECRET\" }\n",
+    );
+    let crm = crm.to_str().unwrap();
+    let o = d.ok(&["create", "crm", "--settings", crm]);
+    assert!(o.change("crm", "mapping").starts_with("skipped"));
+    let crm_queue = format!("{}-crm", d.stack);
+    assert_eq!(
+        d.queue_attrs(&crm_queue).await.unwrap()["VisibilityTimeout"],
+        "180",
+        "6 x the 30 s minimum function timeout derived from the app"
+    );
+    let o = d.ok(&["create", "crm", "--settings", crm, "--function", &function]);
+    assert_eq!(o.change("crm", "queue"), "updated (VisibilityTimeout)");
+    assert_eq!(o.change("crm", "item"), "unchanged");
+    assert_eq!(o.change("crm", "mapping"), "created");
+    assert_eq!(o.change("crm", "alarm"), "unchanged");
+    assert_eq!(
+        d.queue_attrs(&crm_queue).await.unwrap()["VisibilityTimeout"],
+        "360"
+    );
+    let o = d.ok(&["delete", "crm"]);
+    for r in ["mapping", "alarm", "queue", "item"] {
+        assert_eq!(o.change("crm", r), "deleted", "{r}");
+    }
+
     // Again: nothing changes, and it says so.
     let o = d.ok(&create);
     for r in ["queue", "item", "mapping", "alarm"] {
