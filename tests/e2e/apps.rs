@@ -143,7 +143,7 @@ impl Deployment {
     }
 
     async fn cloudwatch(&self) -> CloudWatch {
-        CloudWatch::new(&sdk_config(&settings(&self.ep)).await, Some(&self.ep)).unwrap()
+        CloudWatch::new(&sdk_config(&settings(&self.ep)).await, Some(&self.ep))
     }
 }
 

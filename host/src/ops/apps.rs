@@ -277,7 +277,7 @@ impl Apps {
         let queues = Arc::new(SqsQueues::connect(&settings).await);
         Ok(Apps {
             lambda: aws_sdk_lambda::Client::new(&sdk),
-            cloudwatch: CloudWatch::new(&sdk, settings.endpoint_url.as_deref())?,
+            cloudwatch: CloudWatch::new(&sdk, settings.endpoint_url.as_deref()),
             config,
             target,
             store,

@@ -74,32 +74,29 @@ impl AlarmView {
 #[derive(Debug, Clone)]
 pub struct CloudWatch {
     http: reqwest::Client,
-    endpoint: String,
-    region: String,
+    /// (endpoint, region); `None` without a region: the calls fail, the client can be made
+    /// (verbs that make no CloudWatch call need no region).
+    target: Option<(String, String)>,
     credentials: Option<SharedCredentialsProvider>,
 }
 
 impl CloudWatch {
     /// From the SDK configuration the other clients use; `endpoint_url` overrides
     /// `https://monitoring.<region>.amazonaws.com/` (a local server).
-    pub fn new(
-        sdk: &aws_config::SdkConfig,
-        endpoint_url: Option<&str>,
-    ) -> Result<CloudWatch, CloudWatchError> {
-        let region = sdk
-            .region()
-            .map(|r| r.to_string())
-            .ok_or(CloudWatchError::NoRegion)?;
-        let endpoint = match endpoint_url {
-            Some(u) => u.to_string(),
-            None => format!("https://monitoring.{region}.amazonaws.com/"),
-        };
-        Ok(CloudWatch {
+    pub fn new(sdk: &aws_config::SdkConfig, endpoint_url: Option<&str>) -> CloudWatch {
+        let target = sdk.region().map(|r| {
+            let region = r.to_string();
+            let endpoint = match endpoint_url {
+                Some(u) => u.to_string(),
+                None => format!("https://monitoring.{region}.amazonaws.com/"),
+            };
+            (endpoint, region)
+        });
+        CloudWatch {
             http: reqwest::Client::new(),
-            endpoint,
-            region,
+            target,
             credentials: sdk.credentials_provider(),
-        })
+        }
     }
 
     async fn call(
@@ -107,6 +104,7 @@ impl CloudWatch {
         target: &str,
         params: &[(String, String)],
     ) -> Result<String, CloudWatchError> {
+        let (endpoint, region) = self.target.as_ref().ok_or(CloudWatchError::NoRegion)?;
         let action = params
             .iter()
             .find(|(k, _)| k == "Action")
@@ -131,7 +129,7 @@ impl CloudWatch {
         let identity = creds.into();
         let signing = v4::SigningParams::builder()
             .identity(&identity)
-            .region(&self.region)
+            .region(region)
             .name(SERVICE)
             .time(SystemTime::now())
             .settings(SigningSettings::default())
@@ -140,7 +138,7 @@ impl CloudWatch {
             .into();
         let signable = SignableRequest::new(
             "POST",
-            &self.endpoint,
+            endpoint,
             [("content-type", content_type)].into_iter(),
             SignableBody::Bytes(body.as_bytes()),
         )
@@ -150,7 +148,7 @@ impl CloudWatch {
             .into_parts();
         let mut req = self
             .http
-            .post(&self.endpoint)
+            .post(endpoint)
             .header("content-type", content_type);
         for (name, value) in instructions.headers() {
             req = req.header(name, value);
