@@ -20,6 +20,7 @@ pub mod message;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
+pub mod provision;
 pub mod registry;
 pub mod retry;
 pub mod secrets;

@@ -1,6 +1,7 @@
 //! End-to-end scenarios against the real local parts (moto, HTTP receivers, the `squall`
 //! binary). Run by `scripts/test`, which starts moto and sets `SQUALL_TEST_SQS_ENDPOINT`.
 
+mod apps;
 mod delivery;
 mod isolation;
 mod lambda;

@@ -257,7 +257,7 @@ async fn metrics_drain_aggregates_what_the_engine_sink_wrote() {
 }
 
 /// An empty zip archive whose comment makes its bytes (and SHA-256) distinct.
-fn zip(comment: &str) -> Vec<u8> {
+pub(crate) fn zip(comment: &str) -> Vec<u8> {
     let mut z = b"PK\x05\x06".to_vec();
     z.extend_from_slice(&[0; 16]);
     z.extend_from_slice(&(comment.len() as u16).to_le_bytes());
@@ -267,7 +267,7 @@ fn zip(comment: &str) -> Vec<u8> {
 
 /// moto's CreateFunction wants a role that exists in its IAM: create it with the IAM query API
 /// (moto routes by the credential scope of the Authorization header; it checks no signature).
-async fn create_role(endpoint: &str, name: &str) -> String {
+pub(crate) async fn create_role(endpoint: &str, name: &str) -> String {
     let doc = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
     let r = reqwest::Client::new()
         .post(endpoint)

@@ -24,6 +24,8 @@ use crate::queue::memory::MemoryQueues;
 use crate::queue::sqs::SqsQueues;
 use crate::queue::{Queue, QueueError, Received};
 
+pub mod apps;
+pub mod cloudwatch;
 pub mod exporter;
 pub mod metrics;
 pub mod redrive;

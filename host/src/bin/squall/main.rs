@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod apps;
 mod demo;
 mod deploy;
 mod ops;
@@ -33,6 +34,9 @@ enum Command {
     /// Generate the AWS deployment (CloudFormation template) from the config file.
     #[command(subcommand)]
     Deploy(deploy::DeployCommand),
+    /// Applications of a registry deployment (registry.backend = "dynamodb"): init, list,
+    /// show, create, update, delete, import.
+    Apps(apps::AppsArgs),
     #[command(flatten)]
     Ops(ops::OpsCommand),
 }
@@ -44,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::main(args),
         Command::Plugin(cmd) => plugin::main(cmd),
         Command::Deploy(cmd) => deploy::main(cmd),
+        Command::Apps(args) => apps::main(args),
         Command::Ops(cmd) => ops::main(cmd),
     }
 }
