@@ -688,8 +688,9 @@ fn sub_arn(service: &str, rest: &str) -> String {
     format!("arn:${{AWS::Partition}}:{service}:${{AWS::Region}}:${{AWS::AccountId}}:{rest}")
 }
 
-/// The permissions `squall apps` needs, as policy statements whose strings use `Fn::Sub`
-/// syntax (`${AWS::StackName}`, `${AWS::Region}`...). [`apps_policy`] fills them in for a
+/// The permissions `squall apps` needs: exactly the calls its verbs make (`ops::apps`; the
+/// receive, delete and send on the queues are `delete --drain`'s), as policy statements whose
+/// strings use `Fn::Sub` syntax (`${AWS::StackName}`, `${AWS::Region}`...). [`apps_policy`] fills them in for a
 /// given stack; the registry template wraps them in `Fn::Sub`.
 fn apps_policy_statements(table: &str, secret_path: &str) -> Value {
     let function = sub_arn("lambda", "function:${AWS::StackName}-squall");
@@ -698,8 +699,15 @@ fn apps_policy_statements(table: &str, secret_path: &str) -> Value {
         { "Sid": "ManageAppQueues", "Effect": "Allow",
           "Action": ["sqs:CreateQueue", "sqs:DeleteQueue", "sqs:GetQueueUrl",
                      "sqs:GetQueueAttributes", "sqs:SetQueueAttributes",
-                     "sqs:TagQueue", "sqs:UntagQueue", "sqs:ListQueueTags"],
+                     "sqs:TagQueue", "sqs:UntagQueue", "sqs:ListQueueTags",
+                     "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:SendMessage"],
           "Resource": [sub_arn("sqs", "${AWS::StackName}-*")] },
+        { "Sid": "ReadFunction", "Effect": "Allow",
+          "Action": ["lambda:GetFunctionConfiguration"],
+          "Resource": [function.clone(), format!("{function}:*")] },
+        { "Sid": "DescribeAlarms", "Effect": "Allow",
+          "Action": ["cloudwatch:DescribeAlarms"],
+          "Resource": ["*"] },
         { "Sid": "CreateListMappings", "Effect": "Allow",
           "Action": ["lambda:CreateEventSourceMapping", "lambda:ListEventSourceMappings"],
           "Resource": ["*"],

@@ -289,64 +289,6 @@ pub fn secrets_outside_path<'a>(app: &'a AppConfig, secret_path: &str) -> Vec<&'
         .collect()
 }
 
-/// The IAM policy an operator attaches to run `squall apps` on the stack's applications:
-/// exactly the calls the verbs make, on the registry table, the queues, functions and alarms
-/// named after the stack (`<stack>-*`). Lambda's event source mapping calls take no queue
-/// resource; they are limited by the function they map to.
-pub fn operator_policy(stack: &str, table: &str) -> serde_json::Value {
-    let named = |service: &str, kind: &str| format!("arn:aws:{service}:*:*:{kind}{stack}-*");
-    let function = named("lambda", "function:");
-    serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "Registry",
-                "Effect": "Allow",
-                "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem",
-                           "dynamodb:Scan", "dynamodb:Query",
-                           "dynamodb:CreateTable"],
-                "Resource": [format!("arn:aws:dynamodb:*:*:table/{table}"),
-                             format!("arn:aws:dynamodb:*:*:table/{table}/index/*")]
-            },
-            {
-                "Sid": "Queues",
-                "Effect": "Allow",
-                "Action": ["sqs:GetQueueUrl", "sqs:CreateQueue", "sqs:GetQueueAttributes",
-                           "sqs:SetQueueAttributes", "sqs:ListQueueTags", "sqs:TagQueue",
-                           "sqs:DeleteQueue", "sqs:ReceiveMessage", "sqs:DeleteMessage",
-                           "sqs:SendMessage"],
-                "Resource": [named("sqs", "")]
-            },
-            {
-                "Sid": "Function",
-                "Effect": "Allow",
-                "Action": ["lambda:GetFunctionConfiguration"],
-                "Resource": [function.clone(), format!("{function}:*")]
-            },
-            {
-                "Sid": "Mappings",
-                "Effect": "Allow",
-                "Action": ["lambda:CreateEventSourceMapping", "lambda:UpdateEventSourceMapping",
-                           "lambda:DeleteEventSourceMapping"],
-                "Resource": "*",
-                "Condition": { "ArnLike": { "lambda:FunctionArn": [function.clone(), format!("{function}:*")] } }
-            },
-            {
-                "Sid": "ListMappingsAndAlarms",
-                "Effect": "Allow",
-                "Action": ["lambda:ListEventSourceMappings", "cloudwatch:DescribeAlarms"],
-                "Resource": "*"
-            },
-            {
-                "Sid": "Alarms",
-                "Effect": "Allow",
-                "Action": ["cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms"],
-                "Resource": [named("cloudwatch", "alarm:")]
-            }
-        ]
-    })
-}
-
 /// What a step did to one resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -525,28 +467,6 @@ mod tests {
             .unwrap();
         assert_eq!(secrets_outside_path(&a, "/squall/"), ["/other/old"]);
         assert!(secrets_outside_path(&a, "/").is_empty());
-    }
-
-    #[test]
-    fn the_operator_policy_names_the_stacks_resources_only() {
-        let p = operator_policy("acme", "acme-registry");
-        let text = p.to_string();
-        assert!(text.contains("arn:aws:sqs:*:*:acme-*"));
-        assert!(text.contains("arn:aws:dynamodb:*:*:table/acme-registry/index/*"));
-        assert!(text.contains("arn:aws:cloudwatch:*:*:alarm:acme-*"));
-        let statements = p["Statement"].as_array().unwrap();
-        // Only listing calls, which take no resource, are allowed on "*" unconditionally.
-        for s in statements {
-            if s["Resource"] == "*" && s.get("Condition").is_none() {
-                assert_eq!(
-                    s["Action"],
-                    serde_json::json!([
-                        "lambda:ListEventSourceMappings",
-                        "cloudwatch:DescribeAlarms"
-                    ])
-                );
-            }
-        }
     }
 
     #[test]

@@ -319,13 +319,42 @@ async fn create_twice_update_and_delete_with_drain() {
     );
     assert!(d.queue_attrs(&format!("{}-crm", d.stack)).await.is_none());
 
-    // The operator's policy names this stack's resources.
-    let policy: serde_json::Value = serde_json::from_str(&d.ok(&["policy"]).stdout).unwrap();
+    // The operator's policy (`squall deploy policy`) allows every call the verbs made above on
+    // this stack's resources.
+    let out = Command::new(squall_bin())
+        .args(["deploy", "policy", "--config"])
+        .arg(&d.config)
+        .args([
+            "--stack",
+            &d.stack,
+            "--account",
+            "123456789012",
+            "--region",
+            "us-east-1",
+        ])
+        .output()
+        .unwrap();
     assert!(
-        policy
-            .to_string()
-            .contains(&format!("arn:aws:sqs:*:*:{}-*", d.stack))
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let policy: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = policy.to_string();
+    for action in [
+        "sqs:CreateQueue",
+        "sqs:TagQueue",
+        "sqs:SetQueueAttributes",
+        "sqs:ReceiveMessage",
+        "lambda:CreateEventSourceMapping",
+        "lambda:GetFunctionConfiguration",
+        "cloudwatch:PutMetricAlarm",
+        "cloudwatch:DescribeAlarms",
+        "dynamodb:PutItem",
+    ] {
+        assert!(text.contains(action), "{action} missing from {text}");
+    }
+    assert!(text.contains(&format!("arn:aws:sqs:us-east-1:123456789012:{}-*", d.stack)));
 
     // Another application on billing's queue: refused (the engine finds applications by queue).
     let taken = d.file(

@@ -33,7 +33,7 @@ use crate::provision::{
     self, AppResources, Change, DRAIN_REASON, MappingSpec, MappingState, Placement, QueueSpec, Step,
 };
 use crate::queue::QueueError;
-use crate::queue::sqs::{SqsQueues, from_sdk, sdk_config};
+use crate::queue::sqs::{SqsQueues, SqsSettings, from_sdk, sdk_config};
 use crate::registry::{
     self, AppRecord, DynamoStore, PutOutcome, QueueKey, ReadCounts, RegistryError, app_tables,
 };
@@ -193,21 +193,6 @@ pub struct Target {
     pub alarm_topic: Option<String>,
 }
 
-/// The IAM policy `squall apps` needs on `config`'s deployment
-/// ([`provision::operator_policy`]); no AWS call.
-pub fn operator_policy(config: &Config, target: &Target) -> Result<serde_json::Value, AppsError> {
-    let Some(table) = config
-        .registry
-        .table
-        .as_deref()
-        .filter(|_| config.registry.backend == RegistryBackend::Dynamodb)
-    else {
-        return Err(not_dynamodb(config));
-    };
-    let stack = stack_of(config, target)?;
-    Ok(provision::operator_policy(&stack, table))
-}
-
 fn not_dynamodb(config: &Config) -> AppsError {
     AppsError::NotDynamodb {
         config: config
@@ -272,7 +257,7 @@ impl Apps {
         }
         let (store, _secrets) =
             registry::connect(&config, &registry::aws_settings(&config)).await?;
-        let settings = super::sqs_settings(&config);
+        let settings = SqsSettings::from_config(&config);
         let sdk = sdk_config(&settings).await;
         let queues = Arc::new(SqsQueues::connect(&settings).await);
         Ok(Apps {

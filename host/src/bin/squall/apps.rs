@@ -102,9 +102,6 @@ enum Verb {
         #[arg(long, default_value = "20m", value_parser = parse_duration)]
         drain_wait: Duration,
     },
-    /// Print the IAM policy (JSON) an operator needs to run these verbs on this deployment:
-    /// the registry table, and the queues, functions and alarms named after the stack.
-    Policy,
     /// Register every [apps.ID] table of a config file (default: the --config file itself);
     /// queue URLs are kept as written, their queues created if absent.
     Import {
@@ -141,11 +138,6 @@ async fn run(args: AppsArgs) -> anyhow::Result<()> {
         function: t.function.clone(),
         alarm_topic: t.alarm_topic.clone(),
     };
-    if let Verb::Policy = args.verb {
-        let policy = squall::ops::apps::operator_policy(&config, &target)?;
-        println!("{}", serde_json::to_string_pretty(&policy)?);
-        return Ok(());
-    }
     let apps = Apps::connect(config, target).await?;
     match args.verb {
         Verb::Init => print_steps("registry", &apps.init().await?),
@@ -215,7 +207,6 @@ async fn run(args: AppsArgs) -> anyhow::Result<()> {
             };
             print_steps(&id, &apps.delete(&id, mode).await?);
         }
-        Verb::Policy => unreachable!("answered before connecting"),
         Verb::Import { from } => {
             let path = from.unwrap_or_else(|| t.config.clone());
             let text = read(&path)?;
