@@ -482,3 +482,167 @@ async fn squall_run_follows_the_registry_without_a_restart() {
     assert!(status.success(), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The same `squall apps` run over a file's applications: `squall apps import` of
+/// examples/squall.toml (pointed at the test server and a loopback receiver), then the same
+/// events delivered by `squall run` from the registry as from the file: the same bytes, the same
+/// headers, signatures that verify with the same secrets.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_config_imported_delivers_as_from_the_file() {
+    let endpoint = sqs_or_skip!();
+    let q = TestQueues::create(&endpoint, &["billing", "shop"]).await;
+    let prefix = QueueKey::from_url(&q.dlq)
+        .unwrap()
+        .name
+        .trim_end_matches("-dlq")
+        .to_string();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dist = root.join("plugins/dist").canonicalize().unwrap();
+    let (billing_secret, billing_old, shop_secret) = (new_secret(), new_secret(), new_secret());
+    let example = std::fs::read_to_string(root.join("examples/squall.toml")).unwrap();
+    let mut file = format!("allow_literal_secrets = true\n{example}");
+    for (from, to) in [
+        (
+            "https://sqs.eu-west-1.amazonaws.com/123456789012/squall-".to_string(),
+            format!("{endpoint}/123456789012/{prefix}-"),
+        ),
+        (
+            "region = \"eu-west-1\"".into(),
+            format!("region = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\nwait_time_secs = 1"),
+        ),
+        (
+            "[\"env:BILLING_WEBHOOK_SECRET\", \"env:BILLING_WEBHOOK_SECRET_OLD\"]".into(),
+            format!("[\"literal:{billing_secret}\", \"literal:{billing_old}\"]"),
+        ),
+        (
+            "\"env:SHOP_STRIPE_SECRET\"".into(),
+            format!("\"literal:{shop_secret}\""),
+        ),
+        (
+            "allowed_networks = [\"10.20.0.0/16\"]".into(),
+            "allowed_networks = [\"127.0.0.0/8\"]".into(),
+        ),
+        (
+            "[apps.billing]\n".into(),
+            "[apps.billing]\nallowed_networks = [\"127.0.0.0/8\"]\n".into(),
+        ),
+        ("../plugins/dist/".into(), format!("{}/", dist.display())),
+    ] {
+        assert!(
+            file.contains(&from),
+            "examples/squall.toml no longer has {from:?}"
+        );
+        file = file.replace(&from, &to);
+    }
+    let dir = temp_dir("registry-import");
+    let file_path = dir.join("file.toml");
+    std::fs::write(&file_path, &file).unwrap();
+    // The deployment's config: the same head, no applications, the registry.
+    let table = format!("{prefix}-registry");
+    let head = &file[..file.find("\n[apps.").expect("the example has applications")];
+    let deployment = format!(
+        "{head}\n[registry]\nbackend = \"dynamodb\"\ntable = \"{table}\"\nttl_secs = {TTL_SECS}\n"
+    );
+
+    let rx = Receiver::start(Reply::Status(200)).await;
+    let send_both = |round: usize| {
+        let (q, rx) = (&q, &rx);
+        async move {
+            q.send(
+                "billing",
+                &TestEnvelope::new(
+                    &format!("evt-billing-{round}"),
+                    "billing",
+                    &rx.url("/billing"),
+                )
+                .event_type("invoice.paid")
+                .created_at_ms(1_795_860_000_000)
+                .payload(json!({"invoice": "inv_1", "amount": 4200}))
+                .to_json(),
+            )
+            .await;
+            q.send(
+                "shop",
+                &TestEnvelope::new(&format!("evt-shop-{round}"), "shop", &rx.url("/shop"))
+                    .event_type("order.created")
+                    .created_at_ms(1_795_860_000_000)
+                    .payload(json!({"order": "ord_1", "total": 990}))
+                    .to_json(),
+            )
+            .await;
+            for path in ["/billing", "/shop"] {
+                squall_tests::process::eventually(Duration::from_secs(30), path, || async move {
+                    (rx.requests_for(path).len() > round).then_some(())
+                })
+                .await;
+            }
+        }
+    };
+
+    // From the file.
+    let run = squall_tests::process::SquallRun::start(&file);
+    send_both(0).await;
+    let (status, log) = run.stop_with_log("TERM");
+    assert!(status.success(), "{log}");
+    // The stopped process's last long poll (1 s) may still be open at the server: a message
+    // sent into it would be handed to no one and come back only after its visibility timeout.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Imported, then from the registry.
+    let apps = |args: &[&str]| {
+        let out = std::process::Command::new(squall_tests::process::squall_bin())
+            .arg("apps")
+            .args(args)
+            .arg("--config")
+            .arg(&file_path)
+            .env("SQUALL__REGISTRY__BACKEND", "dynamodb")
+            .env("SQUALL__REGISTRY__TABLE", &table)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "squall apps {args:?}: {text}");
+        text
+    };
+    apps(&["init"]);
+    let imported = apps(&["import"]);
+    assert!(imported.contains("imported 2 application(s)"), "{imported}");
+    let run = squall_tests::process::SquallRun::start(&deployment);
+    send_both(1).await;
+    let (status, log) = run.stop_with_log("TERM");
+    assert!(status.success(), "{log}");
+    assert!(log.contains("polling (registry)"), "{log}");
+
+    // The same deliveries: bytes, header names, signatures.
+    for path in ["/billing", "/shop"] {
+        let reqs = rx.requests_for(path);
+        assert_eq!(reqs.len(), 2, "{path}");
+        let (a, b) = (&reqs[0], &reqs[1]);
+        let body = |r: &squall_testkit::receiver::Recorded| {
+            String::from_utf8(r.body.clone())
+                .unwrap()
+                .replace("evt-billing-1", "evt-billing-0")
+                .replace("evt-shop-1", "evt-shop-0")
+        };
+        assert_eq!(body(a), body(b), "{path}: the same payload bytes");
+        let names = |r: &squall_testkit::receiver::Recorded| {
+            let mut n: Vec<String> = r.headers.iter().map(|(k, _)| k.clone()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(a), names(b), "{path}: the same headers");
+    }
+    for r in rx.requests_for("/billing") {
+        squall_testkit::verify::verify_recorded(&billing_secret, &r).unwrap();
+        squall_testkit::verify::verify_recorded(&billing_old, &r).unwrap();
+    }
+    for r in rx.requests_for("/shop") {
+        assert!(r.header("stripe-signature").is_some(), "{:?}", r.headers);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

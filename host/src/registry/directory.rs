@@ -249,7 +249,13 @@ impl Directory {
         {
             return Ok(None);
         }
-        let built = self.builder.build_late(&settings, resolved.secrets)?;
+        // Building may compile or load plugins: CPU work that must not hold this worker
+        // thread's other tasks (another application's poller) behind it.
+        let build = || self.builder.build_late(&settings, resolved.secrets);
+        let built = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => build(),
+            _ => tokio::task::block_in_place(build),
+        }?;
         tracing::info!(app_id = %record.id, version = record.version, queue = %queue, "application loaded from the registry");
         Ok(Some(State::Ready {
             built: Arc::new(built),
