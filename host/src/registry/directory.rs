@@ -15,20 +15,29 @@
 //! queue and each broken item version is logged once.
 //!
 //! Beyond `registry.max_cached_apps` applications, the least recently used is dropped (its
-//! plugin instances and limits with it) and rebuilt on its next event.
+//! plugin instances and limits with it) and rebuilt on its next event. The plugin runtime's
+//! instance pool bounds them too: when an application cannot get instances because the kept
+//! applications hold them all, the least recently used tenth are dropped and the build is
+//! tried again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{DynamoStore, QueueKey, ReadCounts, RegistryError, SecretStore};
-use crate::apps::{AppBuilder, BuiltApp};
+use crate::apps::{AppBuilder, BuildError, BuiltApp};
 use crate::config::Config;
 use crate::pipeline::Clock;
 
 /// After a failed refresh, how long the application already built is served before the
 /// registry is asked again.
 const RETRY_AFTER_FAILURE_MS: u64 = 5_000;
+
+/// The plugin runtime's instance pool has no free slot (wasmtime's pooling allocator refuses
+/// an instance past `total_component_instances`).
+fn pool_exhausted(e: &BuildError) -> bool {
+    matches!(e, BuildError::Plugin { message, .. } if message.contains("maximum concurrent limit"))
+}
 
 /// What a lookup found.
 #[derive(Clone)]
@@ -249,19 +258,49 @@ impl Directory {
         {
             return Ok(None);
         }
-        // Building may compile or load plugins: CPU work that must not hold this worker
-        // thread's other tasks (another application's poller) behind it.
-        let build = || self.builder.build_late(&settings, resolved.secrets);
-        let built = match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::CurrentThread => build(),
-            _ => tokio::task::block_in_place(build),
-        }?;
+        let mut tries = 0;
+        let built = loop {
+            // Building may compile or load plugins: CPU work that must not hold this worker
+            // thread's other tasks (another application's poller) behind it.
+            let build = || self.builder.build_late(&settings, resolved.secrets.clone());
+            let result = match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::CurrentThread => build(),
+                _ => tokio::task::block_in_place(build),
+            };
+            match result {
+                // Every plugin instance the pool holds is taken by the applications kept
+                // (each keeps warm instances of its hooks): the least recently used make room.
+                Err(e) if tries < 3 && pool_exhausted(&e) => {
+                    tries += 1;
+                    let dropped = self.evict_least_used(queue, (self.cached() / 10).max(1));
+                    tracing::info!(queue = %queue, dropped, "plugin instance pool full: least recently used applications dropped to make room");
+                }
+                other => break other?,
+            }
+        };
         tracing::info!(app_id = %record.id, version = record.version, queue = %queue, "application loaded from the registry");
         Ok(Some(State::Ready {
             built: Arc::new(built),
             version: record.version,
             digest: resolved.digest,
         }))
+    }
+
+    /// Drop up to `n` least recently used applications other than `keep`'s; how many were.
+    fn evict_least_used(&self, keep: &QueueKey, n: usize) -> usize {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_use: Vec<(u64, QueueKey)> = entries
+            .iter()
+            .filter(|(k, _)| *k != keep)
+            .map(|(k, e)| (e.last_used.load(Ordering::Relaxed), k.clone()))
+            .collect();
+        by_use.sort_unstable();
+        let mut dropped = 0;
+        for (_, k) in by_use.into_iter().take(n) {
+            entries.remove(&k);
+            dropped += 1;
+        }
+        dropped
     }
 
     fn log_once(&self, key: String, log: impl FnOnce()) {
