@@ -514,22 +514,7 @@ pub fn template(plan: &Plan) -> Value {
     send_arns.push(arn("MetricsQueue"));
     resources.insert(
         "FunctionRole".into(),
-        json!({
-            "Type": "AWS::IAM::Role",
-            "Properties": {
-                "AssumeRolePolicyDocument": {
-                    "Version": "2012-10-17",
-                    "Statement": [{
-                        "Effect": "Allow",
-                        "Principal": { "Service": "lambda.amazonaws.com" },
-                        "Action": "sts:AssumeRole"
-                    }]
-                },
-                "Policies": [{
-                    "PolicyName": "squall-function",
-                    "PolicyDocument": {
-                        "Version": "2012-10-17",
-                        "Statement": [
+        function_role(json!([
                             { "Sid": "ConsumeAppQueues", "Effect": "Allow",
                               "Action": CONSUME_ACTIONS, "Resource": app_arns },
                             { "Sid": "SendRetriesDeadLettersMetrics", "Effect": "Allow",
@@ -537,11 +522,7 @@ pub fn template(plan: &Plan) -> Value {
                             { "Sid": "WriteLogs", "Effect": "Allow",
                               "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
                               "Resource": [{ "Fn::GetAtt": ["LogGroup", "Arn"] }] }
-                        ]
-                    }
-                }]
-            }
-        }),
+        ])),
     );
     resources.insert(
         "Function".into(),
@@ -768,6 +749,27 @@ fn map_strings(v: &mut Value, f: &dyn Fn(&str) -> Value) {
     }
 }
 
+/// The function's role: Lambda may assume it; `statements` are its one inline policy's.
+fn function_role(statements: Value) -> Value {
+    json!({
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "AssumeRolePolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Effect": "Allow",
+                    "Principal": { "Service": "lambda.amazonaws.com" },
+                    "Action": "sts:AssumeRole"
+                }]
+            },
+            "Policies": [{
+                "PolicyName": "squall-function",
+                "PolicyDocument": { "Version": "2012-10-17", "Statement": statements }
+            }]
+        }
+    })
+}
+
 /// The parameters both templates share.
 fn common_parameters(function: &FunctionSettings) -> serde_json::Map<String, Value> {
     let mut parameters = serde_json::Map::new();
@@ -961,22 +963,7 @@ pub fn registry_template(plan: &RegistryPlan) -> Value {
     let secret_arn = sub_arn("ssm", &format!("parameter{}*", plan.secret_path));
     resources.insert(
         "FunctionRole".into(),
-        json!({
-            "Type": "AWS::IAM::Role",
-            "Properties": {
-                "AssumeRolePolicyDocument": {
-                    "Version": "2012-10-17",
-                    "Statement": [{
-                        "Effect": "Allow",
-                        "Principal": { "Service": "lambda.amazonaws.com" },
-                        "Action": "sts:AssumeRole"
-                    }]
-                },
-                "Policies": [{
-                    "PolicyName": "squall-function",
-                    "PolicyDocument": {
-                        "Version": "2012-10-17",
-                        "Statement": [
+        function_role(json!([
                             { "Sid": "StackQueues", "Effect": "Allow",
                               "Action": REGISTRY_QUEUE_ACTIONS,
                               "Resource": [{ "Fn::Sub": sub_arn("sqs", "${AWS::StackName}-*") }] },
@@ -1000,11 +987,7 @@ pub fn registry_template(plan: &RegistryPlan) -> Value {
                             { "Sid": "WriteLogs", "Effect": "Allow",
                               "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
                               "Resource": [{ "Fn::GetAtt": ["LogGroup", "Arn"] }] }
-                        ]
-                    }
-                }]
-            }
-        }),
+        ])),
     );
     let mut env = shared_env();
     env.insert("SQUALL__REGISTRY__BACKEND".into(), json!("dynamodb"));

@@ -14,14 +14,9 @@ mod support;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Response;
-use support::serve;
-use tokio::sync::oneshot;
+use support::RuntimeApi;
 
 const BOOTSTRAP: &str = env!("CARGO_BIN_EXE_bootstrap");
 
@@ -41,90 +36,29 @@ fn sqs_event(receiver: SocketAddr) -> String {
     .created_at_ms(1_795_860_000_000) // 2026-11-28T10:00:00Z
     .payload(serde_json::json!({"amount": 42}))
     .to_json();
-    serde_json::json!({"Records": [{
-        "messageId": "m-1", "receiptHandle": "h-1", "body": body,
-        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1795000000000"},
-        "messageAttributes": {}, "eventSource": "aws:sqs",
-        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:bench", "awsRegion": "us-east-1"
-    }]})
-    .to_string()
+    support::sqs_event("bench", "m-1", &body)
 }
 
 /// One cold start: exec the binary, hand it one event, wait for its response. Returns the
 /// time to the response and the response body.
 async fn one_run(config: &Path, receiver: SocketAddr) -> (Duration, String) {
-    let event = sqs_event(receiver);
-    let (tx, rx) = oneshot::channel::<String>();
-    let tx = Arc::new(Mutex::new(Some(tx)));
-    let served = Arc::new(Mutex::new(false));
-    let (api, task) = serve(move |req| {
-        let event = event.clone();
-        let tx = tx.clone();
-        let served = served.clone();
-        Box::pin(async move {
-            let path = req.uri().path().to_string();
-            if path.ends_with("/runtime/invocation/next") {
-                if std::mem::replace(&mut *served.lock().unwrap(), true) {
-                    // Only one event per process: park the second poll until we are killed.
-                    std::future::pending::<()>().await;
-                }
-                return Response::builder()
-                    .header("lambda-runtime-aws-request-id", "req-1")
-                    .header("lambda-runtime-deadline-ms", "99999999999999")
-                    .header(
-                        "lambda-runtime-invoked-function-arn",
-                        "arn:aws:lambda:us-east-1:123456789012:function:squall",
-                    )
-                    .body(Full::new(Bytes::from(event)))
-                    .unwrap();
-            }
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let text = String::from_utf8_lossy(&body).into_owned();
-            let text = if path.ends_with("/error") {
-                format!("ERROR at {path}: {text}")
-            } else {
-                text
-            };
-            if let Some(tx) = tx.lock().unwrap().take() {
-                let _ = tx.send(text);
-            }
-            Response::builder()
-                .status(202)
-                .body(Full::new(Bytes::new()))
-                .unwrap()
-        })
-    })
-    .await;
+    let api = RuntimeApi::start().await;
     let started = Instant::now();
-    let mut child = Command::new(BOOTSTRAP)
-        .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
-        .env("AWS_LAMBDA_FUNCTION_NAME", "squall")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-        .env("AWS_LAMBDA_LOG_STREAM_NAME", "bench")
-        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/squall")
-        .env("AWS_ACCESS_KEY_ID", "bench")
-        .env("AWS_SECRET_ACCESS_KEY", "bench")
-        .env("AWS_REGION", "us-east-1")
+    let mut cmd = Command::new(BOOTSTRAP);
+    for (k, v) in support::lambda_env(api.addr) {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
         .env("SQUALL_CONFIG", config)
         .env("SQUALL_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start bootstrap");
-    let response = tokio::time::timeout(Duration::from_secs(120), rx)
-        .await
-        .expect("no response within 120 s")
-        .unwrap();
+    let response = api.invoke(sqs_event(receiver)).await;
     let elapsed = started.elapsed();
     let _ = child.kill();
     let _ = child.wait();
-    task.abort();
     (elapsed, response)
 }
 
@@ -273,7 +207,7 @@ async fn main() {
         for _ in 0..n {
             let (t, response) = one_run(&config, receiver).await;
             assert!(
-                response.contains("batchItemFailures") && !response.contains("itemIdentifier"),
+                support::handled(&response),
                 "{name}: the event was not handled: {response}"
             );
             times.push(t);

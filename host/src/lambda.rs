@@ -213,13 +213,13 @@ impl<Q: Queue> Function<Q> {
             }
             index.insert(key, fa);
         }
-        Ok(Function {
-            metrics: MetricsSink::new(queue.clone(), metrics_queue_url),
-            actor: Actor::new(queue, dead_letter_queue_url, ActMode::Lambda),
-            apps: AppSource::Fixed(index),
+        Ok(Function::with_source(
+            queue,
+            AppSource::Fixed(index),
+            dead_letter_queue_url,
+            metrics_queue_url,
             clock,
-            emf: None,
-        })
+        ))
     }
 
     /// A function that finds its applications in the registry through `directory`: nothing
@@ -234,13 +234,29 @@ impl<Q: Queue> Function<Q> {
         if dead_letter_queue_url.is_empty() {
             return Err(FunctionError::NoDeadLetterQueue);
         }
-        Ok(Function {
+        Ok(Function::with_source(
+            queue,
+            AppSource::Registry(Box::new(directory)),
+            dead_letter_queue_url,
+            metrics_queue_url,
+            clock,
+        ))
+    }
+
+    fn with_source(
+        queue: Arc<Q>,
+        apps: AppSource,
+        dead_letter_queue_url: String,
+        metrics_queue_url: Option<String>,
+        clock: Arc<dyn Clock>,
+    ) -> Function<Q> {
+        Function {
             metrics: MetricsSink::new(queue.clone(), metrics_queue_url),
             actor: Actor::new(queue, dead_letter_queue_url, ActMode::Lambda),
-            apps: AppSource::Registry(Box::new(directory)),
+            apps,
             clock,
             emf: None,
-        })
+        }
     }
 
     /// The registry's directory, when the function reads one.
