@@ -439,6 +439,29 @@ async fn create_twice_update_and_delete_with_drain() {
     );
     assert!(!o.ok && o.stderr.contains("version 2"), "{}", o.stderr);
     assert!(d.ok(&["show", "billing"]).stdout.contains("version = 2"));
+    // Another queue for the same application: refused, nothing changed.
+    let moved = d.file(
+        "billing-moved.toml",
+        &format!(
+            "queue_url = \"{}/123456789012/{}-elsewhere\"\nsecrets = {{ default = \"env:BILLING_SECRET\" }}\n",
+            d.ep, d.stack
+        ),
+    );
+    let o = d.squall(
+        &["update", "billing", "--settings", moved.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        !o.ok && o.stderr.contains("apps.billing.queue_url") && o.stderr.contains("cannot change"),
+        "{}",
+        o.stderr
+    );
+    assert!(d.ok(&["show", "billing"]).stdout.contains("version = 2"));
+    assert!(
+        d.queue_attrs(&format!("{}-elsewhere", d.stack))
+            .await
+            .is_none()
+    );
 
     // Messages waiting: delete refuses and changes nothing.
     for i in 0..3 {

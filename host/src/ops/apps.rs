@@ -407,6 +407,24 @@ impl Apps {
             }
         };
         let account = given_queue.flatten().map(|k| k.account);
+        // The queue is how the function finds the application: moving it would strand the old
+        // queue, its mapping and its waiting events. Refused, naming the way to do it.
+        if let Some(old) = existing.as_ref().and_then(|r| r.queue.as_ref()) {
+            let moved =
+                old.name != queue_name || account.as_ref().is_some_and(|a| *a != old.account);
+            if moved {
+                return Err(ConfigError::Invalid {
+                    origin: format!("settings of application {id}"),
+                    key: format!("apps.{id}.queue_url"),
+                    message: format!(
+                        "the application's queue is {old}; a queue cannot change (the function finds \
+                         the application by it): keep queue_url, or delete the application \
+                         (--drain) and create it again"
+                    ),
+                }
+                .into());
+            }
+        }
         match (mode, &existing) {
             (WriteMode::Create, Some(old)) => {
                 // The stored text is the file's, with the queue_url line made for it in front.
