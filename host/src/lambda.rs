@@ -193,9 +193,6 @@ impl<Q: Queue> Function<Q> {
         metrics_queue_url: Option<String>,
         clock: Arc<dyn Clock>,
     ) -> Result<Function<Q>, FunctionError> {
-        if dead_letter_queue_url.is_empty() {
-            return Err(FunctionError::NoDeadLetterQueue);
-        }
         let mut index: HashMap<QueueKey, BuiltApp> = HashMap::new();
         for fa in apps {
             let key = QueueKey::from_url(&fa.app.queue_url).ok_or_else(|| {
@@ -213,13 +210,13 @@ impl<Q: Queue> Function<Q> {
             }
             index.insert(key, fa);
         }
-        Ok(Function::with_source(
+        Function::with_source(
             queue,
             AppSource::Fixed(index),
             dead_letter_queue_url,
             metrics_queue_url,
             clock,
-        ))
+        )
     }
 
     /// A function that finds its applications in the registry through `directory`: nothing
@@ -231,16 +228,13 @@ impl<Q: Queue> Function<Q> {
         metrics_queue_url: Option<String>,
         clock: Arc<dyn Clock>,
     ) -> Result<Function<Q>, FunctionError> {
-        if dead_letter_queue_url.is_empty() {
-            return Err(FunctionError::NoDeadLetterQueue);
-        }
-        Ok(Function::with_source(
+        Function::with_source(
             queue,
             AppSource::Registry(Box::new(directory)),
             dead_letter_queue_url,
             metrics_queue_url,
             clock,
-        ))
+        )
     }
 
     fn with_source(
@@ -249,14 +243,17 @@ impl<Q: Queue> Function<Q> {
         dead_letter_queue_url: String,
         metrics_queue_url: Option<String>,
         clock: Arc<dyn Clock>,
-    ) -> Function<Q> {
-        Function {
+    ) -> Result<Function<Q>, FunctionError> {
+        if dead_letter_queue_url.is_empty() {
+            return Err(FunctionError::NoDeadLetterQueue);
+        }
+        Ok(Function {
             metrics: MetricsSink::new(queue.clone(), metrics_queue_url),
             actor: Actor::new(queue, dead_letter_queue_url, ActMode::Lambda),
             apps,
             clock,
             emf: None,
-        }
+        })
     }
 
     /// The registry's directory, when the function reads one.
