@@ -383,13 +383,16 @@ async fn discover<Q: Queue>(
         std::collections::HashMap::new();
     loop {
         polled.retain(|_, h| !h.is_finished());
-        match directory.queues().await {
-            Ok(queues) => {
-                for key in queues {
+        match directory.listed().await {
+            Ok(records) => {
+                for record in records {
+                    let Some(key) = record.queue.clone() else {
+                        continue;
+                    };
                     if polled.contains_key(&key) {
                         continue;
                     }
-                    match directory.lookup(&key).await {
+                    match directory.lookup_listed(record).await {
                         Found::App(built) => {
                             tracing::info!(app_id = %built.app.id, queue = %built.app.queue_url, "polling (registry)");
                             let state = Arc::new(AppState::new(

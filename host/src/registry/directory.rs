@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{DynamoStore, QueueKey, ReadCounts, RegistryError, SecretStore};
+use super::{AppRecord, DynamoStore, QueueKey, ReadCounts, RegistryError, SecretStore};
 use crate::apps::{AppBuilder, BuildError, BuiltApp};
 use crate::config::Config;
 use crate::pipeline::Clock;
@@ -124,16 +124,16 @@ impl Directory {
         std::time::Duration::from_millis(self.ttl_ms)
     }
 
-    /// The queues of every registered dedicated application (a `Scan` of the registry:
-    /// `squall run` lists them every TTL to find new applications).
-    pub async fn queues(&self) -> Result<Vec<QueueKey>, RegistryError> {
+    /// Every registered dedicated application that names a queue (a `Scan` of the registry:
+    /// `squall run` lists them every TTL to find new applications, and hands each new one to
+    /// [`Directory::lookup_listed`], so it is not read a second time).
+    pub async fn listed(&self) -> Result<Vec<AppRecord>, RegistryError> {
         Ok(self
             .store
             .list(&self.reads)
             .await?
             .into_iter()
-            .filter(|r| r.tier == super::Tier::Dedicated)
-            .filter_map(|r| r.queue)
+            .filter(|r| r.tier == super::Tier::Dedicated && r.queue.is_some())
             .collect())
     }
 
@@ -144,6 +144,19 @@ impl Directory {
 
     /// The application reading `queue`.
     pub async fn lookup(&self, queue: &QueueKey) -> Found {
+        self.lookup_with(queue, None).await
+    }
+
+    /// The application of a record just listed: like [`Directory::lookup`] of its queue, but a
+    /// stale or missing entry is built from `record` instead of being read again.
+    pub async fn lookup_listed(&self, record: AppRecord) -> Found {
+        let Some(queue) = record.queue.clone() else {
+            return Found::Unknown;
+        };
+        self.lookup_with(&queue, Some(record)).await
+    }
+
+    async fn lookup_with(&self, queue: &QueueKey, listed: Option<AppRecord>) -> Found {
         let entry = self.entry(queue);
         let mut slot = entry.slot.lock().await;
         let now = self.clock.now_ms();
@@ -153,7 +166,7 @@ impl Directory {
         if !fresh {
             // Boxed: the SDK calls' futures are deep, and a caller's future type (the Lambda
             // handler's) must not carry them inline.
-            Box::pin(self.refresh(queue, &mut slot, now)).await;
+            Box::pin(self.refresh(queue, listed, &mut slot, now)).await;
         }
         match &slot.state {
             State::Ready { built, .. } => Found::App(built.clone()),
@@ -200,8 +213,14 @@ impl Directory {
         e
     }
 
-    async fn refresh(&self, queue: &QueueKey, slot: &mut Slot, now: u64) {
-        match self.read(queue, slot).await {
+    async fn refresh(
+        &self,
+        queue: &QueueKey,
+        listed: Option<AppRecord>,
+        slot: &mut Slot,
+        now: u64,
+    ) {
+        match self.read(queue, listed, slot).await {
             Ok(state) => {
                 if let Some(state) = state {
                     slot.state = state;
@@ -235,8 +254,17 @@ impl Directory {
     }
 
     /// Read the queue's item and secrets; `Ok(None)` = unchanged (keep the built application).
-    async fn read(&self, queue: &QueueKey, slot: &Slot) -> Result<Option<State>, RegistryError> {
-        let Some(record) = self.store.by_queue(queue, &self.reads).await? else {
+    async fn read(
+        &self,
+        queue: &QueueKey,
+        listed: Option<AppRecord>,
+        slot: &Slot,
+    ) -> Result<Option<State>, RegistryError> {
+        let record = match listed {
+            Some(r) => Some(r),
+            None => self.store.by_queue(queue, &self.reads).await?,
+        };
+        let Some(record) = record else {
             if let State::Ready { built, .. } = &slot.state {
                 tracing::info!(app_id = %built.app.id, queue = %queue, "application deleted from the registry: no longer served");
             }
