@@ -76,8 +76,8 @@ pub async fn from_config(config: &Config) -> Result<Function<SqsQueues>, InitErr
         // first event from its queue.
         RegistryBackend::Dynamodb => {
             let clock: Arc<SystemClock> = Arc::new(SystemClock);
-            let directory = registry::start(config, PluginSetup::lambda(), clock.clone()).await?;
-            let sqs = SqsQueues::connect(&SqsSettings::from_config(config)).await;
+            let (directory, sqs) =
+                registry::start(config, PluginSetup::lambda(), clock.clone()).await?;
             Function::with_registry(
                 Arc::new(sqs),
                 directory,

@@ -24,7 +24,7 @@ use super::{
 };
 
 /// How to reach SQS.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SqsSettings {
     /// AWS region, e.g. `us-east-1`; empty = the AWS default chain (AWS_REGION, profile...).
     pub region: String,
@@ -82,8 +82,13 @@ pub struct SqsQueues {
 impl SqsQueues {
     /// Build the client once per process.
     pub async fn connect(settings: &SqsSettings) -> SqsQueues {
+        SqsQueues::with_sdk_config(&sdk_config(settings).await)
+    }
+
+    /// The client over an SDK configuration already loaded (shared with other clients).
+    pub fn with_sdk_config(sdk: &aws_config::SdkConfig) -> SqsQueues {
         SqsQueues {
-            client: Client::new(&sdk_config(settings).await),
+            client: Client::new(sdk),
         }
     }
 

@@ -116,6 +116,14 @@ pub async fn connect(
     config: &Config,
     settings: &SqsSettings,
 ) -> Result<(DynamoStore, SecretStore), ConfigError> {
+    clients(config, &sdk_config(settings).await)
+}
+
+/// The table and secret store over an SDK configuration already loaded.
+fn clients(
+    config: &Config,
+    sdk: &aws_config::SdkConfig,
+) -> Result<(DynamoStore, SecretStore), ConfigError> {
     let Some(table) = config.registry.table.clone() else {
         return Err(ConfigError::Invalid {
             origin: "config".into(),
@@ -123,10 +131,9 @@ pub async fn connect(
             message: "is empty: the DynamoDB registry needs its table's name".into(),
         });
     };
-    let sdk = sdk_config(settings).await;
     Ok((
-        DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table),
-        SecretStore::new(aws_sdk_ssm::Client::new(&sdk)),
+        DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), table),
+        SecretStore::new(aws_sdk_ssm::Client::new(sdk)),
     ))
 }
 
@@ -134,27 +141,33 @@ pub async fn connect(
 /// configuration (a dead-letter queue; no `[apps.*]` in the file), make the process-wide parts
 /// (`plugins` says how the plugin runtime is made, when an application first needs it), connect
 /// to the table and the secret store. Nothing per application: each is read and built on first
-/// use through the returned directory.
+/// use through the returned directory. The SQS client comes back too: it shares the one SDK
+/// configuration (loaded once) when the registry and SQS have the same endpoint, as in AWS.
 pub async fn start(
     config: &Config,
     plugins: crate::apps::PluginSetup,
     clock: std::sync::Arc<dyn crate::pipeline::Clock>,
-) -> Result<Directory, crate::apps::StartupError> {
+) -> Result<(Directory, crate::queue::sqs::SqsQueues), crate::apps::StartupError> {
     config.require_queues()?;
     let builder = crate::apps::AppBuilder::new(config, plugins)
         .map_err(crate::apps::StartupError::Runtime)?;
-    let (store, secrets) = connect(config, &aws_settings(config)).await?;
+    let sqs_settings = SqsSettings::from_config(config);
+    let registry_settings = aws_settings(config);
+    let sqs_sdk = sdk_config(&sqs_settings).await;
+    let (store, secrets) = if registry_settings == sqs_settings {
+        clients(config, &sqs_sdk)?
+    } else {
+        clients(config, &sdk_config(&registry_settings).await)?
+    };
+    let sqs = crate::queue::sqs::SqsQueues::with_sdk_config(&sqs_sdk);
     tracing::info!(
         table = store.table(),
         ttl_secs = config.registry.ttl.as_secs(),
         "applications from the registry"
     );
-    Ok(Directory::new(
-        config.clone(),
-        store,
-        secrets,
-        builder,
-        clock,
+    Ok((
+        Directory::new(config.clone(), store, secrets, builder, clock),
+        sqs,
     ))
 }
 

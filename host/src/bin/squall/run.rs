@@ -80,14 +80,14 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
             })?
         }
         RegistryBackend::Dynamodb => rt.block_on(async move {
-            let directory = registry::start(
+            let (directory, sqs) = registry::start(
                 &config,
                 PluginSetup::from_config(&config),
                 Arc::new(SystemClock),
             )
             .await
             .map_err(startup_error)?;
-            let sqs = Arc::new(SqsQueues::connect(&sqs_settings).await);
+            let sqs = Arc::new(sqs);
             check_queues(&sqs, &config).await?;
             tracing::info!(
                 endpoint = sqs_settings.endpoint_url.as_deref().unwrap_or("aws"),
