@@ -95,7 +95,10 @@ impl PluginSetup {
     /// `squall run`, the demo and the benches: the options of `[plugins]` (an empty
     /// `cache_dir` = the runtime's default), each plugin file as configured.
     pub fn from_config(config: &Config) -> PluginSetup {
-        let mut options = RuntimeOptions::default();
+        let mut options = RuntimeOptions {
+            pooled_instances: config.plugins.pool_instances,
+            ..RuntimeOptions::default()
+        };
         if let Some(dir) = &config.plugins.cache_dir {
             options.cache_dir = Some(dir.clone());
         }
@@ -108,12 +111,13 @@ impl PluginSetup {
     /// The Lambda function: no disk cache (/var/task is read-only and every cold start is a
     /// fresh sandbox), artifacts mapped rather than read (nothing rewrites /var/task under a
     /// mapping), and the bundled `.cwasm` artifacts preferred: they are what makes plugin
-    /// loading cheap at a cold start.
-    pub fn lambda() -> PluginSetup {
+    /// loading cheap at a cold start. `[plugins] pool_instances` sizes the pool.
+    pub fn lambda(config: &Config) -> PluginSetup {
         PluginSetup {
             options: RuntimeOptions {
                 cache_dir: None,
                 map_artifacts: true,
+                pooled_instances: config.plugins.pool_instances,
                 ..RuntimeOptions::default()
             },
             prefer_artifacts: true,
@@ -439,7 +443,7 @@ max_attempts = 4
             "[apps.billing.plugins.transform]\npath = \"bad.wasm\"",
             &dir,
         );
-        let builder = AppBuilder::new(&c, PluginSetup::lambda()).unwrap();
+        let builder = AppBuilder::new(&c, PluginSetup::lambda(&c)).unwrap();
         assert!(builder.runtime().is_some());
         // An artifact this engine refuses is not used: the .wasm stays.
         let preferred = builder.prefer_artifacts(&c.apps);

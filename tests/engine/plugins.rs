@@ -1061,6 +1061,86 @@ fn precompiled_artifacts_load_and_bad_ones_are_refused() {
     assert!(matches!(err, PluginError::CorruptArtifact { .. }), "{err}");
 }
 
+/// Deployment artifacts for a Lambda architecture, made on any machine: for this machine's
+/// architecture they load (pooled, mapped, as in Lambda) and sign byte for byte as the `.wasm`
+/// does, though this engine detected its own CPU features; for the other architecture they
+/// are that architecture's code and are refused here naming both.
+#[test]
+fn artifacts_precompiled_for_an_architecture_load_on_any_cpu_of_it() {
+    use squall::plugin::{Architecture, Precompiler, arch_name, host_architecture};
+    let Some(host) = host_architecture() else {
+        eprintln!("SKIPPED: not a Lambda architecture");
+        return;
+    };
+    let dir = temp_dir("cross");
+    let here = dir.join("sw-here.cwasm");
+    Precompiler::new(&RuntimeOptions::default(), host)
+        .unwrap()
+        .precompile(&dist("standard-webhooks-signer"), &here)
+        .unwrap();
+    let rt = PluginRuntime::new(RuntimeOptions {
+        cache_dir: None,
+        map_artifacts: true,
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    let signer = rt
+        .signer(
+            "app",
+            &PluginSpec::new(&here),
+            secrets(&[("main", &[SPEC_SECRET])]),
+        )
+        .unwrap();
+    let headers = signer
+        .sign(
+            &ctx("msg_p5jXN8AQM9LWM0D4loKWxJek", "t", 1),
+            &request(br#"{"test": 2432232314}"#),
+            "main",
+            1614265330,
+        )
+        .unwrap();
+    assert_eq!(
+        headers[2].1,
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    );
+
+    let other = match host {
+        Architecture::Arm64 => Architecture::X86_64,
+        Architecture::X86_64 => Architecture::Arm64,
+    };
+    let there = dir.join("sw-there.cwasm");
+    Precompiler::new(&RuntimeOptions::default(), other)
+        .unwrap()
+        .precompile(&dist("standard-webhooks-signer"), &there)
+        .unwrap();
+    let bytes = std::fs::read(&there).unwrap();
+    let machine = u16::from_le_bytes([bytes[18], bytes[19]]);
+    assert_eq!(
+        machine,
+        match other {
+            Architecture::Arm64 => 183,
+            Architecture::X86_64 => 62,
+        },
+        "ELF e_machine of the {} artifact",
+        arch_name(other)
+    );
+    let err = rt
+        .signer("app", &PluginSpec::new(&there), secrets(&[]))
+        .err()
+        .unwrap();
+    let text = err.to_string();
+    assert!(
+        matches!(err, PluginError::ForeignArtifact { .. })
+            && text.contains("sw-there.cwasm")
+            && text.contains(&format!(
+                "compiled for {o} (any {o} CPU), and this host is {h}",
+                o = arch_name(other),
+                h = arch_name(host)
+            )),
+        "{text}"
+    );
+}
+
 /// Loading the same artifact twice (as a Lambda init does: `inspect_all`, then the hook) maps
 /// it once; a file replaced at the same path is checked again, and an artifact of the old
 /// format (header in front) is refused with what to do. (The other artifact tests read

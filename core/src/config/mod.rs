@@ -193,6 +193,8 @@ pub struct PluginsConfig {
     /// Compiled-plugin cache directory, resolved against the config file's directory; `None`
     /// (the key empty) = the plugin runtime's default (`squall::plugin::default_cache_dir`).
     pub cache_dir: Option<PathBuf>,
+    /// Plugin instances held at once: the size of the pooling allocator.
+    pub pool_instances: u32,
 }
 
 /// Function CPU architecture (`[lambda] architecture`).

@@ -44,6 +44,7 @@ struct RawRunner {
 #[serde(deny_unknown_fields)]
 struct RawPlugins {
     cache_dir: String,
+    pool_instances: u32,
 }
 
 #[derive(Deserialize)]
@@ -244,6 +245,9 @@ fn build(raw: RawRoot, base_dir: &Path, o: &Origins) -> Result<Config, ConfigErr
     }
     let lambda = build_lambda(raw.lambda, o)?;
     let cache_dir = resolve_cache_dir(&raw.plugins.cache_dir, base_dir);
+    if !(1..=10_000).contains(&raw.plugins.pool_instances) {
+        return Err(o.invalid("plugins.pool_instances", "must be 1-10000"));
+    }
 
     // app_defaults on its own first, so a bad default is named where it is written.
     for key in APP_ONLY_KEYS {
@@ -289,7 +293,10 @@ fn build(raw: RawRoot, base_dir: &Path, o: &Origins) -> Result<Config, ConfigErr
         runner: RunnerConfig {
             shutdown_grace_secs: raw.runner.shutdown_grace_secs,
         },
-        plugins: PluginsConfig { cache_dir },
+        plugins: PluginsConfig {
+            cache_dir,
+            pool_instances: raw.plugins.pool_instances,
+        },
         lambda,
         registry,
         apps,

@@ -62,7 +62,7 @@ pub async fn from_config_file(path: &Path) -> Result<Function<SqsQueues>, InitEr
 pub async fn from_config(config: &Config) -> Result<Function<SqsQueues>, InitError> {
     let function = match config.registry.backend {
         RegistryBackend::File => {
-            let apps = apps::from_config(config, PluginSetup::lambda())?;
+            let apps = apps::from_config(config, PluginSetup::lambda(config))?;
             let sqs = SqsQueues::connect(&SqsSettings::from_config(config)).await;
             Function::new(
                 Arc::new(sqs),
@@ -77,7 +77,7 @@ pub async fn from_config(config: &Config) -> Result<Function<SqsQueues>, InitErr
         RegistryBackend::Dynamodb => {
             let clock: Arc<SystemClock> = Arc::new(SystemClock);
             let (directory, sqs) =
-                registry::start(config, PluginSetup::lambda(), clock.clone()).await?;
+                registry::start(config, PluginSetup::lambda(config), clock.clone()).await?;
             Function::with_registry(
                 Arc::new(sqs),
                 directory,

@@ -54,6 +54,7 @@ pub use state::HostState;
 
 use crate::hooks;
 use crate::secrets::Secrets;
+pub use squall_core::config::Architecture;
 use state::AppBinding;
 
 /// Per-call limits of a plugin, configurable per application.
@@ -346,6 +347,9 @@ struct LoadedComponent {
 pub struct PluginRuntime {
     engine: Engine,
     engine_digest: [u8; 32],
+    /// The digest of baseline artifacts for this host's architecture (see `artifact`), made
+    /// when the first artifact that is not native is met; `None` where there is none.
+    baseline_digest: std::sync::OnceLock<Option<[u8; 32]>>,
     linker: Linker<HostState>,
     allocator: Allocator,
     opts: RuntimeOptions,
@@ -388,13 +392,13 @@ impl PluginRuntime {
             return Err(PluginError::Engine("epoch_tick must be above zero".into()));
         }
         let (engine, allocator) = match opts.allocator {
-            AllocatorChoice::OnDemand => (make_engine(&opts, false)?, Allocator::OnDemand),
-            AllocatorChoice::Pooling => (make_engine(&opts, true)?, Allocator::Pooling),
-            AllocatorChoice::Auto => match make_engine(&opts, true) {
+            AllocatorChoice::OnDemand => (make_engine(&opts, false, None)?, Allocator::OnDemand),
+            AllocatorChoice::Pooling => (make_engine(&opts, true, None)?, Allocator::Pooling),
+            AllocatorChoice::Auto => match make_engine(&opts, true, None) {
                 Ok(e) => (e, Allocator::Pooling),
                 Err(err) => {
                     tracing::warn!(error = %err, "pooling allocator unavailable, falling back to on-demand allocation");
-                    (make_engine(&opts, false)?, Allocator::OnDemand)
+                    (make_engine(&opts, false, None)?, Allocator::OnDemand)
                 }
             },
         };
@@ -422,7 +426,8 @@ impl PluginRuntime {
             .map_err(|e| PluginError::Engine(format!("starting the epoch ticker: {e}")))?;
 
         Ok(PluginRuntime {
-            engine_digest: artifact::engine_digest(&engine),
+            engine_digest: artifact::engine_digest(&engine, std::env::consts::ARCH),
+            baseline_digest: std::sync::OnceLock::new(),
             engine,
             linker,
             allocator,
@@ -511,18 +516,32 @@ impl PluginRuntime {
             .collect()
     }
 
-    /// Compile `path` (a `.wasm` component) for this engine and write a verified artifact
-    /// to `out`, for deployment bundles: loading it needs no Cranelift work.
+    /// Compile `path` (a `.wasm` component) for this engine, with this machine's CPU
+    /// features, and write a verified artifact to `out`: loading it needs no Cranelift work,
+    /// on this machine or one like it. Deployment bundles use [`Precompiler`] instead.
     pub fn precompile(&self, path: &Path, out: &Path) -> Result<(), PluginError> {
         let bytes = read(path)?;
-        let digest: [u8; 32] = Sha256::digest(&bytes).into();
         let component = self.compile(path, &bytes)?;
         contract::inspect(&self.engine, &component, path)?;
-        let payload = component.serialize().map_err(|e| PluginError::Compile {
-            path: path.to_path_buf(),
-            detail: format!("serializing: {e:#}"),
-        })?;
-        write_atomically(out, &artifact::wrap(&self.engine_digest, &digest, &payload))
+        let payload = component.serialize().map_err(|e| serializing(path, e))?;
+        write_artifact(
+            &self.engine_digest,
+            &artifact::Target::native(),
+            &bytes,
+            &payload,
+            out,
+        )
+    }
+
+    fn host_baseline_digest(&self) -> Option<[u8; 32]> {
+        let arch = host_architecture()?;
+        match make_engine(&self.opts, false, Some(arch)) {
+            Ok(engine) => Some(artifact::engine_digest(&engine, arch_name(arch))),
+            Err(e) => {
+                tracing::warn!(error = %e, "no baseline engine for this architecture: bundled artifacts will not load");
+                None
+            }
+        }
     }
 
     /// A transform for one application.
@@ -707,8 +726,9 @@ impl PluginRuntime {
         let (component, digest) = if let Some(tail) = read_trailer(&mut file, size) {
             // The pin is held against the source digest the trailer names (a `.cwasm` is
             // native code: only trusted bundles carry them, see `artifact`).
-            let header = artifact::check_header(&self.engine_digest, &tail, path)?;
+            let header = artifact::check_header(self, &tail, path)?;
             check_pin(path, pin, &header.source_digest)?;
+            tracing::info!(plugin = %path.display(), target = %header.target, "loading precompiled plugin");
             if self.opts.map_artifacts {
                 let component = artifact::load_file(&self.engine, &header, file, size, path)?;
                 (component, header.source_digest)
@@ -717,7 +737,7 @@ impl PluginRuntime {
                 file.seek(SeekFrom::Start(0))
                     .and_then(|_| file.read_to_end(&mut bytes))
                     .map_err(io)?;
-                artifact::load(&self.engine, &self.engine_digest, &bytes, path)?
+                artifact::load(&self.engine, self, &bytes, path)?
             }
         } else {
             let mut bytes = Vec::with_capacity(size as usize);
@@ -774,7 +794,12 @@ impl PluginRuntime {
         // Read and copied, not mapped: the cache directory is shared and writable, and a file
         // truncated in place under a mapping would crash the process (SIGBUS), not fail a load.
         if let Ok(cached) = std::fs::read(&file) {
-            match artifact::load(&self.engine, &self.engine_digest, &cached, &file) {
+            match artifact::load(
+                &self.engine,
+                &artifact::NativeOnly(&self.engine_digest),
+                &cached,
+                &file,
+            ) {
                 Ok((component, d)) if d == *digest => return Ok(component),
                 Ok(_) => {
                     tracing::warn!(cache = %file.display(), "cached artifact is for other source bytes; recompiling")
@@ -785,7 +810,12 @@ impl PluginRuntime {
         let component = self.compile(path, bytes)?;
         match component.serialize() {
             Ok(payload) => {
-                let wrapped = artifact::wrap(&self.engine_digest, digest, &payload);
+                let wrapped = artifact::wrap(
+                    &self.engine_digest,
+                    &artifact::Target::native(),
+                    digest,
+                    &payload,
+                );
                 if let Err(e) = std::fs::create_dir_all(dir)
                     .map_err(|source| PluginError::Io {
                         path: dir.clone(),
@@ -804,40 +834,50 @@ impl PluginRuntime {
     }
 
     fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Component, PluginError> {
-        if Engine::detect_precompiled(bytes).is_some() {
-            return Err(PluginError::ForeignArtifact {
-                path: path.to_path_buf(),
-                detail: "a raw wasmtime artifact without Squall's verified trailer; make one with `squall plugin precompile`".into(),
-            });
-        }
-        if bytes.starts_with(b"\x7fELF") {
-            return Err(PluginError::CorruptArtifact {
-                path: path.to_path_buf(),
-                detail: "a precompiled artifact without its trailer (truncated?); precompile it again with `squall plugin precompile`".into(),
-            });
-        }
-        let not = |detail: &str| PluginError::NotAComponent {
-            path: path.to_path_buf(),
-            detail: detail.to_string(),
-        };
-        match bytes.get(..8) {
-            Some([0, b'a', b's', b'm', 0x0d, 0, 1, 0]) => {}
-            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
-                return Err(not(
-                    "a core WebAssembly module, not a component (build for wasm32-wasip2, or encode it with `wasm-tools component new`)",
-                ));
-            }
-            _ => return Err(not("not a WebAssembly component (bad magic number)")),
-        }
-        let started = std::time::Instant::now();
-        let component =
-            Component::from_binary(&self.engine, bytes).map_err(|e| PluginError::Compile {
-                path: path.to_path_buf(),
-                detail: format!("{e:#}"),
-            })?;
-        tracing::info!(plugin = %path.display(), ms = started.elapsed().as_millis() as u64, "compiled plugin");
-        Ok(component)
+        compile_on(&self.engine, path, bytes)
     }
+}
+
+/// Compile a component's bytes on `engine`, refusing what is not a component by name.
+fn compile_on(engine: &Engine, path: &Path, bytes: &[u8]) -> Result<Component, PluginError> {
+    check_component_bytes(path, bytes)?;
+    let started = std::time::Instant::now();
+    let component = Component::from_binary(engine, bytes).map_err(|e| PluginError::Compile {
+        path: path.to_path_buf(),
+        detail: format!("{e:#}"),
+    })?;
+    tracing::info!(plugin = %path.display(), ms = started.elapsed().as_millis() as u64, "compiled plugin");
+    Ok(component)
+}
+
+/// Refuse, by name, bytes that are not a WebAssembly component.
+fn check_component_bytes(path: &Path, bytes: &[u8]) -> Result<(), PluginError> {
+    if Engine::detect_precompiled(bytes).is_some() {
+        return Err(PluginError::ForeignArtifact {
+            path: path.to_path_buf(),
+            detail: "a raw wasmtime artifact without Squall's verified trailer; make one with `squall plugin precompile`".into(),
+        });
+    }
+    if bytes.starts_with(b"\x7fELF") {
+        return Err(PluginError::CorruptArtifact {
+            path: path.to_path_buf(),
+            detail: "a precompiled artifact without its trailer (truncated?); precompile it again with `squall plugin precompile`".into(),
+        });
+    }
+    let not = |detail: &str| PluginError::NotAComponent {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    };
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 0x0d, 0, 1, 0]) => {}
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+            return Err(not(
+                "a core WebAssembly module, not a component (build for wasm32-wasip2, or encode it with `wasm-tools component new`)",
+            ));
+        }
+        _ => return Err(not("not a WebAssembly component (bad magic number)")),
+    }
+    Ok(())
 }
 
 /// Refuse `path` when a digest is pinned and `actual` is not it.
@@ -894,8 +934,119 @@ fn plugin_identity(path: &Path, digest: &[u8]) -> String {
     format!("{name}#{}", hex::encode(&digest[..6]))
 }
 
-fn make_engine(opts: &RuntimeOptions, pooling: bool) -> Result<Engine, PluginError> {
+/// A runtime loads its own artifacts and the baseline artifacts of its architecture.
+impl artifact::Accepts for PluginRuntime {
+    fn native(&self) -> &[u8; 32] {
+        &self.engine_digest
+    }
+    fn baseline(&self) -> Option<[u8; 32]> {
+        *self
+            .baseline_digest
+            .get_or_init(|| self.host_baseline_digest())
+    }
+}
+
+fn serializing(path: &Path, e: wasmtime::Error) -> PluginError {
+    PluginError::Compile {
+        path: path.to_path_buf(),
+        detail: format!("serializing: {e:#}"),
+    }
+}
+
+/// Write the artifact of `source` (the `.wasm` bytes) to `out`.
+fn write_artifact(
+    digest: &[u8; 32],
+    target: &artifact::Target,
+    source: &[u8],
+    payload: &[u8],
+    out: &Path,
+) -> Result<(), PluginError> {
+    let source: [u8; 32] = Sha256::digest(source).into();
+    write_atomically(out, &artifact::wrap(digest, target, &source, payload))
+}
+
+/// Makes deployment artifacts for a CPU architecture, on any machine: the code is compiled
+/// for the architecture's baseline (no optional CPU extension, so it runs on every CPU of
+/// that architecture, each Graviton or x86_64 generation a Lambda function may land on),
+/// with the runtime's settings, and the function's [`PluginRuntime`] on that architecture
+/// loads it without compiling. Cross-compiling (arm64 artifacts on an x86_64 machine) is
+/// the same call.
+pub struct Precompiler {
+    engine: Engine,
+    digest: [u8; 32],
+    target: artifact::Target,
+}
+
+impl Precompiler {
+    /// A precompiler for `arch`, with the engine settings of `opts` (the allocator does not
+    /// matter: it does not change the code).
+    pub fn new(opts: &RuntimeOptions, arch: Architecture) -> Result<Precompiler, PluginError> {
+        let engine = make_engine(opts, false, Some(arch))?;
+        Ok(Precompiler {
+            digest: artifact::engine_digest(&engine, arch_name(arch)),
+            engine,
+            target: artifact::Target {
+                arch: arch_name(arch).to_string(),
+                cpu: artifact::Cpu::Baseline,
+            },
+        })
+    }
+
+    /// Compile `path` (a `.wasm` component) and write the verified artifact to `out`.
+    /// The component is compiled, not instantiated: its contract (exports, WIT version,
+    /// imports) is checked where it runs (at load, as for a `.wasm`) and by `squall plugin
+    /// check`, which `scripts/package-lambda` runs on every bundled plugin.
+    pub fn precompile(&self, path: &Path, out: &Path) -> Result<(), PluginError> {
+        let bytes = read(path)?;
+        check_component_bytes(path, &bytes)?;
+        let started = std::time::Instant::now();
+        let payload =
+            self.engine
+                .precompile_component(&bytes)
+                .map_err(|e| PluginError::Compile {
+                    path: path.to_path_buf(),
+                    detail: format!("{e:#}"),
+                })?;
+        tracing::info!(plugin = %path.display(), target = %self.target, ms = started.elapsed().as_millis() as u64, "precompiled plugin");
+        write_artifact(&self.digest, &self.target, &bytes, &payload, out)
+    }
+}
+
+/// The architecture's name as Rust and wasmtime spell it (`std::env::consts::ARCH`).
+pub fn arch_name(arch: Architecture) -> &'static str {
+    match arch {
+        Architecture::Arm64 => "aarch64",
+        Architecture::X86_64 => "x86_64",
+    }
+}
+
+/// This machine's architecture when it is one a Lambda function runs on (Linux, aarch64
+/// or x86_64): the one whose baseline artifacts it loads.
+pub fn host_architecture() -> Option<Architecture> {
+    if std::env::consts::OS != "linux" {
+        return None;
+    }
+    match std::env::consts::ARCH {
+        "aarch64" => Some(Architecture::Arm64),
+        "x86_64" => Some(Architecture::X86_64),
+        _ => None,
+    }
+}
+
+/// `target`: `None` = this machine, with the CPU features it detects; an architecture =
+/// that architecture's Linux triple with its baseline features (an explicit target turns
+/// wasmtime's CPU detection off, also when it is this machine's).
+fn make_engine(
+    opts: &RuntimeOptions,
+    pooling: bool,
+    target: Option<Architecture>,
+) -> Result<Engine, PluginError> {
     let mut config = Config::new();
+    if let Some(arch) = target {
+        config
+            .target(&format!("{}-unknown-linux-gnu", arch_name(arch)))
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+    }
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.parallel_compilation(true);

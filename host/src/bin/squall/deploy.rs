@@ -36,12 +36,43 @@ pub struct BundleArgs {
     /// Staging directory (created; must be empty or absent).
     #[arg(long)]
     pub out: PathBuf,
-    /// Also write `<name>.cwasm` beside each plugin, precompiled by this machine's engine.
-    /// The function uses an artifact only if its own engine made the same kind (same
-    /// wasmtime, configuration and CPU architecture); otherwise it compiles the `.wasm` at
-    /// init and logs a warning.
+    /// Also write `<name>.cwasm` beside each plugin, precompiled for `--arch` (on any
+    /// machine: an x86_64 machine makes arm64 artifacts). The function uses an artifact only
+    /// if it was made for its architecture by the same wasmtime and configuration; otherwise
+    /// it compiles the `.wasm` at init and logs a warning naming why.
     #[arg(long)]
     pub precompile: bool,
+    /// The function's architecture, for `--precompile`: `arm64` or `x86_64` (that
+    /// architecture's baseline CPU, so every CPU of it loads the artifacts). Default: the
+    /// config's `[lambda] architecture`.
+    #[arg(long, value_enum)]
+    pub arch: Option<ArchArg>,
+}
+
+/// A CPU architecture to precompile plugins for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchArg {
+    /// AWS Graviton (aarch64), any generation.
+    Arm64,
+    /// x86_64, any CPU (no optional extension).
+    #[value(name = "x86_64")]
+    X86_64,
+    /// This machine's architecture and CPU features (artifacts for this machine only).
+    Native,
+}
+
+/// The architecture `--arch` names, else `default` (a config's `[lambda] architecture`);
+/// `None` = this machine's native CPU.
+pub fn target_arch(
+    arch: Option<ArchArg>,
+    default: config::Architecture,
+) -> Option<config::Architecture> {
+    match arch {
+        Some(ArchArg::Arm64) => Some(config::Architecture::Arm64),
+        Some(ArchArg::X86_64) => Some(config::Architecture::X86_64),
+        Some(ArchArg::Native) => None,
+        None => Some(default),
+    }
 }
 
 /// Arguments of `squall deploy template`.
@@ -208,12 +239,15 @@ fn bundle(args: &BundleArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(args.out.join("plugins"))
         .with_context(|| format!("creating {}", args.out.display()))?;
     let runtime = if args.precompile {
+        let arch = match args.arch {
+            Some(ArchArg::Native) => bail!(
+                "--arch native: a deployment bundle is for a Lambda architecture (arm64 or x86_64)"
+            ),
+            arch => target_arch(arch, config.lambda.architecture).expect("not native"),
+        };
         Some(
-            squall::plugin::PluginRuntime::new(squall::plugin::RuntimeOptions {
-                cache_dir: None,
-                ..Default::default()
-            })
-            .context("starting the plugin runtime")?,
+            squall::plugin::Precompiler::new(&squall::plugin::RuntimeOptions::default(), arch)
+                .context("starting the plugin compiler")?,
         )
     } else {
         None

@@ -12,7 +12,7 @@ use squall::hooks::{
     AttemptContext, Outcome, Request, RetryPolicy, Signer, Transform, TransformResult,
     TransportErrorKind,
 };
-use squall::plugin::{Hook, Isolation, PluginRuntime, PluginSpec, RuntimeOptions};
+use squall::plugin::{Hook, Isolation, PluginRuntime, PluginSpec, Precompiler, RuntimeOptions};
 use squall::secrets::{SecretKey, Secrets};
 
 /// Plugin subcommands.
@@ -26,14 +26,23 @@ pub enum PluginCommand {
     /// Run one hook of a plugin on a sample event, as production would, and print the
     /// result, the time and the memory used. Exits non-zero on a plugin error.
     Test(TestArgs),
-    /// Compile a component for this host and write a verified .cwasm for deployment
-    /// bundles (loading it needs no compilation).
+    /// Compile a component for a CPU architecture and write a verified .cwasm (loading it
+    /// needs no compilation). Any machine makes artifacts for either architecture.
     Precompile {
         /// The component (.wasm).
         path: PathBuf,
         /// Where to write the artifact.
         #[arg(short, long)]
         output: PathBuf,
+        /// The architecture it will run on: `arm64` or `x86_64` (that architecture's
+        /// baseline CPU, so any CPU of it loads the artifact: what deployment bundles hold),
+        /// or `native` (this machine's own CPU features). Default: `[lambda] architecture`
+        /// of `--config`, else arm64 (that key's default).
+        #[arg(long, value_enum)]
+        arch: Option<crate::deploy::ArchArg>,
+        /// A config file whose `[lambda] architecture` is the default `--arch`.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Run a plugin against conformance vectors (plugins/conformance/*.json): every vector
     /// through the runtime with its own config and secrets. Exits non-zero if any fails.
@@ -118,12 +127,31 @@ pub fn main(cmd: PluginCommand) -> anyhow::Result<()> {
         PluginCommand::Check { path } => check(path),
         PluginCommand::Test(args) => test(args),
         PluginCommand::Conformance { path, vectors } => conformance(path, vectors),
-        PluginCommand::Precompile { path, output } => {
-            let rt = PluginRuntime::new(RuntimeOptions::default())?;
+        PluginCommand::Precompile {
+            path,
+            output,
+            arch,
+            config,
+        } => {
+            let default = match &config {
+                Some(path) => squall::config::load(Some(path))?.lambda.architecture,
+                None => squall::config::Architecture::Arm64,
+            };
+            let arch = crate::deploy::target_arch(arch, default);
             let started = Instant::now();
-            rt.precompile(&path, &output)?;
+            let target = match arch {
+                None => {
+                    PluginRuntime::new(RuntimeOptions::default())?.precompile(&path, &output)?;
+                    format!("this machine ({})", std::env::consts::ARCH)
+                }
+                Some(arch) => {
+                    Precompiler::new(&RuntimeOptions::default(), arch)?
+                        .precompile(&path, &output)?;
+                    format!("any {} CPU", squall::plugin::arch_name(arch))
+                }
+            };
             println!(
-                "wrote {} ({} bytes) in {:.1} ms",
+                "wrote {} ({} bytes, for {target}) in {:.1} ms",
                 output.display(),
                 std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0),
                 started.elapsed().as_secs_f64() * 1e3
