@@ -57,6 +57,28 @@ ensure_cargo_auditable() { ensure_cargo_tool cargo-auditable "$CARGO_AUDITABLE_V
 ensure_cargo_cyclonedx() { ensure_cargo_tool cargo-cyclonedx "$CARGO_CYCLONEDX_VERSION"; }
 ensure_cyclonedx_python() { ensure_venv cyclonedx "cyclonedx-python-lib[json-validation]==$CYCLONEDX_PYTHON_LIB_VERSION"; }
 
+# User-mode emulation of arm64 for the arm64 bootstrap test (tests/e2e/arm64.rs): Debian's
+# static qemu-aarch64 and an aarch64 sysroot (glibc, libgcc_s) unpacked into .tools/qemu, with
+# no system install. Sets QEMU_AARCH64 and QEMU_SYSROOT.
+QEMU_PACKAGES="qemu-user-static libc6-arm64-cross libgcc-s1-arm64-cross"
+ensure_qemu_aarch64() {
+  local dir="$TOOLS/qemu" stamp="$TOOLS/qemu/.installed"
+  QEMU_AARCH64="$dir/usr/bin/qemu-aarch64-static" QEMU_SYSROOT="$dir/usr/aarch64-linux-gnu"
+  export QEMU_AARCH64 QEMU_SYSROOT
+  if [ -x "$QEMU_AARCH64" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$QEMU_PACKAGES" ]; then return; fi
+  local started=$SECONDS debs
+  rm -rf "$dir" && mkdir -p "$dir/debs"
+  # apt-get download needs the package lists; a fresh machine may have none yet.
+  if ! (cd "$dir/debs" && apt-get download $QEMU_PACKAGES >/dev/null 2>&1); then
+    apt-get update -qq >/dev/null
+    (cd "$dir/debs" && apt-get download $QEMU_PACKAGES >/dev/null)
+  fi
+  for debs in "$dir"/debs/*.deb; do dpkg -x "$debs" "$dir"; done
+  rm -rf "$dir/debs" "$dir/usr/share/doc"
+  echo "$QEMU_PACKAGES" > "$stamp"
+  say "installed qemu-aarch64 ($("$QEMU_AARCH64" --version | head -1)) and the aarch64 sysroot in $((SECONDS - started)) s"
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }

@@ -8,6 +8,13 @@
 //!
 //! Run: `scripts/build-plugins && cargo bench -p squall --bench cold_start` (optional
 //! `COLD_START_RUNS=N`, default 10). Prints a table; `docs/benchmarks.md` keeps the results.
+//!
+//! Another architecture's bootstrap (the arm64 one from `scripts/package-lambda --arch arm64`,
+//! under qemu-aarch64): `COLD_START_BOOTSTRAP=<its bootstrap>`, `COLD_START_EMULATOR="<qemu>
+//! -L <sysroot>"` (words prepended to the command), `COLD_START_ARCH=arm64` (the artifacts are
+//! precompiled for that architecture, as `squall deploy bundle --precompile --arch` makes
+//! them; without it, by this machine's own engine) and `COLD_START_POOL=N` (`[plugins]
+//! pool_instances`; emulation needs a small pool, see docs/config.md).
 
 mod support;
 
@@ -44,7 +51,12 @@ fn sqs_event(receiver: SocketAddr) -> String {
 async fn one_run(config: &Path, receiver: SocketAddr) -> (Duration, String) {
     let api = RuntimeApi::start().await;
     let started = Instant::now();
-    let mut cmd = Command::new(BOOTSTRAP);
+    let bootstrap = std::env::var("COLD_START_BOOTSTRAP").unwrap_or_else(|_| BOOTSTRAP.into());
+    let emulator = std::env::var("COLD_START_EMULATOR").unwrap_or_default();
+    let mut words: Vec<&str> = emulator.split_whitespace().collect();
+    words.push(&bootstrap);
+    let mut cmd = Command::new(words[0]);
+    cmd.args(&words[1..]);
     for (k, v) in support::lambda_env(api.addr) {
         cmd.env(k, v);
     }
@@ -68,7 +80,7 @@ fn stage(
     dir: &Path,
     receiver: SocketAddr,
     apps: &[(&str, &[(&str, &str)])],
-    precompile: Option<&squall::plugin::PluginRuntime>,
+    precompile: Option<&Precompile>,
 ) -> PathBuf {
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
     let _ = receiver;
@@ -76,6 +88,9 @@ fn stage(
         "allow_literal_secrets = true\n[sqs]\nregion = \"us-east-1\"\nendpoint_url = \"http://127.0.0.1:9\"\n\
          dead_letter_queue_url = \"http://127.0.0.1:9/123456789012/dlq\"\n",
     );
+    if let Ok(pool) = std::env::var("COLD_START_POOL") {
+        toml.push_str(&format!("[plugins]\npool_instances = {pool}\n"));
+    }
     for (i, (app, plugins)) in apps.iter().enumerate() {
         let queue = if i == 0 {
             "bench".to_string()
@@ -92,8 +107,14 @@ fn stage(
             let dst = dir.join("plugins").join(file);
             if !dst.exists() {
                 std::fs::copy(&src, &dst).unwrap();
-                if let Some(rt) = precompile {
-                    rt.precompile(&src, &dst.with_extension("cwasm")).unwrap();
+                match precompile {
+                    Some(Precompile::Native(rt)) => {
+                        rt.precompile(&src, &dst.with_extension("cwasm")).unwrap()
+                    }
+                    Some(Precompile::For(p)) => {
+                        p.precompile(&src, &dst.with_extension("cwasm")).unwrap()
+                    }
+                    None => {}
                 }
             }
             toml.push_str(&format!(
@@ -104,6 +125,12 @@ fn stage(
     let path = dir.join("squall.toml");
     std::fs::write(&path, toml).unwrap();
     path
+}
+
+/// Who makes the artifacts: this machine's engine, or a precompiler for an architecture.
+enum Precompile {
+    Native(Box<squall::plugin::PluginRuntime>),
+    For(squall::plugin::Precompiler),
 }
 
 /// Hook -> plugin file name.
@@ -146,11 +173,24 @@ async fn main() {
     ];
     let all_there = |set: &[(&str, &str)]| set.iter().all(|(_, f)| have(f));
 
-    let runtime = squall::plugin::PluginRuntime::new(squall::plugin::RuntimeOptions {
+    let options = squall::plugin::RuntimeOptions {
         cache_dir: None,
         ..Default::default()
-    })
-    .unwrap();
+    };
+    let runtime = match std::env::var("COLD_START_ARCH").as_deref() {
+        Ok("arm64") => Precompile::For(
+            squall::plugin::Precompiler::new(&options, squall::plugin::Architecture::Arm64)
+                .unwrap(),
+        ),
+        Ok("x86_64") => Precompile::For(
+            squall::plugin::Precompiler::new(&options, squall::plugin::Architecture::X86_64)
+                .unwrap(),
+        ),
+        Ok(other) => panic!("COLD_START_ARCH={other}: arm64 or x86_64"),
+        Err(_) => Precompile::Native(Box::new(
+            squall::plugin::PluginRuntime::new(options).unwrap(),
+        )),
+    };
     let base = std::env::temp_dir().join(format!("squall-cold-start-{}", std::process::id()));
     let mut variants: Vec<Variant> =
         vec![("built-ins only".into(), vec![("bench", &[])], false, runs)];

@@ -111,7 +111,18 @@ pub(crate) fn start_emulator(cargo_lambda: &Path) -> (Proc, u16) {
 /// The function, pointed at the emulator, with a config file and the test server's
 /// credentials in its environment, as Lambda would start it.
 pub(crate) fn start_function(bin: &Path, port: u16, config: &Path, stderr: &Path) -> Proc {
-    let child = Command::new(bin)
+    start_function_with(Command::new(bin), port, config, stderr)
+}
+
+/// [`start_function`] with the command that runs the bootstrap (an emulator, for another
+/// architecture's), its own environment added.
+pub(crate) fn start_function_with(
+    mut command: Command,
+    port: u16,
+    config: &Path,
+    stderr: &Path,
+) -> Proc {
+    let child = command
         .env(
             "AWS_LAMBDA_RUNTIME_API",
             format!("http://127.0.0.1:{port}/.rt"),

@@ -2,6 +2,7 @@
 //! binary). Run by `scripts/test`, which starts moto and sets `SQUALL_TEST_SQS_ENDPOINT`.
 
 mod apps;
+mod arm64;
 mod delivery;
 mod isolation;
 mod lambda;
