@@ -79,7 +79,8 @@ pub enum Tier {
     /// A queue and event source mapping of its own.
     #[default]
     Dedicated,
-    /// The shared queue (not built yet: refused when read).
+    /// No queue of its own: its events are on the stack's shared queue (`sqs.shared_queue_url`)
+    /// with `MessageGroupId = app_id`, and the engine finds it by the envelope's `app_id`.
     Shared,
 }
 
@@ -133,10 +134,37 @@ impl AppRecord {
         })
     }
 
+    /// A shared-tier record of `id` with these settings, version 1, no queue. The settings are
+    /// checked against `config` now; a `queue_url` is refused (the application's events are on
+    /// the shared queue).
+    pub fn shared(config: &Config, id: &str, settings: &str) -> Result<AppRecord, ConfigError> {
+        let origin = format!("settings of application {id}");
+        let app = config.app_from_toml(id, settings, &origin)?;
+        if app.queue_url.is_some() {
+            return Err(ConfigError::Invalid {
+                origin,
+                key: format!("apps.{id}.queue_url"),
+                message: "a shared application has no queue of its own (its events go to \
+                          sqs.shared_queue_url with MessageGroupId = its id): remove queue_url"
+                    .into(),
+            });
+        }
+        Ok(AppRecord {
+            id: id.to_string(),
+            version: 1,
+            tier: Tier::Shared,
+            queue: None,
+            settings: settings.to_string(),
+        })
+    }
+
     /// The application's settings, laid over `config`'s `[app_defaults]` and validated; errors
-    /// name the record (`registry item ID (version N)`) and the key.
+    /// name the record (`registry item ID (version N)`) and the key. A shared application's
+    /// `tier` says so (its queue is the deployment's `sqs.shared_queue_url`).
     pub fn app_config(&self, config: &Config) -> Result<AppConfig, ConfigError> {
-        config.app_from_toml(&self.id, &self.settings, &self.origin())
+        let mut app = config.app_from_toml(&self.id, &self.settings, &self.origin())?;
+        app.tier = self.tier;
+        Ok(app)
     }
 
     /// How errors name this record.
@@ -273,6 +301,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("apps.billing.secrets.default[0]"), "{e}");
+    }
+
+    #[test]
+    fn a_shared_record_has_no_queue_and_says_its_tier() {
+        let c = config();
+        let r = AppRecord::shared(&c, "tiny", "secrets = { default = \"env:X\" }\n").unwrap();
+        assert_eq!((r.tier, r.queue.clone()), (Tier::Shared, None));
+        let app = r.app_config(&c).unwrap();
+        assert_eq!(app.tier, Tier::Shared);
+        assert_eq!(app.queue_url, None);
+        let e = AppRecord::shared(
+            &c,
+            "tiny",
+            &format!("queue_url = \"{QUEUE}\"\nsecrets = {{ default = \"env:X\" }}\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("apps.tiny.queue_url") && e.contains("shared"),
+            "{e}"
+        );
+        let d = AppRecord::new(&c, "big", "secrets = { default = \"env:X\" }\n").unwrap();
+        assert_eq!(d.app_config(&c).unwrap().tier, Tier::Dedicated);
     }
 
     #[test]

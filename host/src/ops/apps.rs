@@ -35,7 +35,7 @@ use crate::provision::{
 use crate::queue::QueueError;
 use crate::queue::sqs::{SqsQueues, SqsSettings, from_sdk, sdk_config};
 use crate::registry::{
-    self, AppRecord, DynamoStore, PutOutcome, QueueKey, ReadCounts, RegistryError, app_tables,
+    self, AppRecord, DynamoStore, PutOutcome, QueueKey, ReadCounts, RegistryError, Tier, app_tables,
 };
 
 /// Why a verb stopped. Every variant names the application or resource; what was done before
@@ -88,6 +88,17 @@ pub enum AppsError {
     /// The deployment's dead-letter queue is not configured.
     #[error("sqs.dead_letter_queue_url is not set: application queues redrive to it")]
     NoDeadLetterQueue,
+    /// A write would move an application between tiers, which this version does not do
+    /// (events waiting in the old place would be stranded).
+    #[error(
+        "application {id} is of the {} tier: moving it between tiers is not supported by this version (docs/operations.md, \"Tiers\")", from.as_str()
+    )]
+    TierMove {
+        /// The application.
+        id: String,
+        /// Its current tier.
+        from: Tier,
+    },
     /// `create` of an id registered with other settings.
     #[error(
         "application {id} exists (version {version}) with other settings: use `squall apps update {id} --settings FILE`"
@@ -326,6 +337,91 @@ impl Apps {
         self.write(id, settings, WriteMode::Create).await
     }
 
+    /// `apps create ID --tier shared`: the registry item only (no queue, mapping or alarm: its
+    /// events go to the shared queue with `MessageGroupId = ID`).
+    pub async fn create_shared(&self, id: &str, settings: &str) -> Result<Vec<Step>, AppsError> {
+        self.write_shared(id, settings, WriteMode::Create).await
+    }
+
+    /// `apps update ID --tier shared`: a shared application's new settings (item only).
+    pub async fn update_shared(
+        &self,
+        id: &str,
+        settings: &str,
+        expect_version: Option<u64>,
+    ) -> Result<Vec<Step>, AppsError> {
+        self.write_shared(id, settings, WriteMode::Update(expect_version))
+            .await
+    }
+
+    async fn write_shared(
+        &self,
+        id: &str,
+        settings: &str,
+        mode: WriteMode,
+    ) -> Result<Vec<Step>, AppsError> {
+        let mut record = AppRecord::shared(&self.config, id, settings)?;
+        if self.config.sqs.shared_queue_url.is_none() {
+            return Err(ConfigError::Invalid {
+                origin: "config".into(),
+                key: "sqs.shared_queue_url".into(),
+                message: "is empty: a shared application's events go to the stack's shared queue"
+                    .into(),
+            }
+            .into());
+        }
+        let app = record.app_config(&self.config)?;
+        let outside = provision::secrets_outside_path(&app, &self.config.registry.secret_path);
+        if let Some(name) = outside.first() {
+            return Err(ConfigError::Invalid {
+                origin: format!("settings of application {id}"),
+                key: format!("apps.{id}.secrets"),
+                message: format!(
+                    "ssm:{name} is outside registry.secret_path {:?}: the function may read only parameters below it",
+                    self.config.registry.secret_path
+                ),
+            }
+            .into());
+        }
+        let existing = self.store.get(id, &self.reads).await?;
+        match (mode, &existing) {
+            (_, Some(old)) if old.tier != Tier::Shared => {
+                return Err(AppsError::TierMove {
+                    id: id.to_string(),
+                    from: old.tier,
+                });
+            }
+            (WriteMode::Create, Some(old)) if old.settings != settings => {
+                return Err(AppsError::Exists {
+                    id: id.to_string(),
+                    version: old.version,
+                });
+            }
+            (WriteMode::Update(_), None) => return Err(self.not_found(id)),
+            (WriteMode::Update(Some(expected)), Some(old)) if old.version != expected => {
+                return Err(AppsError::VersionMismatch {
+                    id: id.to_string(),
+                    expected,
+                    found: old.version,
+                });
+            }
+            _ => {}
+        }
+        if let Some(old) = &existing {
+            record.version = old.version;
+        }
+        let (outcome, written) = self.store.put(&record, now_ms(), &self.reads).await?;
+        Ok(vec![Step {
+            resource: "item",
+            name: id.to_string(),
+            change: match outcome {
+                PutOutcome::Created => Change::Created,
+                PutOutcome::Updated => Change::Updated(format!("version {}", written.version)),
+                PutOutcome::Unchanged => Change::Unchanged,
+            },
+        }])
+    }
+
     /// `apps update ID --settings FILE`: the same steps on an existing application; the item's
     /// write is conditional on the version read (and on `expect_version` when given).
     pub async fn update(
@@ -382,6 +478,14 @@ impl Apps {
             .into());
         }
         let existing = self.store.get(id, &self.reads).await?;
+        if let Some(old) = &existing
+            && old.tier != Tier::Dedicated
+        {
+            return Err(AppsError::TierMove {
+                id: id.to_string(),
+                from: old.tier,
+            });
+        }
         let given_queue = app.queue_url.as_deref().map(QueueKey::from_url);
         let queue_name = match &given_queue {
             Some(Some(key)) => key.name.clone(),

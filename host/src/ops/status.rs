@@ -218,6 +218,7 @@ mod tests {
             attributes,
             receive_count: 1,
             sent_timestamp_ms: sent,
+            group_id: None,
         })
     }
 

@@ -542,7 +542,8 @@ async fn delete_cmd(a: DeleteArgs) -> anyhow::Result<()> {
 
 async fn send_cmd(a: SendArgs) -> anyhow::Result<()> {
     let config = a.config.load().await?;
-    let queue = ops_lib::app_queue_url(&config, &a.app)?.to_string();
+    let (queue, group_id) = ops_lib::app_destination(&config, &a.app)?;
+    let queue = queue.to_string();
     let limits = config
         .app(&a.app)
         .map(|c| c.envelope_limits())
@@ -569,6 +570,7 @@ async fn send_cmd(a: SendArgs) -> anyhow::Result<()> {
                 body,
                 delay_secs: 0,
                 attributes: Default::default(),
+                group_id,
             }],
         )
         .await
