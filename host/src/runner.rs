@@ -893,6 +893,109 @@ mod tests {
         assert_eq!(qs.counts("app").unwrap().total, 6);
     }
 
+    fn shared_event(id: &str, app: &str) -> Outgoing {
+        let env = crate::envelope::Envelope::new_json(
+            id,
+            app,
+            "invoice.paid",
+            "https://hooks.example.com/in",
+            1_700_000_000_000,
+            &serde_json::json!({"n": id}),
+        );
+        Outgoing {
+            body: String::from_utf8(env.encode()).unwrap(),
+            delay_secs: 0,
+            attributes: Attributes::new(),
+            group_id: Some(app.into()),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shared_queue_routes_by_app_id_keeps_group_ids_and_dead_letters_strangers() {
+        let qs = queues(1000);
+        let flaky = Arc::new(Flaky {
+            fail_first: 1,
+            seen: Mutex::new(vec![]),
+        });
+        // A retry in 1,000 s is longer than visibility_backoff_max_secs: a re-sent copy.
+        let app = |id: &str| {
+            TestApp::new("app", flaky.clone())
+                .id(id)
+                .backoff(Backoff {
+                    initial_delay_secs: 1_000,
+                    jitter: 0.0,
+                    ..Backoff::default()
+                })
+                .built(2)
+        };
+        let (tiny, other) = (app("tiny"), app("other"));
+        let mut garbage = shared_event("x", "tiny");
+        garbage.body = "not json".into();
+        let batch = [
+            shared_event("evt_tiny", "tiny"),
+            shared_event("evt_other", "other"),
+            shared_event("evt_ghost", "ghost"),
+            garbage,
+        ];
+        qs.send_batch("app", &batch).await;
+        let apps = [tiny, other]
+            .into_iter()
+            .map(|b| (b.app.id.clone(), b))
+            .collect();
+        let runner = Runner::new(qs.clone(), Vec::new(), settings())
+            .with_shared_queue("app".into(), SharedApps::Fixed(apps));
+        let stats = runner.stats();
+        let report = runner
+            .run(until(stats, |c| c.dead_lettered == 2 && c.resent == 2))
+            .await;
+        assert_eq!(report.counts.delivered, 0, "{:?}", report.counts);
+        // Each application's event failed once and was re-sent into its own group.
+        let mut left: Vec<(Option<String>, String)> = qs
+            .messages("app")
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.group_id, m.attributes["squall-attempts"].clone()))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                (Some("other".into()), "1".into()),
+                (Some("tiny".into()), "1".into())
+            ]
+        );
+        let mut dead: Vec<(String, String, Option<String>)> = qs
+            .messages("dlq")
+            .unwrap()
+            .into_iter()
+            .map(|m| {
+                (
+                    m.attributes["squall-app-id"].clone(),
+                    m.attributes["squall-reason"].clone(),
+                    m.group_id,
+                )
+            })
+            .collect();
+        dead.sort();
+        assert_eq!(dead.len(), 2);
+        assert_eq!(dead[0].0, "?");
+        assert!(
+            dead[0]
+                .1
+                .starts_with("shared queue app: malformed envelope: no app_id"),
+            "{}",
+            dead[0].1
+        );
+        assert_eq!(
+            (dead[1].0.as_str(), dead[1].1.as_str(), dead[1].2.as_deref()),
+            (
+                "ghost",
+                "shared queue app: app_id \"ghost\" is not a registered application",
+                Some("ghost")
+            )
+        );
+    }
+
     /// Holds each request 2 s; counts concurrent and total requests.
     struct Slow {
         now: AtomicU64,

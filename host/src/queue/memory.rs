@@ -99,6 +99,8 @@ pub struct StoredMessage {
     pub attributes: Attributes,
     /// Receives so far.
     pub receive_count: u32,
+    /// MessageGroupId.
+    pub group_id: Option<String>,
 }
 
 /// A set of named in-process queues.
@@ -323,6 +325,7 @@ impl MemoryQueues {
                     body: m.body.clone(),
                     attributes: m.attributes.clone(),
                     receive_count: m.receive_count,
+                    group_id: m.group.clone(),
                 }
             })
             .collect())

@@ -2,8 +2,9 @@
 //!
 //! The client is built once per process: rustls with the `ring` provider (no aws-lc build),
 //! the region from config, an optional endpoint URL override and optional static credentials
-//! for local servers. Receives ask for `ApproximateReceiveCount`, `SentTimestamp` and all
-//! message attributes.
+//! for local servers. Receives ask for `ApproximateReceiveCount`, `SentTimestamp`,
+//! `MessageGroupId` and all message attributes; sends set `MessageGroupId` when the message has
+//! one (a standard queue takes it: fair queues order by it).
 
 use std::error::Error as _;
 use std::time::Duration;
