@@ -72,6 +72,11 @@ impl fmt::Display for QueueKey {
     }
 }
 
+/// How long after an application left the shared tier its events on the shared queue are
+/// still delivered: 14 days, SQS's longest retention (nothing sent before the move can be on
+/// the queue later).
+pub const SHARED_DRAIN_MS: u64 = 14 * 24 * 3600 * 1000;
+
 /// How an application's events reach the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -112,8 +117,14 @@ pub struct AppRecord {
     pub version: u64,
     /// Dedicated or shared.
     pub tier: Tier,
-    /// The application's queue (what the record is found by), `account/name`.
+    /// The application's queue (what the record is found by), `account/name`. A shared
+    /// application moved from the dedicated tier keeps its old queue here (and its `queue_url`
+    /// in the settings) until that queue is drained and retired: the engine serves both.
     pub queue: Option<QueueKey>,
+    /// When a dedicated application moved from the shared tier (Unix ms): for
+    /// [`SHARED_DRAIN_MS`] after it, its events still on the shared queue are delivered, not
+    /// dead-lettered.
+    pub left_shared_ms: Option<u64>,
     /// The body of the application's `[apps.ID]` table, as TOML text. Holds secret
     /// *references* (`ssm:NAME`, `env:NAME`), never a secret.
     pub settings: String,
@@ -130,6 +141,7 @@ impl AppRecord {
             version: 1,
             tier: Tier::Dedicated,
             queue: app.queue_url.as_deref().and_then(QueueKey::from_url),
+            left_shared_ms: None,
             settings: settings.to_string(),
         })
     }
@@ -154,8 +166,21 @@ impl AppRecord {
             version: 1,
             tier: Tier::Shared,
             queue: None,
+            left_shared_ms: None,
             settings: settings.to_string(),
         })
+    }
+
+    /// Whether the engine serves this application's events on the shared queue at `now_ms`:
+    /// a shared application, or a dedicated one within [`SHARED_DRAIN_MS`] of leaving the
+    /// shared tier (its events sent there before the move are still delivered).
+    pub fn served_on_shared_queue(&self, now_ms: u64) -> bool {
+        match self.tier {
+            Tier::Shared => true,
+            Tier::Dedicated => self
+                .left_shared_ms
+                .is_some_and(|t| now_ms < t.saturating_add(SHARED_DRAIN_MS)),
+        }
     }
 
     /// The application's settings, laid over `config`'s `[app_defaults]` and validated; errors
@@ -284,6 +309,7 @@ mod tests {
             version: 7,
             tier: Tier::Dedicated,
             queue: None,
+            left_shared_ms: None,
             settings: "secrets = { default = \"env:X\" }\n[retry]\nmax_attempts = 0\n".into(),
         };
         let e = r.app_config(&c).unwrap_err().to_string();
@@ -322,8 +348,14 @@ mod tests {
             e.contains("apps.tiny.queue_url") && e.contains("shared"),
             "{e}"
         );
-        let d = AppRecord::new(&c, "big", "secrets = { default = \"env:X\" }\n").unwrap();
+        assert!(r.served_on_shared_queue(0));
+        let mut d = AppRecord::new(&c, "big", "secrets = { default = \"env:X\" }\n").unwrap();
         assert_eq!(d.app_config(&c).unwrap().tier, Tier::Dedicated);
+        assert!(!d.served_on_shared_queue(0));
+        // Moved from the shared tier at 1,000: served there for 14 days, not after.
+        d.left_shared_ms = Some(1_000);
+        assert!(d.served_on_shared_queue(1_000 + SHARED_DRAIN_MS - 1));
+        assert!(!d.served_on_shared_queue(1_000 + SHARED_DRAIN_MS));
     }
 
     #[test]

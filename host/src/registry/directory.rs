@@ -157,7 +157,8 @@ impl Directory {
         std::time::Duration::from_millis(self.ttl_ms)
     }
 
-    /// Every registered dedicated application that names a queue (a `Scan` of the registry:
+    /// Every registered application that names a queue (a dedicated one, or a shared one still
+    /// draining its old queue; a `Scan` of the registry:
     /// `squall run` lists them every TTL to find new applications, and hands each new one to
     /// [`Directory::lookup_listed`], so it is not read a second time).
     pub async fn listed(&self) -> Result<Vec<AppRecord>, RegistryError> {
@@ -166,7 +167,7 @@ impl Directory {
             .list(&self.reads)
             .await?
             .into_iter()
-            .filter(|r| r.tier == super::Tier::Dedicated && r.queue.is_some())
+            .filter(|r| r.queue.is_some())
             .collect())
     }
 
@@ -339,9 +340,15 @@ impl Directory {
                 // Its copies (re-sends, hops, deferrals) go back to the shared queue.
                 settings.queue_url = self.config.sqs.shared_queue_url.clone();
             }
+            // Left the shared tier less than 14 days ago: what was sent there is delivered.
+            (Key::App(_), super::Tier::Dedicated)
+                if record.served_on_shared_queue(self.clock.now_ms()) =>
+            {
+                settings.queue_url = self.config.sqs.shared_queue_url.clone();
+            }
             (Key::App(_), super::Tier::Dedicated) => return Ok(Some(State::Dedicated)),
-            // A queue names a shared record only if the GSI was written by hand: not served.
-            (Key::Queue(_), super::Tier::Shared) => return Ok(Some(State::Unknown)),
+            // A shared application that still drains the queue it had as a dedicated one.
+            (Key::Queue(_), super::Tier::Shared) => {}
         }
         let resolved = self.secrets.resolve(&settings, &self.reads).await?;
         if let State::Ready {

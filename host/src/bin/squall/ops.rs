@@ -429,7 +429,11 @@ fn peek_table(views: &[MessageView], dlq: bool) -> String {
 async fn peek_cmd(a: PeekArgs) -> anyhow::Result<()> {
     let config = a.config.load().await?;
     let (queue, app_filter) = match &a.app {
-        Some(app) => (ops_lib::app_queue_url(&config, app)?.to_string(), None),
+        // A shared application's messages are those of the shared queue naming it.
+        Some(app) => match ops_lib::app_destination(&config, app)? {
+            (queue, Some(_)) => (queue.to_string(), Some(app.as_str())),
+            (queue, None) => (queue.to_string(), None),
+        },
         None => (
             ops_lib::dead_letter_queue_url(&config)?.to_string(),
             a.of_app.as_deref(),
@@ -457,7 +461,13 @@ async fn redrive_cmd(a: RedriveArgs) -> anyhow::Result<()> {
     let dlq = ops_lib::dead_letter_queue_url(&config)?.to_string();
     let filter = a.filter.filter(a.app.as_deref())?;
     let q = connect(&config).await?;
-    let lookup = |app: &str| config.app(app).and_then(|a| a.queue_url.clone());
+    // Where a dead letter without squall-source-queue goes: its application's queue, the
+    // shared queue for a shared application (the copy keeps its MessageGroupId).
+    let lookup = |app: &str| {
+        ops_lib::app_destination(&config, app)
+            .ok()
+            .map(|(q, _)| q.to_string())
+    };
     let opts = RedriveOptions {
         dry_run: a.dry_run,
         rate_per_sec: a.rate,
@@ -499,7 +509,8 @@ async fn redrive_cmd(a: RedriveArgs) -> anyhow::Result<()> {
 
 async fn delete_cmd(a: DeleteArgs) -> anyhow::Result<()> {
     let config = a.config.load().await?;
-    let app_queue = ops_lib::app_queue_url(&config, &a.app)?.to_string();
+    // A shared application's messages: the shared queue's naming it (the filter's app).
+    let app_queue = ops_lib::app_destination(&config, &a.app)?.0.to_string();
     let queue = if a.dlq {
         ops_lib::dead_letter_queue_url(&config)?.to_string()
     } else {
