@@ -326,6 +326,12 @@ async fn two_hundred_shared_and_five_dedicated_applications_under_squall_run() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (visible, in_flight, _) = dep.q.depth(&dep.q.dlq).await;
     assert_eq!(visible + in_flight, 2);
+    // `squall status` shows the shared queue, and the dead letters by application.
+    let out = dep.squall(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("shared queue: 0 visible"), "{text}");
+    assert!(text.contains("ghost") && text.contains("d0"), "{text}");
     let log = run.log();
     assert!(log.contains("polling the shared queue"), "{log}");
     for secret in dep.secrets.values() {

@@ -370,10 +370,21 @@ async fn status_cmd(a: StatusArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // The shared queue: counts for all its applications, and per application what a scan of
+    // the visible messages saw (SQS counts per queue, not per group).
+    let shared = match config.sqs.shared_queue_url.as_deref() {
+        Some(url) => Some(
+            status::shared_status(&q, url, a.dlq_scan, limits, now)
+                .await
+                .context("shared queue")?,
+        ),
+        None => None,
+    };
     let s = Status {
         at_ms: now,
         apps,
         dead_letter,
+        shared,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
