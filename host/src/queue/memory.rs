@@ -6,12 +6,17 @@
 //! policy (a message received more than `max_receive_count` times moves to the dead-letter
 //! queue on its next receive, as in SQS).
 //!
-//! One `Mutex` + `Notify` per queue; each operation is O(1) amortised (a FIFO of visible
-//! messages plus a timer heap with lazy invalidation), so it keeps up with the engine in the
-//! throughput benchmark. Time comes from `tokio::time::Instant`, so tests can pause it.
+//! Messages carry an optional MessageGroupId, and receives follow SQS fair queues by default
+//! ([`Order::Fair`]: each message taken comes from the group holding the fewest in-flight
+//! messages among those with a visible one), or plain FIFO order ([`Order::Fifo`]).
 //!
-//! Deliberate differences from SQS: ordering is FIFO among visible messages (SQS gives no
-//! order; nothing may rely on either), and a receipt handle from an earlier receive is refused
+//! One `Mutex` + `Notify` per queue; each operation is O(1) amortised apart from the fair
+//! choice, O(groups with a visible message) (a FIFO of visible messages per group plus a timer
+//! heap with lazy invalidation), so it keeps up with the engine in the throughput benchmark.
+//! Time comes from `tokio::time::Instant`, so tests can pause it.
+//!
+//! Deliberate differences from SQS: ordering is the documented rule above (SQS gives no
+//! order beyond its fairness; nothing may rely on either), and a receipt handle from an earlier receive is refused
 //! with `ReceiptHandleInvalid` (SQS sometimes accepts it for a delete), which makes stale-handle
 //! bugs visible in tests.
 
