@@ -555,9 +555,10 @@ pub fn template(plan: &Plan) -> Value {
     })
 }
 
-/// Queue-name suffixes the stack itself uses (`<stack>-dlq`, `<stack>-metrics`): no
-/// application may have these ids, or its queue would be the shared one.
-pub const RESERVED_APP_IDS: [&str; 2] = ["dlq", "metrics"];
+/// Queue-name suffixes the stack itself uses (`<stack>-dlq`, `<stack>-metrics`, the registry
+/// template's `<stack>-shared`): no application may have these ids, or its queue would be one
+/// of the stack's.
+pub const RESERVED_APP_IDS: [&str; 3] = ["dlq", "metrics", "shared"];
 
 /// The longest stack name whose queues fit SQS's 80-character queue names for every valid
 /// application id (`<stack>-<id>`, ids up to 40 characters).
@@ -611,6 +612,9 @@ pub struct RegistryPlan {
     pub table: String,
     /// The secrets' SSM path.
     pub secret_path: String,
+    /// The shared queue's numbers, from `[app_defaults]`: its retention (the longest, 14
+    /// days: a tier move counts on it) and its mapping's batch size and batching window.
+    pub shared: AppPlan,
 }
 
 /// Plan a registry deployment: the function and the shared parts only.
@@ -647,6 +651,7 @@ pub fn plan_registry(spec: &RegistrySpec) -> Result<RegistryPlan, DeployError> {
         function_timeout_secs,
         table: spec.table.clone(),
         secret_path: spec.secret_path.clone(),
+        shared: defaults,
     })
 }
 
@@ -922,7 +927,12 @@ fn function_alarm(metric: &str, what: &str) -> Value {
 /// created at run time by `squall apps create`, each with a queue named `<stack>-<app id>`
 /// (the stack name is the prefix; see [`app_queue_name`]).
 pub fn registry_template(plan: &RegistryPlan) -> Value {
-    let parameters = common_parameters(&plan.function);
+    let mut parameters = common_parameters(&plan.function);
+    parameters.insert(
+        "SharedQueueConcurrency".into(),
+        json!({ "Type": "Number", "Default": 10, "MinValue": 2, "MaxValue": 1000,
+                "Description": "The shared queue's mapping: invocations of the function at once for all shared applications together (ScalingConfig.MaximumConcurrency)." }),
+    );
     let mut resources = serde_json::Map::new();
     shared_resources(&plan.function, &mut resources);
     resources.insert(
@@ -949,6 +959,38 @@ pub fn registry_template(plan: &RegistryPlan) -> Value {
             }
         }),
     );
+    // The shared tier's one queue and its mapping (ARCHITECTURE.md, "The shared queue").
+    let mut shared_mapping = json!({
+        "Type": "AWS::Lambda::EventSourceMapping",
+        "Properties": {
+            "EventSourceArn": { "Fn::GetAtt": ["SharedQueue", "Arn"] },
+            "FunctionName": { "Ref": "Function" },
+            "Enabled": true,
+            "BatchSize": plan.shared.settings.batch_size,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "ScalingConfig": { "MaximumConcurrency": { "Ref": "SharedQueueConcurrency" } }
+        }
+    });
+    if plan.shared.settings.batching_window_secs > 0 {
+        shared_mapping["Properties"]["MaximumBatchingWindowInSeconds"] =
+            json!(plan.shared.settings.batching_window_secs);
+    }
+    resources.insert(
+        "SharedQueue".into(),
+        json!({
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": { "Fn::Sub": "${AWS::StackName}-shared" },
+                "VisibilityTimeout": plan.function_timeout_secs * 6,
+                "MessageRetentionPeriod": MAX_RETENTION_SECS,
+                "RedrivePolicy": {
+                    "deadLetterTargetArn": { "Fn::GetAtt": ["DeadLetterQueue", "Arn"] },
+                    "maxReceiveCount": 10
+                }
+            }
+        }),
+    );
+    resources.insert("SharedQueueMapping".into(), shared_mapping);
     resources.insert(
         "FunctionErrorsAlarm".into(),
         function_alarm("Errors", "failed invocations (crash or timeout)"),
@@ -990,6 +1032,10 @@ pub fn registry_template(plan: &RegistryPlan) -> Value {
         ])),
     );
     let mut env = shared_env();
+    env.insert(
+        "SQUALL__SQS__SHARED_QUEUE_URL".into(),
+        json!({ "Ref": "SharedQueue" }),
+    );
     env.insert("SQUALL__REGISTRY__BACKEND".into(), json!("dynamodb"));
     env.insert(
         "SQUALL__REGISTRY__TABLE".into(),
@@ -1039,6 +1085,11 @@ pub fn registry_template(plan: &RegistryPlan) -> Value {
         "MetricsQueueUrl",
         "Shared metrics queue (one JSON record per attempt).",
         json!({ "Ref": "MetricsQueue" }),
+    );
+    output(
+        "SharedQueueUrl",
+        "The shared tier's queue (sqs.shared_queue_url): send a shared application's events here with MessageGroupId = its id.",
+        json!({ "Ref": "SharedQueue" }),
     );
     output(
         "FunctionName",
@@ -1350,10 +1401,28 @@ mod tests {
                 "LogGroup",
                 "MetricsQueue",
                 "RegistryTable",
+                "SharedQueue",
+                "SharedQueueMapping",
             ])
         );
-        assert!(resources_of_type(&t, "AWS::Lambda::EventSourceMapping").is_empty());
-        assert_eq!(resources_of_type(&t, "AWS::SQS::Queue").len(), 2);
+        // One mapping: the shared queue's (each dedicated application's is made at run time).
+        assert_eq!(
+            resources_of_type(&t, "AWS::Lambda::EventSourceMapping").len(),
+            1
+        );
+        assert_eq!(resources_of_type(&t, "AWS::SQS::Queue").len(), 3);
+        let shared = &t["Resources"]["SharedQueue"]["Properties"];
+        assert_eq!(shared["QueueName"]["Fn::Sub"], "${AWS::StackName}-shared");
+        assert_eq!(shared["VisibilityTimeout"], 6 * 30);
+        assert_eq!(shared["MessageRetentionPeriod"], 14 * 24 * 3600);
+        assert_eq!(shared["RedrivePolicy"]["maxReceiveCount"], 10);
+        let m = &t["Resources"]["SharedQueueMapping"]["Properties"];
+        assert_eq!(m["EventSourceArn"]["Fn::GetAtt"][0], "SharedQueue");
+        assert_eq!(m["FunctionResponseTypes"][0], "ReportBatchItemFailures");
+        assert_eq!(
+            m["ScalingConfig"]["MaximumConcurrency"]["Ref"],
+            "SharedQueueConcurrency"
+        );
         assert_eq!(
             keys(&t["Parameters"]),
             set(&[
@@ -1361,7 +1430,8 @@ mod tests {
                 "Architecture",
                 "CodeS3Bucket",
                 "CodeS3Key",
-                "MemorySize"
+                "MemorySize",
+                "SharedQueueConcurrency"
             ])
         );
         let env = &t["Resources"]["Function"]["Properties"]["Environment"]["Variables"];
@@ -1374,8 +1444,10 @@ mod tests {
                 "SQUALL__SQS__DEAD_LETTER_QUEUE_URL",
                 "SQUALL__SQS__METRICS_QUEUE_URL",
                 "SQUALL__SQS__REGION",
+                "SQUALL__SQS__SHARED_QUEUE_URL",
             ])
         );
+        assert_eq!(env["SQUALL__SQS__SHARED_QUEUE_URL"]["Ref"], "SharedQueue");
         assert_eq!(env["SQUALL__REGISTRY__BACKEND"], "dynamodb");
         assert_eq!(env["SQUALL__REGISTRY__TABLE"]["Ref"], "RegistryTable");
 
@@ -1424,6 +1496,7 @@ mod tests {
                 "MetricsQueueUrl",
                 "QueueNamePrefix",
                 "RegistryTableName",
+                "SharedQueueUrl",
             ])
         );
         assert_eq!(t["Outputs"]["FunctionTimeout"]["Value"], "30");
@@ -1519,6 +1592,7 @@ mod tests {
             "AWS::Region" => region.to_string(),
             "DeadLetterQueue" => url("dlq"),
             "MetricsQueue" => url("metrics"),
+            "SharedQueue" => url("shared"),
             "RegistryTable" => spec.table.clone(),
             other => panic!("unexpected Ref {other} in the environment"),
         };
@@ -1538,8 +1612,8 @@ mod tests {
         let as_json = serde_json::to_string(&resolved).unwrap().len();
         assert!(keys_and_values <= as_json);
         assert!(as_json < 4096, "resolved environment is {as_json} bytes");
-        // Recorded in docs/deploy.md: 712 bytes of keys and values, 749 as JSON.
-        assert_eq!((keys_and_values, as_json), (712, 749));
+        // Recorded in docs/deploy.md: 877 bytes of keys and values, 920 as JSON.
+        assert_eq!((keys_and_values, as_json), (877, 920));
     }
 
     #[test]
@@ -1551,7 +1625,7 @@ mod tests {
         assert!(count("Outputs") <= 200);
         assert_eq!(
             (count("Resources"), count("Parameters"), count("Outputs")),
-            (10, 5, 8)
+            (12, 6, 9)
         );
         // A template body passed inline must fit 51,200 bytes (S3: 1 MB).
         let text = serde_json::to_string_pretty(&t).unwrap();

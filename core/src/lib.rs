@@ -24,5 +24,6 @@ pub mod provision;
 pub mod registry;
 pub mod retry;
 pub mod secrets;
+pub mod shared_queue;
 pub mod signing;
 pub mod ssrf;

@@ -31,6 +31,9 @@ pub struct Received {
     pub receive_count: u32,
     /// SentTimestamp: when this message (copy) was enqueued, Unix ms.
     pub sent_timestamp_ms: u64,
+    /// MessageGroupId (the shared queue's messages carry their application id; SQS fair
+    /// queues order by it). `None` on a dedicated queue's messages.
+    pub group_id: Option<String>,
 }
 
 /// A message to send.
@@ -42,6 +45,8 @@ pub struct Outgoing {
     pub delay_secs: u32,
     /// String message attributes.
     pub attributes: Attributes,
+    /// MessageGroupId to send with (a copy of a shared queue's message keeps its group).
+    pub group_id: Option<String>,
 }
 
 /// One ChangeMessageVisibility entry.

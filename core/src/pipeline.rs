@@ -847,6 +847,7 @@ mod tests {
                 .collect(),
             receive_count,
             sent_timestamp_ms: NOW - 60_000,
+            group_id: None,
         }
     }
 

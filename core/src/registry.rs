@@ -72,6 +72,11 @@ impl fmt::Display for QueueKey {
     }
 }
 
+/// How long after an application left the shared tier its events on the shared queue are
+/// still delivered: 14 days, SQS's longest retention (nothing sent before the move can be on
+/// the queue later).
+pub const SHARED_DRAIN_MS: u64 = 14 * 24 * 3600 * 1000;
+
 /// How an application's events reach the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -79,7 +84,8 @@ pub enum Tier {
     /// A queue and event source mapping of its own.
     #[default]
     Dedicated,
-    /// The shared queue (not built yet: refused when read).
+    /// No queue of its own: its events are on the stack's shared queue (`sqs.shared_queue_url`)
+    /// with `MessageGroupId = app_id`, and the engine finds it by the envelope's `app_id`.
     Shared,
 }
 
@@ -111,8 +117,14 @@ pub struct AppRecord {
     pub version: u64,
     /// Dedicated or shared.
     pub tier: Tier,
-    /// The application's queue (what the record is found by), `account/name`.
+    /// The application's queue (what the record is found by), `account/name`. A shared
+    /// application moved from the dedicated tier keeps its old queue here (and its `queue_url`
+    /// in the settings) until that queue is drained and retired: the engine serves both.
     pub queue: Option<QueueKey>,
+    /// When a dedicated application moved from the shared tier (Unix ms): for
+    /// [`SHARED_DRAIN_MS`] after it, its events still on the shared queue are delivered, not
+    /// dead-lettered.
+    pub left_shared_ms: Option<u64>,
     /// The body of the application's `[apps.ID]` table, as TOML text. Holds secret
     /// *references* (`ssm:NAME`, `env:NAME`), never a secret.
     pub settings: String,
@@ -129,14 +141,55 @@ impl AppRecord {
             version: 1,
             tier: Tier::Dedicated,
             queue: app.queue_url.as_deref().and_then(QueueKey::from_url),
+            left_shared_ms: None,
             settings: settings.to_string(),
         })
     }
 
+    /// A shared-tier record of `id` with these settings, version 1, no queue. The settings are
+    /// checked against `config` now; a `queue_url` is refused (the application's events are on
+    /// the shared queue).
+    pub fn shared(config: &Config, id: &str, settings: &str) -> Result<AppRecord, ConfigError> {
+        let origin = format!("settings of application {id}");
+        let app = config.app_from_toml(id, settings, &origin)?;
+        if app.queue_url.is_some() {
+            return Err(ConfigError::Invalid {
+                origin,
+                key: format!("apps.{id}.queue_url"),
+                message: "a shared application has no queue of its own (its events go to \
+                          sqs.shared_queue_url with MessageGroupId = its id): remove queue_url"
+                    .into(),
+            });
+        }
+        Ok(AppRecord {
+            id: id.to_string(),
+            version: 1,
+            tier: Tier::Shared,
+            queue: None,
+            left_shared_ms: None,
+            settings: settings.to_string(),
+        })
+    }
+
+    /// Whether the engine serves this application's events on the shared queue at `now_ms`:
+    /// a shared application, or a dedicated one within [`SHARED_DRAIN_MS`] of leaving the
+    /// shared tier (its events sent there before the move are still delivered).
+    pub fn served_on_shared_queue(&self, now_ms: u64) -> bool {
+        match self.tier {
+            Tier::Shared => true,
+            Tier::Dedicated => self
+                .left_shared_ms
+                .is_some_and(|t| now_ms < t.saturating_add(SHARED_DRAIN_MS)),
+        }
+    }
+
     /// The application's settings, laid over `config`'s `[app_defaults]` and validated; errors
-    /// name the record (`registry item ID (version N)`) and the key.
+    /// name the record (`registry item ID (version N)`) and the key. A shared application's
+    /// `tier` says so (its queue is the deployment's `sqs.shared_queue_url`).
     pub fn app_config(&self, config: &Config) -> Result<AppConfig, ConfigError> {
-        config.app_from_toml(&self.id, &self.settings, &self.origin())
+        let mut app = config.app_from_toml(&self.id, &self.settings, &self.origin())?;
+        app.tier = self.tier;
+        Ok(app)
     }
 
     /// How errors name this record.
@@ -256,6 +309,7 @@ mod tests {
             version: 7,
             tier: Tier::Dedicated,
             queue: None,
+            left_shared_ms: None,
             settings: "secrets = { default = \"env:X\" }\n[retry]\nmax_attempts = 0\n".into(),
         };
         let e = r.app_config(&c).unwrap_err().to_string();
@@ -273,6 +327,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("apps.billing.secrets.default[0]"), "{e}");
+    }
+
+    #[test]
+    fn a_shared_record_has_no_queue_and_says_its_tier() {
+        let c = config();
+        let r = AppRecord::shared(&c, "tiny", "secrets = { default = \"env:X\" }\n").unwrap();
+        assert_eq!((r.tier, r.queue.clone()), (Tier::Shared, None));
+        let app = r.app_config(&c).unwrap();
+        assert_eq!(app.tier, Tier::Shared);
+        assert_eq!(app.queue_url, None);
+        let e = AppRecord::shared(
+            &c,
+            "tiny",
+            &format!("queue_url = \"{QUEUE}\"\nsecrets = {{ default = \"env:X\" }}\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("apps.tiny.queue_url") && e.contains("shared"),
+            "{e}"
+        );
+        assert!(r.served_on_shared_queue(0));
+        let mut d = AppRecord::new(&c, "big", "secrets = { default = \"env:X\" }\n").unwrap();
+        assert_eq!(d.app_config(&c).unwrap().tier, Tier::Dedicated);
+        assert!(!d.served_on_shared_queue(0));
+        // Moved from the shared tier at 1,000: served there for 14 days, not after.
+        d.left_shared_ms = Some(1_000);
+        assert!(d.served_on_shared_queue(1_000 + SHARED_DRAIN_MS - 1));
+        assert!(!d.served_on_shared_queue(1_000 + SHARED_DRAIN_MS));
     }
 
     #[test]

@@ -198,6 +198,7 @@ async fn engine(
                 .to_json(),
             delay_secs: 0,
             attributes: Attributes::new(),
+            group_id: None,
         })
         .collect();
     for chunk in batch.chunks(1000) {

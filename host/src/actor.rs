@@ -78,6 +78,8 @@ impl<Q: Queue> Actor<Q> {
                         body: m.body.clone(),
                         delay_secs: *delay_secs,
                         attributes: attributes.clone(),
+                        // A shared queue's copy stays in its application's group.
+                        group_id: m.group_id.clone(),
                     });
                 }
                 Action::DeadLetter { attributes, .. } => {
@@ -86,6 +88,8 @@ impl<Q: Queue> Actor<Q> {
                         body: m.body.clone(),
                         delay_secs: 0,
                         attributes: attributes.clone(),
+                        // Kept, so a redrive returns it to the shared queue in its group.
+                        group_id: m.group_id.clone(),
                     });
                 }
                 Action::RetryByVisibility { secs } => {
@@ -179,6 +183,7 @@ mod tests {
             attributes: Attributes::new(),
             receive_count: 1,
             sent_timestamp_ms: 0,
+            group_id: None,
         }
     }
 
@@ -198,6 +203,7 @@ mod tests {
                     body: b.to_string(),
                     delay_secs: 0,
                     attributes: Attributes::new(),
+                    group_id: None,
                 })
                 .collect::<Vec<_>>(),
         )
@@ -252,6 +258,7 @@ mod tests {
                 body: "x".into(),
                 delay_secs: 0,
                 attributes: Attributes::new(),
+                group_id: None,
             }],
         )
         .await;

@@ -393,6 +393,7 @@ pub async fn run_demo(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
                     body: String::from_utf8(env.encode()).expect("envelopes are UTF-8"),
                     delay_secs: 0,
                     attributes: Attributes::new(),
+                    group_id: None,
                 }
             })
             .collect();
@@ -401,6 +402,7 @@ pub async fn run_demo(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
                 body: MALFORMED.into(),
                 delay_secs: 0,
                 attributes: Attributes::new(),
+                group_id: None,
             });
         }
         for r in qs.send_batch(a, &batch).await {
@@ -418,6 +420,7 @@ pub async fn run_demo(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
             shutdown_grace: Duration::from_secs(10),
             dead_letter_queue_url: DLQ.into(),
             metrics_queue_url: Some(METRICS.into()),
+            shared_concurrency: 64,
         },
     );
     let settle_qs = qs.clone();

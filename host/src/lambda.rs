@@ -21,6 +21,11 @@
 //! Sends finish before the response is returned, so the mapping's delete always comes after
 //! the copy exists: a crash in between gives a duplicate, never a loss.
 //!
+//! A record from the stack's shared queue ([`Function::with_shared_queue`]) is routed by its
+//! envelope's `app_id` to a registered application of the shared tier; one naming no such
+//! application is dead-lettered with a reason naming the queue and the `app_id`
+//! (`squall_core::shared_queue`); one whose application cannot be read now is a failure.
+//!
 //! Deciding what to report ([`report_for`]) and routing a message to its application
 //! ([`QueueKey`]) are plain functions; [`Function::handle`] does the I/O.
 
@@ -35,7 +40,7 @@ use crate::apps::BuiltApp;
 use crate::metrics::{MetricRecord, MetricsSink};
 use crate::pipeline::{self, Action, App, Clock, ProcessOptions};
 use crate::queue::{Attributes, Queue, Received};
-use crate::registry::{Directory, Found};
+use crate::registry::{Directory, Found, SharedFound};
 
 pub mod init;
 
@@ -104,6 +109,7 @@ pub fn received_from_record(record: &SqsMessage) -> Result<Received, RecordError
         attributes,
         receive_count,
         sent_timestamp_ms,
+        group_id: record.attributes.get("MessageGroupId").cloned(),
     })
 }
 
@@ -144,6 +150,15 @@ pub struct Function<Q: Queue> {
     metrics: MetricsSink<Q>,
     clock: Arc<dyn Clock>,
     emf: Option<(String, EmfSink)>,
+    /// The stack's shared queue, as its key and URL.
+    shared_queue: Option<(QueueKey, String)>,
+}
+
+/// Where a shared-queue record goes.
+enum SharedRoute {
+    App(Arc<App>, usize),
+    Unroutable(squall_core::shared_queue::Unroutable),
+    Unavailable(String),
 }
 
 /// Where the function finds the application of a record's queue.
@@ -253,7 +268,38 @@ impl<Q: Queue> Function<Q> {
             apps,
             clock,
             emf: None,
+            shared_queue: None,
         })
+    }
+
+    /// Serve the shared queue `url` too: its records go to the registry's shared application
+    /// their envelope's `app_id` names.
+    pub fn with_shared_queue(mut self, url: &str) -> Result<Function<Q>, FunctionError> {
+        let key = QueueKey::from_url(url).ok_or_else(|| FunctionError::BadQueueUrl {
+            app: "(sqs.shared_queue_url)".into(),
+            url: url.to_string(),
+        })?;
+        self.shared_queue = Some((key, url.to_string()));
+        Ok(self)
+    }
+
+    /// The application of a shared-queue record (by its envelope's `app_id`).
+    async fn shared_app_for(&self, msg: &Received) -> SharedRoute {
+        let app_id = match squall_core::shared_queue::app_id_of(&msg.body) {
+            Ok(id) => id,
+            Err(why) => return SharedRoute::Unroutable(why),
+        };
+        match &self.apps {
+            AppSource::Registry(directory) => match directory.lookup_shared(&app_id).await {
+                SharedFound::App(b) => SharedRoute::App(b.app.clone(), b.max_concurrency.max(1)),
+                SharedFound::Unroutable(why) => SharedRoute::Unroutable(why),
+                SharedFound::Unavailable(reason) => SharedRoute::Unavailable(reason),
+            },
+            // The file's applications are all dedicated.
+            AppSource::Fixed(_) => {
+                SharedRoute::Unroutable(squall_core::shared_queue::Unroutable::Unknown(app_id))
+            }
+        }
     }
 
     /// The registry's directory, when the function reads one.
@@ -303,6 +349,8 @@ impl<Q: Queue> Function<Q> {
         let mut routed: Vec<(Arc<App>, Received, usize)> = Vec::new();
         type Lookup = Result<(Arc<App>, usize), String>;
         let mut lookups: Vec<(Option<QueueKey>, Lookup)> = Vec::new();
+        // Shared-queue records naming no shared application: dead-lettered.
+        let mut unroutable: Vec<(Received, Action)> = Vec::new();
         for record in &event.records {
             let received = match received_from_record(record) {
                 Ok(r) => r,
@@ -319,6 +367,27 @@ impl<Q: Queue> Function<Q> {
             };
             let arn = record.event_source_arn.clone().unwrap_or_default();
             let key = QueueKey::from_arn(&arn);
+            if let Some((shared, url)) = &self.shared_queue
+                && key.as_ref() == Some(shared)
+            {
+                match self.shared_app_for(&received).await {
+                    SharedRoute::App(app, max) => routed.push((app, received, max)),
+                    SharedRoute::Unroutable(why) => {
+                        let p = squall_core::shared_queue::dead_letter(
+                            &why,
+                            url,
+                            &received,
+                            self.clock.now_ms(),
+                        );
+                        unroutable.push((received, p.action));
+                    }
+                    SharedRoute::Unavailable(reason) => {
+                        tracing::warn!(message_id = %received.message_id, reason = %reason, "shared application unavailable: record left for SQS to redeliver");
+                        failures.push(received.message_id);
+                    }
+                }
+                continue;
+            }
             // One lookup per queue of the batch (a mapping's batch comes from one queue).
             let found = match lookups.iter().find(|(k, _)| *k == key) {
                 Some((_, found)) => found.clone(),
@@ -368,6 +437,22 @@ impl<Q: Queue> Function<Q> {
             let actions: Vec<&Action> = idx.iter().map(|&i| &processed[i].2.action).collect();
             let results = self.actor.apply(queue_url, &msgs, &actions).await;
             for ((msg, action), acted) in msgs.iter().zip(&actions).zip(&results) {
+                if let Err(e) = acted {
+                    tracing::warn!(message_id = %msg.message_id, error = %e, "action failed: the message is left for SQS to redeliver");
+                }
+                if report_for(action, acted) == Report::Failure {
+                    failures.push(msg.message_id.clone());
+                }
+            }
+        }
+        if let (Some((_, url)), false) = (&self.shared_queue, unroutable.is_empty()) {
+            let msgs: Vec<&Received> = unroutable.iter().map(|(m, _)| m).collect();
+            let actions: Vec<&Action> = unroutable.iter().map(|(_, a)| a).collect();
+            let results = self.actor.apply(url, &msgs, &actions).await;
+            for ((msg, action), acted) in msgs.iter().zip(&actions).zip(&results) {
+                if let Action::DeadLetter { reason, .. } = action {
+                    tracing::warn!(message_id = %msg.message_id, %reason, "dead-lettered");
+                }
                 if let Err(e) = acted {
                     tracing::warn!(message_id = %msg.message_id, error = %e, "action failed: the message is left for SQS to redeliver");
                 }
@@ -518,6 +603,7 @@ mod tests {
             attributes: [("squall-attempts".to_string(), "4".to_string())].into(),
             receive_count: 2,
             sent_timestamp_ms: 1_700_000_000_000,
+            group_id: None,
         };
         assert_eq!(received_from_record(&record(&msg, ARN)).unwrap(), msg);
         let mut r = record(&msg, ARN);
@@ -590,6 +676,7 @@ mod tests {
                 body: b.clone(),
                 delay_secs: 0,
                 attributes: Attributes::new(),
+                group_id: None,
             })
             .collect();
         assert!(q.send_batch(QUEUE, &out).await.iter().all(|r| r.is_ok()));
@@ -710,6 +797,7 @@ mod tests {
                 body,
                 delay_secs: 0,
                 attributes: Attributes::new(),
+                group_id: None,
             }],
         )
         .await;

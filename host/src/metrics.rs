@@ -54,6 +54,7 @@ impl<Q: Queue> MetricsSink<Q> {
                     body,
                     delay_secs: 0,
                     attributes: Attributes::new(),
+                    group_id: None,
                 }
             })
             .collect();

@@ -237,6 +237,7 @@ mod tests {
                 .collect(),
             receive_count,
             sent_timestamp_ms: NOW - 60_000,
+            group_id: None,
         }
     }
 

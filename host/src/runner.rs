@@ -5,6 +5,15 @@
 //! the end of each batch, backs off on OverLimit (and sends retries by re-send meanwhile), and on
 //! shutdown stops receiving, finishes what is in flight, acts and flushes: nothing is lost. Its
 //! counters are [`stats`]. The applications it drives are built by [`crate::apps`].
+//!
+//! The stack's shared queue ([`Runner::with_shared_queue`]) has one poller of its own: it
+//! receives while fewer than `runner.shared_concurrency` of its messages are in the engine's
+//! hands, finds each message's application by the envelope's `app_id` (dead-lettering one that
+//! names no shared application), and runs it within that application's `max_concurrency`. A
+//! message whose application already holds twice its `max_concurrency` (running or waiting for
+//! a slot) is deferred at once (a copy in 10-30 s, no attempt counted, as for a saturated
+//! endpoint), so one application's backlog cannot fill the poller's slots with messages waiting
+//! on it: the fair queue gives the freed slots to the other applications' messages.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,6 +47,8 @@ pub struct RunnerSettings {
     pub dead_letter_queue_url: String,
     /// The shared metrics queue (`None`: records are only logged at debug).
     pub metrics_queue_url: Option<String>,
+    /// Messages of the shared queue in the engine's hands at once.
+    pub shared_concurrency: usize,
 }
 
 /// What a finished run did.
@@ -131,6 +142,17 @@ pub struct Runner<Q: Queue> {
     apps: Vec<Arc<AppState>>,
     /// With a registry: its applications are discovered and polled while the runner runs.
     directory: Option<Arc<Directory>>,
+    /// The shared queue's URL and where its applications are found.
+    shared_queue: Option<(String, SharedApps)>,
+}
+
+/// Where the shared queue's poller finds an application by id.
+pub enum SharedApps {
+    /// The registry's shared-tier applications.
+    Registry(Arc<Directory>),
+    /// Applications built beforehand (tests, benches): each's `queue_url` must be the shared
+    /// queue's.
+    Fixed(std::collections::HashMap<String, BuiltApp>),
 }
 
 const RECEIVE_BACKOFF_START: Duration = Duration::from_secs(1);
@@ -158,7 +180,14 @@ impl<Q: Queue> Runner<Q> {
             shared,
             apps,
             directory: None,
+            shared_queue: None,
         }
+    }
+
+    /// Poll the shared queue `url` too, its applications found in `apps`.
+    pub fn with_shared_queue(mut self, url: String, apps: SharedApps) -> Runner<Q> {
+        self.shared_queue = Some((url, apps));
+        self
     }
 
     /// A runner over the applications of a registry: every `registry.ttl_secs` it lists the
@@ -192,6 +221,19 @@ impl<Q: Queue> Runner<Q> {
             tokio::spawn(poll(
                 self.shared.clone(),
                 app.clone(),
+                stop_rx.clone(),
+                done_tx.clone(),
+            ));
+        }
+        if let Some((url, apps)) = self.shared_queue {
+            tracing::info!(queue = %url, "polling the shared queue");
+            tokio::spawn(poll_shared(
+                self.shared.clone(),
+                Arc::new(SharedPoller {
+                    url,
+                    apps,
+                    limits: std::sync::Mutex::new(std::collections::HashMap::new()),
+                }),
                 stop_rx.clone(),
                 done_tx.clone(),
             ));
@@ -236,8 +278,230 @@ impl RunnerSettings {
             shutdown_grace: Duration::from_secs(config.runner.shutdown_grace_secs),
             dead_letter_queue_url: config.sqs.dead_letter_queue_url.clone().unwrap_or_default(),
             metrics_queue_url: config.sqs.metrics_queue_url.clone(),
+            shared_concurrency: config.runner.shared_concurrency as usize,
         }
     }
+}
+
+/// The shared queue's poller state.
+struct SharedPoller {
+    url: String,
+    apps: SharedApps,
+    /// Per application id: its slots (`max_concurrency`) and how many of its messages the
+    /// poller holds (running or waiting for a slot).
+    limits: std::sync::Mutex<std::collections::HashMap<String, Arc<SharedLimit>>>,
+}
+
+struct SharedLimit {
+    slots: Arc<Semaphore>,
+    max: usize,
+    held: AtomicU64,
+}
+
+/// Where one shared-queue message goes.
+enum SharedRoute {
+    App(Arc<App>, usize),
+    Unroutable(squall_core::shared_queue::Unroutable),
+    /// The registry cannot answer now: the message is left to reappear.
+    Unavailable(String),
+}
+
+impl SharedPoller {
+    async fn route(&self, msg: &Received) -> SharedRoute {
+        use squall_core::shared_queue::{Unroutable, app_id_of};
+        let app_id = match app_id_of(&msg.body) {
+            Ok(id) => id,
+            Err(why) => return SharedRoute::Unroutable(why),
+        };
+        match &self.apps {
+            SharedApps::Fixed(apps) => match apps.get(&app_id) {
+                Some(b) => SharedRoute::App(b.app.clone(), b.max_concurrency.max(1)),
+                None => SharedRoute::Unroutable(Unroutable::Unknown(app_id)),
+            },
+            SharedApps::Registry(d) => match d.lookup_shared(&app_id).await {
+                crate::registry::SharedFound::App(b) => {
+                    SharedRoute::App(b.app.clone(), b.max_concurrency.max(1))
+                }
+                crate::registry::SharedFound::Unroutable(why) => SharedRoute::Unroutable(why),
+                crate::registry::SharedFound::Unavailable(r) => SharedRoute::Unavailable(r),
+            },
+        }
+    }
+
+    /// The application's limit (made on first use; a changed `max_concurrency` takes effect
+    /// when none of its messages is held).
+    fn limit(&self, app_id: &str, max: usize) -> Arc<SharedLimit> {
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = || {
+            Arc::new(SharedLimit {
+                slots: Arc::new(Semaphore::new(max)),
+                max,
+                held: AtomicU64::new(0),
+            })
+        };
+        let l = limits.entry(app_id.to_string()).or_insert_with(fresh);
+        if l.max != max && l.held.load(Ordering::Relaxed) == 0 {
+            *l = fresh();
+        }
+        l.clone()
+    }
+}
+
+/// Poll the shared queue: receive while slots are free, route each message by its `app_id`,
+/// run it within its application's limit (or defer it when the application holds twice its
+/// limit already), act on the batch.
+async fn poll_shared<Q: Queue>(
+    shared: Arc<Shared<Q>>,
+    poller: Arc<SharedPoller>,
+    mut stop: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
+    let batch = shared
+        .settings
+        .receive_batch
+        .clamp(1, crate::queue::MAX_BATCH);
+    let slots = Arc::new(Semaphore::new(shared.settings.shared_concurrency.max(1)));
+    let mut backoff = RECEIVE_BACKOFF_START;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("never closed"),
+            _ = stop.changed() => break,
+        };
+        let mut taken = vec![first];
+        while taken.len() < batch {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => taken.push(p),
+                Err(_) => break,
+            }
+        }
+        let received = tokio::select! {
+            r = shared.queue.receive(&poller.url, taken.len(), shared.settings.wait) => r,
+            _ = stop.changed() => break,
+        };
+        match received {
+            Ok(msgs) => {
+                backoff = RECEIVE_BACKOFF_START;
+                if msgs.is_empty() {
+                    continue;
+                }
+                shared.stats.received(msgs.len());
+                taken.truncate(msgs.len());
+                tokio::spawn(run_shared_batch(
+                    shared.clone(),
+                    poller.clone(),
+                    msgs,
+                    taken,
+                    done.clone(),
+                ));
+            }
+            Err(e) => {
+                drop(taken);
+                shared
+                    .stats
+                    .receive_failed(matches!(e, QueueError::OverLimit { .. }));
+                tracing::warn!(queue = %poller.url, error = %e, retry_in_ms = backoff.as_millis() as u64, "receive failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => break,
+                }
+                backoff = (backoff * 2).min(RECEIVE_BACKOFF_MAX);
+            }
+        }
+    }
+    drop(done);
+}
+
+async fn run_shared_batch<Q: Queue>(
+    shared: Arc<Shared<Q>>,
+    poller: Arc<SharedPoller>,
+    msgs: Vec<Received>,
+    slots: Vec<OwnedSemaphorePermit>,
+    done: mpsc::Sender<()>,
+) {
+    let msgs: Vec<Arc<Received>> = msgs.into_iter().map(Arc::new).collect();
+    let mut set = tokio::task::JoinSet::new();
+    for (i, (msg, slot)) in msgs.iter().cloned().zip(slots).enumerate() {
+        let poller = poller.clone();
+        set.spawn(async move {
+            let p = match poller.route(&msg).await {
+                SharedRoute::Unroutable(why) => Some((
+                    why.app_id().unwrap_or("?").to_string(),
+                    squall_core::shared_queue::dead_letter(
+                        &why,
+                        &poller.url,
+                        &msg,
+                        crate::pipeline::Clock::now_ms(&SystemClock),
+                    ),
+                )),
+                SharedRoute::Unavailable(reason) => {
+                    tracing::warn!(message_id = %msg.message_id, %reason, "shared application unavailable: the message will reappear");
+                    None
+                }
+                SharedRoute::App(app, max) => {
+                    let limit = poller.limit(&app.id, max);
+                    let held = limit.held.fetch_add(1, Ordering::Relaxed) as usize;
+                    let p = if held >= 2 * limit.max {
+                        squall_core::shared_queue::deferred(&msg, fastrand::f64())
+                    } else {
+                        None
+                    };
+                    let p = match p {
+                        Some(p) => {
+                            tracing::debug!(app_id = %app.id, message_id = %msg.message_id, "application saturated on the shared queue: deferred");
+                            p
+                        }
+                        None => {
+                            let _slot = limit.slots.clone().acquire_owned().await;
+                            pipeline::process(&app, &msg, &SystemClock, ProcessOptions::default())
+                                .await
+                        }
+                    };
+                    limit.held.fetch_sub(1, Ordering::Relaxed);
+                    Some((app.id.clone(), p))
+                }
+            };
+            drop(slot);
+            (i, p)
+        });
+    }
+    let mut processed: Vec<Option<(String, pipeline::Processed)>> = vec![None; msgs.len()];
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok((i, p)) => processed[i] = p,
+            Err(e) => tracing::error!(queue = %poller.url, error = %e, "message task failed"),
+        }
+    }
+    let records: Vec<MetricRecord> = processed
+        .iter_mut()
+        .flatten()
+        .flat_map(|(_, p)| std::mem::take(&mut p.metrics))
+        .collect();
+    let mut acted: Vec<(&Received, &Action, &str)> = Vec::new();
+    for (m, p) in msgs.iter().zip(&processed) {
+        if let Some((app_id, p)) = p {
+            acted.push((m, &p.action, app_id));
+        }
+    }
+    let acted_msgs: Vec<&Received> = acted.iter().map(|a| a.0).collect();
+    let actions: Vec<&Action> = acted.iter().map(|a| a.1).collect();
+    let results = shared.actor.apply(&poller.url, &acted_msgs, &actions).await;
+    for ((m, a, app_id), r) in acted.iter().zip(results) {
+        match r {
+            Ok(()) => {
+                shared.stats.acted(a);
+                log_action(app_id, m, a);
+            }
+            Err(e) => {
+                shared.stats.act_failed();
+                tracing::warn!(app_id, message_id = %m.message_id, error = %e, "action failed; the message will reappear");
+            }
+        }
+    }
+    shared.metrics.flush(&records).await;
+    drop(done);
 }
 
 async fn poll<Q: Queue>(
@@ -510,6 +774,7 @@ mod tests {
             body: String::from_utf8(env.encode()).unwrap(),
             delay_secs: 0,
             attributes: Attributes::new(),
+            group_id: None,
         }
     }
 
@@ -520,6 +785,7 @@ mod tests {
             shutdown_grace: Duration::from_secs(30),
             dead_letter_queue_url: "dlq".into(),
             metrics_queue_url: Some("metrics".into()),
+            shared_concurrency: 64,
         }
     }
 
@@ -625,6 +891,109 @@ mod tests {
         assert_eq!(report.counts.dead_lettered, 0);
         // Nothing lost: six events are still queued (copies or parked originals).
         assert_eq!(qs.counts("app").unwrap().total, 6);
+    }
+
+    fn shared_event(id: &str, app: &str) -> Outgoing {
+        let env = crate::envelope::Envelope::new_json(
+            id,
+            app,
+            "invoice.paid",
+            "https://hooks.example.com/in",
+            1_700_000_000_000,
+            &serde_json::json!({"n": id}),
+        );
+        Outgoing {
+            body: String::from_utf8(env.encode()).unwrap(),
+            delay_secs: 0,
+            attributes: Attributes::new(),
+            group_id: Some(app.into()),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shared_queue_routes_by_app_id_keeps_group_ids_and_dead_letters_strangers() {
+        let qs = queues(1000);
+        let flaky = Arc::new(Flaky {
+            fail_first: 1,
+            seen: Mutex::new(vec![]),
+        });
+        // A retry in 1,000 s is longer than visibility_backoff_max_secs: a re-sent copy.
+        let app = |id: &str| {
+            TestApp::new("app", flaky.clone())
+                .id(id)
+                .backoff(Backoff {
+                    initial_delay_secs: 1_000,
+                    jitter: 0.0,
+                    ..Backoff::default()
+                })
+                .built(2)
+        };
+        let (tiny, other) = (app("tiny"), app("other"));
+        let mut garbage = shared_event("x", "tiny");
+        garbage.body = "not json".into();
+        let batch = [
+            shared_event("evt_tiny", "tiny"),
+            shared_event("evt_other", "other"),
+            shared_event("evt_ghost", "ghost"),
+            garbage,
+        ];
+        qs.send_batch("app", &batch).await;
+        let apps = [tiny, other]
+            .into_iter()
+            .map(|b| (b.app.id.clone(), b))
+            .collect();
+        let runner = Runner::new(qs.clone(), Vec::new(), settings())
+            .with_shared_queue("app".into(), SharedApps::Fixed(apps));
+        let stats = runner.stats();
+        let report = runner
+            .run(until(stats, |c| c.dead_lettered == 2 && c.resent == 2))
+            .await;
+        assert_eq!(report.counts.delivered, 0, "{:?}", report.counts);
+        // Each application's event failed once and was re-sent into its own group.
+        let mut left: Vec<(Option<String>, String)> = qs
+            .messages("app")
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.group_id, m.attributes["squall-attempts"].clone()))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                (Some("other".into()), "1".into()),
+                (Some("tiny".into()), "1".into())
+            ]
+        );
+        let mut dead: Vec<(String, String, Option<String>)> = qs
+            .messages("dlq")
+            .unwrap()
+            .into_iter()
+            .map(|m| {
+                (
+                    m.attributes["squall-app-id"].clone(),
+                    m.attributes["squall-reason"].clone(),
+                    m.group_id,
+                )
+            })
+            .collect();
+        dead.sort();
+        assert_eq!(dead.len(), 2);
+        assert_eq!(dead[0].0, "?");
+        assert!(
+            dead[0]
+                .1
+                .starts_with("shared queue app: malformed envelope: no app_id"),
+            "{}",
+            dead[0].1
+        );
+        assert_eq!(
+            (dead[1].0.as_str(), dead[1].1.as_str(), dead[1].2.as_deref()),
+            (
+                "ghost",
+                "shared queue app: app_id \"ghost\" is not a registered application",
+                Some("ghost")
+            )
+        );
     }
 
     /// Holds each request 2 s; counts concurrent and total requests.
@@ -743,6 +1112,7 @@ mod tests {
                 body: String::from_utf8(env.encode()).unwrap(),
                 delay_secs: 0,
                 attributes: Attributes::new(),
+                group_id: None,
             }
         };
         // Four events for the slow endpoint fill the application's four slots first.

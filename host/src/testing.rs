@@ -49,6 +49,12 @@ impl TestApp {
         })
     }
 
+    /// Another application id than `billing`.
+    pub fn id(mut self, id: &str) -> TestApp {
+        self.0.id = id.into();
+        self
+    }
+
     /// The built-in retry policy's backoff (also the one a plugin failure is retried with).
     pub fn backoff(mut self, backoff: Backoff) -> TestApp {
         self.0.retry_policy = Arc::new(BackoffPolicy {

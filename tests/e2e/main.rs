@@ -9,6 +9,7 @@ mod lambda;
 mod ops;
 mod plugins;
 mod registry;
+mod shared;
 mod ssrf;
 mod supply;
 mod template;

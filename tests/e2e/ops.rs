@@ -40,6 +40,7 @@ fn dead_letter(id: &str, app: &str, source: &str, reason: &str) -> Outgoing {
             source_queue: source,
             now_ms: 2_000,
         }),
+        group_id: None,
     }
 }
 

@@ -25,10 +25,10 @@ use crate::lambda::{
 };
 
 /// The registry's TTL in this test, seconds.
-const TTL_SECS: u64 = 2;
+pub(crate) const TTL_SECS: u64 = 2;
 
 /// A fresh Standard Webhooks secret.
-fn new_secret() -> String {
+pub(crate) fn new_secret() -> String {
     let bytes: Vec<u8> = (0..24).map(|_| fastrand::u8(..)).collect();
     format!(
         "whsec_{}",
@@ -37,7 +37,7 @@ fn new_secret() -> String {
 }
 
 /// The settings text (the body of an `[apps.ID]` table) of a registered application.
-fn settings_text(queue_url: &str, secret_param: &str, max_attempts: u32) -> String {
+pub(crate) fn settings_text(queue_url: &str, secret_param: &str, max_attempts: u32) -> String {
     format!(
         "queue_url = \"{queue_url}\"\nallowed_networks = [\"127.0.0.0/8\"]\n\
          secrets = {{ default = \"ssm:{secret_param}\" }}\n\
@@ -45,9 +45,9 @@ fn settings_text(queue_url: &str, secret_param: &str, max_attempts: u32) -> Stri
     )
 }
 
-struct Registry {
-    config: Config,
-    store: DynamoStore,
+pub(crate) struct Registry {
+    pub(crate) config: Config,
+    pub(crate) store: DynamoStore,
     dynamo: aws_sdk_dynamodb::Client,
     ssm: aws_sdk_ssm::Client,
     table: String,
@@ -56,7 +56,7 @@ struct Registry {
 }
 
 impl Registry {
-    async fn create(endpoint: &str, prefix: &str, config: Config) -> Registry {
+    pub(crate) async fn create(endpoint: &str, prefix: &str, config: Config) -> Registry {
         let sdk = squall::queue::sqs::sdk_config(&settings(endpoint)).await;
         let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
         let table = format!("{prefix}-registry");
@@ -73,11 +73,11 @@ impl Registry {
         }
     }
 
-    fn param(&self, app: &str) -> String {
+    pub(crate) fn param(&self, app: &str) -> String {
         format!("{}{app}/signing", self.path)
     }
 
-    async fn put_secret(&self, app: &str, secret: &str) {
+    pub(crate) async fn put_secret(&self, app: &str, secret: &str) {
         self.ssm
             .put_parameter()
             .name(self.param(app))
@@ -92,15 +92,26 @@ impl Registry {
     /// Register many applications at once (BatchWriteItem, 25 items per call), each checked
     /// by the core as `squall apps` would.
     async fn register_many(&self, apps: &[(String, String)]) {
-        for chunk in apps.chunks(25) {
+        let records: Vec<AppRecord> = apps
+            .iter()
+            .map(|(id, settings)| AppRecord::new(&self.config, id, settings).unwrap())
+            .collect();
+        self.register_records(&records).await;
+    }
+
+    /// Write records as they are (BatchWriteItem, 25 items per call).
+    pub(crate) async fn register_records(&self, records: &[AppRecord]) {
+        for chunk in records.chunks(25) {
             let writes: Vec<WriteRequest> = chunk
                 .iter()
-                .map(|(id, settings)| {
-                    let r = AppRecord::new(&self.config, id, settings).unwrap();
+                .map(|r| {
                     let mut item = HashMap::from([
                         ("app_id".to_string(), AttributeValue::S(r.id.clone())),
                         ("version".to_string(), AttributeValue::N("1".into())),
-                        ("tier".to_string(), AttributeValue::S("dedicated".into())),
+                        (
+                            "tier".to_string(),
+                            AttributeValue::S(r.tier.as_str().into()),
+                        ),
                         (
                             "settings".to_string(),
                             AttributeValue::S(r.settings.clone()),
@@ -130,7 +141,7 @@ impl Registry {
 
     /// Write one application through the engine's store (created, or updated with its version
     /// incremented).
-    async fn put(&self, id: &str, settings: &str) -> AppRecord {
+    pub(crate) async fn put(&self, id: &str, settings: &str) -> AppRecord {
         let r = AppRecord::new(&self.config, id, settings).unwrap();
         self.store
             .put(&r, 0, &ReadCounts::default())
@@ -140,13 +151,19 @@ impl Registry {
     }
 }
 
-fn write_config(dir: &Path, endpoint: &str, q: &TestQueues, table: &str, path: &str) -> PathBuf {
+pub(crate) fn write_config(
+    dir: &Path,
+    endpoint: &str,
+    q: &TestQueues,
+    table: &str,
+    path: &str,
+) -> PathBuf {
     let file = dir.join("squall.toml");
     std::fs::write(&file, config_text(endpoint, q, table, path)).unwrap();
     file
 }
 
-fn config_text(endpoint: &str, q: &TestQueues, table: &str, path: &str) -> String {
+pub(crate) fn config_text(endpoint: &str, q: &TestQueues, table: &str, path: &str) -> String {
     format!(
         r#"
 [sqs]
@@ -165,14 +182,14 @@ secret_path = "{path}"
     )
 }
 
-fn envelope(id: &str, app: &str, endpoint: &str) -> String {
+pub(crate) fn envelope(id: &str, app: &str, endpoint: &str) -> String {
     TestEnvelope::new(id, app, endpoint)
         .payload(json!({"event": id}))
         .to_json()
 }
 
 /// The ids of the batch item failures in a response.
-fn failures(response: &serde_json::Value) -> Vec<String> {
+pub(crate) fn failures(response: &serde_json::Value) -> Vec<String> {
     response["batchItemFailures"]
         .as_array()
         .unwrap_or_else(|| panic!("no batchItemFailures in {response}"))

@@ -153,7 +153,16 @@ async fn registry_template_is_the_same_for_10_and_10000_applications() {
         !with_10.contains("app0000"),
         "an application leaked into the template"
     );
-    assert!(!with_10.contains("AWS::Lambda::EventSourceMapping"));
+    // One mapping only: the shared tier's queue's (dedicated applications get theirs at run
+    // time from `squall apps create`).
+    assert_eq!(
+        with_10.matches("AWS::Lambda::EventSourceMapping").count(),
+        1
+    );
+    assert_eq!(
+        t["Resources"]["SharedQueueMapping"]["Type"],
+        "AWS::Lambda::EventSourceMapping"
+    );
 
     client
         .delete_table()

@@ -172,6 +172,9 @@ pub struct SqsConfig {
     pub dead_letter_queue_url: Option<String>,
     /// The shared metrics queue; `None` = records are only logged.
     pub metrics_queue_url: Option<String>,
+    /// The stack's shared queue (the shared tier's applications, `MessageGroupId = app_id`);
+    /// `None` = no shared queue is served.
+    pub shared_queue_url: Option<String>,
     /// ReceiveMessage long-poll wait, seconds (0-20).
     pub wait_time_secs: u32,
     /// Messages per ReceiveMessage (1-10).
@@ -185,6 +188,8 @@ pub struct SqsConfig {
 pub struct RunnerConfig {
     /// Grace period for in-flight deliveries on shutdown, seconds.
     pub shutdown_grace_secs: u64,
+    /// Shared-queue messages in `squall run`'s hands at once (1-10000).
+    pub shared_concurrency: u32,
 }
 
 /// `[plugins]`.
@@ -358,8 +363,12 @@ impl fmt::Debug for SecretRef {
 pub struct AppConfig {
     /// Application id (the key under `[apps]`).
     pub id: String,
-    /// The application's queue; `None` when not configured (the demo's in-process queue).
+    /// The application's queue; `None` when not configured (the demo's in-process queue) and
+    /// for a shared application (its events are on `sqs.shared_queue_url`).
     pub queue_url: Option<String>,
+    /// Dedicated (the file's applications, and a registry item's default) or shared (a registry
+    /// item's `tier`; not a key of the table).
+    pub tier: crate::registry::Tier,
     /// Connect timeout per delivery, ms.
     pub connect_timeout_ms: u64,
     /// Total timeout per delivery, ms.
@@ -624,6 +633,7 @@ impl Config {
         let shared = [
             ("sqs.dead_letter_queue_url", &self.sqs.dead_letter_queue_url),
             ("sqs.metrics_queue_url", &self.sqs.metrics_queue_url),
+            ("sqs.shared_queue_url", &self.sqs.shared_queue_url),
         ]
         .map(|(key, url)| (key.to_string(), url, None));
         let apps = self

@@ -29,6 +29,7 @@ struct RawSqs {
     endpoint_url: String,
     dead_letter_queue_url: String,
     metrics_queue_url: String,
+    shared_queue_url: String,
     wait_time_secs: u32,
     receive_batch: u32,
     visibility_backoff_max_secs: u32,
@@ -38,6 +39,7 @@ struct RawSqs {
 #[serde(deny_unknown_fields)]
 struct RawRunner {
     shutdown_grace_secs: u64,
+    shared_concurrency: u32,
 }
 
 #[derive(Deserialize)]
@@ -243,6 +245,13 @@ fn build(raw: RawRoot, base_dir: &Path, o: &Origins) -> Result<Config, ConfigErr
     if raw.runner.shutdown_grace_secs > 3600 {
         return Err(o.invalid("runner.shutdown_grace_secs", "must be 0-3600"));
     }
+    in_range(
+        "runner.shared_concurrency".into(),
+        raw.runner.shared_concurrency,
+        1,
+        10_000,
+        o,
+    )?;
     let lambda = build_lambda(raw.lambda, o)?;
     let cache_dir = resolve_cache_dir(&raw.plugins.cache_dir, base_dir);
     if !(1..=10_000).contains(&raw.plugins.pool_instances) {
@@ -292,6 +301,7 @@ fn build(raw: RawRoot, base_dir: &Path, o: &Origins) -> Result<Config, ConfigErr
         sqs,
         runner: RunnerConfig {
             shutdown_grace_secs: raw.runner.shutdown_grace_secs,
+            shared_concurrency: raw.runner.shared_concurrency,
         },
         plugins: PluginsConfig {
             cache_dir,
@@ -479,6 +489,7 @@ fn build_sqs(raw: RawSqs, o: &Origins) -> Result<SqsConfig, ConfigError> {
         endpoint_url: non_empty(raw.endpoint_url),
         dead_letter_queue_url: non_empty(raw.dead_letter_queue_url),
         metrics_queue_url: non_empty(raw.metrics_queue_url),
+        shared_queue_url: non_empty(raw.shared_queue_url),
         wait_time_secs: raw.wait_time_secs,
         receive_batch: raw.receive_batch,
         visibility_backoff_max_secs: raw.visibility_backoff_max_secs,
@@ -489,6 +500,7 @@ fn build_sqs(raw: RawSqs, o: &Origins) -> Result<SqsConfig, ConfigError> {
     for (key, v) in [
         ("sqs.dead_letter_queue_url", &sqs.dead_letter_queue_url),
         ("sqs.metrics_queue_url", &sqs.metrics_queue_url),
+        ("sqs.shared_queue_url", &sqs.shared_queue_url),
     ] {
         if let Some(v) = v {
             check_queue_url(key, v, o)?;
@@ -911,6 +923,7 @@ fn build_app(
     Ok(AppConfig {
         id,
         queue_url,
+        tier: crate::registry::Tier::Dedicated,
         connect_timeout_ms: s.connect_timeout_ms,
         timeout_ms: s.timeout_ms,
         max_response_bytes: s.max_response_bytes,

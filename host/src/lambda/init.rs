@@ -87,6 +87,10 @@ pub async fn from_config(config: &Config) -> Result<Function<SqsQueues>, InitErr
             )?
         }
     };
+    let function = match &config.sqs.shared_queue_url {
+        Some(url) => function.with_shared_queue(url)?,
+        None => function,
+    };
     // CloudWatch Embedded Metric Format on stdout, unless `lambda.emf_namespace` is "off".
     Ok(match &config.lambda.emf_namespace {
         Some(namespace) => function.with_emf(namespace, Arc::new(|l: &str| println!("{l}"))),

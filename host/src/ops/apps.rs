@@ -35,7 +35,7 @@ use crate::provision::{
 use crate::queue::QueueError;
 use crate::queue::sqs::{SqsQueues, SqsSettings, from_sdk, sdk_config};
 use crate::registry::{
-    self, AppRecord, DynamoStore, PutOutcome, QueueKey, ReadCounts, RegistryError, app_tables,
+    self, AppRecord, DynamoStore, PutOutcome, QueueKey, ReadCounts, RegistryError, Tier, app_tables,
 };
 
 /// Why a verb stopped. Every variant names the application or resource; what was done before
@@ -88,6 +88,16 @@ pub enum AppsError {
     /// The deployment's dead-letter queue is not configured.
     #[error("sqs.dead_letter_queue_url is not set: application queues redrive to it")]
     NoDeadLetterQueue,
+    /// `create` or `import` over an application of the other tier (only `update` moves one).
+    #[error(
+        "application {id} is of the {} tier: move it with `squall apps update {id} --tier ...` (docs/operations.md, \"Tiers\")", from.as_str()
+    )]
+    TierMove {
+        /// The application.
+        id: String,
+        /// Its current tier.
+        from: Tier,
+    },
     /// `create` of an id registered with other settings.
     #[error(
         "application {id} exists (version {version}) with other settings: use `squall apps update {id} --settings FILE`"
@@ -326,6 +336,135 @@ impl Apps {
         self.write(id, settings, WriteMode::Create).await
     }
 
+    /// `apps create ID --tier shared`: the registry item only (no queue, mapping or alarm: its
+    /// events go to the shared queue with `MessageGroupId = ID`).
+    pub async fn create_shared(&self, id: &str, settings: &str) -> Result<Vec<Step>, AppsError> {
+        self.write_shared(id, settings, WriteMode::Create).await
+    }
+
+    /// `apps update ID --tier shared`: a shared application's new settings (item only), or a
+    /// dedicated one moved to the shared tier (its queue kept and served until a later update
+    /// finds it empty and removes it).
+    pub async fn update_shared(
+        &self,
+        id: &str,
+        settings: &str,
+        expect_version: Option<u64>,
+    ) -> Result<Vec<Step>, AppsError> {
+        self.write_shared(id, settings, WriteMode::Update(expect_version))
+            .await
+    }
+
+    async fn write_shared(
+        &self,
+        id: &str,
+        settings: &str,
+        mode: WriteMode,
+    ) -> Result<Vec<Step>, AppsError> {
+        let mut record = AppRecord::shared(&self.config, id, settings)?;
+        if self.config.sqs.shared_queue_url.is_none() {
+            return Err(ConfigError::Invalid {
+                origin: "config".into(),
+                key: "sqs.shared_queue_url".into(),
+                message: "is empty: a shared application's events go to the stack's shared queue"
+                    .into(),
+            }
+            .into());
+        }
+        let app = record.app_config(&self.config)?;
+        let outside = provision::secrets_outside_path(&app, &self.config.registry.secret_path);
+        if let Some(name) = outside.first() {
+            return Err(ConfigError::Invalid {
+                origin: format!("settings of application {id}"),
+                key: format!("apps.{id}.secrets"),
+                message: format!(
+                    "ssm:{name} is outside registry.secret_path {:?}: the function may read only parameters below it",
+                    self.config.registry.secret_path
+                ),
+            }
+            .into());
+        }
+        let existing = self.store.get(id, &self.reads).await?;
+        match (mode, &existing) {
+            (WriteMode::Update(_), None) => return Err(self.not_found(id)),
+            (WriteMode::Update(Some(expected)), Some(old)) if old.version != expected => {
+                return Err(AppsError::VersionMismatch {
+                    id: id.to_string(),
+                    expected,
+                    found: old.version,
+                });
+            }
+            // Only `update` moves an application between tiers.
+            (WriteMode::Create | WriteMode::Import, Some(old)) if old.tier != Tier::Shared => {
+                return Err(AppsError::TierMove {
+                    id: id.to_string(),
+                    from: old.tier,
+                });
+            }
+            (WriteMode::Create, Some(old)) => {
+                let injected = old
+                    .settings
+                    .strip_prefix("queue_url = ")
+                    .and_then(|r| r.split_once('\n'))
+                    .map(|(_, rest)| rest);
+                if old.settings != settings && injected != Some(settings) {
+                    return Err(AppsError::Exists {
+                        id: id.to_string(),
+                        version: old.version,
+                    });
+                }
+            }
+            _ => {}
+        }
+        let mut steps = Vec::new();
+        // The queue it had as a dedicated application: kept (and served) while the move is
+        // fresh or it holds messages, removed by a later update once it is empty.
+        if let Some(old) = &existing
+            && let Some(key) = &old.queue
+        {
+            let moving = old.tier == Tier::Dedicated;
+            match self.queue_url(&key.name, Some(&key.account)).await? {
+                Some(url) => {
+                    let d = self.queues.depth(&url).await?;
+                    let waiting = d.visible + d.in_flight + d.delayed;
+                    if moving || waiting > 0 {
+                        record.queue = Some(key.clone());
+                        record.settings = provision::settings_with_queue_url(settings, false, &url);
+                        steps.push(Step {
+                            resource: "queue",
+                            name: key.name.clone(),
+                            change: Change::Skipped(format!(
+                                "kept while it drains ({waiting} messages; still served): run \
+                                 `squall apps update {id} --tier shared` again once it is empty \
+                                 to remove it, its mapping and its alarm"
+                            )),
+                        });
+                    } else {
+                        steps.extend(self.delete_mappings(&key.name, &url).await?);
+                        steps.push(self.delete_alarm(&key.name).await?);
+                        steps.push(self.delete_queue(&key.name, Some(&url)).await?);
+                    }
+                }
+                None => steps.push(Step {
+                    resource: "queue",
+                    name: key.name.clone(),
+                    change: Change::Absent,
+                }),
+            }
+        }
+        let (outcome, written) = self.store.put(&record, now_ms(), &self.reads).await?;
+        steps.push(Step {
+            resource: "item",
+            name: id.to_string(),
+            change: match outcome {
+                PutOutcome::Created => Change::Created,
+                PutOutcome::Updated => Change::Updated(format!("version {}", written.version)),
+                PutOutcome::Unchanged => Change::Unchanged,
+            },
+        });
+        Ok(steps)
+    }
+
     /// `apps update ID --settings FILE`: the same steps on an existing application; the item's
     /// write is conditional on the version read (and on `expect_version` when given).
     pub async fn update(
@@ -382,6 +521,16 @@ impl Apps {
             .into());
         }
         let existing = self.store.get(id, &self.reads).await?;
+        // Only `update` moves a shared application to the dedicated tier.
+        if let Some(old) = &existing
+            && old.tier != Tier::Dedicated
+            && !matches!(mode, WriteMode::Update(_))
+        {
+            return Err(AppsError::TierMove {
+                id: id.to_string(),
+                from: old.tier,
+            });
+        }
         let given_queue = app.queue_url.as_deref().map(QueueKey::from_url);
         let queue_name = match &given_queue {
             Some(Some(key)) => key.name.clone(),
@@ -516,7 +665,13 @@ impl Apps {
         // 2. Item.
         let text =
             provision::settings_with_queue_url(settings, app.queue_url.is_some(), &queue_url);
-        let record = AppRecord::new(&self.config, id, &text)?;
+        let mut record = AppRecord::new(&self.config, id, &text)?;
+        // Moving from the shared tier: its events already there are still delivered.
+        record.left_shared_ms = match &existing {
+            Some(old) if old.tier == Tier::Shared => Some(now_ms()),
+            Some(old) => old.left_shared_ms,
+            None => None,
+        };
         let (outcome, written) = self.store.put(&record, now_ms(), &self.reads).await?;
         steps.push(Step {
             resource: "item",
@@ -559,6 +714,87 @@ impl Apps {
             change,
         });
         Ok(steps)
+    }
+
+    /// Delete every event source mapping of the queue `url` (named `queue_name` in the steps).
+    async fn delete_mappings(&self, queue_name: &str, url: &str) -> Result<Vec<Step>, AppsError> {
+        let arn = self.queue_arn(url).await?;
+        let mappings = self.mappings(&arn).await?;
+        let mut steps = Vec::new();
+        if mappings.is_empty() {
+            steps.push(Step {
+                resource: "mapping",
+                name: queue_name.to_string(),
+                change: Change::Absent,
+            });
+        }
+        for m in &mappings {
+            let uuid = m.uuid().unwrap_or_default();
+            let r = self
+                .lambda
+                .delete_event_source_mapping()
+                .uuid(uuid)
+                .send()
+                .await;
+            let change = match r {
+                Ok(_) => Change::Deleted,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|se| se.is_resource_not_found_exception()) =>
+                {
+                    Change::Absent
+                }
+                Err(e) => return Err(lambda_err("DeleteEventSourceMapping", uuid, e)),
+            };
+            steps.push(Step {
+                resource: "mapping",
+                name: uuid.to_string(),
+                change,
+            });
+        }
+        Ok(steps)
+    }
+
+    /// Delete the oldest-message alarm of the queue `queue_name`.
+    async fn delete_alarm(&self, queue_name: &str) -> Result<Step, AppsError> {
+        let alarm = provision::alarm_name(queue_name);
+        let change = if self.cloudwatch.describe(&alarm).await?.is_some() {
+            self.cloudwatch.delete(&alarm).await?;
+            Change::Deleted
+        } else {
+            Change::Absent
+        };
+        Ok(Step {
+            resource: "alarm",
+            name: alarm,
+            change,
+        })
+    }
+
+    /// Delete the queue `url` (`None`: not found, reported absent).
+    async fn delete_queue(&self, queue_name: &str, url: Option<&str>) -> Result<Step, AppsError> {
+        let change = match url {
+            None => Change::Absent,
+            Some(url) => {
+                let r = self
+                    .queues
+                    .client()
+                    .delete_queue()
+                    .queue_url(url)
+                    .send()
+                    .await;
+                match r.map_err(|e| from_sdk(url, "DeleteQueue", e)) {
+                    Ok(_) => Change::Deleted,
+                    Err(QueueError::QueueDoesNotExist { .. }) => Change::Absent,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        Ok(Step {
+            resource: "queue",
+            name: queue_name.to_string(),
+            change,
+        })
     }
 
     /// `apps delete ID`: mapping, [waiting messages], alarm, queue, item.
@@ -609,40 +845,8 @@ impl Apps {
                     delayed: d.delayed,
                 });
             }
-            let arn = self.queue_arn(url).await?;
             // 1. Mappings: the function stops receiving from the queue.
-            let mappings = self.mappings(&arn).await?;
-            if mappings.is_empty() {
-                steps.push(Step {
-                    resource: "mapping",
-                    name: queue_name.clone(),
-                    change: Change::Absent,
-                });
-            }
-            for m in &mappings {
-                let uuid = m.uuid().unwrap_or_default();
-                let r = self
-                    .lambda
-                    .delete_event_source_mapping()
-                    .uuid(uuid)
-                    .send()
-                    .await;
-                let change = match r {
-                    Ok(_) => Change::Deleted,
-                    Err(e)
-                        if e.as_service_error()
-                            .is_some_and(|se| se.is_resource_not_found_exception()) =>
-                    {
-                        Change::Absent
-                    }
-                    Err(e) => return Err(lambda_err("DeleteEventSourceMapping", uuid, e)),
-                };
-                steps.push(Step {
-                    resource: "mapping",
-                    name: uuid.to_string(),
-                    change,
-                });
-            }
+            steps.extend(self.delete_mappings(&queue_name, url).await?);
             // 2. Waiting messages.
             if let DeleteMode::Drain(wait) = mode {
                 let moved = self.drain(id, url, wait).await?;
@@ -660,43 +864,10 @@ impl Apps {
             });
         }
         // 3. Alarm.
-        let alarm = provision::alarm_name(&queue_name);
-        let change = if self.cloudwatch.describe(&alarm).await?.is_some() {
-            self.cloudwatch.delete(&alarm).await?;
-            Change::Deleted
-        } else {
-            Change::Absent
-        };
-        steps.push(Step {
-            resource: "alarm",
-            name: alarm,
-            change,
-        });
+        steps.push(self.delete_alarm(&queue_name).await?);
         // 4. Queue.
-        let change = match &found {
-            None if foreign_queue => None,
-            None => Some(Change::Absent),
-            Some(url) => {
-                let r = self
-                    .queues
-                    .client()
-                    .delete_queue()
-                    .queue_url(url)
-                    .send()
-                    .await;
-                match r.map_err(|e| from_sdk(url, "DeleteQueue", e)) {
-                    Ok(_) => Some(Change::Deleted),
-                    Err(QueueError::QueueDoesNotExist { .. }) => Some(Change::Absent),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
-        if let Some(change) = change {
-            steps.push(Step {
-                resource: "queue",
-                name: queue_name,
-                change,
-            });
+        if !foreign_queue {
+            steps.push(self.delete_queue(&queue_name, found.as_deref()).await?);
         }
         // 5. Item.
         let deleted = self.store.delete(id).await?;

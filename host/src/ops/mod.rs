@@ -166,6 +166,31 @@ pub fn app_queue_url<'a>(config: &'a Config, app: &str) -> Result<&'a str, OpsEr
     })
 }
 
+/// Where a producer sends an application's events: its own queue, or for a shared-tier
+/// application the shared queue with `MessageGroupId = app_id` (the group id is returned).
+pub fn app_destination<'a>(
+    config: &'a Config,
+    app: &str,
+) -> Result<(&'a str, Option<String>), OpsError> {
+    let shared = config
+        .app(app)
+        .is_some_and(|a| a.tier == crate::registry::Tier::Shared);
+    if !shared {
+        return Ok((app_queue_url(config, app)?, None));
+    }
+    let url = config
+        .sqs
+        .shared_queue_url
+        .as_deref()
+        .ok_or_else(|| OpsError::Config {
+            key: "sqs.shared_queue_url".into(),
+            message: format!(
+                "not set: application {app} is of the shared tier, its events go to the shared queue"
+            ),
+        })?;
+    Ok((url, Some(app.to_string())))
+}
+
 /// The dead-letter queue URL of a config.
 pub fn dead_letter_queue_url(config: &Config) -> Result<&str, OpsError> {
     config

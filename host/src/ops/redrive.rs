@@ -47,9 +47,11 @@ pub fn destination(
     }
 }
 
-/// The copy sent back: same body, no `squall-*` attributes, no delay.
+/// The copy sent back: same body, no `squall-*` attributes, no delay, the same
+/// MessageGroupId (a shared queue's dead letter returns into its application's group).
 pub fn redrive_copy(m: &Received) -> Outgoing {
     Outgoing {
+        group_id: m.group_id.clone(),
         body: m.body.clone(),
         delay_secs: 0,
         attributes: m
@@ -250,6 +252,7 @@ mod tests {
             body: format!("{{\"id\":\"evt_{i}\",\"app_id\":\"{app}\"}}"),
             delay_secs: 0,
             attributes,
+            group_id: None,
         }
     }
 
@@ -262,6 +265,7 @@ mod tests {
             attributes: dead(1, "billing", "x", Some("q")).attributes,
             receive_count: 3,
             sent_timestamp_ms: 5,
+            group_id: None,
         };
         let c = redrive_copy(&m);
         assert_eq!(c.body, m.body);

@@ -294,6 +294,7 @@ mod tests {
                 .collect(),
             receive_count: 1,
             sent_timestamp_ms: 1_000,
+            group_id: None,
         }
     }
 
@@ -381,6 +382,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<Attributes>(),
+            group_id: None,
         }
     }
 

@@ -71,6 +71,20 @@ pub struct DeadLetterStatus {
     pub by_app_reason: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
+/// The shared queue: its counts (all applications together; SQS counts per queue, not per
+/// group) and, per application, what a scan of up to `scan` visible messages saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SharedStatus {
+    /// Queue URL.
+    pub queue_url: String,
+    /// Counts of the whole queue.
+    pub depth: Depth,
+    /// Visible messages scanned.
+    pub scanned: usize,
+    /// app id (the envelope's, or `?`) -> (visible messages seen, oldest age seen, seconds).
+    pub by_app: BTreeMap<String, (u64, Option<u64>)>,
+}
+
 /// Everything `squall status` prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Status {
@@ -80,6 +94,8 @@ pub struct Status {
     pub apps: Vec<AppStatus>,
     /// The dead-letter queue, if configured.
     pub dead_letter: Option<DeadLetterStatus>,
+    /// The shared queue, if configured.
+    pub shared: Option<SharedStatus>,
 }
 
 /// The oldest age among views, seconds, at `now_ms`.
@@ -129,6 +145,44 @@ pub async fn app_status<Q: Inspect>(
     })
 }
 
+/// Per application id, the views seen and the oldest age among them at `now_ms`.
+pub fn shared_breakdown(
+    views: &[MessageView],
+    now_ms: u64,
+) -> BTreeMap<String, (u64, Option<u64>)> {
+    let mut by: BTreeMap<String, Vec<MessageView>> = BTreeMap::new();
+    for v in views {
+        let app = v.app_id.clone().unwrap_or_else(|| "?".to_string());
+        by.entry(app).or_default().push(v.clone());
+    }
+    by.into_iter()
+        .map(|(app, vs)| (app, (vs.len() as u64, oldest_age_secs(&vs, now_ms))))
+        .collect()
+}
+
+/// The shared queue's status: its counts, and per application (its `MessageGroupId`, the
+/// envelope's `app_id`) what a scan of up to `max_scan` visible messages saw.
+pub async fn shared_status<Q: Inspect>(
+    q: &Q,
+    queue_url: &str,
+    max_scan: usize,
+    limits: ScanLimits,
+    now_ms: u64,
+) -> Result<SharedStatus, OpsError> {
+    let depth = q.depth(queue_url).await?;
+    let views = if max_scan == 0 || depth.visible == 0 {
+        Vec::new()
+    } else {
+        scan::peek(q, queue_url, &scan::Filter::default(), limits, max_scan).await?
+    };
+    Ok(SharedStatus {
+        queue_url: queue_url.to_string(),
+        depth,
+        scanned: views.len(),
+        by_app: shared_breakdown(&views, now_ms),
+    })
+}
+
 /// The dead-letter queue's status: counts and a breakdown over up to `max_scan` messages.
 pub async fn dead_letter_status<Q: Inspect>(
     q: &Q,
@@ -170,6 +224,22 @@ pub fn render_table(s: &Status) -> String {
     out.push_str(
         "* oldest SentTimestamp among the SAMPLE visible messages peeked: a lower bound\n",
     );
+    if let Some(sh) = &s.shared {
+        out.push_str(&format!(
+            "\nshared queue: {} visible, {} in flight, {} delayed ({} scanned)\n",
+            sh.depth.visible, sh.depth.in_flight, sh.depth.delayed, sh.scanned
+        ));
+        if !sh.by_app.is_empty() {
+            out.push_str(&format!(
+                "{:<16} {:>9} {:>12}\n",
+                "APP", "SCANNED", "OLDEST-AGE*"
+            ));
+            for (app, (n, age)) in &sh.by_app {
+                let age = age.map_or("-".to_string(), human_secs);
+                out.push_str(&format!("{app:<16} {n:>9} {age:>12}\n"));
+            }
+        }
+    }
     if let Some(d) = &s.dead_letter {
         out.push_str(&format!(
             "\ndead-letter queue: {} visible, {} in flight, {} delayed ({} scanned)\n",
@@ -218,6 +288,7 @@ mod tests {
             attributes,
             receive_count: 1,
             sent_timestamp_ms: sent,
+            group_id: None,
         })
     }
 
@@ -289,5 +360,43 @@ mod tests {
         assert_eq!(human_secs(75), "1m15s");
         assert_eq!(human_secs(7300), "2h01m40s");
         assert_eq!(human_secs(9), "9s");
+    }
+
+    #[test]
+    fn the_shared_queue_is_broken_down_by_application() {
+        let views = vec![
+            view(Some("tiny"), None, 9_000),
+            view(Some("tiny"), None, 4_000),
+            view(Some("small"), None, 7_000),
+            view(None, None, 8_000),
+        ];
+        let b = shared_breakdown(&views, 65_000);
+        assert_eq!(b["tiny"], (2, Some(61)));
+        assert_eq!(b["small"], (1, Some(58)));
+        assert_eq!(b["?"], (1, Some(57)));
+        let s = Status {
+            at_ms: 65_000,
+            apps: Vec::new(),
+            dead_letter: None,
+            shared: Some(SharedStatus {
+                queue_url: "q".into(),
+                depth: Depth {
+                    visible: 4,
+                    in_flight: 1,
+                    delayed: 0,
+                },
+                scanned: 4,
+                by_app: b,
+            }),
+        };
+        let text = render_table(&s);
+        assert!(
+            text.contains("shared queue: 4 visible, 1 in flight, 0 delayed (4 scanned)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tiny                     2        1m01s"),
+            "{text}"
+        );
     }
 }

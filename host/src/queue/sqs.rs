@@ -2,8 +2,9 @@
 //!
 //! The client is built once per process: rustls with the `ring` provider (no aws-lc build),
 //! the region from config, an optional endpoint URL override and optional static credentials
-//! for local servers. Receives ask for `ApproximateReceiveCount`, `SentTimestamp` and all
-//! message attributes.
+//! for local servers. Receives ask for `ApproximateReceiveCount`, `SentTimestamp`,
+//! `MessageGroupId` and all message attributes; sends set `MessageGroupId` when the message has
+//! one (a standard queue takes it: fair queues order by it).
 
 use std::error::Error as _;
 use std::time::Duration;
@@ -231,6 +232,7 @@ impl SqsQueues {
             .wait_time_seconds(wait.as_secs().min(20) as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .message_attribute_names("All")
             .send()
             .await
@@ -295,7 +297,13 @@ fn received(m: aws_sdk_sqs::types::Message) -> Received {
                 .collect()
         })
         .unwrap_or_default();
+    let group_id = m
+        .attributes
+        .as_ref()
+        .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+        .cloned();
     Received {
+        group_id,
         receive_count,
         sent_timestamp_ms,
         message_id: m.message_id.unwrap_or_default(),
@@ -366,6 +374,9 @@ impl Queue for SqsQueues {
                 .message_body(&m.body);
             if m.delay_secs > 0 {
                 b = b.delay_seconds(m.delay_secs.min(i32::MAX as u32) as i32);
+            }
+            if let Some(g) = &m.group_id {
+                b = b.message_group_id(g);
             }
             for (k, v) in &m.attributes {
                 b = b.message_attributes(k, attribute_value(v));
@@ -448,6 +459,7 @@ mod tests {
                 ("squall-attempts".to_string(), "3".to_string()),
                 ("squall-app-id".to_string(), "billing".to_string()),
             ]),
+            group_id: None,
         }
     }
 

@@ -14,6 +14,10 @@
 //! serving the application already built and asks again a few seconds later. Each unknown
 //! queue and each broken item version is logged once.
 //!
+//! The shared queue's applications are found the same way by their id
+//! ([`Directory::lookup_shared`]: one `GetItem` on first use), and answered as not routable when
+//! the id is unregistered or names a dedicated application (the caller dead-letters the event).
+//!
 //! Beyond `registry.max_cached_apps` applications, the least recently used is dropped (its
 //! plugin instances and limits with it) and rebuilt on its next event. The plugin runtime's
 //! instance pool bounds them too: when an application cannot get instances because the kept
@@ -39,6 +43,33 @@ fn pool_exhausted(e: &BuildError) -> bool {
     matches!(e, BuildError::Plugin { message, .. } if message.contains("maximum concurrent limit"))
 }
 
+/// What a cache entry is found by: a dedicated application's queue, or a shared one's id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Key {
+    Queue(QueueKey),
+    App(String),
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Queue(q) => write!(f, "queue {q}"),
+            Key::App(id) => write!(f, "shared application {id}"),
+        }
+    }
+}
+
+/// What a lookup on the shared queue found.
+#[derive(Clone)]
+pub enum SharedFound {
+    /// The shared application of that id (its `queue_url` is the shared queue).
+    App(Arc<BuiltApp>),
+    /// Not an application of the shared tier: its events are dead-lettered.
+    Unroutable(squall_core::shared_queue::Unroutable),
+    /// The application could not be read or built now; its events stay queued.
+    Unavailable(String),
+}
+
 /// What a lookup found.
 #[derive(Clone)]
 pub enum Found {
@@ -53,6 +84,8 @@ pub enum Found {
 
 enum State {
     Unknown,
+    /// Found by id on the shared queue, but of the dedicated tier.
+    Dedicated,
     Ready {
         built: Arc<BuiltApp>,
         version: u64,
@@ -84,7 +117,7 @@ pub struct Directory {
     ttl_ms: u64,
     capacity: usize,
     reads: Arc<ReadCounts>,
-    entries: Mutex<HashMap<QueueKey, Arc<Entry>>>,
+    entries: Mutex<HashMap<Key, Arc<Entry>>>,
     uses: AtomicU64,
     logged: Mutex<HashSet<String>>,
 }
@@ -124,7 +157,8 @@ impl Directory {
         std::time::Duration::from_millis(self.ttl_ms)
     }
 
-    /// Every registered dedicated application that names a queue (a `Scan` of the registry:
+    /// Every registered application that names a queue (a dedicated one, or a shared one still
+    /// draining its old queue; a `Scan` of the registry:
     /// `squall run` lists them every TTL to find new applications, and hands each new one to
     /// [`Directory::lookup_listed`], so it is not read a second time).
     pub async fn listed(&self) -> Result<Vec<AppRecord>, RegistryError> {
@@ -133,7 +167,7 @@ impl Directory {
             .list(&self.reads)
             .await?
             .into_iter()
-            .filter(|r| r.tier == super::Tier::Dedicated && r.queue.is_some())
+            .filter(|r| r.queue.is_some())
             .collect())
     }
 
@@ -156,7 +190,35 @@ impl Directory {
         self.lookup_with(&queue, Some(record)).await
     }
 
+    /// The shared application `app_id` (an envelope's on the shared queue): one `GetItem` on
+    /// first use, kept for the TTL like a queue's application.
+    pub async fn lookup_shared(&self, app_id: &str) -> SharedFound {
+        use squall_core::shared_queue::Unroutable;
+        let key = Key::App(app_id.to_string());
+        match &self.slot_state(&key, None).await {
+            State::Ready { built, .. } => SharedFound::App(built.clone()),
+            State::Unknown => SharedFound::Unroutable(Unroutable::Unknown(app_id.to_string())),
+            State::Dedicated => SharedFound::Unroutable(Unroutable::Dedicated(app_id.to_string())),
+            State::Broken { reason } => SharedFound::Unavailable(reason.clone()),
+        }
+    }
+
     async fn lookup_with(&self, queue: &QueueKey, listed: Option<AppRecord>) -> Found {
+        let key = Key::Queue(queue.clone());
+        match &self.slot_state(&key, listed).await {
+            State::Ready { built, .. } => Found::App(built.clone()),
+            State::Unknown | State::Dedicated => {
+                self.log_once(format!("unknown {queue}"), || {
+                    tracing::error!(queue = %queue, "no registered application reads this queue: its records are left for SQS to redeliver (the redrive policy dead-letters them after maxReceiveCount)")
+                });
+                Found::Unknown
+            }
+            State::Broken { reason } => Found::Unavailable(reason.clone()),
+        }
+    }
+
+    /// The entry's state, read again first when older than the TTL.
+    async fn slot_state(&self, queue: &Key, listed: Option<AppRecord>) -> State {
         let entry = self.entry(queue);
         let mut slot = entry.slot.lock().await;
         let now = self.clock.now_ms();
@@ -169,20 +231,26 @@ impl Directory {
             Box::pin(self.refresh(queue, listed, &mut slot, now)).await;
         }
         match &slot.state {
-            State::Ready { built, .. } => Found::App(built.clone()),
-            State::Unknown => {
-                self.log_once(format!("unknown {queue}"), || {
-                    tracing::error!(queue = %queue, "no registered application reads this queue: its records are left for SQS to redeliver (the redrive policy dead-letters them after maxReceiveCount)")
-                });
-                Found::Unknown
-            }
-            State::Broken { reason } => Found::Unavailable(reason.clone()),
+            State::Ready {
+                built,
+                version,
+                digest,
+            } => State::Ready {
+                built: built.clone(),
+                version: *version,
+                digest: *digest,
+            },
+            State::Unknown => State::Unknown,
+            State::Dedicated => State::Dedicated,
+            State::Broken { reason } => State::Broken {
+                reason: reason.clone(),
+            },
         }
     }
 
     /// The cache entry of `queue`, made if absent; marks it used; drops the least recently
     /// used entries beyond the capacity.
-    fn entry(&self, queue: &QueueKey) -> Arc<Entry> {
+    fn entry(&self, queue: &Key) -> Arc<Entry> {
         let tick = self.uses.fetch_add(1, Ordering::Relaxed);
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = entries.get(queue) {
@@ -213,13 +281,7 @@ impl Directory {
         e
     }
 
-    async fn refresh(
-        &self,
-        queue: &QueueKey,
-        listed: Option<AppRecord>,
-        slot: &mut Slot,
-        now: u64,
-    ) {
+    async fn refresh(&self, queue: &Key, listed: Option<AppRecord>, slot: &mut Slot, now: u64) {
         match self.read(queue, listed, slot).await {
             Ok(state) => {
                 if let Some(state) = state {
@@ -256,13 +318,14 @@ impl Directory {
     /// Read the queue's item and secrets; `Ok(None)` = unchanged (keep the built application).
     async fn read(
         &self,
-        queue: &QueueKey,
+        queue: &Key,
         listed: Option<AppRecord>,
         slot: &Slot,
     ) -> Result<Option<State>, RegistryError> {
-        let record = match listed {
-            Some(r) => Some(r),
-            None => self.store.by_queue(queue, &self.reads).await?,
+        let record = match (listed, queue) {
+            (Some(r), _) => Some(r),
+            (None, Key::Queue(q)) => self.store.by_queue(q, &self.reads).await?,
+            (None, Key::App(id)) => self.store.get(id, &self.reads).await?,
         };
         let Some(record) = record else {
             if let State::Ready { built, .. } = &slot.state {
@@ -270,13 +333,23 @@ impl Directory {
             }
             return Ok(Some(State::Unknown));
         };
-        if record.tier != super::Tier::Dedicated {
-            return Err(RegistryError::Malformed {
-                id: record.id,
-                message: "tier \"shared\" is not served yet: only dedicated applications".into(),
-            });
+        let mut settings = record.app_config(&self.config)?;
+        match (queue, record.tier) {
+            (Key::Queue(_), super::Tier::Dedicated) => {}
+            (Key::App(_), super::Tier::Shared) => {
+                // Its copies (re-sends, hops, deferrals) go back to the shared queue.
+                settings.queue_url = self.config.sqs.shared_queue_url.clone();
+            }
+            // Left the shared tier less than 14 days ago: what was sent there is delivered.
+            (Key::App(_), super::Tier::Dedicated)
+                if record.served_on_shared_queue(self.clock.now_ms()) =>
+            {
+                settings.queue_url = self.config.sqs.shared_queue_url.clone();
+            }
+            (Key::App(_), super::Tier::Dedicated) => return Ok(Some(State::Dedicated)),
+            // A shared application that still drains the queue it had as a dedicated one.
+            (Key::Queue(_), super::Tier::Shared) => {}
         }
-        let settings = record.app_config(&self.config)?;
         let resolved = self.secrets.resolve(&settings, &self.reads).await?;
         if let State::Ready {
             version, digest, ..
@@ -315,9 +388,9 @@ impl Directory {
     }
 
     /// Drop up to `n` least recently used applications other than `keep`'s; how many were.
-    fn evict_least_used(&self, keep: &QueueKey, n: usize) -> usize {
+    fn evict_least_used(&self, keep: &Key, n: usize) -> usize {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let mut by_use: Vec<(u64, QueueKey)> = entries
+        let mut by_use: Vec<(u64, Key)> = entries
             .iter()
             .filter(|(k, _)| *k != keep)
             .map(|(k, e)| (e.last_used.load(Ordering::Relaxed), k.clone()))

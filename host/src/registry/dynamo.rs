@@ -5,7 +5,8 @@
 //! | `app_id` | S | partition key: the application id |
 //! | `queue_key` | S | `account/queue-name` of its queue; the `queue_key-index` GSI finds it |
 //! | `version` | N | incremented by every write (conditional writes refuse a stale one) |
-//! | `tier` | S | `dedicated` (`shared` is refused until the shared tier exists) |
+//! | `tier` | S | `dedicated` or `shared` (no queue of its own; found by id on the shared queue) |
+//! | `left_shared_ms` | N | when a dedicated application left the shared tier (its events there are delivered for 14 days more) |
 //! | `settings` | S | the body of its `[apps.ID]` table, TOML text (secret references only) |
 //! | `updated_ms` | N | when the item was last written (Unix ms) |
 //!
@@ -223,7 +224,8 @@ impl DynamoStore {
             Some(old)
                 if old.settings == record.settings
                     && old.tier == record.tier
-                    && old.queue == record.queue =>
+                    && old.queue == record.queue
+                    && old.left_shared_ms == record.left_shared_ms =>
             {
                 return Ok((PutOutcome::Unchanged, old.clone()));
             }
@@ -245,6 +247,9 @@ impl DynamoStore {
             .condition_expression(condition);
         if let Some(q) = &record.queue {
             req = req.item("queue_key", AttributeValue::S(q.to_string()));
+        }
+        if let Some(t) = record.left_shared_ms {
+            req = req.item("left_shared_ms", AttributeValue::N(t.to_string()));
         }
         if let Some(old) = &existing {
             req = req.expression_attribute_values(
@@ -327,11 +332,20 @@ fn record_from_item(item: &HashMap<String, AttributeValue>) -> Result<AppRecord,
         ),
     };
     let settings = string("settings")?.ok_or_else(|| bad("settings (string) is missing".into()))?;
+    let left_shared_ms = match item.get("left_shared_ms") {
+        None => None,
+        Some(AttributeValue::N(n)) => Some(
+            n.parse::<u64>()
+                .map_err(|_| bad(format!("left_shared_ms {n:?} is not a whole number")))?,
+        ),
+        Some(_) => return Err(bad("left_shared_ms must be a number".into())),
+    };
     Ok(AppRecord {
         id: id.clone(),
         version,
         tier,
         queue,
+        left_shared_ms,
         settings,
     })
 }

@@ -15,7 +15,7 @@ pub mod ssm;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use directory::{Directory, Found};
+pub use directory::{Directory, Found, SharedFound};
 pub use dynamo::{DynamoStore, PutOutcome};
 pub use squall_core::registry::{AppRecord, QueueKey, Tier, app_tables};
 pub use ssm::SecretStore;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use squall::ops::apps::{Apps, DeleteMode, Target};
 use squall::ops::parse_duration;
 use squall::provision::Step;
+use squall::registry::Tier;
 
 /// `squall apps` and the options every verb shares.
 #[derive(Debug, clap::Args)]
@@ -73,6 +74,10 @@ enum Verb {
         /// then `<queue-prefix><ID>`, created.
         #[arg(long)]
         settings: PathBuf,
+        /// `dedicated` (its own queue, mapping and alarm) or `shared` (the registry item only:
+        /// its events go to sqs.shared_queue_url with MessageGroupId = ID).
+        #[arg(long, default_value = "dedicated", value_parser = parse_tier)]
+        tier: Tier,
     },
     /// Change an application's settings: the item (new version), and the queue attributes,
     /// mapping and alarm derived from them.
@@ -85,6 +90,9 @@ enum Verb {
         /// Refuse unless the item is at this version (as `show` printed it).
         #[arg(long)]
         expect_version: Option<u64>,
+        /// The application's tier, which must be its current one (default: its current one).
+        #[arg(long, value_parser = parse_tier)]
+        tier: Option<Tier>,
     },
     /// Remove an application: mapping, alarm, queue and item. Refused while its queue holds
     /// messages, unless --drain or --force.
@@ -109,6 +117,10 @@ enum Verb {
         #[arg(long)]
         from: Option<PathBuf>,
     },
+}
+
+fn parse_tier(s: &str) -> Result<Tier, String> {
+    Tier::parse(s).ok_or_else(|| format!("{s:?}: expected dedicated or shared"))
 }
 
 fn print_steps(id: &str, steps: &[Step]) {
@@ -182,17 +194,30 @@ async fn run(args: AppsArgs) -> anyhow::Result<()> {
                 println!();
             }
         }
-        Verb::Create { id, settings } => {
+        Verb::Create { id, settings, tier } => {
             let text = read(&settings)?;
-            print_steps(&id, &apps.create(&id, &text).await?);
+            let steps = match tier {
+                Tier::Dedicated => apps.create(&id, &text).await?,
+                Tier::Shared => apps.create_shared(&id, &text).await?,
+            };
+            print_steps(&id, &steps);
         }
         Verb::Update {
             id,
             settings,
             expect_version,
+            tier,
         } => {
             let text = read(&settings)?;
-            print_steps(&id, &apps.update(&id, &text, expect_version).await?);
+            let tier = match tier {
+                Some(t) => t,
+                None => apps.show(&id).await?.tier,
+            };
+            let steps = match tier {
+                Tier::Dedicated => apps.update(&id, &text, expect_version).await?,
+                Tier::Shared => apps.update_shared(&id, &text, expect_version).await?,
+            };
+            print_steps(&id, &steps);
         }
         Verb::Delete {
             id,

@@ -370,10 +370,21 @@ async fn status_cmd(a: StatusArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // The shared queue: counts for all its applications, and per application what a scan of
+    // the visible messages saw (SQS counts per queue, not per group).
+    let shared = match config.sqs.shared_queue_url.as_deref() {
+        Some(url) => Some(
+            status::shared_status(&q, url, a.dlq_scan, limits, now)
+                .await
+                .context("shared queue")?,
+        ),
+        None => None,
+    };
     let s = Status {
         at_ms: now,
         apps,
         dead_letter,
+        shared,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -429,7 +440,11 @@ fn peek_table(views: &[MessageView], dlq: bool) -> String {
 async fn peek_cmd(a: PeekArgs) -> anyhow::Result<()> {
     let config = a.config.load().await?;
     let (queue, app_filter) = match &a.app {
-        Some(app) => (ops_lib::app_queue_url(&config, app)?.to_string(), None),
+        // A shared application's messages are those of the shared queue naming it.
+        Some(app) => match ops_lib::app_destination(&config, app)? {
+            (queue, Some(_)) => (queue.to_string(), Some(app.as_str())),
+            (queue, None) => (queue.to_string(), None),
+        },
         None => (
             ops_lib::dead_letter_queue_url(&config)?.to_string(),
             a.of_app.as_deref(),
@@ -457,7 +472,13 @@ async fn redrive_cmd(a: RedriveArgs) -> anyhow::Result<()> {
     let dlq = ops_lib::dead_letter_queue_url(&config)?.to_string();
     let filter = a.filter.filter(a.app.as_deref())?;
     let q = connect(&config).await?;
-    let lookup = |app: &str| config.app(app).and_then(|a| a.queue_url.clone());
+    // Where a dead letter without squall-source-queue goes: its application's queue, the
+    // shared queue for a shared application (the copy keeps its MessageGroupId).
+    let lookup = |app: &str| {
+        ops_lib::app_destination(&config, app)
+            .ok()
+            .map(|(q, _)| q.to_string())
+    };
     let opts = RedriveOptions {
         dry_run: a.dry_run,
         rate_per_sec: a.rate,
@@ -499,7 +520,8 @@ async fn redrive_cmd(a: RedriveArgs) -> anyhow::Result<()> {
 
 async fn delete_cmd(a: DeleteArgs) -> anyhow::Result<()> {
     let config = a.config.load().await?;
-    let app_queue = ops_lib::app_queue_url(&config, &a.app)?.to_string();
+    // A shared application's messages: the shared queue's naming it (the filter's app).
+    let app_queue = ops_lib::app_destination(&config, &a.app)?.0.to_string();
     let queue = if a.dlq {
         ops_lib::dead_letter_queue_url(&config)?.to_string()
     } else {
@@ -542,7 +564,8 @@ async fn delete_cmd(a: DeleteArgs) -> anyhow::Result<()> {
 
 async fn send_cmd(a: SendArgs) -> anyhow::Result<()> {
     let config = a.config.load().await?;
-    let queue = ops_lib::app_queue_url(&config, &a.app)?.to_string();
+    let (queue, group_id) = ops_lib::app_destination(&config, &a.app)?;
+    let queue = queue.to_string();
     let limits = config
         .app(&a.app)
         .map(|c| c.envelope_limits())
@@ -569,6 +592,7 @@ async fn send_cmd(a: SendArgs) -> anyhow::Result<()> {
                 body,
                 delay_secs: 0,
                 attributes: Default::default(),
+                group_id,
             }],
         )
         .await

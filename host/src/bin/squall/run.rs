@@ -11,7 +11,7 @@ use squall::pipeline::SystemClock;
 use squall::queue::QueueError;
 use squall::queue::sqs::{SqsQueues, SqsSettings};
 use squall::registry;
-use squall::runner::{Runner, RunnerSettings};
+use squall::runner::{Runner, RunnerSettings, SharedApps};
 
 /// Arguments of `squall run`.
 #[derive(Debug, clap::Args)]
@@ -93,11 +93,12 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
                 endpoint = sqs_settings.endpoint_url.as_deref().unwrap_or("aws"),
                 "squall run starting on the registry"
             );
-            anyhow::Ok(
-                Runner::with_registry(sqs, Arc::new(directory), settings)
-                    .run(shutdown_signal())
-                    .await,
-            )
+            let directory = Arc::new(directory);
+            let mut runner = Runner::with_registry(sqs, directory.clone(), settings);
+            if let Some(url) = &config.sqs.shared_queue_url {
+                runner = runner.with_shared_queue(url.clone(), SharedApps::Registry(directory));
+            }
+            anyhow::Ok(runner.run(shutdown_signal()).await)
         })?,
     };
     if !report.drained {
