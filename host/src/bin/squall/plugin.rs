@@ -37,7 +37,8 @@ pub enum PluginCommand {
         /// The architecture it will run on: `arm64` or `x86_64` (that architecture's
         /// baseline CPU, so any CPU of it loads the artifact: what deployment bundles hold),
         /// or `native` (this machine's own CPU features). Default: `[lambda] architecture`
-        /// of `--config`, else arm64 (that key's default).
+        /// of `--config`; without `--config`, this machine's architecture (its baseline: the
+        /// artifact loads here and on a Lambda function of the same architecture).
         #[arg(long, value_enum)]
         arch: Option<crate::deploy::ArchArg>,
         /// A config file whose `[lambda] architecture` is the default `--arch`.
@@ -133,11 +134,16 @@ pub fn main(cmd: PluginCommand) -> anyhow::Result<()> {
             arch,
             config,
         } => {
-            let default = match &config {
-                Some(path) => squall::config::load(Some(path))?.lambda.architecture,
-                None => squall::config::Architecture::Arm64,
+            let arch = match (&config, arch) {
+                (Some(path), arch) => crate::deploy::target_arch(
+                    arch,
+                    squall::config::load(Some(path))?.lambda.architecture,
+                ),
+                (None, None) => squall::plugin::host_architecture(),
+                (None, arch) => {
+                    crate::deploy::target_arch(arch, squall::config::Architecture::Arm64)
+                }
             };
-            let arch = crate::deploy::target_arch(arch, default);
             let started = Instant::now();
             let target = match arch {
                 None => {
