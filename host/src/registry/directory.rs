@@ -82,6 +82,7 @@ pub enum Found {
     Unavailable(String),
 }
 
+#[derive(Clone)]
 enum State {
     Unknown,
     /// Found by id on the shared queue, but of the dedicated tier.
@@ -230,22 +231,7 @@ impl Directory {
             // handler's) must not carry them inline.
             Box::pin(self.refresh(queue, listed, &mut slot, now)).await;
         }
-        match &slot.state {
-            State::Ready {
-                built,
-                version,
-                digest,
-            } => State::Ready {
-                built: built.clone(),
-                version: *version,
-                digest: *digest,
-            },
-            State::Unknown => State::Unknown,
-            State::Dedicated => State::Dedicated,
-            State::Broken { reason } => State::Broken {
-                reason: reason.clone(),
-            },
-        }
+        slot.state.clone()
     }
 
     /// The cache entry of `queue`, made if absent; marks it used; drops the least recently
