@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod deploy;
+pub mod endpoints;
 pub mod envelope;
 pub mod hooks;
 pub mod message;

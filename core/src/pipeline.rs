@@ -20,7 +20,8 @@
 
 use std::time::Duration;
 
-use crate::envelope;
+use crate::endpoints::{self, EndpointTable, Resolved};
+use crate::envelope::{self, Destination};
 use crate::hooks::{
     AttemptContext, Event, Headers, HookError, Outcome, Request, RetryDecision, TransformResult,
     TransportErrorKind,
@@ -47,6 +48,8 @@ pub const ATTR_LAST_STATUS: &str = "squall-last-status";
 pub const ATTR_LAST_ERROR: &str = "squall-last-error";
 /// DLQ: the queue the message came from.
 pub const ATTR_SOURCE_QUEUE: &str = "squall-source-queue";
+/// DLQ: the endpoint id the envelope named, when it named one.
+pub const ATTR_ENDPOINT_ID: &str = "squall-endpoint-id";
 /// DLQ: when it was dead-lettered, Unix ms.
 pub const ATTR_DEAD_LETTERED_AT_MS: &str = "squall-dead-lettered-at-ms";
 
@@ -325,6 +328,8 @@ pub struct DeadLetterFacts<'a> {
     pub app_id: &'a str,
     /// Event id, when the envelope decoded.
     pub event_id: Option<&'a str>,
+    /// The endpoint id the envelope named, if it named one.
+    pub endpoint_id: Option<&'a str>,
     /// Why.
     pub reason: &'a str,
     /// Last status or error.
@@ -345,6 +350,9 @@ pub fn dead_letter_attributes(f: &DeadLetterFacts<'_>) -> Attributes {
     a.insert(ATTR_APP_ID.into(), attribute_text(f.app_id));
     if let Some(id) = f.event_id {
         a.insert(ATTR_EVENT_ID.into(), attribute_text(id));
+    }
+    if let Some(id) = f.endpoint_id {
+        a.insert(ATTR_ENDPOINT_ID.into(), attribute_text(id));
     }
     a.insert(ATTR_REASON.into(), attribute_text(f.reason));
     match &f.last {
@@ -415,6 +423,9 @@ pub struct AppSettings<'a> {
     pub visibility_backoff_max_secs: u32,
     /// The hooks' identities, for the metric records.
     pub identities: HookIdentities<'a>,
+    /// The application's registered endpoints as last read (an envelope's `endpoint_id` is
+    /// resolved here at every attempt).
+    pub endpoints: &'a EndpointTable,
 }
 
 /// Which transform, signer and retry policy serve an application (`builtin:NAME` or a plugin's
@@ -474,6 +485,8 @@ pub struct Attempt<'a> {
     context: AttemptContext,
     /// The host the request goes to (the transform may change it).
     endpoint_host: String,
+    /// The registered endpoint the envelope named, if it named one.
+    endpoint_id: Option<String>,
     started_at_ms: u64,
     /// The draw for the one random choice a message may need: the jitter of a hook failure's
     /// backoff, or the deferral delay (never both).
@@ -490,28 +503,33 @@ impl<'a> Attempt<'a> {
         now_ms: u64,
         unit_random: f64,
     ) -> Start<'a> {
-        let malformed =
-            |reason: String, last: &str, attempts, first_attempt_ms, event_id: Option<&str>| {
-                let attributes = dead_letter_attributes(&DeadLetterFacts {
-                    app_id: app.id,
-                    event_id,
-                    reason: &reason,
-                    last: LastFailure::Error(last.to_string()),
-                    attempts,
-                    first_attempt_ms,
-                    source_queue: app.queue_url,
-                    now_ms,
-                });
-                Start::Malformed(Processed {
-                    action: Action::DeadLetter { reason, attributes },
-                    metrics: Vec::new(),
-                })
-            };
+        let malformed = |reason: String,
+                         last: &str,
+                         attempts,
+                         first_attempt_ms,
+                         event_id: Option<&str>,
+                         endpoint_id: Option<&str>| {
+            let attributes = dead_letter_attributes(&DeadLetterFacts {
+                app_id: app.id,
+                event_id,
+                endpoint_id,
+                reason: &reason,
+                last: LastFailure::Error(last.to_string()),
+                attempts,
+                first_attempt_ms,
+                source_queue: app.queue_url,
+                now_ms,
+            });
+            Start::Malformed(Processed {
+                action: Action::DeadLetter { reason, attributes },
+                metrics: Vec::new(),
+            })
+        };
         let state = match attempt_state(msg) {
             Ok(s) => s,
             Err(e) => {
                 let reason = format!("malformed message: {e}");
-                return malformed(reason, "attribute", 0, msg.sent_timestamp_ms, None);
+                return malformed(reason, "attribute", 0, msg.sent_timestamp_ms, None, None);
             }
         };
         if let Some(delay_secs) = hop_delay(state.not_before_ms, now_ms) {
@@ -523,7 +541,14 @@ impl<'a> Attempt<'a> {
             Err(e) => {
                 let (reason, last) = (format!("malformed envelope: {e}"), e.kind());
                 let last = format!("envelope: {last}");
-                return malformed(reason, &last, attempts_made, state.first_attempt_ms, None);
+                return malformed(
+                    reason,
+                    &last,
+                    attempts_made,
+                    state.first_attempt_ms,
+                    None,
+                    None,
+                );
             }
         };
         if env.app_id != app.id {
@@ -534,12 +559,46 @@ impl<'a> Attempt<'a> {
             let last = "envelope: app-id-mismatch";
             // The envelope decoded, so its id is known: name it, as for any other dead letter.
             let id = Some(env.id.as_str());
-            return malformed(reason, last, attempts_made, state.first_attempt_ms, id);
+            let eid = env.endpoint.endpoint_id();
+            return malformed(reason, last, attempts_made, state.first_attempt_ms, id, eid);
         }
-        let key_name = env
-            .signing_key
-            .clone()
-            .unwrap_or_else(|| app.signing_key.to_string());
+        let mut env = env;
+        let mut key_name = env.signing_key.clone();
+        let mut endpoint_id = None;
+        if let Destination::Endpoint(eid) = &env.endpoint {
+            let eid = eid.clone();
+            let endpoint = match app.endpoints.resolve(&eid) {
+                Resolved::Endpoint(e) => e,
+                Resolved::Unknown => {
+                    let reason = format!(
+                        "malformed envelope: field \"endpoint_id\": application {:?} has no endpoint {eid:?} (never created, or deleted)",
+                        app.id
+                    );
+                    let last = format!("envelope: {}", endpoints::UNKNOWN_REASON);
+                    let id = Some(env.id.as_str());
+                    let first = state.first_attempt_ms;
+                    return malformed(reason, &last, attempts_made, first, id, Some(&eid));
+                }
+                Resolved::Disabled => {
+                    let reason = format!(
+                        "{}: endpoint {eid:?} of application {:?} is disabled (redrive once it is enabled again)",
+                        endpoints::DISABLED_REASON,
+                        app.id
+                    );
+                    let id = Some(env.id.as_str());
+                    let first = state.first_attempt_ms;
+                    let last = endpoints::DISABLED_REASON;
+                    return malformed(reason, last, attempts_made, first, id, Some(&eid));
+                }
+            };
+            env.endpoint = Destination::Url(endpoint.url.clone());
+            env.headers = endpoint.merged_headers(std::mem::take(&mut env.headers));
+            if key_name.is_none() {
+                key_name = endpoint.signing_key.clone();
+            }
+            endpoint_id = Some(eid);
+        }
+        let key_name = key_name.unwrap_or_else(|| app.signing_key.to_string());
         let event = env.into_event(state.attempt, state.first_attempt_ms);
         Start::Attempt(Box::new(Attempt {
             app,
@@ -547,6 +606,7 @@ impl<'a> Attempt<'a> {
             receive_count: msg.receive_count,
             state,
             endpoint_host: url_host(&event.endpoint_url),
+            endpoint_id,
             context: AttemptContext::for_event(&event, now_ms),
             event,
             key_name,
@@ -750,6 +810,7 @@ impl<'a> Attempt<'a> {
                 let attributes = dead_letter_attributes(&DeadLetterFacts {
                     app_id: app.id,
                     event_id: Some(&self.event.id),
+                    endpoint_id: self.endpoint_id.as_deref(),
                     reason: &reason,
                     last,
                     attempts: self.state.attempt,
@@ -799,6 +860,7 @@ impl<'a> Attempt<'a> {
             app_id: self.app.id.to_string(),
             event_type: self.event.event_type.clone(),
             endpoint_host: self.endpoint_host.clone(),
+            endpoint_id: self.endpoint_id.clone(),
             attempt: self.state.attempt,
             status,
             error_kind,
@@ -999,6 +1061,7 @@ mod tests {
         let a = dead_letter_attributes(&DeadLetterFacts {
             app_id: "billing",
             event_id: Some("evt_1"),
+            endpoint_id: Some("E 1"),
             reason: "bad\nthing",
             last: LastFailure::Status(410),
             attempts: 3,
@@ -1009,6 +1072,7 @@ mod tests {
         let want: Attributes = [
             ("squall-app-id", "billing"),
             ("squall-event-id", "evt_1"),
+            ("squall-endpoint-id", "E 1"),
             ("squall-reason", "bad thing"),
             ("squall-last-status", "410"),
             ("squall-attempts", "3"),
@@ -1064,6 +1128,7 @@ mod tests {
             jitter: 0.0,
             retry_after_max_secs: 24 * 3600,
         };
+        static ENDPOINTS: EndpointTable = EndpointTable::empty();
         AppSettings {
             id: "billing",
             queue_url: "memory://billing",
@@ -1078,6 +1143,7 @@ mod tests {
                 signer: "builtin:standard-webhooks",
                 retry_policy: "builtin:exponential-backoff",
             },
+            endpoints: &ENDPOINTS,
         }
     }
 
@@ -1200,6 +1266,7 @@ mod tests {
             app_id: "billing".into(),
             event_type: "invoice.paid".into(),
             endpoint_host: "hooks.example.com".into(),
+            endpoint_id: None,
             attempt,
             status,
             error_kind: error_kind.map(str::to_string),
@@ -1865,6 +1932,113 @@ mod tests {
         let (processed, ran) = drive(&app, &msg, ProcessOptions::default(), script);
         assert_eq!(ran[2], "slot for other.example.net");
         assert_eq!(processed.metrics[0].endpoint_host, "other.example.net");
+    }
+
+    /// An envelope naming `endpoint_id` instead of `endpoint`, with these extra fields.
+    fn by_id(eid: &str, extra: &str) -> String {
+        let env: serde_json::Value = serde_json::from_str(&body("billing")).unwrap();
+        let mut m = env.as_object().unwrap().clone();
+        m.remove("endpoint");
+        m.insert("endpoint_id".into(), eid.into());
+        let extra: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(extra).unwrap();
+        m.extend(extra);
+        serde_json::Value::Object(m).to_string()
+    }
+
+    #[test]
+    fn an_endpoint_id_is_resolved_at_the_attempt_and_named_in_records_and_dead_letters() {
+        use crate::endpoints::Endpoint;
+        let table = EndpointTable::new([
+            Endpoint::new(
+                "E",
+                "https://moved.example.org/in",
+                true,
+                Some("k2"),
+                &[
+                    ("x-a".into(), "endpoint".into()),
+                    ("x-b".into(), "endpoint".into()),
+                ],
+            )
+            .unwrap(),
+            Endpoint::new("off", "https://off.example.org/", false, None, &[]).unwrap(),
+        ]);
+        let app = AppSettings {
+            endpoints: &table,
+            ..settings()
+        };
+        // Resolved: the endpoint's URL, key and headers (the envelope's header wins).
+        let msg = received(&by_id("E", r#"{"headers":{"x-b":"event"}}"#), 1, &[]);
+        let Start::Attempt(attempt) =
+            Attempt::start(&app, &msg, ProcessOptions::default(), T_START, 0.5)
+        else {
+            panic!()
+        };
+        assert_eq!(attempt.event().endpoint_url, "https://moved.example.org/in");
+        assert_eq!(attempt.endpoint_host(), "moved.example.org");
+        assert_eq!(attempt.key_name(), "k2");
+        let h: Vec<(&str, &str)> = attempt
+            .event()
+            .headers
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        assert_eq!(h, [("x-a", "endpoint"), ("x-b", "event")]);
+        // The envelope's own signing key wins over the endpoint's.
+        let msg = received(&by_id("E", r#"{"signing_key":"mine"}"#), 1, &[]);
+        let Start::Attempt(attempt) =
+            Attempt::start(&app, &msg, ProcessOptions::default(), T_START, 0.5)
+        else {
+            panic!()
+        };
+        assert_eq!(attempt.key_name(), "mine");
+        // The record names the endpoint id; a URL envelope's record does not.
+        let (p, _) = drive(
+            &app,
+            &received(&by_id("E", "{}"), 1, &[]),
+            ProcessOptions::default(),
+            Script::default(),
+        );
+        assert_eq!(p.metrics[0].endpoint_id.as_deref(), Some("E"));
+        assert!(p.metrics[0].to_json().contains(r#""endpoint_id":"E""#));
+        let (p, _) = drive(
+            &app,
+            &received(&body("billing"), 1, &[]),
+            ProcessOptions::default(),
+            Script::default(),
+        );
+        assert_eq!(p.metrics[0].endpoint_id, None);
+        assert!(!p.metrics[0].to_json().contains("endpoint_id"));
+        // Unknown and disabled: dead-lettered at once, no attempt, the id and the field named.
+        for (eid, reason_starts, last) in [
+            (
+                "gone",
+                "malformed envelope: field \"endpoint_id\"",
+                "envelope: unknown-endpoint",
+            ),
+            (
+                "off",
+                "endpoint-disabled: endpoint \"off\"",
+                "endpoint-disabled",
+            ),
+        ] {
+            let msg = received(&by_id(eid, "{}"), 2, &[(ATTR_ATTEMPTS, "3")]);
+            let Start::Malformed(p) =
+                Attempt::start(&app, &msg, ProcessOptions::default(), T_START, 0.5)
+            else {
+                panic!("{eid}")
+            };
+            let Action::DeadLetter { reason, attributes } = &p.action else {
+                panic!("{:?}", p.action)
+            };
+            assert!(reason.starts_with(reason_starts), "{reason}");
+            assert_eq!(attributes[ATTR_ENDPOINT_ID], eid);
+            assert_eq!(attributes[ATTR_LAST_ERROR], last);
+            assert_eq!(attributes[ATTR_EVENT_ID], "evt_1");
+            // Attempts made before this receive (3 carried + 1 earlier receive), none now.
+            assert_eq!(attributes[ATTR_ATTEMPTS], "4");
+            assert!(p.metrics.is_empty());
+        }
     }
 
     #[test]

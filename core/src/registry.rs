@@ -128,6 +128,11 @@ pub struct AppRecord {
     /// The body of the application's `[apps.ID]` table, as TOML text. Holds secret
     /// *references* (`ssm:NAME`, `env:NAME`), never a secret.
     pub settings: String,
+    /// The application's endpoints: id and the TOML body of each (`url`, `enabled`,
+    /// `signing_key`, `headers`), written by `squall endpoints` apart from the settings (a
+    /// change to one is not a new version of the application: the engine picks it up at its
+    /// next registry read without rebuilding anything).
+    pub endpoints: std::collections::BTreeMap<String, String>,
 }
 
 impl AppRecord {
@@ -143,6 +148,7 @@ impl AppRecord {
             queue: app.queue_url.as_deref().and_then(QueueKey::from_url),
             left_shared_ms: None,
             settings: settings.to_string(),
+            endpoints: Default::default(),
         })
     }
 
@@ -168,6 +174,7 @@ impl AppRecord {
             queue: None,
             left_shared_ms: None,
             settings: settings.to_string(),
+            endpoints: Default::default(),
         })
     }
 
@@ -187,7 +194,12 @@ impl AppRecord {
     /// name the record (`registry item ID (version N)`) and the key. A shared application's
     /// `tier` says so (its queue is the deployment's `sqs.shared_queue_url`).
     pub fn app_config(&self, config: &Config) -> Result<AppConfig, ConfigError> {
-        let mut app = config.app_from_toml(&self.id, &self.settings, &self.origin())?;
+        let mut app = config.app_from_toml_with_endpoints(
+            &self.id,
+            &self.settings,
+            &self.endpoints,
+            &self.origin(),
+        )?;
         app.tier = self.tier;
         Ok(app)
     }
@@ -311,6 +323,7 @@ mod tests {
             queue: None,
             left_shared_ms: None,
             settings: "secrets = { default = \"env:X\" }\n[retry]\nmax_attempts = 0\n".into(),
+            endpoints: Default::default(),
         };
         let e = r.app_config(&c).unwrap_err().to_string();
         assert!(e.contains("registry item billing (version 7)"), "{e}");

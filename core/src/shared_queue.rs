@@ -92,6 +92,7 @@ pub fn dead_letter(why: &Unroutable, queue_url: &str, msg: &Received, now_ms: u6
     let attributes = dead_letter_attributes(&DeadLetterFacts {
         app_id: why.app_id().unwrap_or("?"),
         event_id: None,
+        endpoint_id: None,
         reason: &reason,
         last: LastFailure::Error(why.kind().to_string()),
         attempts,

@@ -23,7 +23,7 @@ use std::time::Duration;
 use crate::config::{self, AppConfig, Config, ConfigError};
 use crate::hooks::{PassThrough, RetryPolicy, Signer, Transform};
 use crate::http::Deliverers;
-use crate::pipeline::{App, EndpointLimiter};
+use crate::pipeline::{App, EndpointLimiter, RegisteredEndpoints};
 use crate::plugin::{PluginError, PluginRuntime, RuntimeOptions};
 use crate::retry::BackoffPolicy;
 use crate::secrets::Secrets;
@@ -235,6 +235,7 @@ impl AppBuilder {
                     settings.max_per_endpoint as usize,
                     Duration::from_secs(settings.endpoint_wait_secs.into()),
                 ))),
+                registered: RegisteredEndpoints::new(settings.endpoints.clone()),
             }),
             max_concurrency: settings.max_concurrency as usize,
         })

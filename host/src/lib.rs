@@ -27,4 +27,4 @@ pub mod ssrf;
 #[cfg(test)]
 mod testing;
 
-pub use squall_core::{deploy, envelope, hooks, provision, secrets, signing};
+pub use squall_core::{deploy, endpoints, envelope, hooks, provision, secrets, signing};

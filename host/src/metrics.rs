@@ -100,6 +100,7 @@ mod tests {
             app_id: "billing".into(),
             event_type: "invoice.paid".into(),
             endpoint_host: "hooks.example.com".into(),
+            endpoint_id: None,
             attempt: 2,
             status: Some(503),
             error_kind: None,

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::endpoints::EndpointTable;
 use crate::envelope;
 use crate::hooks::{HookError, Request, RetryPolicy, Signer, Transform};
 use crate::queue::Received;
@@ -78,11 +79,37 @@ pub struct App {
     /// Concurrent deliveries per endpoint host (`max_per_endpoint`), and how long a delivery
     /// waits for a slot before its message is deferred. `None`: no per-host bound.
     pub endpoints: Option<Arc<EndpointLimiter>>,
+    /// The application's registered endpoints as last read: the registry directory replaces
+    /// the table when a read finds them changed (no rebuild of the application).
+    pub registered: RegisteredEndpoints,
+}
+
+/// An application's endpoint table, replaced as a whole when the registry says it changed;
+/// each message reads the table current when it starts.
+#[derive(Debug, Default)]
+pub struct RegisteredEndpoints(std::sync::RwLock<Arc<EndpointTable>>);
+
+impl RegisteredEndpoints {
+    /// These endpoints.
+    pub fn new(table: EndpointTable) -> RegisteredEndpoints {
+        RegisteredEndpoints(std::sync::RwLock::new(Arc::new(table)))
+    }
+
+    /// The table now.
+    pub fn current(&self) -> Arc<EndpointTable> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replace the table.
+    pub fn replace(&self, table: EndpointTable) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+    }
 }
 
 impl App {
-    /// What the core's decision needs to know of this application.
-    pub fn settings(&self) -> AppSettings<'_> {
+    /// What the core's decision needs to know of this application, with `endpoints` (read
+    /// from [`App::registered`] once per message).
+    pub fn settings<'a>(&'a self, endpoints: &'a EndpointTable) -> AppSettings<'a> {
         AppSettings {
             id: &self.id,
             queue_url: &self.queue_url,
@@ -97,6 +124,7 @@ impl App {
                 signer: self.signer.identity(),
                 retry_policy: self.retry_policy.identity(),
             },
+            endpoints,
         }
     }
 }
@@ -156,7 +184,8 @@ pub async fn process(
     clock: &dyn Clock,
     opts: ProcessOptions,
 ) -> Processed {
-    let settings = app.settings();
+    let endpoints = app.registered.current();
+    let settings = app.settings(&endpoints);
     let mut attempt = match Attempt::start(&settings, msg, opts, clock.now_ms(), fastrand::f64()) {
         Start::Attempt(attempt) => attempt,
         Start::Hop(done) => return done,
@@ -387,6 +416,63 @@ mod tests {
             )
         );
         assert_eq!(m.signer, "builtin:standard-webhooks");
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_id_goes_to_the_url_the_table_holds_at_each_attempt() {
+        use crate::endpoints::{Endpoint, EndpointTable};
+        let d = Scripted::new(vec![status(503, &[]), status(204, &[])]);
+        let a = crate::testing::TestApp::new("memory://billing", d.clone())
+            .registered(vec![
+                Endpoint::new("E", "https://old.example.com/in", true, None, &[]).unwrap(),
+            ])
+            .app();
+        let env = String::from_utf8(
+            envelope::Envelope {
+                endpoint: envelope::Destination::Endpoint("E".into()),
+                ..envelope::Envelope::new_json(
+                    "evt_1",
+                    "billing",
+                    "invoice.paid",
+                    "",
+                    NOW - 120_000,
+                    &serde_json::json!({"amount": 42}),
+                )
+            }
+            .encode(),
+        )
+        .unwrap();
+        let p = run(&a, &received(&env, 1, &[])).await;
+        assert_eq!(p.action, Action::RetryByVisibility { secs: 5 });
+        // The subscriber moved: the same message's next attempt goes to the new URL.
+        a.registered.replace(EndpointTable::new([Endpoint::new(
+            "E",
+            "https://new.example.com/in",
+            true,
+            None,
+            &[],
+        )
+        .unwrap()]));
+        let p = run(&a, &received(&env, 2, &[])).await;
+        assert_eq!(
+            p.action,
+            Action::Delete {
+                why: DeleteReason::Delivered
+            }
+        );
+        let urls: Vec<String> = d
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.url.clone())
+            .collect();
+        assert_eq!(
+            urls,
+            ["https://old.example.com/in", "https://new.example.com/in"]
+        );
+        assert_eq!(p.metrics[0].endpoint_host, "new.example.com");
+        assert_eq!(p.metrics[0].endpoint_id.as_deref(), Some("E"));
     }
 
     #[tokio::test]

@@ -46,7 +46,16 @@ impl TestApp {
             visibility_backoff_max_secs: 900,
             deliver,
             endpoints: None,
+            registered: Default::default(),
         })
+    }
+
+    /// These registered endpoints (envelopes may name them by `endpoint_id`).
+    pub fn registered(self, endpoints: Vec<crate::endpoints::Endpoint>) -> TestApp {
+        self.0
+            .registered
+            .replace(crate::endpoints::EndpointTable::new(endpoints));
+        self
     }
 
     /// Another application id than `billing`.

@@ -403,6 +403,9 @@ pub struct AppConfig {
     pub secrets: BTreeMap<String, Vec<SecretRef>>,
     /// Plugins per hook.
     pub plugins: AppPlugins,
+    /// Registered endpoints (`[apps.ID.endpoints.EID]`, or the registry item's), which an
+    /// envelope may name by `endpoint_id`.
+    pub endpoints: crate::endpoints::EndpointTable,
 }
 
 impl AppConfig {
@@ -554,7 +557,19 @@ impl Config {
         text: &str,
         origin: &str,
     ) -> Result<AppConfig, ConfigError> {
-        validate::app_from_toml(self, id, text, origin)
+        validate::app_from_toml(self, id, text, &BTreeMap::new(), origin)
+    }
+
+    /// [`Config::app_from_toml`] with a registry item's endpoints (id and TOML body of each),
+    /// validated as `[apps.ID.endpoints.EID]` tables.
+    pub fn app_from_toml_with_endpoints(
+        &self,
+        id: &str,
+        text: &str,
+        endpoints: &BTreeMap<String, String>,
+        origin: &str,
+    ) -> Result<AppConfig, ConfigError> {
+        validate::app_from_toml(self, id, text, endpoints, origin)
     }
 
     /// The application with this id.
@@ -922,6 +937,13 @@ mod tests {
             ("[app_defaults]\nallowed_networks = [\"10.0.0.0/8\", \"10.0.0.1/8\"]".into(), vec![], &["app_defaults.allowed_networks[1]", "did you mean 10.0.0.0/8"]),
             (format!("{ONE_APP}\nallowed_networks = [\"nope\"]"), vec![], &["apps.billing.allowed_networks[0]", "not an IP address"]),
             (format!("{ONE_APP}\nmax_per_endpoint = 100"), vec![], &["apps.billing.max_per_endpoint", "must be 1-64"]),
+            (format!("{ONE_APP}\n[apps.billing.endpoints.E]\nurl = \"ftp://x.example\""), vec![], &["apps.billing.endpoints.E.url", "http or https"]),
+            (format!("{ONE_APP}\n[apps.billing.endpoints.E]\nenabled = true"), vec![], &["apps.billing.endpoints.E", "missing field `url`"]),
+            (format!("{ONE_APP}\n[apps.billing.endpoints.E]\nurl = \"https://x.example\"\nsigning_key = \"nope\""), vec![], &["apps.billing.endpoints.E.signing_key", "no secret named \"nope\""]),
+            (format!("{ONE_APP}\n[apps.billing.endpoints.E]\nurl = \"https://x.example\"\nheaders = {{ webhook-id = \"x\" }}"), vec![], &["apps.billing.endpoints.E.headers", "reserved"]),
+            (format!("{ONE_APP}\n[apps.billing.endpoints.E]\nurl = \"https://x.example\"\nurll = 1"), vec![], &["apps.billing.endpoints.E", "unknown field `urll`"]),
+            (format!("{ONE_APP}\n[apps.billing.endpoints.\"a b\"]\nurl = \"https://x.example\""), vec![], &["apps.billing.endpoints.a b", "an endpoint id must be 1-64"]),
+            ("[app_defaults.endpoints.E]\nurl = \"https://x.example\"".into(), vec![], &["app_defaults.endpoints", "per application"]),
             ("[apps.\"bad id\"]\nsecrets = { default = \"env:X\" }".into(), vec![], &["apps.bad id", "application id"]),
             ("[apps.a]\nqueue_url = \"http://q/\"".into(), vec![], &["apps.a.secrets", "no secret named \"default\""]),
             ("[apps.a]\nsecrets = { default = \"BILLING\" }".into(), vec![], &["apps.a.secrets.default[0]", "must start with env:"]),

@@ -7,6 +7,7 @@ use toml::{Table, Value};
 
 use super::layering::{Origins, apply_env, env_form, merge, parse_table, typed};
 use super::*;
+use crate::endpoints::{Endpoint, EndpointTable, MAX_ENDPOINTS_PER_APP};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,7 +120,7 @@ struct RawAppLambda {
 }
 
 /// Keys that exist only per application (not in `app_defaults`).
-const APP_ONLY_KEYS: &[&str] = &["queue_url", "secrets", "plugins"];
+const APP_ONLY_KEYS: &[&str] = &["queue_url", "secrets", "plugins", "endpoints"];
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -130,6 +131,23 @@ struct RawAppOnly {
     secrets: BTreeMap<String, OneOrMany>,
     #[serde(default)]
     plugins: RawAppPlugins,
+    #[serde(default)]
+    endpoints: BTreeMap<String, RawEndpoint>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    url: String,
+    #[serde(default = "enabled_by_default")]
+    enabled: bool,
+    signing_key: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+fn enabled_by_default() -> bool {
+    true
 }
 
 #[derive(Deserialize, Default)]
@@ -341,18 +359,37 @@ fn app_from_table(
 }
 
 /// An application whose settings arrive after start-up (a registry item's TOML text, `origin`
-/// naming it in errors), built as `[apps.ID]` of the loaded configuration would be.
+/// naming it in errors), built as `[apps.ID]` of the loaded configuration would be. `endpoints`
+/// are the registry item's endpoints (id and the TOML body of each), added as
+/// `[apps.ID.endpoints.EID]` tables; the settings text itself may not hold `endpoints`.
 pub(super) fn app_from_toml(
     config: &Config,
     id: &str,
     text: &str,
+    endpoints: &BTreeMap<String, String>,
     origin: &str,
 ) -> Result<AppConfig, ConfigError> {
     let o = Origins {
         file: origin.to_string(),
         env: Vec::new(),
     };
-    let table = parse_table(text, origin)?;
+    let mut table = parse_table(text, origin)?;
+    if table.contains_key("endpoints") {
+        return Err(o.invalid(
+            format!("apps.{id}.endpoints"),
+            "a registry item's endpoints are kept apart from its settings: manage them with \
+             `squall endpoints` (or list them as [apps.ID.endpoints.EID] in a file given to \
+             `squall apps import`)",
+        ));
+    }
+    if !endpoints.is_empty() {
+        let mut tables = Table::new();
+        for (eid, body) in endpoints {
+            let t = parse_table(body, &format!("{origin}, endpoint {eid}"))?;
+            tables.insert(eid.clone(), Value::Table(t));
+        }
+        table.insert("endpoints".into(), Value::Table(tables));
+    }
     app_from_table(
         id.to_string(),
         table,
@@ -920,6 +957,7 @@ fn build_app(
     }
     let allowed_networks = Allowlist::parse(&s.allowed_networks)
         .map_err(|(i, e)| o.invalid(format!("{p}.allowed_networks[{i}]"), e.to_string()))?;
+    let endpoints = build_endpoints(&p, only.endpoints, &secrets, plugins.signer.is_none(), o)?;
     Ok(AppConfig {
         id,
         queue_url,
@@ -954,5 +992,47 @@ fn build_app(
         },
         secrets,
         plugins,
+        endpoints,
     })
+}
+
+/// `[apps.ID.endpoints.EID]`: each endpoint validated with its key path named; with the built-in
+/// signer, an endpoint's `signing_key` must be one of the application's secrets.
+fn build_endpoints(
+    p: &str,
+    raw: BTreeMap<String, RawEndpoint>,
+    secrets: &BTreeMap<String, Vec<SecretRef>>,
+    builtin_signer: bool,
+    o: &Origins,
+) -> Result<EndpointTable, ConfigError> {
+    if raw.len() > MAX_ENDPOINTS_PER_APP {
+        return Err(o.invalid(
+            format!("{p}.endpoints"),
+            format!(
+                "has {} endpoints, more than the limit of {MAX_ENDPOINTS_PER_APP} per application",
+                raw.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (eid, e) in raw {
+        let key = format!("{p}.endpoints.{eid}");
+        let headers: Vec<(String, String)> = e.headers.into_iter().collect();
+        let endpoint = Endpoint::new(&eid, &e.url, e.enabled, e.signing_key.as_deref(), &headers)
+            .map_err(|err| match err.field.as_str() {
+            "id" => o.invalid(key.clone(), format!("an endpoint id {}", err.message)),
+            field => o.invalid(format!("{key}.{field}"), err.message),
+        })?;
+        if builtin_signer
+            && let Some(k) = &endpoint.signing_key
+            && !secrets.contains_key(k)
+        {
+            return Err(o.invalid(
+                format!("{key}.signing_key"),
+                format!("no secret named {k:?} in {p}.secrets (the built-in signer signs with it)"),
+            ));
+        }
+        out.push(endpoint);
+    }
+    Ok(EndpointTable::new(out))
 }

@@ -19,6 +19,7 @@ pub(super) struct RawFields<'a> {
     app_id: Option<&'a RawValue>,
     event_type: Option<&'a RawValue>,
     endpoint: Option<&'a RawValue>,
+    endpoint_id: Option<&'a RawValue>,
     created_at: Option<&'a RawValue>,
     payload: Option<&'a RawValue>,
     payload_base64: Option<&'a RawValue>,
@@ -104,6 +105,7 @@ impl<'de> Visitor<'de> for FieldsVisitor {
                 "app_id" => (&mut raw.app_id, "app_id"),
                 "type" => (&mut raw.event_type, "type"),
                 "endpoint" => (&mut raw.endpoint, "endpoint"),
+                "endpoint_id" => (&mut raw.endpoint_id, "endpoint_id"),
                 "created_at" => (&mut raw.created_at, "created_at"),
                 "payload" => (&mut raw.payload, "payload"),
                 "payload_base64" => (&mut raw.payload_base64, "payload_base64"),
@@ -278,7 +280,12 @@ impl RawFields<'_> {
         let id = token_string(required(self.id, "id")?, "id", MAX_ID_LEN)?;
         let app_id = token_string(required(self.app_id, "app_id")?, "app_id", MAX_APP_ID_LEN)?;
         let event_type = text_string(required(self.event_type, "type")?, "type", MAX_TYPE_LEN)?;
-        let endpoint = validate_endpoint(required(self.endpoint, "endpoint")?)?;
+        let endpoint = match (self.endpoint, self.endpoint_id) {
+            (Some(_), Some(_)) => return Err(EnvelopeError::BothEndpoints),
+            (None, None) => return Err(EnvelopeError::NoEndpoint),
+            (Some(url), None) => Destination::Url(validate_endpoint(url)?),
+            (None, Some(id)) => Destination::Endpoint(validate_endpoint_id(id)?),
+        };
         let created_at_ms = parse_created_at(required(self.created_at, "created_at")?)?;
         let (payload, default_ct) = match (self.payload, self.payload_base64) {
             (Some(_), Some(_)) => return Err(EnvelopeError::BothPayloads),
@@ -390,6 +397,26 @@ pub(super) fn validate_endpoint(raw: &RawValue) -> Result<String, EnvelopeError>
     Ok(normalised)
 }
 
+pub(super) fn validate_endpoint_id(raw: &RawValue) -> Result<String, EnvelopeError> {
+    let s = string_of(raw, "endpoint_id")?;
+    check_len(&s, "endpoint_id", MAX_ENDPOINT_ID_LEN)?;
+    if !is_endpoint_id(&s) {
+        return Err(EnvelopeError::InvalidChars {
+            field: "endpoint_id",
+            reason: "may contain only letters, digits, '_' and '-'",
+        });
+    }
+    Ok(s.into_owned())
+}
+
+/// The rule of endpoint ids (and application ids): 1-64 of a-z, A-Z, 0-9, '_', '-'.
+pub fn is_endpoint_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_ENDPOINT_ID_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 pub(super) fn parse_created_at(raw: &RawValue) -> Result<u64, EnvelopeError> {
     let text = raw.get();
     match text.as_bytes().first() {
@@ -498,16 +525,7 @@ pub(super) fn validate_headers(raw: &RawValue) -> Result<Headers, EnvelopeError>
     }
     let mut out: Headers = Vec::with_capacity(pairs.len());
     for (key, value) in pairs {
-        let name = key.0;
-        if name.is_empty() || name.len() > MAX_HEADER_NAME_LEN || !name.bytes().all(is_tchar) {
-            return Err(EnvelopeError::BadHeaderName {
-                name: truncate(&name, 64),
-            });
-        }
-        let name = name.to_ascii_lowercase();
-        if let Some(hint) = reserved_header(&name) {
-            return Err(EnvelopeError::ReservedHeader { name, hint });
-        }
+        let name = check_header_name(&key.0)?;
         if out.iter().any(|(n, _)| *n == name) {
             return Err(EnvelopeError::DuplicateHeader { name });
         }
@@ -518,25 +536,49 @@ pub(super) fn validate_headers(raw: &RawValue) -> Result<Headers, EnvelopeError>
             });
         }
         let v = string_of(value, "headers")?;
-        if v.len() > MAX_HEADER_VALUE_LEN {
-            return Err(EnvelopeError::BadHeaderValue {
-                name,
-                reason: "is longer than 8192 bytes",
-            });
-        }
-        if v.bytes().any(|b| b == b'\r' || b == b'\n') {
-            return Err(EnvelopeError::BadHeaderValue {
-                name,
-                reason: "contains CR or LF",
-            });
-        }
-        if v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-            return Err(EnvelopeError::BadHeaderValue {
-                name,
-                reason: "contains a control character",
-            });
-        }
+        check_header_value(&name, &v)?;
         out.push((name, v.into_owned()));
     }
     Ok(out)
+}
+
+/// One extra header a producer (or an endpoint's settings) may add: the name an HTTP token and
+/// not reserved, the value bounded and free of CR, LF and control characters. Returns the name
+/// lower-cased.
+pub fn check_header(name: &str, value: &str) -> Result<(String, String), EnvelopeError> {
+    let name = check_header_name(name)?;
+    check_header_value(&name, value)?;
+    Ok((name, value.to_string()))
+}
+
+fn check_header_name(name: &str) -> Result<String, EnvelopeError> {
+    if name.is_empty() || name.len() > MAX_HEADER_NAME_LEN || !name.bytes().all(is_tchar) {
+        return Err(EnvelopeError::BadHeaderName {
+            name: truncate(name, 64),
+        });
+    }
+    let name = name.to_ascii_lowercase();
+    if let Some(hint) = reserved_header(&name) {
+        return Err(EnvelopeError::ReservedHeader { name, hint });
+    }
+    Ok(name)
+}
+
+fn check_header_value(name: &str, value: &str) -> Result<(), EnvelopeError> {
+    let bad = |reason| {
+        Err(EnvelopeError::BadHeaderValue {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if value.len() > MAX_HEADER_VALUE_LEN {
+        return bad("is longer than 8192 bytes");
+    }
+    if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+        return bad("contains CR or LF");
+    }
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return bad("contains a control character");
+    }
+    Ok(())
 }

@@ -9,6 +9,11 @@
 //!   "payload": {"amount": 42}, "headers": {"x-tenant": "42"}, "signing_key": "default" }
 //! ```
 //!
+//! Instead of `endpoint`, an envelope may name `endpoint_id`: an endpoint registered for its
+//! application (`[apps.NAME.endpoints.ID]`, or `squall endpoints create` in the registry), whose
+//! URL and settings are looked up at every attempt (see `crate::endpoints`). Exactly one of the
+//! two is given.
+//!
 //! [`decode`] is a pure function on the per-event path: it never panics, never touches the
 //! network, and every way an envelope can be wrong is a distinct [`EnvelopeError`] variant whose
 //! message names the field. A JSON `payload` is kept as the producer's exact bytes, so the body
@@ -28,6 +33,7 @@ mod rfc3339;
 pub use endpoint::{check_endpoint_url, parse_url};
 pub(crate) use fields::is_tchar;
 use fields::*;
+pub use fields::{check_header, is_endpoint_id};
 pub use rfc3339::{format_rfc3339_ms, parse_rfc3339_ms};
 
 /// The only envelope version this host understands.
@@ -44,6 +50,8 @@ pub const MAX_APP_ID_LEN: usize = 128;
 pub const MAX_TYPE_LEN: usize = 256;
 /// Longest accepted `endpoint` URL.
 pub const MAX_ENDPOINT_LEN: usize = 2048;
+/// Longest accepted `endpoint_id` (the rule of application ids: 1-64 of a-z, A-Z, 0-9, '_', '-').
+pub const MAX_ENDPOINT_ID_LEN: usize = 64;
 /// Longest accepted `content_type`.
 pub const MAX_CONTENT_TYPE_LEN: usize = 256;
 /// Longest accepted `signing_key` name.
@@ -113,6 +121,34 @@ impl Payload {
     }
 }
 
+/// Where an event goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// `endpoint`: an absolute http/https URL without userinfo (normalised by `url`).
+    Url(String),
+    /// `endpoint_id`: an endpoint registered for the event's application, its URL and settings
+    /// looked up at each attempt.
+    Endpoint(String),
+}
+
+impl Destination {
+    /// The URL, when the producer gave one.
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            Destination::Url(u) => Some(u),
+            Destination::Endpoint(_) => None,
+        }
+    }
+
+    /// The endpoint id, when the producer named one.
+    pub fn endpoint_id(&self) -> Option<&str> {
+        match self {
+            Destination::Url(_) => None,
+            Destination::Endpoint(id) => Some(id),
+        }
+    }
+}
+
 /// A decoded, validated envelope (version 1).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
@@ -122,8 +158,8 @@ pub struct Envelope {
     pub app_id: String,
     /// Event type, for example `invoice.paid`.
     pub event_type: String,
-    /// Subscriber endpoint: absolute http/https URL without userinfo (normalised by `url`).
-    pub endpoint: String,
+    /// Subscriber endpoint: a URL (`endpoint`) or a registered endpoint's id (`endpoint_id`).
+    pub endpoint: Destination,
     /// Producer's creation time, Unix ms.
     pub created_at_ms: u64,
     /// The payload.
@@ -229,6 +265,14 @@ pub enum EnvelopeError {
     /// Both `payload` and `payload_base64` are present.
     #[error("fields \"payload\" and \"payload_base64\" are both present; give exactly one")]
     BothPayloads,
+    /// Both `endpoint` and `endpoint_id` are present.
+    #[error("fields \"endpoint\" and \"endpoint_id\" are both present; give exactly one")]
+    BothEndpoints,
+    /// Neither `endpoint` nor `endpoint_id` is present.
+    #[error(
+        "missing endpoint: give \"endpoint\" (a URL) or \"endpoint_id\" (an endpoint registered for the application)"
+    )]
+    NoEndpoint,
     /// Neither `payload` nor `payload_base64` is present.
     #[error("missing payload: give \"payload\" (JSON) or \"payload_base64\" (bytes)")]
     NoPayload,
@@ -308,13 +352,16 @@ impl EnvelopeError {
             EnvelopeError::NotAnObject { .. } => "not-an-object",
             EnvelopeError::UnknownField { .. } => "unknown-field",
             EnvelopeError::DuplicateField { .. } => "duplicate-field",
-            EnvelopeError::Missing { .. } | EnvelopeError::NoPayload => "missing-field",
+            EnvelopeError::Missing { .. }
+            | EnvelopeError::NoPayload
+            | EnvelopeError::NoEndpoint => "missing-field",
             EnvelopeError::WrongType { .. } => "wrong-type",
             EnvelopeError::UnsupportedVersion { .. } => "unsupported-version",
             EnvelopeError::Empty { .. }
             | EnvelopeError::TooLong { .. }
             | EnvelopeError::InvalidChars { .. }
             | EnvelopeError::BothPayloads
+            | EnvelopeError::BothEndpoints
             | EnvelopeError::BadBase64 { .. }
             | EnvelopeError::DeclaredJsonInvalid { .. }
             | EnvelopeError::BadCreatedAt { .. } => "invalid-field",
@@ -335,6 +382,7 @@ pub const FIELDS: &[&str] = &[
     "app_id",
     "type",
     "endpoint",
+    "endpoint_id",
     "created_at",
     "payload",
     "payload_base64",
@@ -364,13 +412,18 @@ impl Envelope {
         self.clone().into_event(attempt, first_attempt_at_ms)
     }
 
-    /// The event hooks see for this attempt, moving the payload without a copy.
+    /// The event hooks see for this attempt, moving the payload without a copy. An envelope
+    /// naming an `endpoint_id` gives an empty `endpoint_url`: the pipeline resolves the id first
+    /// and sets [`Envelope::endpoint`] to the URL.
     pub fn into_event(self, attempt: u32, first_attempt_at_ms: u64) -> Event {
         Event {
             id: self.id,
             app_id: self.app_id,
             event_type: self.event_type,
-            endpoint_url: self.endpoint,
+            endpoint_url: match self.endpoint {
+                Destination::Url(u) => u,
+                Destination::Endpoint(_) => String::new(),
+            },
             headers: self.headers,
             content_type: self.content_type,
             body: self.payload.into_bytes(),
@@ -393,7 +446,7 @@ impl Envelope {
             id: id.into(),
             app_id: app_id.into(),
             event_type: event_type.into(),
-            endpoint: endpoint.into(),
+            endpoint: Destination::Url(endpoint.into()),
             created_at_ms,
             payload: Payload::json(payload),
             content_type: "application/json".to_string(),
@@ -414,8 +467,16 @@ impl Envelope {
         push_json_str(&mut out, &self.app_id);
         out.push_str(",\"type\":");
         push_json_str(&mut out, &self.event_type);
-        out.push_str(",\"endpoint\":");
-        push_json_str(&mut out, &self.endpoint);
+        match &self.endpoint {
+            Destination::Url(u) => {
+                out.push_str(",\"endpoint\":");
+                push_json_str(&mut out, u);
+            }
+            Destination::Endpoint(id) => {
+                out.push_str(",\"endpoint_id\":");
+                push_json_str(&mut out, id);
+            }
+        }
         out.push_str(",\"created_at\":");
         if self.created_at_ms <= MAX_RFC3339_MS {
             push_json_str(&mut out, &format_rfc3339_ms(self.created_at_ms));
@@ -508,6 +569,24 @@ mod tests {
                 assert_eq!(parse_url(u), url::Url::parse(u), "round {round}: {u}");
             }
         }
+    }
+
+    #[test]
+    fn an_endpoint_id_decodes_and_encodes_back() {
+        let text = with(|m| {
+            m.remove("endpoint");
+            m.insert("endpoint_id".into(), "subscriber-42".into());
+        });
+        let env = dec(&text).unwrap();
+        assert_eq!(env.endpoint, Destination::Endpoint("subscriber-42".into()));
+        assert_eq!(env.endpoint.endpoint_id(), Some("subscriber-42"));
+        let again = dec(std::str::from_utf8(&env.encode()).unwrap()).unwrap();
+        assert_eq!(again, env);
+        assert!(
+            String::from_utf8(env.encode())
+                .unwrap()
+                .contains(r#""endpoint_id":"subscriber-42""#)
+        );
     }
 
     #[test]
@@ -695,6 +774,44 @@ mod tests {
                 }),
                 "invalid-field",
                 "both present",
+            ),
+            (
+                Box::new(|m| {
+                    m.remove("endpoint");
+                }),
+                "missing-field",
+                "give \"endpoint\" (a URL) or \"endpoint_id\"",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("endpoint_id".into(), "E".into());
+                }),
+                "invalid-field",
+                "\"endpoint\" and \"endpoint_id\" are both present",
+            ),
+            (
+                Box::new(|m| {
+                    m.remove("endpoint");
+                    m.insert("endpoint_id".into(), "a/b".into());
+                }),
+                "invalid-field",
+                "field \"endpoint_id\" may contain only",
+            ),
+            (
+                Box::new(|m| {
+                    m.remove("endpoint");
+                    m.insert("endpoint_id".into(), "e".repeat(65).into());
+                }),
+                "invalid-field",
+                "field \"endpoint_id\" is 65 bytes long",
+            ),
+            (
+                Box::new(|m| {
+                    m.remove("endpoint");
+                    m.insert("endpoint_id".into(), 7.into());
+                }),
+                "wrong-type",
+                "field \"endpoint_id\" must be a string",
             ),
             (
                 Box::new(|m| {
@@ -1045,6 +1162,7 @@ mod tests {
         assert_eq!(props["app_id"]["maxLength"], MAX_APP_ID_LEN);
         assert_eq!(props["type"]["maxLength"], MAX_TYPE_LEN);
         assert_eq!(props["endpoint"]["maxLength"], MAX_ENDPOINT_LEN);
+        assert_eq!(props["endpoint_id"]["maxLength"], MAX_ENDPOINT_ID_LEN);
         assert_eq!(props["headers"]["maxProperties"], MAX_HEADERS);
         let required: Vec<&str> = schema["required"]
             .as_array()
@@ -1058,7 +1176,7 @@ mod tests {
             let missing_is_error = dec(&v.to_string()).is_err();
             assert_eq!(
                 missing_is_error,
-                required.contains(field) || *field == "payload",
+                required.contains(field) || *field == "payload" || *field == "endpoint",
                 "{field}"
             );
         }

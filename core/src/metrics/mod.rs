@@ -54,6 +54,9 @@ pub struct MetricRecord {
     pub event_type: String,
     /// Host of the URL the request went (or would have gone) to.
     pub endpoint_host: String,
+    /// The registered endpoint the envelope named (`endpoint_id`); absent when it gave a URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_id: Option<String>,
     /// 1-based attempt number.
     pub attempt: u32,
     /// HTTP status, when one came back.
@@ -336,6 +339,7 @@ mod tests {
             app_id: "billing".into(),
             event_type: "invoice.paid".into(),
             endpoint_host: "hooks.example.com".into(),
+            endpoint_id: None,
             attempt: 2,
             status: Some(503),
             error_kind: None,

@@ -929,12 +929,16 @@ impl Apps {
                 .iter()
                 .map(|m| {
                     let state = attempt_state(m).ok();
-                    let event_id = serde_json::from_str::<serde_json::Value>(&m.body)
-                        .ok()
-                        .and_then(|v| v["id"].as_str().map(str::to_string));
+                    let body = serde_json::from_str::<serde_json::Value>(&m.body).ok();
+                    let field = |name: &str| {
+                        body.as_ref()
+                            .and_then(|v| v[name].as_str().map(str::to_string))
+                    };
+                    let (event_id, endpoint_id) = (field("id"), field("endpoint_id"));
                     let attributes = dead_letter_attributes(&DeadLetterFacts {
                         app_id: id,
                         event_id: event_id.as_deref(),
+                        endpoint_id: endpoint_id.as_deref(),
                         reason: DRAIN_REASON,
                         last: LastFailure::Error(
                             "application deleted (squall apps delete --drain)".into(),

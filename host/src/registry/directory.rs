@@ -91,6 +91,9 @@ enum State {
         built: Arc<BuiltApp>,
         version: u64,
         digest: [u8; 32],
+        /// The item's endpoints as read (compared on each read: a change replaces the built
+        /// application's endpoint table without a rebuild).
+        endpoints: Arc<std::collections::BTreeMap<String, String>>,
     },
     Broken {
         reason: String,
@@ -338,12 +341,27 @@ impl Directory {
         }
         let resolved = self.secrets.resolve(&settings, &self.reads).await?;
         if let State::Ready {
-            version, digest, ..
+            built,
+            version,
+            digest,
+            endpoints,
         } = &slot.state
             && *version == record.version
             && *digest == resolved.digest
         {
-            return Ok(None);
+            if **endpoints == record.endpoints {
+                return Ok(None);
+            }
+            // Only the endpoints changed: the events being processed finish with the table
+            // they started with; every later one resolves through the new table.
+            built.app.registered.replace(settings.endpoints);
+            tracing::info!(app_id = %record.id, endpoints = record.endpoints.len(), queue = %queue, "application's endpoints changed in the registry");
+            return Ok(Some(State::Ready {
+                built: built.clone(),
+                version: *version,
+                digest: *digest,
+                endpoints: Arc::new(record.endpoints),
+            }));
         }
         let mut tries = 0;
         let built = loop {
@@ -370,6 +388,7 @@ impl Directory {
             built: Arc::new(built),
             version: record.version,
             digest: resolved.digest,
+            endpoints: Arc::new(record.endpoints),
         }))
     }
 

@@ -8,9 +8,18 @@
 //! | `tier` | S | `dedicated` or `shared` (no queue of its own; found by id on the shared queue) |
 //! | `left_shared_ms` | N | when a dedicated application left the shared tier (its events there are delivered for 14 days more) |
 //! | `settings` | S | the body of its `[apps.ID]` table, TOML text (secret references only) |
+//! | `endpoints` | M | endpoint id -> S, the TOML body of `[apps.ID.endpoints.EID]` (written by `squall endpoints`) |
 //! | `updated_ms` | N | when the item was last written (Unix ms) |
 //!
 //! Finding an application by its queue is one `Query` on the index; listing them is a `Scan`.
+//!
+//! Endpoints live in the application's item, each under its own map key, so an endpoint write
+//! is one `UpdateItem` of one map entry (conditional on the entry read, so a concurrent change to
+//! the same endpoint is refused, not lost) and leaves the application's `version` alone: the
+//! engine picks the change up at its next read of the item (within `registry.ttl_secs`) without
+//! rebuilding the application. An application write (`put`) sets its own attributes only and
+//! never touches `endpoints`. The item's 400 KB limit bounds an application to about 1,000
+//! endpoints of typical size (`squall_core::endpoints::MAX_ENDPOINTS_PER_APP` is enforced).
 
 use std::collections::HashMap;
 
@@ -235,22 +244,46 @@ impl DynamoStore {
                 "version = :expected".to_string(),
             ),
         };
+        // An update of the application's own attributes: its endpoints (written apart, by
+        // `put_endpoint`) are kept as they are, and an item made now starts with none.
+        let mut set = vec![
+            "version = :version",
+            "tier = :tier",
+            "settings = :settings",
+            "updated_ms = :updated",
+            "endpoints = if_not_exists(endpoints, :no_endpoints)",
+        ];
+        let mut remove = Vec::new();
         let mut req = self
             .client
-            .put_item()
+            .update_item()
             .table_name(&self.table)
-            .item("app_id", AttributeValue::S(record.id.clone()))
-            .item("version", AttributeValue::N(version.to_string()))
-            .item("tier", AttributeValue::S(record.tier.as_str().into()))
-            .item("settings", AttributeValue::S(record.settings.clone()))
-            .item("updated_ms", AttributeValue::N(now_ms.to_string()))
+            .key("app_id", AttributeValue::S(record.id.clone()))
+            .expression_attribute_values(":version", AttributeValue::N(version.to_string()))
+            .expression_attribute_values(":tier", AttributeValue::S(record.tier.as_str().into()))
+            .expression_attribute_values(":settings", AttributeValue::S(record.settings.clone()))
+            .expression_attribute_values(":updated", AttributeValue::N(now_ms.to_string()))
+            .expression_attribute_values(":no_endpoints", AttributeValue::M(HashMap::new()))
             .condition_expression(condition);
-        if let Some(q) = &record.queue {
-            req = req.item("queue_key", AttributeValue::S(q.to_string()));
+        match &record.queue {
+            Some(q) => {
+                set.push("queue_key = :queue");
+                req = req.expression_attribute_values(":queue", AttributeValue::S(q.to_string()));
+            }
+            None => remove.push("queue_key"),
         }
-        if let Some(t) = record.left_shared_ms {
-            req = req.item("left_shared_ms", AttributeValue::N(t.to_string()));
+        match record.left_shared_ms {
+            Some(t) => {
+                set.push("left_shared_ms = :left");
+                req = req.expression_attribute_values(":left", AttributeValue::N(t.to_string()));
+            }
+            None => remove.push("left_shared_ms"),
         }
+        let mut expression = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        req = req.update_expression(expression);
         if let Some(old) = &existing {
             req = req.expression_attribute_values(
                 ":expected",
@@ -262,6 +295,7 @@ impl DynamoStore {
                 outcome,
                 AppRecord {
                     version,
+                    endpoints: existing.map(|o| o.endpoints).unwrap_or_default(),
                     ..record.clone()
                 },
             )),
@@ -274,7 +308,105 @@ impl DynamoStore {
                     expected: existing.map_or(0, |o| o.version),
                 })
             }
-            Err(e) => Err(store_err("PutItem", &self.table, e)),
+            Err(e) => Err(store_err("UpdateItem", &self.table, e)),
+        }
+    }
+
+    /// Write endpoint `eid` of application `app_id` (`body`: the TOML body of its table).
+    /// `expected` is the body read before (`None`: the endpoint must not exist yet); a
+    /// concurrent change to the same endpoint makes the write fail with
+    /// [`RegistryError::Conflict`]. The application must exist.
+    pub async fn put_endpoint(
+        &self,
+        app_id: &str,
+        eid: &str,
+        body: &str,
+        expected: Option<&str>,
+        now_ms: u64,
+    ) -> Result<(), RegistryError> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("app_id", AttributeValue::S(app_id.to_string()))
+            .expression_attribute_names("#e", eid)
+            .expression_attribute_values(":body", AttributeValue::S(body.to_string()))
+            .expression_attribute_values(":updated", AttributeValue::N(now_ms.to_string()))
+            .update_expression("SET endpoints.#e = :body, updated_ms = :updated");
+        req = match expected {
+            None => req.condition_expression(
+                "attribute_exists(app_id) AND attribute_exists(endpoints) AND attribute_not_exists(endpoints.#e)",
+            ),
+            Some(old) => req
+                .condition_expression("endpoints.#e = :old")
+                .expression_attribute_values(":old", AttributeValue::S(old.to_string())),
+        };
+        self.endpoint_write(req.send().await, app_id, eid)
+    }
+
+    /// Remove endpoint `eid` of application `app_id`, which must still read `expected`.
+    pub async fn delete_endpoint(
+        &self,
+        app_id: &str,
+        eid: &str,
+        expected: &str,
+        now_ms: u64,
+    ) -> Result<(), RegistryError> {
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("app_id", AttributeValue::S(app_id.to_string()))
+            .expression_attribute_names("#e", eid)
+            .expression_attribute_values(":old", AttributeValue::S(expected.to_string()))
+            .expression_attribute_values(":updated", AttributeValue::N(now_ms.to_string()))
+            .update_expression("REMOVE endpoints.#e SET updated_ms = :updated")
+            .condition_expression("endpoints.#e = :old")
+            .send()
+            .await;
+        self.endpoint_write(r, app_id, eid)
+    }
+
+    /// Give an item written before endpoints existed its empty `endpoints` map (a map entry
+    /// can only be set inside an existing map).
+    pub async fn ensure_endpoints_map(&self, app_id: &str) -> Result<(), RegistryError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("app_id", AttributeValue::S(app_id.to_string()))
+            .expression_attribute_values(":none", AttributeValue::M(HashMap::new()))
+            .update_expression("SET endpoints = if_not_exists(endpoints, :none)")
+            .condition_expression("attribute_exists(app_id)")
+            .send()
+            .await
+            .map_err(|e| store_err("UpdateItem", &self.table, e))?;
+        Ok(())
+    }
+
+    fn endpoint_write<T>(
+        &self,
+        r: Result<
+            T,
+            SdkError<
+                aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+                aws_sdk_dynamodb::config::http::HttpResponse,
+            >,
+        >,
+        app_id: &str,
+        eid: &str,
+    ) -> Result<(), RegistryError> {
+        match r {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Err(RegistryError::EndpointConflict {
+                    app: app_id.to_string(),
+                    endpoint: eid.to_string(),
+                })
+            }
+            Err(e) => Err(store_err("UpdateItem", &self.table, e)),
         }
     }
 
@@ -340,6 +472,17 @@ fn record_from_item(item: &HashMap<String, AttributeValue>) -> Result<AppRecord,
         ),
         Some(_) => return Err(bad("left_shared_ms must be a number".into())),
     };
+    let endpoints = match item.get("endpoints") {
+        None => Default::default(),
+        Some(AttributeValue::M(m)) => m
+            .iter()
+            .map(|(eid, v)| match v {
+                AttributeValue::S(body) => Ok((eid.clone(), body.clone())),
+                _ => Err(bad(format!("endpoints.{eid} must be a string (TOML text)"))),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(bad("endpoints must be a map".into())),
+    };
     Ok(AppRecord {
         id: id.clone(),
         version,
@@ -347,5 +490,6 @@ fn record_from_item(item: &HashMap<String, AttributeValue>) -> Result<AppRecord,
         queue,
         left_shared_ms,
         settings,
+        endpoints,
     })
 }

@@ -67,6 +67,17 @@ pub enum RegistryError {
         /// The version the write expected.
         expected: u64,
     },
+    /// An endpoint write found the endpoint changed (or created, or deleted) by someone else, or
+    /// the application gone: read again and retry.
+    #[error(
+        "endpoint {endpoint} of application {app}: changed by someone else since it was read (or the application is gone); read it again"
+    )]
+    EndpointConflict {
+        /// The application.
+        app: String,
+        /// The endpoint.
+        endpoint: String,
+    },
     /// The application could not be built from its settings (plugin, HTTP client).
     #[error("{0}")]
     Build(#[from] crate::apps::BuildError),
