@@ -210,9 +210,20 @@ impl AppRecord {
     }
 }
 
-/// The `[apps.ID]` tables of a TOML configuration text, each as the settings text of a record
+/// One `[apps.ID]` table of a configuration file, as a registry record's parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppTable {
+    /// Application id.
+    pub id: String,
+    /// The table without its endpoints, as TOML text (the record's settings).
+    pub settings: String,
+    /// Its `[apps.ID.endpoints.EID]` tables: id and TOML body of each.
+    pub endpoints: std::collections::BTreeMap<String, String>,
+}
+
+/// The `[apps.ID]` tables of a TOML configuration text, each as the parts of a record
 /// (`squall apps import`), in id order.
-pub fn app_tables(text: &str, origin: &str) -> Result<Vec<(String, String)>, ConfigError> {
+pub fn app_tables(text: &str, origin: &str) -> Result<Vec<AppTable>, ConfigError> {
     let root: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ConfigError::Syntax {
@@ -229,19 +240,43 @@ pub fn app_tables(text: &str, origin: &str) -> Result<Vec<(String, String)>, Con
             message: "must be a table of [apps.NAME] tables".into(),
         });
     };
+    let invalid = |key: String, message: &str| ConfigError::Invalid {
+        origin: origin.to_string(),
+        key,
+        message: message.into(),
+    };
     let mut out = Vec::with_capacity(apps.len());
     for (id, table) in apps {
         let Some(table) = table.as_table() else {
-            return Err(ConfigError::Invalid {
-                origin: origin.to_string(),
-                key: format!("apps.{id}"),
-                message: "must be a table".into(),
-            });
+            return Err(invalid(format!("apps.{id}"), "must be a table"));
         };
-        out.push((
-            id.clone(),
-            toml::to_string(table).expect("a TOML table serializes"),
-        ));
+        let mut table = table.clone();
+        let mut endpoints = std::collections::BTreeMap::new();
+        if let Some(e) = table.remove("endpoints") {
+            let Some(e) = e.as_table() else {
+                return Err(invalid(
+                    format!("apps.{id}.endpoints"),
+                    "must be a table of [apps.NAME.endpoints.ID] tables",
+                ));
+            };
+            for (eid, body) in e {
+                let Some(body) = body.as_table() else {
+                    return Err(invalid(
+                        format!("apps.{id}.endpoints.{eid}"),
+                        "must be a table",
+                    ));
+                };
+                endpoints.insert(
+                    eid.clone(),
+                    toml::to_string(body).expect("a TOML table serializes"),
+                );
+            }
+        }
+        out.push(AppTable {
+            id: id.clone(),
+            settings: toml::to_string(&table).expect("a TOML table serializes"),
+            endpoints,
+        });
     }
     Ok(out)
 }
@@ -376,16 +411,37 @@ mod tests {
         let text = format!(
             "[sqs]\nregion = \"x\"\n[apps.billing]\nqueue_url = \"{QUEUE}\"\n\
              secrets = {{ default = \"env:B\" }}\n[apps.billing.retry]\nmax_attempts = 4\n\
+             [apps.billing.endpoints.E]\nurl = \"https://hooks.example.com/in\"\n\
              [apps.crm]\nsecrets = {{ default = \"env:C\" }}\n"
         );
         let tables = app_tables(&text, "f.toml").unwrap();
         assert_eq!(
-            tables.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+            tables.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
             ["billing", "crm"]
         );
         let c = config();
-        let r = AppRecord::new(&c, "billing", &tables[0].1).unwrap();
+        let mut r = AppRecord::new(&c, "billing", &tables[0].settings).unwrap();
         assert_eq!(r.app_config(&c).unwrap().retry_limits.max_attempts, 4);
+        // Endpoints come apart from the settings and are read back as the engine reads them.
+        assert!(!tables[0].settings.contains("endpoints"));
+        r.endpoints = tables[0].endpoints.clone();
+        let app = r.app_config(&c).unwrap();
+        assert_eq!(
+            app.endpoints.get("E").unwrap().url,
+            "https://hooks.example.com/in"
+        );
+        // Settings text holding endpoints is refused: they are kept apart.
+        let e = AppRecord::new(
+            &c,
+            "billing",
+            "[endpoints.E]\nurl = \"https://x.example\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("apps.billing.endpoints") && e.contains("squall endpoints"),
+            "{e}"
+        );
         assert!(app_tables("[apps]\nx = 1\n", "f").is_err());
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! [`Aggregator`] is a pure function over records (no queue, no clock): feed it the records of
 //! one window with [`Aggregator::ingest`], read a [`Snapshot`], then [`Aggregator::end_window`].
-//! Per (application, endpoint host) it keeps:
+//! Per (application, endpoint host) it keeps (per (application, endpoint host, endpoint id) with
+//! [`Aggregator::by_endpoint_id`], so events addressed to a registered endpoint are counted per
+//! id, and an id whose URL moved shows one row per host it went to):
 //! - per window: attempts, delivered, retries, dead letters, discarded, skipped, plugin errors,
 //!   a histogram of statuses (`"503"`, or `"error:<kind>"` when no status came back) and every
 //!   latency, so p50/p90/p99 are **exact** over the window (nearest-rank: the smallest latency
@@ -41,6 +43,9 @@ pub struct Record {
     pub app_id: String,
     /// Endpoint host.
     pub endpoint_host: String,
+    /// The registered endpoint the envelope named, if any.
+    #[serde(default)]
+    pub endpoint_id: Option<String>,
     /// Attempt number.
     pub attempt: u32,
     /// HTTP status, if any.
@@ -64,6 +69,7 @@ impl From<&MetricRecord> for Record {
             event_id: r.event_id.clone(),
             app_id: r.app_id.clone(),
             endpoint_host: r.endpoint_host.clone(),
+            endpoint_id: r.endpoint_id.clone(),
             attempt: r.attempt,
             status: r.status,
             error_kind: r.error_kind.clone(),
@@ -237,6 +243,9 @@ pub struct Row {
     pub app_id: String,
     /// Endpoint host, or `*` for the whole application.
     pub endpoint_host: String,
+    /// The registered endpoint (grouping by endpoint id only; `None` for events sent to a URL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_id: Option<String>,
     /// This window.
     pub window: Counts,
     /// delivered / attempts over the window (`None` without attempts).
@@ -268,7 +277,8 @@ pub struct Snapshot {
 #[derive(Debug, Default, Clone)]
 pub struct Aggregator {
     thresholds: Thresholds,
-    entries: BTreeMap<(String, String), Entry>,
+    by_endpoint_id: bool,
+    entries: BTreeMap<(String, String, Option<String>), Entry>,
     malformed_total: u64,
     records_total: u64,
 }
@@ -280,6 +290,12 @@ impl Aggregator {
             thresholds,
             ..Aggregator::default()
         }
+    }
+
+    /// Rows per endpoint id as well as per host (`squall metrics --by endpoint-id`).
+    pub fn by_endpoint_id(mut self) -> Aggregator {
+        self.by_endpoint_id = true;
+        self
     }
 
     /// Count records that could not be parsed.
@@ -295,7 +311,11 @@ impl Aggregator {
             self.records_total += 1;
             let e = self
                 .entries
-                .entry((r.app_id.clone(), r.endpoint_host.clone()))
+                .entry((
+                    r.app_id.clone(),
+                    r.endpoint_host.clone(),
+                    r.endpoint_id.clone().filter(|_| self.by_endpoint_id),
+                ))
                 .or_default();
             e.window.add(r);
             e.total.add(r);
@@ -321,11 +341,13 @@ impl Aggregator {
     pub fn snapshot(&self) -> Snapshot {
         let mut endpoints = Vec::new();
         let mut per_app: BTreeMap<&str, (Counts, Vec<u64>, Counts, Streak, bool)> = BTreeMap::new();
-        for ((app, host), e) in &self.entries {
+        for ((app, host, id), e) in &self.entries {
             let mut lat = e.latencies.clone();
             lat.sort_unstable();
             let failing = e.streak.failing(&self.thresholds);
-            endpoints.push(row(app, host, &e.window, &lat, &e.total, e.streak, failing));
+            let mut r = row(app, host, &e.window, &lat, &e.total, e.streak, failing);
+            r.endpoint_id = id.clone();
+            endpoints.push(r);
             let a = per_app.entry(app).or_default();
             a.0.merge(&e.window);
             a.1.extend_from_slice(&e.latencies);
@@ -371,6 +393,7 @@ fn row(
     Row {
         app_id: app.to_string(),
         endpoint_host: host.to_string(),
+        endpoint_id: None,
         success_rate: (window.attempts > 0)
             .then(|| window.delivered as f64 / window.attempts as f64),
         latency: percentiles(sorted_latencies),

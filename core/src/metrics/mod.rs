@@ -111,6 +111,7 @@ mod tests {
             event_id: format!("e{t}"),
             app_id: app.into(),
             endpoint_host: host.into(),
+            endpoint_id: None,
             attempt: 1,
             status,
             error_kind: error.map(str::to_string),
@@ -298,6 +299,61 @@ mod tests {
         let a = find(&s.endpoints, "billing", "a.example");
         assert_eq!((a.window.attempts, a.total.attempts), (0, 20));
         assert_eq!((a.success_rate, a.latency), (None, None));
+    }
+
+    #[test]
+    fn grouping_by_endpoint_id_splits_rows_by_id_and_keeps_totals() {
+        let with_id = |id: Option<&str>, host: &str, outcome: &str, t: u64| Record {
+            endpoint_id: id.map(str::to_string),
+            ..rec("shop", host, outcome, Some(200), None, 5, t)
+        };
+        let records = vec![
+            with_id(Some("E"), "old.example", "retry", 1),
+            with_id(Some("E"), "new.example", "delivered", 2),
+            with_id(Some("F"), "new.example", "delivered", 3),
+            with_id(None, "new.example", "delivered", 4),
+        ];
+        let mut by_host = Aggregator::new(Thresholds::default());
+        by_host.ingest(&records);
+        let s = by_host.snapshot();
+        assert_eq!(s.endpoints.len(), 2, "one row per host");
+        assert!(s.endpoints.iter().all(|r| r.endpoint_id.is_none()));
+        let mut by_id = Aggregator::new(Thresholds::default()).by_endpoint_id();
+        by_id.ingest(&records);
+        let s = by_id.snapshot();
+        let rows: Vec<(Option<&str>, &str, u64)> = s
+            .endpoints
+            .iter()
+            .map(|r| {
+                (
+                    r.endpoint_id.as_deref(),
+                    r.endpoint_host.as_str(),
+                    r.window.attempts,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (None, "new.example", 1),
+                (Some("E"), "new.example", 1),
+                (Some("F"), "new.example", 1),
+                (None, "old.example", 0),
+                (Some("E"), "old.example", 1),
+            ]
+            .into_iter()
+            .filter(|r| r.2 > 0)
+            .collect::<Vec<_>>()
+        );
+        assert_eq!(s.apps[0].window.attempts, 4);
+        let text = prometheus_text(&s);
+        assert!(
+            text.contains(
+                r#"squall_attempts_total{app="shop",endpoint_host="new.example",endpoint_id="E"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(render_table(&s).contains("E (old.example)"));
     }
 
     #[test]

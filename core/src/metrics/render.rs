@@ -41,11 +41,15 @@ pub fn render_table(s: &Snapshot) -> String {
         } else {
             String::new()
         };
+        let endpoint = match &r.endpoint_id {
+            Some(id) => format!("{id} ({})", r.endpoint_host),
+            None => r.endpoint_host.clone(),
+        };
         let _ = writeln!(
             out,
             "{:<12} {:<28} {:>8} {:>8} {:>7} {:>5} {:>6} {:>6} {:>6}  {}{flag}",
             r.app_id,
-            r.endpoint_host,
+            endpoint,
             r.window.attempts,
             pct,
             r.window.retries,
@@ -69,6 +73,19 @@ fn esc(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// A row's Prometheus labels: `app`, `endpoint_host`, and `endpoint_id` when the row has one.
+fn labels(r: &Row) -> String {
+    let mut l = format!(
+        "app=\"{}\",endpoint_host=\"{}\"",
+        esc(&r.app_id),
+        esc(&r.endpoint_host)
+    );
+    if let Some(id) = &r.endpoint_id {
+        l.push_str(&format!(",endpoint_id=\"{}\"", esc(id)));
+    }
+    l
 }
 
 /// Prometheus text exposition (format 0.0.4): counters since start, latency quantiles over the
@@ -115,13 +132,7 @@ pub fn prometheus_text(s: &Snapshot) -> String {
     for (name, help, get) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for r in &s.endpoints {
-            let _ = writeln!(
-                out,
-                "{name}{{app=\"{}\",endpoint_host=\"{}\"}} {}",
-                esc(&r.app_id),
-                esc(&r.endpoint_host),
-                get(&r.total)
-            );
+            let _ = writeln!(out, "{name}{{{}}} {}", labels(r), get(&r.total));
         }
     }
     let name = "squall_responses_total";
@@ -133,9 +144,8 @@ pub fn prometheus_text(s: &Snapshot) -> String {
         for (status, n) in &r.total.statuses {
             let _ = writeln!(
                 out,
-                "{name}{{app=\"{}\",endpoint_host=\"{}\",status=\"{}\"}} {n}",
-                esc(&r.app_id),
-                esc(&r.endpoint_host),
+                "{name}{{{},status=\"{}\"}} {n}",
+                labels(r),
                 esc(status)
             );
         }
@@ -146,11 +156,7 @@ pub fn prometheus_text(s: &Snapshot) -> String {
         "# HELP {name} Attempt latency; quantiles exact over the last window, sum and count since start.\n# TYPE {name} summary"
     );
     for r in &s.endpoints {
-        let labels = format!(
-            "app=\"{}\",endpoint_host=\"{}\"",
-            esc(&r.app_id),
-            esc(&r.endpoint_host)
-        );
+        let labels = labels(r);
         if let Some(p) = r.latency {
             for (q, v) in [("0.5", p.p50), ("0.9", p.p90), ("0.99", p.p99)] {
                 let _ = writeln!(out, "{name}{{{labels},quantile=\"{q}\"}} {v}");
@@ -173,13 +179,7 @@ pub fn prometheus_text(s: &Snapshot) -> String {
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
         for r in &s.endpoints {
-            let _ = writeln!(
-                out,
-                "{name}{{app=\"{}\",endpoint_host=\"{}\"}} {}",
-                esc(&r.app_id),
-                esc(&r.endpoint_host),
-                get(r)
-            );
+            let _ = writeln!(out, "{name}{{{}}} {}", labels(r), get(r));
         }
     }
     let name = "squall_metrics_records_malformed_total";

@@ -487,15 +487,57 @@ impl Apps {
         mut each: impl FnMut(&str, &[Step]),
     ) -> Result<usize, AppsError> {
         let tables = app_tables(text, origin)?;
-        // Validate them all before changing anything.
-        for (id, settings) in &tables {
-            AppRecord::new(&self.config, id, settings)?;
+        // Validate them all, endpoints included, before changing anything.
+        for t in &tables {
+            let mut record = AppRecord::new(&self.config, &t.id, &t.settings)?;
+            record.endpoints = t.endpoints.clone();
+            record.app_config(&self.config)?;
         }
-        for (id, settings) in &tables {
-            let steps = self.write(id, settings, WriteMode::Import).await?;
-            each(id, &steps);
+        for t in &tables {
+            let mut steps = self.write(&t.id, &t.settings, WriteMode::Import).await?;
+            steps.extend(self.import_endpoints(&t.id, &t.endpoints).await?);
+            each(&t.id, &steps);
         }
         Ok(tables.len())
+    }
+
+    /// The file's endpoints of `id` written into its item (created or changed; endpoints the
+    /// item has and the file does not are left alone).
+    async fn import_endpoints(
+        &self,
+        id: &str,
+        endpoints: &BTreeMap<String, String>,
+    ) -> Result<Vec<Step>, AppsError> {
+        if endpoints.is_empty() {
+            return Ok(Vec::new());
+        }
+        let record = self.show(id).await?;
+        let mut next = record.clone();
+        next.endpoints.extend(endpoints.clone());
+        // Stored in the form `squall endpoints` writes (normalised URL, lower-case headers).
+        let table = next.app_config(&self.config)?.endpoints;
+        self.store.ensure_endpoints_map(id).await?;
+        let mut steps = Vec::with_capacity(endpoints.len());
+        for eid in endpoints.keys() {
+            let body = table.get(eid).expect("validated above").to_toml();
+            let old = record.endpoints.get(eid);
+            let change = match old {
+                Some(o) if *o == body => Change::Unchanged,
+                Some(_) => Change::Updated("settings".into()),
+                None => Change::Created,
+            };
+            if change != Change::Unchanged {
+                self.store
+                    .put_endpoint(id, eid, &body, old.map(String::as_str), now_ms())
+                    .await?;
+            }
+            steps.push(Step {
+                resource: "endpoint",
+                name: eid.clone(),
+                change,
+            });
+        }
+        Ok(steps)
     }
 
     async fn write(

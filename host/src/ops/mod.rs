@@ -26,6 +26,7 @@ use crate::queue::{Queue, QueueError, Received};
 
 pub mod apps;
 pub mod cloudwatch;
+pub mod endpoints;
 pub mod exporter;
 pub mod metrics;
 pub mod redrive;

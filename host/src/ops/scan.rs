@@ -60,6 +60,7 @@ struct EnvelopeFields {
     #[serde(rename = "type")]
     event_type: Option<serde_json::Value>,
     endpoint: Option<serde_json::Value>,
+    endpoint_id: Option<serde_json::Value>,
 }
 
 fn string(v: Option<serde_json::Value>) -> Option<String> {
@@ -78,7 +79,8 @@ impl MessageView {
                 string(e.id),
                 string(e.app_id),
                 string(e.event_type),
-                string(e.endpoint),
+                // A registered endpoint shows as `id:EID` (its URL is the registry's).
+                string(e.endpoint).or_else(|| string(e.endpoint_id).map(|i| format!("id:{i}"))),
             ),
             None => (None, None, None, None),
         };

@@ -30,6 +30,8 @@ pub fn reason_class(reason: Option<&str>) -> &'static str {
         "retry-horizon"
     } else if r.contains("not retryable") {
         "permanent-status"
+    } else if r.starts_with("endpoint-disabled") {
+        "endpoint-disabled"
     } else if r.starts_with("refused by policy") {
         "refused-by-policy"
     } else if r.starts_with("malformed envelope") {
@@ -69,6 +71,9 @@ pub struct DeadLetterStatus {
     pub scanned: usize,
     /// app id (or `?`) -> reason class -> count.
     pub by_app_reason: BTreeMap<String, BTreeMap<String, u64>>,
+    /// app id (or `?`) -> endpoint (`id:EID` for a registered endpoint, else the URL's host,
+    /// `?` when unreadable) -> count.
+    pub by_app_endpoint: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 /// The shared queue: its counts (all applications together; SQS counts per queue, not per
@@ -117,6 +122,25 @@ pub fn dead_letter_breakdown(views: &[MessageView]) -> BTreeMap<String, BTreeMap
             .or_default()
             .entry(reason_class(v.reason.as_deref()).to_string())
             .or_default() += 1;
+    }
+    out
+}
+
+/// Group dead-letter views by app and endpoint: a registered endpoint's id (`id:EID`), else the
+/// host of the envelope's URL.
+pub fn dead_letter_endpoints(views: &[MessageView]) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for v in views {
+        let app = v.app_id.clone().unwrap_or_else(|| "?".to_string());
+        let endpoint = match v.endpoint.as_deref() {
+            Some(e) if e.starts_with("id:") => e.to_string(),
+            Some(url) => match squall_core::pipeline::url_host(url) {
+                h if h.is_empty() => "?".to_string(),
+                h => h,
+            },
+            None => "?".to_string(),
+        };
+        *out.entry(app).or_default().entry(endpoint).or_default() += 1;
     }
     out
 }
@@ -201,6 +225,7 @@ pub async fn dead_letter_status<Q: Inspect>(
         depth,
         scanned: views.len(),
         by_app_reason: dead_letter_breakdown(&views),
+        by_app_endpoint: dead_letter_endpoints(&views),
     })
 }
 
@@ -250,6 +275,17 @@ pub fn render_table(s: &Status) -> String {
             for (app, reasons) in &d.by_app_reason {
                 for (reason, n) in reasons {
                     out.push_str(&format!("{app:<16} {reason:<36} {n:>7}\n"));
+                }
+            }
+        }
+        if !d.by_app_endpoint.is_empty() {
+            out.push_str(&format!(
+                "{:<16} {:<36} {:>7}\n",
+                "APP", "ENDPOINT", "COUNT"
+            ));
+            for (app, endpoints) in &d.by_app_endpoint {
+                for (endpoint, n) in endpoints {
+                    out.push_str(&format!("{app:<16} {endpoint:<36} {n:>7}\n"));
                 }
             }
         }
@@ -323,12 +359,49 @@ mod tests {
                 "transform trapped (on_plugin_error = \"dead-letter\")",
                 "plugin-error",
             ),
+            (
+                "endpoint-disabled: endpoint \"E\" of application \"shop\" is disabled (redrive once it is enabled again)",
+                "endpoint-disabled",
+            ),
+            (
+                "malformed envelope: field \"endpoint_id\": application \"shop\" has no endpoint \"E\" (never created, or deleted)",
+                "malformed-envelope",
+            ),
             ("custom policy said no", "other"),
         ];
         for (text, class) in cases {
             assert_eq!(reason_class(Some(text)), class, "{text}");
         }
         assert_eq!(reason_class(None), "redrive-policy (no squall-reason)");
+    }
+
+    #[test]
+    fn dead_letters_group_by_endpoint_id_or_url_host() {
+        let with_body = |app: &str, dest: &str| {
+            let body = format!(
+                r#"{{"version":1,"id":"e","app_id":"{app}","type":"t",{dest},"created_at":1,"payload":{{}}}}"#
+            );
+            MessageView::of(&Received {
+                message_id: "m".into(),
+                receipt_handle: "h".into(),
+                body,
+                attributes: Default::default(),
+                receive_count: 1,
+                sent_timestamp_ms: 1,
+                group_id: None,
+            })
+        };
+        let views = vec![
+            with_body("shop", r#""endpoint_id":"E""#),
+            with_body("shop", r#""endpoint_id":"E""#),
+            with_body("shop", r#""endpoint":"https://a.example.com/x""#),
+            with_body("crm", r#""endpoint":"https://a.example.com/y""#),
+        ];
+        let b = dead_letter_endpoints(&views);
+        assert_eq!(b["shop"]["id:E"], 2);
+        assert_eq!(b["shop"]["a.example.com"], 1);
+        assert_eq!(b["crm"]["a.example.com"], 1);
+        assert_eq!(b.values().map(|r| r.values().sum::<u64>()).sum::<u64>(), 4);
     }
 
     #[test]

@@ -10,6 +10,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod apps;
 mod demo;
 mod deploy;
+mod endpoints;
 mod ops;
 mod plugin;
 mod run;
@@ -37,6 +38,9 @@ enum Command {
     /// Applications of a registry deployment (registry.backend = "dynamodb"): init, list,
     /// show, create, update, delete, import.
     Apps(apps::AppsArgs),
+    /// An application's registered endpoints (envelopes name them by endpoint_id): list, show,
+    /// create, update, enable, disable, delete.
+    Endpoints(endpoints::EndpointsArgs),
     #[command(flatten)]
     Ops(ops::OpsCommand),
 }
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Command::Plugin(cmd) => plugin::main(cmd),
         Command::Deploy(cmd) => deploy::main(cmd),
         Command::Apps(args) => apps::main(args),
+        Command::Endpoints(args) => endpoints::main(args),
         Command::Ops(cmd) => ops::main(cmd),
     }
 }

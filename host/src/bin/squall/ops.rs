@@ -109,6 +109,19 @@ pub struct MetricsArgs {
     /// Read at most this many records per window.
     #[arg(long, default_value_t = 100_000)]
     max_per_window: usize,
+    /// Rows per endpoint host (`host`), or also per registered endpoint id (`endpoint-id`:
+    /// events sent by endpoint_id get a row per id and host).
+    #[arg(long, value_enum, default_value_t = MetricsGrouping::Host)]
+    by: MetricsGrouping,
+}
+
+/// How `squall metrics` splits an application's figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsGrouping {
+    /// Per endpoint host.
+    Host,
+    /// Per registered endpoint id (and host).
+    EndpointId,
 }
 
 /// Where the config comes from.
@@ -613,6 +626,9 @@ async fn metrics_cmd(a: MetricsArgs) -> anyhow::Result<()> {
         consecutive_failures: a.fail_after,
         failing_for_ms: a.fail_for.as_millis() as u64,
     });
+    if a.by == MetricsGrouping::EndpointId {
+        aggregator = aggregator.by_endpoint_id();
+    }
     let exposition = exporter::Exposition::default();
     if let Some(addr) = a.listen {
         exposition.publish(agg::prometheus_text(&aggregator.snapshot()));
