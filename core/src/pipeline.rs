@@ -630,6 +630,11 @@ impl<'a> Attempt<'a> {
         &self.key_name
     }
 
+    /// The registered endpoint the envelope named, if it named one.
+    pub fn endpoint_id(&self) -> Option<&str> {
+        self.endpoint_id.as_deref()
+    }
+
     /// The host the request goes to, for the endpoint limiter.
     pub fn endpoint_host(&self) -> &str {
         &self.endpoint_host

@@ -190,8 +190,9 @@ pub async fn process(
         Start::Attempt(attempt) => attempt,
         Start::Hop(done) => return done,
         Start::Malformed(done) => {
-            if let Action::DeadLetter { reason, .. } = &done.action {
-                tracing::warn!(app_id = %app.id, message_id = %msg.message_id, %reason, "dead-lettering a malformed message");
+            if let Action::DeadLetter { reason, attributes } = &done.action {
+                let endpoint_id = attributes.get(ATTR_ENDPOINT_ID);
+                tracing::warn!(app_id = %app.id, message_id = %msg.message_id, endpoint_id, %reason, "dead-lettering without an attempt");
             }
             return done;
         }
@@ -215,7 +216,7 @@ pub async fn process(
     if let Some(limiter) = &app.endpoints {
         endpoint_slot = limiter.acquire(attempt.endpoint_host()).await;
         if endpoint_slot.is_none() {
-            tracing::info!(app_id = %app.id, event_id = %attempt.event().id, endpoint_host = %attempt.endpoint_host(), attempt = attempt.number(), delay_secs = attempt.defer_delay_secs(), "endpoint saturated: deferred, no attempt made");
+            tracing::info!(app_id = %app.id, event_id = %attempt.event().id, endpoint_host = %attempt.endpoint_host(), endpoint_id = attempt.endpoint_id(), attempt = attempt.number(), delay_secs = attempt.defer_delay_secs(), "endpoint saturated: deferred, no attempt made");
             return attempt.deferred();
         }
     }
@@ -238,7 +239,7 @@ pub async fn process(
 /// A hook's result, its failure logged (what the failure leads to is the core's decision).
 fn logged<T>(attempt: &Attempt<'_>, result: Result<T, HookError>) -> Result<T, HookError> {
     if let Err(error) = &result {
-        tracing::warn!(app_id = %attempt.context().app_id, event_id = %attempt.event().id, attempt = attempt.number(), %error, "hook failed");
+        tracing::warn!(app_id = %attempt.context().app_id, event_id = %attempt.event().id, endpoint_id = attempt.endpoint_id(), attempt = attempt.number(), %error, "hook failed");
     }
     result
 }

@@ -701,8 +701,9 @@ fn log_action(app_id: &str, m: &Received, a: &Action) {
         } => {
             tracing::info!(app_id, message_id = %m.message_id, delay_secs, hop, "re-sent with delay")
         }
-        Action::DeadLetter { reason, .. } => {
-            tracing::warn!(app_id, message_id = %m.message_id, %reason, "dead-lettered")
+        Action::DeadLetter { reason, attributes } => {
+            let endpoint_id = attributes.get(pipeline::ATTR_ENDPOINT_ID);
+            tracing::warn!(app_id, message_id = %m.message_id, endpoint_id, %reason, "dead-lettered")
         }
     }
 }

@@ -11,11 +11,22 @@ pub struct TestEnvelope {
     app_id: String,
     event_type: String,
     endpoint: String,
+    /// Set: the envelope names this registered endpoint instead of `endpoint`.
+    endpoint_id: Option<String>,
     created_at_ms: u64,
     payload: Value,
 }
 
 impl TestEnvelope {
+    /// Event `id` of application `app_id`, addressed to its registered endpoint `endpoint_id`
+    /// (the envelope carries `endpoint_id`, no `endpoint`).
+    pub fn for_endpoint_id(id: &str, app_id: &str, endpoint_id: &str) -> TestEnvelope {
+        TestEnvelope {
+            endpoint_id: Some(endpoint_id.into()),
+            ..TestEnvelope::new(id, app_id, "")
+        }
+    }
+
     /// Event `id` of application `app_id`, to be delivered to `endpoint`.
     pub fn new(id: &str, app_id: &str, endpoint: &str) -> TestEnvelope {
         TestEnvelope {
@@ -23,6 +34,7 @@ impl TestEnvelope {
             app_id: app_id.into(),
             event_type: "invoice.paid".into(),
             endpoint: endpoint.into(),
+            endpoint_id: None,
             created_at_ms: crate::now_ms(),
             payload: json!({}),
         }
@@ -48,7 +60,7 @@ impl TestEnvelope {
 
     /// The envelope's JSON text; `created_at` in RFC 3339.
     pub fn to_json(&self) -> String {
-        json!({
+        let mut v = json!({
             "version": 1,
             "id": self.id,
             "app_id": self.app_id,
@@ -56,8 +68,13 @@ impl TestEnvelope {
             "endpoint": self.endpoint,
             "created_at": rfc3339(self.created_at_ms),
             "payload": self.payload,
-        })
-        .to_string()
+        });
+        if let Some(eid) = &self.endpoint_id {
+            let m = v.as_object_mut().expect("an object");
+            m.remove("endpoint");
+            m.insert("endpoint_id".into(), eid.as_str().into());
+        }
+        v.to_string()
     }
 }
 

@@ -33,6 +33,7 @@ fn dead_letter(id: &str, app: &str, source: &str, reason: &str) -> Outgoing {
         attributes: dead_letter_attributes(&DeadLetterFacts {
             app_id: app,
             event_id: Some(id),
+            endpoint_id: None,
             reason,
             last: LastFailure::Status(503),
             attempts: 25,
@@ -204,6 +205,7 @@ async fn metrics_drain_aggregates_what_the_engine_sink_wrote() {
             app_id: "billing".into(),
             event_type: "invoice.paid".into(),
             endpoint_host: "hooks.example.com".into(),
+            endpoint_id: None,
             attempt: 1,
             status: Some(if i % 5 == 0 { 503 } else { 200 }),
             error_kind: None,

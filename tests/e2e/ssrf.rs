@@ -385,6 +385,18 @@ fn gate(row: &Row, url: &str, allow: &Allowlist, expect_delivery: bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ssrf_table_refused_with_reasons_and_allowlisted_loopback_delivers() {
+    ssrf_table(false).await;
+}
+
+/// The same table with every URL an endpoint registered for the application
+/// (`[apps.NAME.endpoints.ID]`) and the envelopes naming only `endpoint_id`: the resolved URL
+/// meets the same guard, with the same reasons.
+#[tokio::test(flavor = "multi_thread")]
+async fn ssrf_table_through_endpoint_ids() {
+    ssrf_table(true).await;
+}
+
+async fn ssrf_table(by_id: bool) {
     let endpoint = sqs_or_skip!();
     let q = TestQueues::create(&endpoint, &["locked", "trusted"]).await;
     let rx4 = Receiver::start(Reply::Status(204)).await;
@@ -426,44 +438,60 @@ async fn ssrf_table_refused_with_reasons_and_allowlisted_loopback_delivers() {
         );
     }
 
-    let run = SquallRun::start(&config_toml(
-        &endpoint,
-        &q,
-        &[
-            ("locked", "allowed_networks = []"),
-            (
-                "trusted",
-                "allowed_networks = [\"127.0.0.0/8\", \"::1/128\"]\n[apps.trusted.retry]\nmax_attempts = 2",
-            ),
-        ],
-    ));
-
     let rows = table();
     assert!(rows.len() >= 20);
     let none = Allowlist::default();
     let loopback = loopback_allowlist();
+    // (app, event id, URL) of every event, each URL through the safety gate first.
+    let mut events: Vec<(&str, String, String)> = Vec::new();
     let mut dlq_expected = 0u64;
     for (i, row) in rows.iter().enumerate() {
         let url = url_of(row, i, "locked");
         gate(row, &url, &none, false);
-        q.send("locked", &envelope(&format!("locked-r{i}"), "locked", &url))
-            .await;
+        events.push(("locked", format!("locked-r{i}"), url));
         dlq_expected += 1;
 
         let url = url_of(row, i, "trusted");
         gate(row, &url, &loopback, row.delivers_when_loopback_allowed);
-        q.send(
-            "trusted",
-            &envelope(&format!("trusted-r{i}"), "trusted", &url),
-        )
-        .await;
+        events.push(("trusted", format!("trusted-r{i}"), url));
         dlq_expected += u64::from(!row.delivers_when_loopback_allowed);
     }
     for (path, _, _) in &redirects {
-        let url = rx4.url(path);
         let id = format!("trusted{}", path.replace('/', "-"));
-        q.send("trusted", &envelope(&id, "trusted", &url)).await;
+        events.push(("trusted", id, rx4.url(path)));
         dlq_expected += 1;
+    }
+    // Through endpoint ids: each URL is an endpoint of its application (its id the event's),
+    // and the envelope names only the id.
+    let mut extra = [
+        ("locked", "allowed_networks = []".to_string()),
+        (
+            "trusted",
+            "allowed_networks = [\"127.0.0.0/8\", \"::1/128\"]\n[apps.trusted.retry]\nmax_attempts = 2"
+                .to_string(),
+        ),
+    ];
+    if by_id {
+        for (app, id, url) in &events {
+            let table = &mut extra.iter_mut().find(|(a, _)| a == app).unwrap().1;
+            table.push_str(&format!("\n[apps.{app}.endpoints.{id}]\nurl = {url:?}"));
+        }
+    }
+    let run = SquallRun::start(&config_toml(
+        &endpoint,
+        &q,
+        &[("locked", &extra[0].1), ("trusted", &extra[1].1)],
+    ));
+    for (app, id, url) in &events {
+        let body = if by_id {
+            TestEnvelope::for_endpoint_id(id, app, id)
+                .event_type("ssrf.probe")
+                .payload(json!({"id": id}))
+                .to_json()
+        } else {
+            envelope(id, app, url)
+        };
+        q.send(app, &body).await;
     }
 
     eventually(
@@ -519,6 +547,10 @@ async fn ssrf_table_refused_with_reasons_and_allowlisted_loopback_delivers() {
                 row.case
             );
             let m = dlq(&format!("{app}-r{i}"));
+            if by_id {
+                let id = format!("{app}-r{i}");
+                assert_eq!(msg_attr(m, "squall-endpoint-id"), Some(id), "{}", row.case);
+            }
             let reason = msg_attr(m, "squall-reason").unwrap_or_default();
             assert_eq!(reason, want, "{} ({app})", row.case);
             assert_eq!(
