@@ -426,6 +426,21 @@ pub struct AppSettings<'a> {
     /// The application's registered endpoints as last read (an envelope's `endpoint_id` is
     /// resolved here at every attempt).
     pub endpoints: &'a EndpointTable,
+    /// When the table was read from a registry that can change under it (`None`: it is the
+    /// configuration file's, authoritative).
+    pub endpoints_read: Option<EndpointsRead>,
+}
+
+/// When an application's endpoint table was last read from the registry, and how soon a
+/// fresher read is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointsRead {
+    /// The read, Unix ms.
+    pub read_at_ms: u64,
+    /// A message whose endpoint id is unknown or disabled in a table read before the message
+    /// was sent comes back after this many seconds (the registry TTL plus one), when a fresher
+    /// read decides.
+    pub recheck_secs: u32,
 }
 
 /// Which transform, signer and retry policy serve an application (`builtin:NAME` or a plugin's
@@ -567,7 +582,17 @@ impl<'a> Attempt<'a> {
         let mut endpoint_id = None;
         if let Destination::Endpoint(eid) = &env.endpoint {
             let eid = eid.clone();
-            let endpoint = match app.endpoints.resolve(&eid) {
+            let resolved = app.endpoints.resolve(&eid);
+            // A table read before this message was sent may predate the endpoint's creation
+            // or enabling: such a verdict is checked against a fresher read first (the copy
+            // comes back once the cached table has expired), never acted on.
+            if !matches!(resolved, Resolved::Endpoint(_))
+                && let Some(read) = app.endpoints_read
+                && read.read_at_ms < msg.sent_timestamp_ms
+            {
+                return Start::Hop(hop(&state, read.recheck_secs.clamp(1, MAX_DELAY_SECS)));
+            }
+            let endpoint = match resolved {
                 Resolved::Endpoint(e) => e,
                 Resolved::Unknown => {
                     let reason = format!(
@@ -1149,6 +1174,7 @@ mod tests {
                 retry_policy: "builtin:exponential-backoff",
             },
             endpoints: &ENDPOINTS,
+            endpoints_read: None,
         }
     }
 
@@ -2014,6 +2040,46 @@ mod tests {
         );
         assert_eq!(p.metrics[0].endpoint_id, None);
         assert!(!p.metrics[0].to_json().contains("endpoint_id"));
+        // A registry table read before the message was sent does not decide against it: the
+        // message hops (same attempt count) until a fresher read.
+        let stale = AppSettings {
+            endpoints_read: Some(EndpointsRead {
+                read_at_ms: NOW - 60_001,
+                recheck_secs: 3,
+            }),
+            ..app
+        };
+        for eid in ["gone", "off"] {
+            let msg = received(&by_id(eid, "{}"), 2, &[(ATTR_ATTEMPTS, "3")]);
+            let Start::Hop(p) =
+                Attempt::start(&stale, &msg, ProcessOptions::default(), T_START, 0.5)
+            else {
+                panic!("{eid}")
+            };
+            let Action::Resend {
+                delay_secs,
+                attributes,
+                hop,
+            } = &p.action
+            else {
+                panic!("{:?}", p.action)
+            };
+            assert_eq!((*delay_secs, *hop), (3, true));
+            assert_eq!(attributes[ATTR_ATTEMPTS], "4");
+        }
+        // Read after it was sent: it decides.
+        let fresh = AppSettings {
+            endpoints_read: Some(EndpointsRead {
+                read_at_ms: NOW - 59_999,
+                recheck_secs: 3,
+            }),
+            ..app
+        };
+        let msg = received(&by_id("gone", "{}"), 1, &[]);
+        assert!(matches!(
+            Attempt::start(&fresh, &msg, ProcessOptions::default(), T_START, 0.5),
+            Start::Malformed(_)
+        ));
         // Unknown and disabled: dead-lettered at once, no attempt, the id and the field named.
         for (eid, reason_starts, last) in [
             (

@@ -85,24 +85,56 @@ pub struct App {
 }
 
 /// An application's endpoint table, replaced as a whole when the registry says it changed;
-/// each message reads the table current when it starts.
+/// each message reads the table current when it starts. A registry application's table also
+/// records when the registry was last read (changed or not), so that a table older than a
+/// message does not decide against it (see `squall_core::pipeline::EndpointsRead`).
 #[derive(Debug, Default)]
-pub struct RegisteredEndpoints(std::sync::RwLock<Arc<EndpointTable>>);
+pub struct RegisteredEndpoints {
+    table: std::sync::RwLock<Arc<EndpointTable>>,
+    /// Unix ms of the last registry read; 0 = a configuration file's table (authoritative).
+    read_at_ms: std::sync::atomic::AtomicU64,
+    /// The registry TTL plus one, seconds.
+    recheck_secs: std::sync::atomic::AtomicU32,
+}
 
 impl RegisteredEndpoints {
     /// These endpoints.
     pub fn new(table: EndpointTable) -> RegisteredEndpoints {
-        RegisteredEndpoints(std::sync::RwLock::new(Arc::new(table)))
+        RegisteredEndpoints {
+            table: std::sync::RwLock::new(Arc::new(table)),
+            ..RegisteredEndpoints::default()
+        }
     }
 
     /// The table now.
     pub fn current(&self) -> Arc<EndpointTable> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Replace the table.
     pub fn replace(&self, table: EndpointTable) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+    }
+
+    /// The registry was read at `now_ms` (the table is what it said); the next read is due
+    /// within `ttl`.
+    pub fn mark_read(&self, now_ms: u64, ttl: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let recheck = (ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0) + 1).min(900) as u32;
+        self.recheck_secs.store(recheck, Relaxed);
+        self.read_at_ms.fetch_max(now_ms, Relaxed);
+    }
+
+    /// When the table was read from the registry (`None`: a configuration file's).
+    pub fn read(&self) -> Option<EndpointsRead> {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self.read_at_ms.load(Relaxed) {
+            0 => None,
+            read_at_ms => Some(EndpointsRead {
+                read_at_ms,
+                recheck_secs: self.recheck_secs.load(Relaxed),
+            }),
+        }
     }
 }
 
@@ -125,6 +157,7 @@ impl App {
                 retry_policy: self.retry_policy.identity(),
             },
             endpoints,
+            endpoints_read: self.registered.read(),
         }
     }
 }

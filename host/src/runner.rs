@@ -546,6 +546,10 @@ async fn poll<Q: Queue>(
                 }
                 shared.stats.received(msgs.len());
                 slots.truncate(msgs.len());
+                // The receive may have waited up to the long-poll time: read the registry
+                // again if its TTL ran out meanwhile, so the batch resolves its endpoints
+                // (and settings) as they are now, not as they were when the poll began.
+                let _ = app.refresh().await;
                 tokio::spawn(run_batch(
                     shared.clone(),
                     app.clone(),

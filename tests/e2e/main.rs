@@ -4,6 +4,7 @@
 mod apps;
 mod arm64;
 mod delivery;
+mod endpoints;
 mod isolation;
 mod lambda;
 mod ops;

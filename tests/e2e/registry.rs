@@ -78,9 +78,14 @@ impl Registry {
     }
 
     pub(crate) async fn put_secret(&self, app: &str, secret: &str) {
+        self.put_param(&self.param(app), secret).await;
+    }
+
+    /// An SSM SecureString parameter `name` holding `secret`.
+    pub(crate) async fn put_param(&self, name: &str, secret: &str) {
         self.ssm
             .put_parameter()
-            .name(self.param(app))
+            .name(name)
             .value(secret)
             .r#type(ParameterType::SecureString)
             .overwrite(true)

@@ -277,6 +277,9 @@ impl Directory {
                     slot.state = state;
                 }
                 slot.fetched_ms = Some(now);
+                if let State::Ready { built, .. } = &slot.state {
+                    built.app.registered.mark_read(now, self.ttl());
+                }
             }
             Err(e) => {
                 let reason = e.to_string();

@@ -19,8 +19,8 @@ pub struct EndpointsArgs {
         global = true
     )]
     config: PathBuf,
-    /// The application whose endpoints these are.
-    #[arg(long, global = true)]
+    /// The application whose endpoints these are (before the verb).
+    #[arg(long)]
     app: String,
     #[command(subcommand)]
     verb: Verb,
