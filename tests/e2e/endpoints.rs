@@ -484,3 +484,75 @@ async fn peek(q: &TestQueues, queue: &str, n: usize) -> Vec<aws_sdk_sqs::types::
     assert_eq!(got.len(), n, "{queue}");
     got.into_values().collect()
 }
+
+/// The scale the registry claims: 1,000 endpoints in one application's item (DynamoDB's
+/// 400 KB item limit is what bounds them), read back as the engine reads them, the 1,001st
+/// refused naming the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_endpoints_in_one_application() {
+    use squall::endpoints::{Endpoint, MAX_ENDPOINTS_PER_APP};
+    let endpoint = sqs_or_skip!();
+    let s = Setup::new(&endpoint, "endpoints-scale").await;
+    let store = &s._reg.store;
+    store.ensure_endpoints_map("shop").await.unwrap();
+    let mut bytes = 0;
+    for i in 0..MAX_ENDPOINTS_PER_APP {
+        // A typical subscriber: a 60-byte URL, its own key, two short headers.
+        let e = Endpoint::new(
+            &format!("subscriber-{i:04}"),
+            &format!("https://hooks-{i:04}.customer.example.com/webhooks/squall/in"),
+            true,
+            Some("k2"),
+            &[
+                ("x-tenant".into(), format!("tenant-{i:04}")),
+                ("x-env".into(), "production".into()),
+            ],
+        )
+        .unwrap();
+        let body = e.to_toml();
+        bytes += e.id.len() + body.len();
+        store
+            .put_endpoint("shop", &e.id, &body, None, 0)
+            .await
+            .unwrap();
+    }
+    eprintln!(
+        "{MAX_ENDPOINTS_PER_APP} endpoints: {} KB of the item's 400 KB",
+        bytes / 1024
+    );
+    let config =
+        Config::from_toml_str(&s.config_text, &s._dir, Vec::<(String, String)>::new()).unwrap();
+    let record = store
+        .get("shop", &squall::registry::ReadCounts::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let app = record.app_config(&config).unwrap();
+    assert_eq!(app.endpoints.len(), MAX_ENDPOINTS_PER_APP);
+    assert_eq!(
+        app.endpoints
+            .get("subscriber-0999")
+            .unwrap()
+            .signing_key
+            .as_deref(),
+        Some("k2")
+    );
+    // The 1,001st: refused before anything is written, naming the limit.
+    let out = Command::new(squall_bin())
+        .args(["endpoints", "--app", "shop", "create", "one-too-many"])
+        .args(["--url", "https://x.example.com/"])
+        .env("SQUALL_CONFIG", &s.config_file)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        e.contains("apps.shop.endpoints") && e.contains("limit of 1000"),
+        "{e}"
+    );
+    let listed = s.endpoints(&["list", "--json"]);
+    assert_eq!(listed.lines().count(), MAX_ENDPOINTS_PER_APP);
+}
