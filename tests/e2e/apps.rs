@@ -604,12 +604,35 @@ async fn import_of_the_example_config() {
         "{}",
         o.stdout
     );
+    // The shop's [apps.shop.endpoints.acme] table went into its item's endpoints.
+    assert_eq!(o.change("shop", "endpoint"), "created");
     let o = run(&["import"]);
     for id in ["billing", "shop"] {
         for r in ["queue", "item", "alarm"] {
             assert_eq!(o.change(id, r), "unchanged", "{id} {r}");
         }
     }
+    assert_eq!(o.change("shop", "endpoint"), "unchanged");
+    let shown = Command::new(squall_bin())
+        .args([
+            "endpoints",
+            "--config",
+            example,
+            "--app",
+            "shop",
+            "show",
+            "acme",
+        ])
+        .envs(env.iter().copied())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("https://hooks.acme.example/stripe") && shown.contains("x-tenant: acme"),
+        "{shown}"
+    );
     let o = run(&["list", "--json"]);
     let queues: Vec<String> = o
         .stdout
