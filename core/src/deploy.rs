@@ -707,7 +707,7 @@ fn apps_policy_statements(table: &str, secret_path: &str) -> Value {
           "Action": ["cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms"],
           "Resource": [sub_arn("cloudwatch", "alarm:${AWS::StackName}-*")] },
         { "Sid": "WriteRegistry", "Effect": "Allow",
-          "Action": ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DeleteItem",
+          "Action": ["dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:DeleteItem",
                      "dynamodb:Query", "dynamodb:Scan"],
           "Resource": [table_arn.clone(), format!("{table_arn}/index/*")] },
         { "Sid": "CheckSecretReferences", "Effect": "Allow",

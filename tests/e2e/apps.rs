@@ -350,7 +350,7 @@ async fn create_twice_update_and_delete_with_drain() {
         "lambda:GetFunctionConfiguration",
         "cloudwatch:PutMetricAlarm",
         "cloudwatch:DescribeAlarms",
-        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
     ] {
         assert!(text.contains(action), "{action} missing from {text}");
     }
