@@ -212,15 +212,7 @@ impl Endpoints {
         eid: &str,
         change: &Change,
     ) -> Result<Written, EndpointsError> {
-        let (store, record) = self.writable(app).await?;
-        let old_body = record
-            .endpoints
-            .get(eid)
-            .ok_or_else(|| EndpointsError::NoEndpoint {
-                app: app.into(),
-                endpoint: eid.into(),
-            })?;
-        let old = self.parse(&record, eid, old_body)?;
+        let (store, record, old_body, old) = self.existing(app, eid).await?;
         let new = change
             .apply(&old)
             .map_err(|source| EndpointsError::Invalid {
@@ -234,7 +226,7 @@ impl Endpoints {
         let body = new.to_toml();
         self.check(&record, eid, &body)?;
         store
-            .put_endpoint(app, eid, &body, Some(old_body), now_ms())
+            .put_endpoint(app, eid, &body, Some(&old_body), now_ms())
             .await?;
         Ok(Written::Done(new))
     }
@@ -242,17 +234,28 @@ impl Endpoints {
     /// Remove endpoint `eid` of `app`: events still naming it are dead-lettered as naming an
     /// unknown endpoint (disable it instead to keep them redrivable to it).
     pub async fn delete(&self, app: &str, eid: &str) -> Result<Written, EndpointsError> {
+        let (store, _, old_body, old) = self.existing(app, eid).await?;
+        store.delete_endpoint(app, eid, &old_body, now_ms()).await?;
+        Ok(Written::Done(old))
+    }
+
+    /// Endpoint `eid` of `app` as stored (its TOML body) and parsed, for a write.
+    async fn existing(
+        &self,
+        app: &str,
+        eid: &str,
+    ) -> Result<(&DynamoStore, AppRecord, String, Endpoint), EndpointsError> {
         let (store, record) = self.writable(app).await?;
-        let old_body = record
+        let body = record
             .endpoints
             .get(eid)
             .ok_or_else(|| EndpointsError::NoEndpoint {
                 app: app.into(),
                 endpoint: eid.into(),
-            })?;
-        let old = self.parse(&record, eid, old_body)?;
-        store.delete_endpoint(app, eid, old_body, now_ms()).await?;
-        Ok(Written::Done(old))
+            })?
+            .clone();
+        let endpoint = self.parse(&record, eid, &body)?;
+        Ok((store, record, body, endpoint))
     }
 
     /// The application's record, for a write.
