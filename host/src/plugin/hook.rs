@@ -15,6 +15,7 @@ use super::bindings::{
     wit,
 };
 use super::contract::Hook;
+use super::guest_output::{GuestOutput, LogBudget, TRAP_TAIL_BYTES};
 use super::output;
 use super::state::{AppBinding, HostState};
 use super::{Isolation, PluginLimits};
@@ -150,6 +151,10 @@ pub struct PluginHook<G: HookExport> {
     peak_memory: AtomicUsize,
     /// Set once a call needed WASI stdio inside the async runtime: calls then run off it.
     off_reactor: AtomicBool,
+    /// What the latest call that wrote anything wrote (for `squall plugin test`).
+    last_output: Mutex<Option<GuestOutput>>,
+    /// How often this hook's output may be logged.
+    output_log: LogBudget,
 }
 
 impl<G: HookExport> PluginHook<G> {
@@ -180,6 +185,8 @@ impl<G: HookExport> PluginHook<G> {
             discarded: AtomicU64::new(0),
             off_reactor: AtomicBool::new(false),
             peak_memory: AtomicUsize::new(0),
+            last_output: Mutex::new(None),
+            output_log: LogBudget::new(),
         }
     }
 
@@ -191,6 +198,30 @@ impl<G: HookExport> PluginHook<G> {
             instances_discarded: self.discarded.load(Ordering::Relaxed),
             idle: self.idle.lock().map(|v| v.len()).unwrap_or(0),
             peak_memory_bytes: self.peak_memory.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What the latest call that wrote to stdout or stderr wrote, taken (the next call that
+    /// writes replaces it). For tools (`squall plugin test`); production logs it instead.
+    pub fn take_last_output(&self) -> Option<GuestOutput> {
+        self.last_output.lock().ok()?.take()
+    }
+
+    /// Log a call's output (rate-limited per hook) and keep it for [`Self::take_last_output`].
+    fn record_output(&self, output: GuestOutput, failed: bool) {
+        if let Some(held_back) = self.output_log.admit(std::time::Instant::now()) {
+            let (app_id, plugin) = (self.app.app_id.as_str(), self.app.plugin.as_str());
+            let text = output.to_string();
+            // A failed call's output is what explains the failure; a successful call's is a
+            // plugin's debugging print, which may hold payload data: debug level only.
+            if failed {
+                tracing::info!(app_id, plugin, held_back, output = %text, "plugin output (failed call)");
+            } else {
+                tracing::debug!(app_id, plugin, held_back, output = %text, "plugin output");
+            }
+        }
+        if let Ok(mut last) = self.last_output.lock() {
+            *last = Some(output);
         }
     }
 
@@ -279,10 +310,20 @@ impl<G: HookExport> PluginHook<G> {
             None => self.instantiate()?,
         };
         live.store.data_mut().limiter.refused = false;
+        live.store.data().output.clear();
         live.store.set_epoch_deadline(self.deadline_ticks);
         let result = f(&live.func, &mut live.store);
         self.peak_memory
             .fetch_max(live.store.data().limiter.peak_bytes, Ordering::Relaxed);
+        let output = live.store.data().output.take();
+        let failed = !matches!(result, Ok(Ok(_)));
+        let tail = match (&result, &output) {
+            (Err(_), Some(out)) => Some(out.last_lines(TRAP_TAIL_BYTES).to_string()),
+            _ => None,
+        };
+        if let Some(output) = output {
+            self.record_output(output, failed);
+        }
         match result {
             Ok(r) => {
                 if self.isolation == Isolation::Reuse
@@ -298,7 +339,16 @@ impl<G: HookExport> PluginHook<G> {
             }
             Err(e) => {
                 self.discarded.fetch_add(1, Ordering::Relaxed);
-                Err(self.classify(e, &live.store))
+                let mut err = self.classify(e, &live.store);
+                // A trap says where; the guest's last words (a traceback, an uncaught
+                // exception, a panic message) say why.
+                if let (HookError::Trap { detail, .. }, Some(tail)) = (&mut err, tail)
+                    && !tail.is_empty()
+                {
+                    detail.push_str("; guest output (last lines):\n");
+                    detail.push_str(&tail);
+                }
+                Err(err)
             }
         }
     }

@@ -32,6 +32,7 @@
 mod artifact;
 pub mod bindings;
 mod contract;
+mod guest_output;
 mod hook;
 pub use squall_core::output;
 mod state;
@@ -46,6 +47,7 @@ use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use contract::{ComponentInfo, Hook, SUPPORTED_VERSIONS};
+pub use guest_output::{CAPTURE_BYTES, GuestOutput};
 pub use hook::{
     HookExport, HookStats, PluginHook, PluginRetryPolicy, PluginSigner, PluginTransform,
     RetryPolicyExport, SignFunc, SignerExport, TransformExport,

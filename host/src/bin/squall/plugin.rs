@@ -332,19 +332,29 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
     let ctx = AttemptContext::for_event(&event, now_ms);
     // The first call runs on the instance made at load time, as in production.
     type Call<'a> = Box<dyn FnMut() -> Result<Output, squall::hooks::HookError> + 'a>;
+    type TakeOutput = Box<dyn Fn() -> Option<squall::plugin::GuestOutput>>;
     let loaded = || {
         println!(
             "loaded in {:.2} ms",
             load_started.elapsed().as_secs_f64() * 1e3
         )
     };
-    let (mut call, stats): (Call, Box<dyn Fn() -> squall::plugin::HookStats>) = match args.hook {
+    let (mut call, stats, take_output): (
+        Call,
+        Box<dyn Fn() -> squall::plugin::HookStats>,
+        TakeOutput,
+    ) = match args.hook {
         HookArg::Transform => {
             let hook = rt.load_transform(&app, &spec, secrets)?;
             loaded();
             let h = hook.clone();
             let call = Box::new(move || h.transform(&event).map(Output::Transform));
-            (call, Box::new(move || hook.stats()))
+            let o = hook.clone();
+            (
+                call,
+                Box::new(move || hook.stats()),
+                Box::new(move || o.take_last_output()),
+            )
         }
         HookArg::Sign => {
             let hook = rt.load_signer(&app, &spec, secrets)?;
@@ -361,7 +371,12 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
                 h.sign(&ctx, &request, &key_name, timestamp)
                     .map(Output::Headers)
             });
-            (call, Box::new(move || hook.stats()))
+            let o = hook.clone();
+            (
+                call,
+                Box::new(move || hook.stats()),
+                Box::new(move || o.take_last_output()),
+            )
         }
         HookArg::Retry => {
             let outcome = parse_outcome(&args.outcome)?;
@@ -369,12 +384,18 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
             loaded();
             let h = hook.clone();
             let call = Box::new(move || h.decide(&ctx, &outcome).map(Output::Decision));
-            (call, Box::new(move || hook.stats()))
+            let o = hook.clone();
+            (
+                call,
+                Box::new(move || hook.stats()),
+                Box::new(move || o.take_last_output()),
+            )
         }
     };
     let started = Instant::now();
     let result = call();
     let call_time = started.elapsed();
+    let output = take_output();
     let mut warm = Vec::with_capacity(args.repeat);
     if result.is_ok() {
         for _ in 0..args.repeat {
@@ -400,6 +421,11 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
         stats.peak_memory_bytes / 1024,
         args.memory_mib
     );
+    // What the plugin wrote to stdout/stderr during the first call (production logs it).
+    match &output {
+        Some(out) => println!("output:   (stdout and stderr of the call)\n{out}\n---"),
+        None => println!("output:   none"),
+    }
     match result {
         Ok(output) => {
             println!("result:\n{output}");
