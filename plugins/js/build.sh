@@ -7,7 +7,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-wit="$root/wit/v0.1.0"
+wit="$root/wit/v0.3.0"
 dist="$root/plugins/dist"
 cjs="$here/node_modules/.bin/componentize-js"
 stamp="$here/node_modules/.squall-lock-stamp"

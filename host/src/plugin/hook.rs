@@ -11,7 +11,8 @@ use wasmtime::Store;
 use wasmtime::component::{ComponentExportIndex, Func, InstancePre};
 
 use super::bindings::{
-    AttemptContextRef, Checked, DecideSig, EventRef, RequestRef, SignSig, SignSigV2, TransformSig,
+    AttemptContextRef, Checked, DecideSig, DecideSigV3, EventRef, RequestRef, RetryDecisionV3,
+    SignResultV3, SignSig, SignSigV2, SignSigV3, TransformResultV3, TransformSig, TransformSigV3,
     wit,
 };
 use super::contract::Hook;
@@ -37,15 +38,26 @@ pub trait HookExport: Sized + Send + 'static {
     fn check(func: Func, version: &str, store: &Store<HostState>) -> wasmtime::Result<Self::Func>;
 }
 
-/// `transform.transform` (the same shape in every supported version).
+/// `transform.transform`: returning a `result` up to 0.2.0, a variant with `fail` from 0.3.0.
 pub enum TransformExport {}
 impl HookExport for TransformExport {
     const HOOK: Hook = Hook::Transform;
     const FUNC: &'static str = "transform";
-    type Func = Checked<TransformSig>;
-    fn check(func: Func, _: &str, store: &Store<HostState>) -> wasmtime::Result<Self::Func> {
-        Checked::new(func, store)
+    type Func = TransformFunc;
+    fn check(func: Func, version: &str, store: &Store<HostState>) -> wasmtime::Result<Self::Func> {
+        Ok(match version {
+            "0.1.0" | "0.2.0" => TransformFunc::V1(Checked::new(func, store)?),
+            _ => TransformFunc::V3(Checked::new(func, store)?),
+        })
     }
+}
+
+/// A transform's export, by the WIT version it was built for.
+pub enum TransformFunc {
+    /// 0.1.0 and 0.2.0: `-> result<transform-result, plugin-error>`.
+    V1(Checked<TransformSig>),
+    /// 0.3.0: `-> transform-result` (with `fail`).
+    V3(Checked<TransformSigV3>),
 }
 
 /// `signer.sign`: given the request in 0.1.0, asking the host about it in 0.2.0.
@@ -58,6 +70,7 @@ impl HookExport for SignerExport {
         Ok(match version {
             "0.1.0" => SignFunc::V1(Checked::new(func, store)?),
             "0.2.0" => SignFunc::V2(Checked::new(func, store)?),
+            "0.3.0" => SignFunc::V3(Checked::new(func, store)?),
             other => wasmtime::bail!("this host has no signer call for WIT {other}"),
         })
     }
@@ -69,17 +82,31 @@ pub enum SignFunc {
     V1(Checked<SignSig>),
     /// `sign(ctx, key-name, timestamp)`, the request held by the host for the call.
     V2(Checked<SignSigV2>),
+    /// 0.3.0: as 0.2.0, returning `sign-result` (with `fail`) instead of a `result`.
+    V3(Checked<SignSigV3>),
 }
 
-/// `retry-policy.decide` (the same shape in every supported version).
+/// `retry-policy.decide`: returning a `result` with `u32` seconds up to 0.2.0, a variant with
+/// `s64` seconds and `fail` from 0.3.0.
 pub enum RetryPolicyExport {}
 impl HookExport for RetryPolicyExport {
     const HOOK: Hook = Hook::RetryPolicy;
     const FUNC: &'static str = "decide";
-    type Func = Checked<DecideSig>;
-    fn check(func: Func, _: &str, store: &Store<HostState>) -> wasmtime::Result<Self::Func> {
-        Checked::new(func, store)
+    type Func = DecideFunc;
+    fn check(func: Func, version: &str, store: &Store<HostState>) -> wasmtime::Result<Self::Func> {
+        Ok(match version {
+            "0.1.0" | "0.2.0" => DecideFunc::V1(Checked::new(func, store)?),
+            _ => DecideFunc::V3(Checked::new(func, store)?),
+        })
     }
+}
+
+/// A retry policy's export, by the WIT version it was built for.
+pub enum DecideFunc {
+    /// 0.1.0 and 0.2.0: `-> result<retry-decision, plugin-error>`, seconds a `u32`.
+    V1(Checked<DecideSig>),
+    /// 0.3.0: `-> retry-decision` (with `fail`), seconds an `s64`.
+    V3(Checked<DecideSigV3>),
 }
 
 /// Where a hook's function is in a pre-linked component, and the WIT version it is in.
@@ -435,9 +462,17 @@ impl Transform for PluginTransform {
     }
 
     fn transform(&self, event: &Event) -> Result<TransformResult, HookError> {
-        let result: TransformResult = self
-            .call(|func, store| Ok(func.typed().call(store, (EventRef::from(event),))?.0))?
-            .into();
+        let result = self.call(|func, store| {
+            let event = (EventRef::from(event),);
+            Ok(match func {
+                TransformFunc::V1(func) => func.typed().call(store, event)?.0.map(Into::into),
+                TransformFunc::V3(func) => match func.typed().call(store, event)?.0 {
+                    TransformResultV3::Send(r) => Ok(TransformResult::Send(r.into())),
+                    TransformResultV3::Skip(reason) => Ok(TransformResult::Skip(reason)),
+                    TransformResultV3::Fail(message) => Err(wit::PluginError { message }),
+                },
+            })
+        })?;
         // The event's endpoint was checked when its envelope was decoded (and the deliverer
         // checks every URL again before sending): only a URL the plugin changed is parsed here.
         output::check_transform(
@@ -479,6 +514,16 @@ impl Signer for PluginSigner {
                 store.data_mut().end_signing();
                 Ok(result?.0)
             }
+            SignFunc::V3(func) => {
+                store.data_mut().begin_signing(request);
+                let args = (AttemptContextRef::from(ctx), key_name, timestamp);
+                let result = func.typed().call(&mut *store, args);
+                store.data_mut().end_signing();
+                Ok(match result?.0 {
+                    SignResultV3::Signed(headers) => Ok(headers),
+                    SignResultV3::Fail(message) => Err(wit::PluginError { message }),
+                })
+            }
         })?;
         output::check_headers(&headers, self.limits.max_output_bytes)
             .map_err(|r| self.invalid(r))?;
@@ -493,14 +538,22 @@ impl RetryPolicy for PluginRetryPolicy {
 
     fn decide(&self, ctx: &AttemptContext, outcome: &Outcome) -> Result<RetryDecision, HookError> {
         let o = wit::Outcome::from(outcome);
-        let decision: RetryDecision = self
-            .call(|func, store| {
-                Ok(func
-                    .typed()
-                    .call(store, (AttemptContextRef::from(ctx), &o))?
-                    .0)
-            })?
-            .into();
+        // Ok(Err(reason)): a decision the host refuses (seconds out of range).
+        let decision = self.call(|func, store| {
+            let args = (AttemptContextRef::from(ctx), &o);
+            Ok(match func {
+                DecideFunc::V1(func) => func.typed().call(store, args)?.0.map(|d| Ok(d.into())),
+                DecideFunc::V3(func) => match func.typed().call(store, args)?.0 {
+                    RetryDecisionV3::RetryAfterSeconds(s) => {
+                        Ok(output::retry_after_seconds(s).map(RetryDecision::RetryAfterSeconds))
+                    }
+                    RetryDecisionV3::DeadLetter(r) => Ok(Ok(RetryDecision::DeadLetter(r))),
+                    RetryDecisionV3::Discard(r) => Ok(Ok(RetryDecision::Discard(r))),
+                    RetryDecisionV3::Fail(message) => Err(wit::PluginError { message }),
+                },
+            })
+        })?;
+        let decision = decision.map_err(|r| self.invalid(r))?;
         output::check_decision(&decision, self.limits.max_output_bytes)
             .map_err(|r| self.invalid(r))?;
         Ok(decision)

@@ -49,8 +49,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use contract::{ComponentInfo, Hook, SUPPORTED_VERSIONS};
 pub use guest_output::{CAPTURE_BYTES, GuestOutput};
 pub use hook::{
-    HookExport, HookStats, PluginHook, PluginRetryPolicy, PluginSigner, PluginTransform,
-    RetryPolicyExport, SignFunc, SignerExport, TransformExport,
+    DecideFunc, HookExport, HookStats, PluginHook, PluginRetryPolicy, PluginSigner,
+    PluginTransform, RetryPolicyExport, SignFunc, SignerExport, TransformExport, TransformFunc,
 };
 pub use state::HostState;
 

@@ -3,7 +3,7 @@
 // (plugins/rust/reshape-transform) twins produce byte-identical requests;
 // plugins/conformance/transform-reshape.json checks all three.
 
-import { configGet } from 'squall:plugin/host@0.1.0';
+import { configGet } from 'squall:plugin/host@0.3.0';
 
 const MAX_DEPTH = 64;
 
@@ -195,13 +195,23 @@ function reshape(event) {
   };
 }
 
+// A payload the reshape refuses is a deliberate failure: returned as `fail`, reported as
+// plugin-error. Anything else thrown is a bug: it traps, and the host reports the exception's
+// type, message and stack (printed by `reportBugs`).
 export const transform = {
   transform(event) {
     try {
       return reshape(event);
     } catch (e) {
-      if (e instanceof ReshapeError) throw { message: `reshape: ${e.message}` };
+      if (e instanceof ReshapeError) return { tag: 'fail', val: `reshape: ${e.message}` };
+      reportBug(e);
       throw e;
     }
   },
 };
+
+// The JavaScript engine prints an uncaught exception's message and stack, not its type:
+// print `TypeError: ...` before letting it trap (stderr is captured by the host).
+function reportBug(e) {
+  console.error(e instanceof Error ? `${e.name}: ${e.message}\n${e.stack}` : `uncaught: ${String(e)}`);
+}

@@ -7,14 +7,13 @@ produce byte-identical requests; plugins/conformance/transform-reshape.json chec
 import json
 import re
 
-from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import host
 from wit_world.imports.types import (
     Event,
-    PluginError,
     Request,
     TransformResult,
+    TransformResult_Fail,
     TransformResult_Send,
     TransformResult_Skip,
 )
@@ -175,7 +174,9 @@ def reshape(event: Event) -> TransformResult:
 
 class Transform(exports.Transform):
     def transform(self, event: Event) -> TransformResult:
+        # A payload the reshape refuses is a deliberate failure (plugin-error); any other
+        # exception is a bug: it traps, and the host reports its traceback.
         try:
             return reshape(event)
         except ReshapeError as e:
-            raise Err(PluginError(message=f"reshape: {e}"))
+            return TransformResult_Fail(f"reshape: {e}")

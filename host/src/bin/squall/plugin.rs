@@ -348,7 +348,18 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
             let hook = rt.load_transform(&app, &spec, secrets)?;
             loaded();
             let h = hook.clone();
-            let call = Box::new(move || h.transform(&event).map(Output::Transform));
+            // As the pipeline does: a request without a content-type is sent with the event's.
+            let call = Box::new(move || {
+                h.transform(&event).map(|mut result| {
+                    let mut added = None;
+                    if let TransformResult::Send(request) = &mut result
+                        && request.default_content_type(&event.content_type)
+                    {
+                        added = Some(event.content_type.clone());
+                    }
+                    Output::Transform(result, added)
+                })
+            });
             let o = hook.clone();
             (
                 call,
@@ -428,6 +439,12 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
     }
     match result {
         Ok(output) => {
+            if let Output::Transform(_, Some(content_type)) = &output {
+                println!(
+                    "warning:  the request sets no content-type header: Squall sends the event's, \
+                     `content-type: {content_type}` (shown below); set one to send another"
+                );
+            }
             println!("result:\n{output}");
             Ok(())
         }
@@ -437,7 +454,8 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
 
 /// What a hook answered (printed once, after the timed calls).
 enum Output {
-    Transform(TransformResult),
+    /// The result, and the content type the host added (the request set none).
+    Transform(TransformResult, Option<String>),
     Headers(squall::hooks::Headers),
     Decision(squall::hooks::RetryDecision),
 }
@@ -445,8 +463,8 @@ enum Output {
 impl std::fmt::Display for Output {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Output::Transform(TransformResult::Skip(reason)) => write!(f, "skip: {reason}"),
-            Output::Transform(TransformResult::Send(req)) => {
+            Output::Transform(TransformResult::Skip(reason), _) => write!(f, "skip: {reason}"),
+            Output::Transform(TransformResult::Send(req), _) => {
                 writeln!(f, "send: {} {}", req.method, req.url)?;
                 for (k, v) in &req.headers {
                     writeln!(f, "{k}: {v}")?;
