@@ -290,7 +290,7 @@ pub enum PluginError {
     },
     /// The component imports something the host does not offer.
     #[error(
-        "plugin {path}: imports {import}, which the host does not provide (only squall:plugin/host and WASI)"
+        "plugin {path}: imports {import}, which the host does not provide (it provides squall:plugin/host, squall:plugin/types and WASI 0.2 interfaces)"
     )]
     UnknownImport {
         /// The file.

@@ -120,6 +120,10 @@ pub struct TestArgs {
     /// their median and 90th percentile (what a warm production call costs).
     #[arg(long, default_value_t = 0)]
     pub repeat: usize,
+    /// For `--hook transform`: write the request body, byte for byte, to FILE (the printed
+    /// body replaces invalid UTF-8; compare this file, e.g. with `cmp` or `xxd`).
+    #[arg(long, value_name = "FILE")]
+    pub body_out: Option<PathBuf>,
 }
 
 /// Run a plugin subcommand.
@@ -446,6 +450,18 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
                 );
             }
             println!("result:\n{output}");
+            if let Some(file) = &args.body_out {
+                let Output::Transform(TransformResult::Send(request), _) = &output else {
+                    bail!("--body-out: the hook produced no request body");
+                };
+                std::fs::write(file, &request.body)
+                    .with_context(|| format!("writing {}", file.display()))?;
+                println!(
+                    "\nbody:     {} bytes written to {}",
+                    request.body.len(),
+                    file.display()
+                );
+            }
             Ok(())
         }
         Err(e) => bail!("{} ({})", e, e.kind()),
