@@ -1752,3 +1752,48 @@ fn plugin_test_warns_when_a_transform_sets_no_content_type() {
         "{text}"
     );
 }
+
+/// `squall plugin test --body-out FILE` writes the transform's body byte for byte: the same
+/// bytes the runtime returns (a body with invalid UTF-8 would print lossily).
+#[test]
+fn plugin_test_body_out_writes_the_exact_bytes() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = temp_dir("body-out");
+    let file = dir.join("body.bin");
+    let out = std::process::Command::new(squall_tests::process::squall_bin())
+        .args([
+            "plugin",
+            "test",
+            dist("reshape-transform").to_str().unwrap(),
+            "--hook",
+            "transform",
+            "--event",
+            "examples/envelope.json",
+            "--body-out",
+            file.to_str().unwrap(),
+        ])
+        .current_dir(&root)
+        .env("XDG_CACHE_HOME", &dir)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    let written = std::fs::read(&file).unwrap();
+    assert!(
+        text.contains(&format!("body:     {} bytes written to", written.len())),
+        "{text}"
+    );
+    let event = squall::envelope::decode(
+        &std::fs::read(root.join("examples/envelope.json")).unwrap(),
+        &squall::envelope::Limits::default(),
+    )
+    .unwrap()
+    .into_event(1, 0);
+    let t = runtime()
+        .transform("billing", &spec("reshape-transform", &[]), secrets(&[]))
+        .unwrap();
+    let TransformResult::Send(request) = t.transform(&event).unwrap() else {
+        panic!("reshape skipped the example")
+    };
+    assert_eq!(written, request.body);
+}

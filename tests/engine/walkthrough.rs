@@ -76,6 +76,8 @@ fn walk(lang: &str, tools: &[PathBuf]) -> String {
         .env("PATH", std::env::join_paths(path).unwrap())
         .env("XDG_CACHE_HOME", dir.join("cache"))
         .env("RUST_BACKTRACE", "0")
+        // A reader's crate builds into its own target folder.
+        .env_remove("CARGO_TARGET_DIR")
         .output()
         .unwrap();
     let text = format!(
@@ -122,6 +124,29 @@ fn the_javascript_walkthrough_works_as_written() {
             "hooks:    retry-policy (@0.3.0)",
             "DeadLetter(\"endpoint gone\")",
             "reported an error: config delay: -5 is not a whole number of seconds (plugin-error)",
+            "exit status 1",
+        ],
+    );
+}
+
+#[test]
+fn the_rust_walkthrough_works_as_written() {
+    let text = walk("rust", &[]);
+    let raw = std::fs::read(repo().join("examples/envelope.json")).unwrap();
+    let event = squall::envelope::decode(&raw, &squall::envelope::Limits::default())
+        .unwrap()
+        .into_event(1, 0);
+    let key = squall::secrets::SecretKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+    let want: String = key
+        .hmac_sha256_parts(&[&event.body])
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    contains_all(
+        &text,
+        &[
+            &format!("x-signature: {want}"),
+            "reported an error: application billing has no secret named \"nope\" (plugin-error)",
             "exit status 1",
         ],
     );
