@@ -151,3 +151,18 @@ fn the_rust_walkthrough_works_as_written() {
         ],
     );
 }
+
+#[test]
+fn the_c_walkthrough_works_as_written() {
+    let text = walk(
+        "c",
+        &[
+            repo().join(".tools/wit-bindgen/bin"),
+            repo().join(".tools/c-encoder/release"),
+        ],
+    );
+    contains_all(
+        &text,
+        &["DeadLetter(\"endpoint gone\")", "RetryAfterSeconds(60)"],
+    );
+}
