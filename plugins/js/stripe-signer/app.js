@@ -16,12 +16,20 @@ function hex(bytes) {
 
 const NOTHING = new Uint8Array(0);
 
+// The ASCII bytes of `s` (a timestamp and a dot): QuickJS (componentize-qjs) has no TextEncoder.
+function ascii(s) {
+  return Uint8Array.from(s, (ch) => ch.charCodeAt(0));
+}
+
 export const signer = {
   sign(ctx, keyName, timestamp) {
     const t = BigInt(timestamp).toString();
+    const prefix = ascii(`${t}.`);
     let macs;
+    // Only the host call is guarded: its `err` (no such key) is a deliberate failure; a bug
+    // anywhere else must trap, not pass for one.
     try {
-      macs = hmacSha256BodyAll(keyName, new TextEncoder().encode(`${t}.`), NOTHING);
+      macs = hmacSha256BodyAll(keyName, prefix, NOTHING);
     } catch (e) {
       // A host function's `err` arrives as a thrown value (its `payload` is the host's message):
       // no such key is a deliberate failure, reported as plugin-error.
