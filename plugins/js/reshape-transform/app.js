@@ -115,6 +115,9 @@ function hasLoneSurrogate(value) {
 const TOKENS = /"(?:[^"\\]|\\.)*"|-?\d+(\.\d+)?([eE][+-]?\d+)?/g;
 
 function hasNonIntegerToken(text) {
+  // A fraction or exponent needs a digit right before its '.', 'e' or 'E': without one
+  // anywhere in the text (strings included), there is nothing to walk.
+  if (!/\d[.eE]/.test(text)) return false;
   for (const m of text.matchAll(TOKENS)) {
     if (m[1] !== undefined || m[2] !== undefined) return true;
   }
