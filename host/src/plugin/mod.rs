@@ -1,6 +1,6 @@
 //! The WebAssembly plugin runtime: loads components that implement the hooks of
-//! `wit/v0.2.0` or `wit/v0.1.0` and runs them sandboxed, with limits, behind the traits of
-//! [`crate::hooks`].
+//! `wit/v0.3.0`, `wit/v0.2.0` or `wit/v0.1.0` and runs them sandboxed, with limits, behind
+//! the traits of [`crate::hooks`].
 //!
 //! Lifecycles:
 //! - once per process, [`PluginRuntime`]: the wasmtime `Engine` (epoch interruption, the
@@ -270,8 +270,8 @@ pub enum PluginError {
     MissingExport {
         /// The file.
         path: PathBuf,
-        /// The missing export, e.g. `squall:plugin/transform@0.2.0 or
-        /// squall:plugin/transform@0.1.0`.
+        /// The missing export, e.g. `squall:plugin/transform@0.3.0 or
+        /// squall:plugin/transform@0.2.0 or squall:plugin/transform@0.1.0`.
         export: String,
         /// What it does export.
         found: String,
