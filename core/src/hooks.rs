@@ -63,6 +63,28 @@ impl Request {
     }
 }
 
+impl Request {
+    /// The content-type rule for a transform's output: a request with no `content-type` header
+    /// (any case) is sent with the event's content type, as the built-in pass-through sends
+    /// it; a header the transform set, even to a different type, is kept. True when it added
+    /// the header (`squall plugin test` says so). An event always has a content type (the
+    /// envelope's `content_type`, else `application/json` or `application/octet-stream`).
+    pub fn default_content_type(&mut self, event_content_type: &str) -> bool {
+        let has = self
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+        if has || event_content_type.is_empty() {
+            return false;
+        }
+        self.headers.insert(
+            0,
+            ("content-type".to_string(), event_content_type.to_string()),
+        );
+        true
+    }
+}
+
 /// Why no HTTP status came back. Mirrors `transport-error-kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TransportErrorKind {
@@ -305,5 +327,48 @@ impl Transform for PassThrough {
     }
     fn transform(&self, event: &Event) -> Result<TransformResult, HookError> {
         Ok(TransformResult::Send(Request::from_event(event)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> Request {
+        Request {
+            method: "POST".into(),
+            url: "https://example.com/".into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: b"a,b\n".to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_transform_output_without_content_type_gets_the_events() {
+        let mut r = request(&[("x-tenant", "42")]);
+        assert!(r.default_content_type("text/csv; charset=utf-8"));
+        assert_eq!(
+            r.headers,
+            vec![
+                (
+                    "content-type".to_string(),
+                    "text/csv; charset=utf-8".to_string()
+                ),
+                ("x-tenant".to_string(), "42".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_content_type_the_transform_set_is_kept_in_any_case() {
+        let mut r = request(&[("Content-Type", "application/xml")]);
+        assert!(!r.default_content_type("application/json"));
+        assert_eq!(
+            r.headers,
+            vec![("Content-Type".to_string(), "application/xml".to_string())]
+        );
     }
 }

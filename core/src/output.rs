@@ -113,6 +113,16 @@ pub fn check_decision(decision: &RetryDecision, max_bytes: usize) -> Result<(), 
     }
 }
 
+/// The seconds of a WIT 0.3.0 `retry-after-seconds(s64)`: 0 to 4294967295, or the reason it is
+/// refused. (Earlier versions take a `u32`, which a JavaScript guest's conversion wraps: -5
+/// arrives as 4294967291 and cannot be told from a real value; 0.3.0 lets -5 arrive as -5.)
+pub fn retry_after_seconds(seconds: i64) -> Result<u32, String> {
+    u32::try_from(seconds).map_err(|_| {
+        let why = if seconds < 0 { "negative" } else { "above 4294967295" };
+        format!("retry-after-seconds {seconds} is {why}: a retry policy must return 0 to 4294967295 seconds")
+    })
+}
+
 fn check_reason(reason: &str, max_bytes: usize) -> Result<(), String> {
     if reason.len() > max_bytes {
         return Err(format!(
@@ -222,5 +232,20 @@ mod tests {
         assert!(check_decision(&RetryDecision::DeadLetter("x".repeat(11)), 10).is_err());
         assert!(check_decision(&RetryDecision::Discard("fine".into()), 10).is_ok());
         assert!(check_transform(&TransformResult::Skip("a\0".into()), 10, None).is_err());
+    }
+
+    #[test]
+    fn retry_after_seconds_out_of_range_is_refused_not_wrapped() {
+        assert_eq!(retry_after_seconds(0), Ok(0));
+        assert_eq!(retry_after_seconds(4_294_967_295), Ok(u32::MAX));
+        assert_eq!(
+            retry_after_seconds(-5),
+            Err("retry-after-seconds -5 is negative: a retry policy must return 0 to 4294967295 seconds".into())
+        );
+        assert!(
+            retry_after_seconds(4_294_967_296)
+                .unwrap_err()
+                .contains("above 4294967295")
+        );
     }
 }

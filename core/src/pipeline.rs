@@ -677,10 +677,12 @@ impl<'a> Attempt<'a> {
         now_ms: u64,
     ) -> Step<Request> {
         match result {
-            Ok(TransformResult::Send(request)) => {
+            Ok(TransformResult::Send(mut request)) => {
                 if request.url != self.event.endpoint_url {
                     self.endpoint_host = url_host(&request.url);
                 }
+                // Before the signer, so a signer covering headers signs what is sent.
+                request.default_content_type(&self.event.content_type);
                 Step::Next(request)
             }
             Ok(TransformResult::Skip(reason)) => Step::Done(Processed {

@@ -48,6 +48,11 @@ const SUBJECTS: &[Subject] = &[
         kind: Kind::Transform,
     },
     Subject {
+        language: "JavaScript (QuickJS)",
+        plugin: "qjs-reshape-transform",
+        kind: Kind::Transform,
+    },
+    Subject {
         language: "Rust",
         plugin: "stripe-signer",
         kind: Kind::Signer,
@@ -55,6 +60,11 @@ const SUBJECTS: &[Subject] = &[
     Subject {
         language: "JavaScript",
         plugin: "js-stripe-signer",
+        kind: Kind::Signer,
+    },
+    Subject {
+        language: "JavaScript (QuickJS)",
+        plugin: "qjs-stripe-signer",
         kind: Kind::Signer,
     },
     Subject {

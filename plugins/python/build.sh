@@ -9,7 +9,7 @@ COMPONENTIZE_PY_VERSION=0.25.1
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 venv="$root/.tools/py-plugins"
-wit="$root/wit/v0.1.0"
+wit="$root/wit/v0.3.0"
 dist="$root/plugins/dist"
 cpy="$venv/bin/componentize-py"
 

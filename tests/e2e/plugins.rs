@@ -177,3 +177,97 @@ async fn trapping_plugin_goes_to_dlq_or_retry_per_config_and_the_runner_survives
         "retry policy: retried up to max_attempts"
     );
 }
+
+/// Issue 22: a Python `KeyError('amount')` and a JavaScript `new TypeError(...)` reach the
+/// `squall run` log with their type and message (and Python's last frame), through the trap's
+/// detail; the events are dead-lettered, naming a trap.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_exception_reaches_the_run_log_with_its_type_and_message() {
+    let endpoint = sqs_or_skip!();
+    let q = TestQueues::create(&endpoint, &["py", "js"]).await;
+    let rx = Receiver::start(Reply::Status(200)).await;
+    let py = format!(
+        "on_plugin_error = \"dead-letter\"\n[apps.py.plugins.transform]\npath = \"{}\"\n",
+        plugin_path("python-fixture-bugs")
+    );
+    let js = format!(
+        "on_plugin_error = \"dead-letter\"\n[apps.js.plugins.transform]\npath = \"{}\"\nconfig = {{ mode = \"type-error\" }}\n",
+        plugin_path("js-fixture-bugs")
+    );
+    let run = SquallRun::start(&config_toml(&endpoint, &q, &[("py", &py), ("js", &js)]));
+    q.send(
+        "py",
+        &envelope("evt_py", "py", "order.paid", &rx.url("/py")),
+    )
+    .await;
+    q.send(
+        "js",
+        &envelope("evt_js", "js", "order.paid", &rx.url("/js")),
+    )
+    .await;
+    settled(&q, &["py", "js"], 2).await;
+    let (_, log) = run.stop_with_log("TERM");
+    assert!(rx.requests().is_empty());
+    assert!(log.contains("KeyError: 'amount'"), "{log}");
+    assert!(log.contains("in amount_of"), "the last frame: {log}");
+    assert!(log.contains("TypeError: amount is missing"), "{log}");
+    assert!(
+        log.contains("plugin-trap") || log.contains("trapped"),
+        "{log}"
+    );
+}
+
+/// Issue 22, the content-type rule: a transform whose request sets no `content-type` is sent
+/// with the event's (here a producer's `text/csv`, so it cannot be a default), in Rust, Python
+/// and JavaScript; the body is the transform's, byte for byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transform_that_sets_no_content_type_sends_the_events() {
+    let endpoint = sqs_or_skip!();
+    let apps = ["rs", "py", "js"];
+    let q = TestQueues::create(&endpoint, &apps).await;
+    let rx = Receiver::start(Reply::Status(200)).await;
+    let table = |app: &str, plugin: &str, mode: &str| {
+        format!(
+            "[apps.{app}.plugins.transform]\npath = \"{}\"\nconfig = {{ mode = \"{mode}\" }}\n",
+            plugin_path(plugin)
+        )
+    };
+    let rs = table("rs", "misbehave", "no-content-type");
+    let py = table("py", "python-fixture-bugs", "no-content-type");
+    let js = table("js", "js-fixture-bugs", "ok");
+    let run = SquallRun::start(&config_toml(
+        &endpoint,
+        &q,
+        &[("rs", &rs), ("py", &py), ("js", &js)],
+    ));
+    for app in apps {
+        let envelope = json!({
+            "version": 1,
+            "id": format!("evt_{app}"),
+            "app_id": app,
+            "type": "report.ready",
+            "endpoint": rx.url(&format!("/{app}")),
+            "created_at": "2026-11-28T10:00:00Z",
+            "payload_base64": "aWQsYW1vdW50CjEsMTI5MDAK",
+            "content_type": "text/csv; charset=utf-8",
+        });
+        q.send(app, &envelope.to_string()).await;
+    }
+    settled(&q, &apps, 0).await;
+    assert!(run.terminate().success());
+    for app in apps {
+        let reqs = rx.requests_for(&format!("/{app}"));
+        assert_eq!(reqs.len(), 1, "{app}");
+        assert_eq!(
+            reqs[0].header("content-type"),
+            Some("text/csv; charset=utf-8"),
+            "{app}: {:?}",
+            reqs[0].headers
+        );
+        assert_eq!(reqs[0].body, b"id,amount\n1,12900\n", "{app}");
+        assert_eq!(
+            verify_recorded(TEST_SECRET, &reqs[0]).unwrap(),
+            format!("evt_{app}")
+        );
+    }
+}

@@ -5,3 +5,4 @@
 mod conformance;
 mod fuzz_regressions;
 mod plugins;
+mod walkthrough;

@@ -1522,3 +1522,278 @@ fn concurrent_calls_each_get_an_instance_and_on_demand_allocation_works() {
         assert_eq!(stats.instances_discarded, 0);
     }
 }
+
+/// What an author sees when a plugin has a bug (issue 22): the guest's own report reaches the
+/// error, a deliberate failure stays `plugin-error`, and an out-of-range number is refused.
+mod authors {
+    use super::*;
+
+    fn js_transform(mode: &str) -> Result<TransformResult, HookError> {
+        runtime()
+            .transform(
+                "billing",
+                &spec("js-fixture-bugs", &[("mode", mode)]),
+                secrets(&[]),
+            )
+            .unwrap()
+            .transform(&event("order.paid", b"{}"))
+    }
+
+    fn trap_detail(r: Result<TransformResult, HookError>) -> String {
+        match r {
+            Err(HookError::Trap { detail, .. }) => detail,
+            other => panic!("expected a trap, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_python_exception_traps_with_its_traceback() {
+        let t = runtime()
+            .transform("billing", &spec("python-fixture-bugs", &[]), secrets(&[]))
+            .unwrap();
+        let detail = trap_detail(t.transform(&event("order.paid", br#"{"id":1}"#)));
+        assert!(detail.contains("guest output (last lines):"), "{detail}");
+        assert!(detail.contains("KeyError: 'amount'"), "{detail}");
+        assert!(
+            detail.contains(", line 23, in amount_of"),
+            "the traceback's last frame: {detail}"
+        );
+        assert!(
+            detail.contains("fixture-bugs: transforming evt_1"),
+            "what the call printed before: {detail}"
+        );
+    }
+
+    #[test]
+    fn a_python_deliberate_failure_is_a_plugin_error() {
+        let t = runtime()
+            .transform(
+                "billing",
+                &spec("python-fixture-bugs", &[("mode", "fail")]),
+                secrets(&[]),
+            )
+            .unwrap();
+        let err = t.transform(&event("order.paid", b"{}")).unwrap_err();
+        assert!(
+            matches!(&err, HookError::Plugin { message, .. } if message == "refused on purpose"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_thrown_javascript_error_traps_with_type_message_and_stack() {
+        let detail = trap_detail(js_transform("type-error"));
+        assert!(detail.contains("TypeError: amount is missing"), "{detail}");
+        assert!(
+            detail.contains("plugins/js/fixture-bugs/app.js:"),
+            "{detail}"
+        );
+        // Without the guide's `reportBug`, the engine still prints the message and the stack.
+        let detail = trap_detail(js_transform("type-error-raw"));
+        assert!(
+            detail.contains(
+                "amount is missing\nStack:\n  misbehave@plugins/js/fixture-bugs/app.js:33:13"
+            ),
+            "{detail}"
+        );
+        let detail = trap_detail(js_transform("string"));
+        assert!(detail.contains("\"just a string\""), "{detail}");
+    }
+
+    #[test]
+    fn only_a_returned_fail_is_a_plugin_error_in_javascript() {
+        let err = js_transform("fail").unwrap_err();
+        assert!(
+            matches!(&err, HookError::Plugin { message, .. } if message == "refused on purpose"),
+            "{err:?}"
+        );
+        assert_eq!(err.kind(), "plugin-error");
+    }
+
+    #[test]
+    fn a_javascript_retry_of_minus_five_seconds_is_refused() {
+        let p = runtime()
+            .retry_policy(
+                "billing",
+                &spec("js-fixture-bugs", &[("mode", "negative")]),
+                secrets(&[]),
+            )
+            .unwrap();
+        let err = p
+            .decide(&ctx("evt_1", "order.paid", 1), &status(503, &[]))
+            .unwrap_err();
+        assert_eq!(err.kind(), "plugin-invalid-output");
+        assert!(
+            err.to_string().contains(
+                "retry-after-seconds -5 is negative: a retry policy must return 0 to 4294967295 seconds"
+            ),
+            "{err}"
+        );
+        let ok = runtime()
+            .retry_policy("billing", &spec("js-fixture-bugs", &[]), secrets(&[]))
+            .unwrap()
+            .decide(&ctx("evt_1", "order.paid", 1), &status(503, &[]))
+            .unwrap();
+        assert_eq!(ok, RetryDecision::RetryAfterSeconds(30));
+    }
+
+    #[test]
+    fn a_successful_calls_output_is_kept_for_the_author_and_never_leaks_into_the_next_call() {
+        let rt = runtime();
+        let t = rt
+            .load_transform(
+                "billing",
+                &spec("js-fixture-bugs", &[("mode", "log")]),
+                secrets(&[]),
+            )
+            .unwrap();
+        t.transform(&event("order.paid", b"{}")).unwrap();
+        let out = t.take_last_output().expect("output captured");
+        assert_eq!(
+            out.text,
+            "fixture-bugs: to stdout\nfixture-bugs: to stderr\n"
+        );
+        assert_eq!(t.take_last_output(), None, "taken once");
+        // Another application's instance of the same plugin has its own buffer.
+        let quiet = rt
+            .load_transform("other", &spec("js-fixture-bugs", &[]), secrets(&[]))
+            .unwrap();
+        quiet.transform(&event("order.paid", b"{}")).unwrap();
+        assert_eq!(quiet.take_last_output(), None);
+    }
+
+    /// `squall plugin test` prints the guest's output and the trap with its last lines.
+    #[test]
+    fn plugin_test_prints_the_guests_report() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cache = temp_dir("cli-authors");
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(squall_tests::process::squall_bin())
+                .args(args)
+                .current_dir(&root)
+                .env("XDG_CACHE_HOME", &cache)
+                .env("RUST_BACKTRACE", "0")
+                .output()
+                .unwrap();
+            (out.status.success(), output_text(&out))
+        };
+        dist("python-fixture-bugs");
+        let (ok, text) = run(&[
+            "plugin",
+            "test",
+            "plugins/dist/python-fixture-bugs.wasm",
+            "--hook",
+            "transform",
+            "--event",
+            "examples/envelope.json",
+        ]);
+        assert!(!ok, "{text}");
+        assert!(
+            text.contains("output:   (stdout and stderr of the call)\nfixture-bugs: transforming evt_2Q7x9KpLmN4vR8sT\nTraceback (most recent call last):"),
+            "{text}"
+        );
+        assert!(
+            text.contains("line 23, in amount_of\nKeyError: 'amount'"),
+            "{text}"
+        );
+        assert!(text.contains("(plugin-trap)"), "{text}");
+
+        let (ok, text) = run(&[
+            "plugin",
+            "test",
+            "plugins/dist/js-fixture-bugs.wasm",
+            "--hook",
+            "retry",
+            "--event",
+            "examples/envelope.json",
+            "--config",
+            "mode=type-error",
+        ]);
+        assert!(!ok, "{text}");
+        assert!(
+            text.contains("TypeError: amount is missing") && text.contains("(plugin-trap)"),
+            "{text}"
+        );
+    }
+}
+
+/// `squall plugin test` shows the request as it is sent: a transform that sets no content type
+/// gets the event's, with a warning saying so.
+#[test]
+fn plugin_test_warns_when_a_transform_sets_no_content_type() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    dist("misbehave");
+    let out = std::process::Command::new(squall_tests::process::squall_bin())
+        .args([
+            "plugin",
+            "test",
+            "plugins/dist/misbehave.wasm",
+            "--hook",
+            "transform",
+            "--event",
+            "examples/envelope.json",
+            "--config",
+            "mode=no-content-type",
+        ])
+        .current_dir(&root)
+        .env("XDG_CACHE_HOME", temp_dir("cli-ct"))
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("warning:  the request sets no content-type header: Squall sends the event's, `content-type: application/json`"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "send: POST https://hooks.example.com/squall\ncontent-type: application/json\n"
+        ),
+        "{text}"
+    );
+}
+
+/// `squall plugin test --body-out FILE` writes the transform's body byte for byte: the same
+/// bytes the runtime returns (a body with invalid UTF-8 would print lossily).
+#[test]
+fn plugin_test_body_out_writes_the_exact_bytes() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = temp_dir("body-out");
+    let file = dir.join("body.bin");
+    let out = std::process::Command::new(squall_tests::process::squall_bin())
+        .args([
+            "plugin",
+            "test",
+            dist("reshape-transform").to_str().unwrap(),
+            "--hook",
+            "transform",
+            "--event",
+            "examples/envelope.json",
+            "--body-out",
+            file.to_str().unwrap(),
+        ])
+        .current_dir(&root)
+        .env("XDG_CACHE_HOME", &dir)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    let written = std::fs::read(&file).unwrap();
+    assert!(
+        text.contains(&format!("body:     {} bytes written to", written.len())),
+        "{text}"
+    );
+    let event = squall::envelope::decode(
+        &std::fs::read(root.join("examples/envelope.json")).unwrap(),
+        &squall::envelope::Limits::default(),
+    )
+    .unwrap()
+    .into_event(1, 0);
+    let t = runtime()
+        .transform("billing", &spec("reshape-transform", &[]), secrets(&[]))
+        .unwrap();
+    let TransformResult::Send(request) = t.transform(&event).unwrap() else {
+        panic!("reshape skipped the example")
+    };
+    assert_eq!(written, request.body);
+}

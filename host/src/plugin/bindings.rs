@@ -151,6 +151,64 @@ impl HookSig for SignSigV2 {
     type Return = (Result<hooks::Headers, wit::PluginError>,);
 }
 
+/// `transform.transform` of WIT 0.3.0: no `result`; a deliberate failure is a case.
+pub enum TransformSigV3 {}
+impl HookSig for TransformSigV3 {
+    type Params<'a> = (EventRef<'a>,);
+    type Return = (TransformResultV3,);
+}
+
+/// `signer.sign` of WIT 0.3.0.
+pub enum SignSigV3 {}
+impl HookSig for SignSigV3 {
+    type Params<'a> = (AttemptContextRef<'a>, &'a str, u64);
+    type Return = (SignResultV3,);
+}
+
+/// `retry-policy.decide` of WIT 0.3.0.
+pub enum DecideSigV3 {}
+impl HookSig for DecideSigV3 {
+    type Params<'a> = (AttemptContextRef<'a>, &'a wit::Outcome);
+    type Return = (RetryDecisionV3,);
+}
+
+/// `types.transform-result` of WIT 0.3.0 (with `fail`).
+#[derive(ComponentType, Lift, Debug)]
+#[component(variant)]
+pub enum TransformResultV3 {
+    #[component(name = "send")]
+    Send(wit::Request),
+    #[component(name = "skip")]
+    Skip(String),
+    #[component(name = "fail")]
+    Fail(String),
+}
+
+/// `types.sign-result` of WIT 0.3.0.
+#[derive(ComponentType, Lift, Debug)]
+#[component(variant)]
+pub enum SignResultV3 {
+    #[component(name = "signed")]
+    Signed(hooks::Headers),
+    #[component(name = "fail")]
+    Fail(String),
+}
+
+/// `types.retry-decision` of WIT 0.3.0: seconds as `s64` (a negative number arrives as one and
+/// is refused, instead of wrapping in the guest's conversion to `u32`), and `fail`.
+#[derive(ComponentType, Lift, Debug)]
+#[component(variant)]
+pub enum RetryDecisionV3 {
+    #[component(name = "retry-after-seconds")]
+    RetryAfterSeconds(i64),
+    #[component(name = "dead-letter")]
+    DeadLetter(String),
+    #[component(name = "discard")]
+    Discard(String),
+    #[component(name = "fail")]
+    Fail(String),
+}
+
 /// `types.request-head` (WIT 0.2.0): what `host.signing-request` returns.
 #[derive(ComponentType, Lower)]
 #[component(record)]

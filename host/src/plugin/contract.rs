@@ -12,7 +12,7 @@ use super::PluginError;
 
 /// WIT package versions of `squall:plugin` this host links, newest first (`wit/README.md`:
 /// a released version is frozen and stays supported).
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.2.0", "0.1.0"];
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.2.0", "0.1.0"];
 const PACKAGE: &str = "squall:plugin/";
 
 /// One of the three hooks a plugin can export.
@@ -178,7 +178,7 @@ mod tests {
         );
         assert_eq!(
             Hook::Signer.export_names(),
-            "squall:plugin/signer@0.2.0 or squall:plugin/signer@0.1.0"
+            "squall:plugin/signer@0.3.0 or squall:plugin/signer@0.2.0 or squall:plugin/signer@0.1.0"
         );
     }
 }

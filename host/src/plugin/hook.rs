@@ -11,10 +11,12 @@ use wasmtime::Store;
 use wasmtime::component::{ComponentExportIndex, Func, InstancePre};
 
 use super::bindings::{
-    AttemptContextRef, Checked, DecideSig, EventRef, RequestRef, SignSig, SignSigV2, TransformSig,
+    AttemptContextRef, Checked, DecideSig, DecideSigV3, EventRef, RequestRef, RetryDecisionV3,
+    SignResultV3, SignSig, SignSigV2, SignSigV3, TransformResultV3, TransformSig, TransformSigV3,
     wit,
 };
 use super::contract::Hook;
+use super::guest_output::{GuestOutput, LogBudget, TRAP_TAIL_BYTES};
 use super::output;
 use super::state::{AppBinding, HostState};
 use super::{Isolation, PluginLimits};
@@ -36,15 +38,26 @@ pub trait HookExport: Sized + Send + 'static {
     fn check(func: Func, version: &str, store: &Store<HostState>) -> wasmtime::Result<Self::Func>;
 }
 
-/// `transform.transform` (the same shape in every supported version).
+/// `transform.transform`: returning a `result` up to 0.2.0, a variant with `fail` from 0.3.0.
 pub enum TransformExport {}
 impl HookExport for TransformExport {
     const HOOK: Hook = Hook::Transform;
     const FUNC: &'static str = "transform";
-    type Func = Checked<TransformSig>;
-    fn check(func: Func, _: &str, store: &Store<HostState>) -> wasmtime::Result<Self::Func> {
-        Checked::new(func, store)
+    type Func = TransformFunc;
+    fn check(func: Func, version: &str, store: &Store<HostState>) -> wasmtime::Result<Self::Func> {
+        Ok(match version {
+            "0.1.0" | "0.2.0" => TransformFunc::V1(Checked::new(func, store)?),
+            _ => TransformFunc::V3(Checked::new(func, store)?),
+        })
     }
+}
+
+/// A transform's export, by the WIT version it was built for.
+pub enum TransformFunc {
+    /// 0.1.0 and 0.2.0: `-> result<transform-result, plugin-error>`.
+    V1(Checked<TransformSig>),
+    /// 0.3.0: `-> transform-result` (with `fail`).
+    V3(Checked<TransformSigV3>),
 }
 
 /// `signer.sign`: given the request in 0.1.0, asking the host about it in 0.2.0.
@@ -57,6 +70,7 @@ impl HookExport for SignerExport {
         Ok(match version {
             "0.1.0" => SignFunc::V1(Checked::new(func, store)?),
             "0.2.0" => SignFunc::V2(Checked::new(func, store)?),
+            "0.3.0" => SignFunc::V3(Checked::new(func, store)?),
             other => wasmtime::bail!("this host has no signer call for WIT {other}"),
         })
     }
@@ -68,17 +82,31 @@ pub enum SignFunc {
     V1(Checked<SignSig>),
     /// `sign(ctx, key-name, timestamp)`, the request held by the host for the call.
     V2(Checked<SignSigV2>),
+    /// 0.3.0: as 0.2.0, returning `sign-result` (with `fail`) instead of a `result`.
+    V3(Checked<SignSigV3>),
 }
 
-/// `retry-policy.decide` (the same shape in every supported version).
+/// `retry-policy.decide`: returning a `result` with `u32` seconds up to 0.2.0, a variant with
+/// `s64` seconds and `fail` from 0.3.0.
 pub enum RetryPolicyExport {}
 impl HookExport for RetryPolicyExport {
     const HOOK: Hook = Hook::RetryPolicy;
     const FUNC: &'static str = "decide";
-    type Func = Checked<DecideSig>;
-    fn check(func: Func, _: &str, store: &Store<HostState>) -> wasmtime::Result<Self::Func> {
-        Checked::new(func, store)
+    type Func = DecideFunc;
+    fn check(func: Func, version: &str, store: &Store<HostState>) -> wasmtime::Result<Self::Func> {
+        Ok(match version {
+            "0.1.0" | "0.2.0" => DecideFunc::V1(Checked::new(func, store)?),
+            _ => DecideFunc::V3(Checked::new(func, store)?),
+        })
     }
+}
+
+/// A retry policy's export, by the WIT version it was built for.
+pub enum DecideFunc {
+    /// 0.1.0 and 0.2.0: `-> result<retry-decision, plugin-error>`, seconds a `u32`.
+    V1(Checked<DecideSig>),
+    /// 0.3.0: `-> retry-decision` (with `fail`), seconds an `s64`.
+    V3(Checked<DecideSigV3>),
 }
 
 /// Where a hook's function is in a pre-linked component, and the WIT version it is in.
@@ -150,6 +178,10 @@ pub struct PluginHook<G: HookExport> {
     peak_memory: AtomicUsize,
     /// Set once a call needed WASI stdio inside the async runtime: calls then run off it.
     off_reactor: AtomicBool,
+    /// What the latest call that wrote anything wrote (for `squall plugin test`).
+    last_output: Mutex<Option<GuestOutput>>,
+    /// How often this hook's output may be logged.
+    output_log: LogBudget,
 }
 
 impl<G: HookExport> PluginHook<G> {
@@ -180,6 +212,8 @@ impl<G: HookExport> PluginHook<G> {
             discarded: AtomicU64::new(0),
             off_reactor: AtomicBool::new(false),
             peak_memory: AtomicUsize::new(0),
+            last_output: Mutex::new(None),
+            output_log: LogBudget::new(),
         }
     }
 
@@ -191,6 +225,30 @@ impl<G: HookExport> PluginHook<G> {
             instances_discarded: self.discarded.load(Ordering::Relaxed),
             idle: self.idle.lock().map(|v| v.len()).unwrap_or(0),
             peak_memory_bytes: self.peak_memory.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What the latest call that wrote to stdout or stderr wrote, taken (the next call that
+    /// writes replaces it). For tools (`squall plugin test`); production logs it instead.
+    pub fn take_last_output(&self) -> Option<GuestOutput> {
+        self.last_output.lock().ok()?.take()
+    }
+
+    /// Log a call's output (rate-limited per hook) and keep it for [`Self::take_last_output`].
+    fn record_output(&self, output: GuestOutput, failed: bool) {
+        if let Some(held_back) = self.output_log.admit(std::time::Instant::now()) {
+            let (app_id, plugin) = (self.app.app_id.as_str(), self.app.plugin.as_str());
+            let text = output.to_string();
+            // A failed call's output is what explains the failure; a successful call's is a
+            // plugin's debugging print, which may hold payload data: debug level only.
+            if failed {
+                tracing::info!(app_id, plugin, held_back, output = %text, "plugin output (failed call)");
+            } else {
+                tracing::debug!(app_id, plugin, held_back, output = %text, "plugin output");
+            }
+        }
+        if let Ok(mut last) = self.last_output.lock() {
+            *last = Some(output);
         }
     }
 
@@ -279,10 +337,20 @@ impl<G: HookExport> PluginHook<G> {
             None => self.instantiate()?,
         };
         live.store.data_mut().limiter.refused = false;
+        live.store.data().output.clear();
         live.store.set_epoch_deadline(self.deadline_ticks);
         let result = f(&live.func, &mut live.store);
         self.peak_memory
             .fetch_max(live.store.data().limiter.peak_bytes, Ordering::Relaxed);
+        let output = live.store.data().output.take();
+        let failed = !matches!(result, Ok(Ok(_)));
+        let tail = match (&result, &output) {
+            (Err(_), Some(out)) => Some(out.last_lines(TRAP_TAIL_BYTES).to_string()),
+            _ => None,
+        };
+        if let Some(output) = output {
+            self.record_output(output, failed);
+        }
         match result {
             Ok(r) => {
                 if self.isolation == Isolation::Reuse
@@ -298,7 +366,16 @@ impl<G: HookExport> PluginHook<G> {
             }
             Err(e) => {
                 self.discarded.fetch_add(1, Ordering::Relaxed);
-                Err(self.classify(e, &live.store))
+                let mut err = self.classify(e, &live.store);
+                // A trap says where; the guest's last words (a traceback, an uncaught
+                // exception, a panic message) say why.
+                if let (HookError::Trap { detail, .. }, Some(tail)) = (&mut err, tail)
+                    && !tail.is_empty()
+                {
+                    detail.push_str("; guest output (last lines):\n");
+                    detail.push_str(&tail);
+                }
+                Err(err)
             }
         }
     }
@@ -385,9 +462,17 @@ impl Transform for PluginTransform {
     }
 
     fn transform(&self, event: &Event) -> Result<TransformResult, HookError> {
-        let result: TransformResult = self
-            .call(|func, store| Ok(func.typed().call(store, (EventRef::from(event),))?.0))?
-            .into();
+        let result = self.call(|func, store| {
+            let event = (EventRef::from(event),);
+            Ok(match func {
+                TransformFunc::V1(func) => func.typed().call(store, event)?.0.map(Into::into),
+                TransformFunc::V3(func) => match func.typed().call(store, event)?.0 {
+                    TransformResultV3::Send(r) => Ok(TransformResult::Send(r.into())),
+                    TransformResultV3::Skip(reason) => Ok(TransformResult::Skip(reason)),
+                    TransformResultV3::Fail(message) => Err(wit::PluginError { message }),
+                },
+            })
+        })?;
         // The event's endpoint was checked when its envelope was decoded (and the deliverer
         // checks every URL again before sending): only a URL the plugin changed is parsed here.
         output::check_transform(
@@ -429,6 +514,16 @@ impl Signer for PluginSigner {
                 store.data_mut().end_signing();
                 Ok(result?.0)
             }
+            SignFunc::V3(func) => {
+                store.data_mut().begin_signing(request);
+                let args = (AttemptContextRef::from(ctx), key_name, timestamp);
+                let result = func.typed().call(&mut *store, args);
+                store.data_mut().end_signing();
+                Ok(match result?.0 {
+                    SignResultV3::Signed(headers) => Ok(headers),
+                    SignResultV3::Fail(message) => Err(wit::PluginError { message }),
+                })
+            }
         })?;
         output::check_headers(&headers, self.limits.max_output_bytes)
             .map_err(|r| self.invalid(r))?;
@@ -443,14 +538,22 @@ impl RetryPolicy for PluginRetryPolicy {
 
     fn decide(&self, ctx: &AttemptContext, outcome: &Outcome) -> Result<RetryDecision, HookError> {
         let o = wit::Outcome::from(outcome);
-        let decision: RetryDecision = self
-            .call(|func, store| {
-                Ok(func
-                    .typed()
-                    .call(store, (AttemptContextRef::from(ctx), &o))?
-                    .0)
-            })?
-            .into();
+        // Ok(Err(reason)): a decision the host refuses (seconds out of range).
+        let decision = self.call(|func, store| {
+            let args = (AttemptContextRef::from(ctx), &o);
+            Ok(match func {
+                DecideFunc::V1(func) => func.typed().call(store, args)?.0.map(|d| Ok(d.into())),
+                DecideFunc::V3(func) => match func.typed().call(store, args)?.0 {
+                    RetryDecisionV3::RetryAfterSeconds(s) => {
+                        Ok(output::retry_after_seconds(s).map(RetryDecision::RetryAfterSeconds))
+                    }
+                    RetryDecisionV3::DeadLetter(r) => Ok(Ok(RetryDecision::DeadLetter(r))),
+                    RetryDecisionV3::Discard(r) => Ok(Ok(RetryDecision::Discard(r))),
+                    RetryDecisionV3::Fail(message) => Err(wit::PluginError { message }),
+                },
+            })
+        })?;
+        let decision = decision.map_err(|r| self.invalid(r))?;
         output::check_decision(&decision, self.limits.max_output_bytes)
             .map_err(|r| self.invalid(r))?;
         Ok(decision)

@@ -1,6 +1,6 @@
 //! The WebAssembly plugin runtime: loads components that implement the hooks of
-//! `wit/v0.2.0` or `wit/v0.1.0` and runs them sandboxed, with limits, behind the traits of
-//! [`crate::hooks`].
+//! `wit/v0.3.0`, `wit/v0.2.0` or `wit/v0.1.0` and runs them sandboxed, with limits, behind
+//! the traits of [`crate::hooks`].
 //!
 //! Lifecycles:
 //! - once per process, [`PluginRuntime`]: the wasmtime `Engine` (epoch interruption, the
@@ -32,6 +32,7 @@
 mod artifact;
 pub mod bindings;
 mod contract;
+mod guest_output;
 mod hook;
 pub use squall_core::output;
 mod state;
@@ -46,9 +47,10 @@ use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use contract::{ComponentInfo, Hook, SUPPORTED_VERSIONS};
+pub use guest_output::{CAPTURE_BYTES, GuestOutput};
 pub use hook::{
-    HookExport, HookStats, PluginHook, PluginRetryPolicy, PluginSigner, PluginTransform,
-    RetryPolicyExport, SignFunc, SignerExport, TransformExport,
+    DecideFunc, HookExport, HookStats, PluginHook, PluginRetryPolicy, PluginSigner,
+    PluginTransform, RetryPolicyExport, SignFunc, SignerExport, TransformExport, TransformFunc,
 };
 pub use state::HostState;
 
@@ -268,8 +270,8 @@ pub enum PluginError {
     MissingExport {
         /// The file.
         path: PathBuf,
-        /// The missing export, e.g. `squall:plugin/transform@0.2.0 or
-        /// squall:plugin/transform@0.1.0`.
+        /// The missing export, e.g. `squall:plugin/transform@0.3.0 or
+        /// squall:plugin/transform@0.2.0 or squall:plugin/transform@0.1.0`.
         export: String,
         /// What it does export.
         found: String,
@@ -288,7 +290,7 @@ pub enum PluginError {
     },
     /// The component imports something the host does not offer.
     #[error(
-        "plugin {path}: imports {import}, which the host does not provide (only squall:plugin/host and WASI)"
+        "plugin {path}: imports {import}, which the host does not provide (it provides squall:plugin/host, squall:plugin/types and WASI 0.2 interfaces)"
     )]
     UnknownImport {
         /// The file.

@@ -14,6 +14,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::RequestHead;
 use super::bindings::host::LogLevel;
+use super::guest_output::Capture;
 use super::output::truncate;
 use crate::hooks::Request;
 use crate::secrets::Secrets;
@@ -79,6 +80,8 @@ pub struct HostState {
     pub(crate) limiter: MemoryLimiter,
     wasi: WasiCtx,
     table: ResourceTable,
+    /// This instance's stdout and stderr (one buffer, emptied at the start of each call).
+    pub(crate) output: Capture,
     /// The request of the WIT 0.2.0 `signer.sign` call under way, when `signing_active`.
     signing: Request,
     signing_active: bool,
@@ -86,6 +89,7 @@ pub struct HostState {
 
 impl HostState {
     pub(crate) fn new(app: Arc<AppBinding>, memory_limit: usize) -> HostState {
+        let output = Capture::default();
         HostState {
             app,
             limiter: MemoryLimiter {
@@ -93,9 +97,14 @@ impl HostState {
                 refused: false,
                 peak_bytes: 0,
             },
-            // No environment, arguments, preopened directories or network; stdio is closed.
-            wasi: WasiCtx::builder().build(),
+            // No environment, arguments, preopened directories or network; no stdin; stdout
+            // and stderr go to this instance's own capture buffer.
+            wasi: WasiCtx::builder()
+                .stdout(output.clone())
+                .stderr(output.clone())
+                .build(),
             table: ResourceTable::new(),
+            output,
             signing: Request::default(),
             signing_active: false,
         }

@@ -3,9 +3,56 @@
 // (plugins/rust/reshape-transform) twins produce byte-identical requests;
 // plugins/conformance/transform-reshape.json checks all three.
 
-import { configGet } from 'squall:plugin/host@0.1.0';
+import { configGet } from 'squall:plugin/host@0.3.0';
 
 const MAX_DEPTH = 64;
+
+// UTF-8 both ways. SpiderMonkey (componentize-js) has TextEncoder and TextDecoder; QuickJS
+// (componentize-qjs) has neither, so the same source carries its own: strict decoding (no
+// overlong forms, no surrogates, nothing above U+10FFFF; a BOM is kept, as `ignoreBOM`).
+const utf8Encode =
+  typeof TextEncoder === 'function'
+    ? (s) => new TextEncoder().encode(s)
+    : (s) => {
+        const out = [];
+        for (const ch of s) {
+          const c = ch.codePointAt(0);
+          if (c < 0x80) out.push(c);
+          else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
+          else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+          else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+        }
+        return new Uint8Array(out);
+      };
+
+function utf8DecodeStrict(bytes) {
+  if (typeof TextDecoder === 'function') {
+    return new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
+  }
+  let out = '';
+  let i = 0;
+  while (i < bytes.length) {
+    const b = bytes[i];
+    let c;
+    let n;
+    if (b < 0x80) [c, n] = [b, 0];
+    else if (b >= 0xc2 && b < 0xe0) [c, n] = [b & 31, 1];
+    else if (b >= 0xe0 && b < 0xf0) [c, n] = [b & 15, 2];
+    else if (b >= 0xf0 && b < 0xf5) [c, n] = [b & 7, 3];
+    else throw new RangeError('invalid UTF-8');
+    for (let k = 1; k <= n; k++) {
+      const x = bytes[i + k];
+      if (x === undefined || (x & 0xc0) !== 0x80) throw new RangeError('invalid UTF-8');
+      c = (c << 6) | (x & 63);
+    }
+    if ((n === 2 && (c < 0x800 || (c >= 0xd800 && c < 0xe000))) || (n === 3 && (c < 0x10000 || c > 0x10ffff))) {
+      throw new RangeError('invalid UTF-8');
+    }
+    out += String.fromCodePoint(c);
+    i += n + 1;
+  }
+  return out;
+}
 
 class ReshapeError extends Error {}
 
@@ -68,10 +115,40 @@ function hasLoneSurrogate(value) {
 const TOKENS = /"(?:[^"\\]|\\.)*"|-?\d+(\.\d+)?([eE][+-]?\d+)?/g;
 
 function hasNonIntegerToken(text) {
+  // A fraction or exponent needs a digit right before its '.', 'e' or 'E': without one
+  // anywhere in the text (strings included), there is nothing to walk.
+  if (!/\d[.eE]/.test(text)) return false;
   for (const m of text.matchAll(TOKENS)) {
     if (m[1] !== undefined || m[2] !== undefined) return true;
   }
   return false;
+}
+
+// Sort keys in code point order. The plain sort (UTF-16 units) gives the same order unless a
+// key holds a unit at or above U+D800 (a surrogate, or U+E000-FFFF): only then the comparator,
+// which costs a JavaScript call per comparison.
+const HIGH_UNIT = /[\uD800-\uFFFF]/;
+function sortedKeys(keys) {
+  return keys.some((k) => HIGH_UNIT.test(k)) ? keys.sort(compareCodePoints) : keys.sort();
+}
+
+// A path is [parent, ".key" or index], joined only for an error message: a template string
+// per value cost a sixth of a call.
+function renderPath(path) {
+  const parts = [];
+  for (let p = path; p !== null; p = p[0]) parts.push(typeof p[1] === 'number' ? `[${p[1]}]` : p[1]);
+  return parts.reverse().join('');
+}
+
+// Keys are remembered across calls (bounded): payloads repeat their keys.
+const SNAKE_CACHE = new Map();
+function snakeCaseCached(key) {
+  let out = SNAKE_CACHE.get(key);
+  if (out === undefined) {
+    out = snakeCase(key);
+    if (SNAKE_CACHE.size < 4096) SNAKE_CACHE.set(key, out);
+  }
+  return out;
 }
 
 // Values are kept as [key, value] entry lists so no key (not even __proto__) is special.
@@ -80,22 +157,22 @@ function reshapeValue(value, path, depth) {
   if (value === null || typeof value === 'boolean' || typeof value === 'string') return value;
   if (typeof value === 'number') {
     if (!Number.isSafeInteger(value)) {
-      throw new ReshapeError(`number at ${path} is outside the safe integer range`);
+      throw new ReshapeError(`number at ${renderPath(path)} is outside the safe integer range`);
     }
     return value === 0 ? 0 : value; // -0 prints as 0
   }
-  if (Array.isArray(value)) return value.map((v, i) => reshapeValue(v, `${path}[${i}]`, depth + 1));
+  if (Array.isArray(value)) return value.map((v, i) => reshapeValue(v, [path, i], depth + 1));
   const origin = new Map();
   const out = new Map();
-  for (const key of Object.keys(value).sort(compareCodePoints)) {
-    const newKey = snakeCase(key);
+  for (const key of sortedKeys(Object.keys(value))) {
+    const newKey = snakeCaseCached(key);
     if (origin.has(newKey)) {
       throw new ReshapeError(
-        `fields ${quote(origin.get(newKey))} and ${quote(key)} at ${path} both become ${quote(newKey)}`,
+        `fields ${quote(origin.get(newKey))} and ${quote(key)} at ${renderPath(path)} both become ${quote(newKey)}`,
       );
     }
     origin.set(newKey, key);
-    out.set(newKey, reshapeValue(value[key], `${path}.${newKey}`, depth + 1));
+    out.set(newKey, reshapeValue(value[key], [path, `.${newKey}`], depth + 1));
   }
   return out;
 }
@@ -103,7 +180,7 @@ function reshapeValue(value, path, depth) {
 function parseBody(bytes) {
   let text;
   try {
-    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
+    text = utf8DecodeStrict(bytes);
   } catch {
     throw new ReshapeError('body is not valid UTF-8');
   }
@@ -141,7 +218,7 @@ function addComputed(data) {
 // json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False) writes.
 function encode(value) {
   if (value instanceof Map) {
-    const keys = [...value.keys()].sort(compareCodePoints);
+    const keys = sortedKeys([...value.keys()]);
     return `{${keys.map((k) => `${quote(k)}:${encode(value.get(k))}`).join(',')}}`;
   }
   if (Array.isArray(value)) return `[${value.map(encode).join(',')}]`;
@@ -170,7 +247,7 @@ function reshape(event) {
   if (mt !== 'application/json') {
     return { tag: 'skip', val: `content type ${mt} is not application/json` };
   }
-  const data = reshapeValue(parseBody(event.body), '$', 1);
+  const data = reshapeValue(parseBody(event.body), [null, '$'], 1);
   addComputed(data);
   const body = new Map([
     ['attempt', event.attempt],
@@ -190,18 +267,28 @@ function reshape(event) {
       method: 'POST',
       url: event.endpointUrl,
       headers,
-      body: new TextEncoder().encode(encode(body)),
+      body: utf8Encode(encode(body)),
     },
   };
 }
 
+// A payload the reshape refuses is a deliberate failure: returned as `fail`, reported as
+// plugin-error. Anything else thrown is a bug: it traps, and the host reports the exception's
+// type, message and stack (printed by `reportBugs`).
 export const transform = {
   transform(event) {
     try {
       return reshape(event);
     } catch (e) {
-      if (e instanceof ReshapeError) throw { message: `reshape: ${e.message}` };
+      if (e instanceof ReshapeError) return { tag: 'fail', val: `reshape: ${e.message}` };
+      reportBug(e);
       throw e;
     }
   },
 };
+
+// The JavaScript engine prints an uncaught exception's message and stack, not its type:
+// print `TypeError: ...` before letting it trap (stderr is captured by the host).
+function reportBug(e) {
+  console.error(e instanceof Error ? `${e.name}: ${e.message}\n${e.stack}` : `uncaught: ${String(e)}`);
+}

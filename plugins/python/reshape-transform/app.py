@@ -7,14 +7,13 @@ produce byte-identical requests; plugins/conformance/transform-reshape.json chec
 import json
 import re
 
-from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import host
 from wit_world.imports.types import (
     Event,
-    PluginError,
     Request,
     TransformResult,
+    TransformResult_Fail,
     TransformResult_Send,
     TransformResult_Skip,
 )
@@ -44,10 +43,23 @@ def ascii_lower(s: str) -> str:
     return s.lower() if s.isascii() else s.translate(_TO_ASCII_LOWER)
 
 
+_SNAKE_CACHE: dict = {}
+_SNAKE_CACHE_MAX = 4096
+
+
 def snake_case(key: str) -> str:
+    # Payloads repeat their keys (every item of a list has the same ones): remember the
+    # rewrites (bounded; an instance serves one application, whose payloads look alike).
+    new = _SNAKE_CACHE.get(key)
+    if new is not None:
+        return new
     if key.isascii() and key.islower():
-        return key  # no capital to rewrite (the common case)
-    return ascii_lower(_CAPITAL_AFTER_LOWER_OR_DIGIT.sub("_", key))
+        new = key  # no capital to rewrite
+    else:
+        new = ascii_lower(_CAPITAL_AFTER_LOWER_OR_DIGIT.sub("_", key))
+    if len(_SNAKE_CACHE) < _SNAKE_CACHE_MAX:
+        _SNAKE_CACHE[key] = new
+    return new
 
 
 def has_lone_surrogate(value) -> bool:
@@ -66,28 +78,45 @@ def quote(s: str) -> str:
     return json.dumps(s, ensure_ascii=False)
 
 
-def reshape_value(value, path: str, depth: int):
+def render_path(path) -> str:
+    # A path is built as nested tuples (parent, ".key" or "[i]") and joined only for an error
+    # message: formatting a string for every value cost a sixth of a call.
+    parts = []
+    while path is not None:
+        path, part = path
+        parts.append(f"[{part}]" if type(part) is int else part)
+    return "".join(reversed(parts))
+
+
+def reshape_value(value, path, depth: int):
     if depth > MAX_DEPTH:
         raise ReshapeError(f"body nests deeper than {MAX_DEPTH} levels")
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    t = type(value)
+    if t is str or t is bool or value is None:
         return value
-    if isinstance(value, int):
-        if abs(value) > MAX_SAFE_INTEGER:
-            raise ReshapeError(f"number at {path} is outside the safe integer range")
-        return value
-    if isinstance(value, list):
-        return [reshape_value(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if t is int:
+        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            return value
+        raise ReshapeError(f"number at {render_path(path)} is outside the safe integer range")
+    depth += 1
+    if t is list:
+        return [reshape_value(v, (path, i), depth) for i, v in enumerate(value)]
     out = {}
     origin = {}
     for key in sorted(value):
         new_key = snake_case(key)
         if new_key in origin:
             raise ReshapeError(
-                f"fields {quote(origin[new_key])} and {quote(key)} at {path} "
+                f"fields {quote(origin[new_key])} and {quote(key)} at {render_path(path)} "
                 f"both become {quote(new_key)}"
             )
         origin[new_key] = key
-        out[new_key] = reshape_value(value[key], f"{path}.{new_key}", depth + 1)
+        v = value[key]
+        tv = type(v)
+        if (tv is str or tv is bool or v is None) and depth <= MAX_DEPTH:
+            out[new_key] = v  # the common leaves, without a call
+        else:
+            out[new_key] = reshape_value(v, (path, "." + new_key), depth)
     return out
 
 
@@ -155,7 +184,7 @@ def reshape(event: Event) -> TransformResult:
     if mt != "application/json":
         return TransformResult_Skip(f"content type {mt} is not application/json")
     payload = parse_body(bytes(event.body))
-    data = reshape_value(payload, "$", 1)
+    data = reshape_value(payload, (None, "$"), 1)
     add_computed(data)
     body = {
         "attempt": event.attempt,
@@ -175,7 +204,9 @@ def reshape(event: Event) -> TransformResult:
 
 class Transform(exports.Transform):
     def transform(self, event: Event) -> TransformResult:
+        # A payload the reshape refuses is a deliberate failure (plugin-error); any other
+        # exception is a bug: it traps, and the host reports its traceback.
         try:
             return reshape(event)
         except ReshapeError as e:
-            raise Err(PluginError(message=f"reshape: {e}"))
+            return TransformResult_Fail(f"reshape: {e}")

@@ -13,7 +13,6 @@ Decisions:
   anything else                      -> retry after delays[attempt - 1], or dead-letter when exhausted
 """
 
-from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import host
 from wit_world.imports.types import (
@@ -21,10 +20,10 @@ from wit_world.imports.types import (
     Outcome,
     Outcome_Response,
     Outcome_Transport,
-    PluginError,
     RetryDecision,
     RetryDecision_DeadLetter,
     RetryDecision_Discard,
+    RetryDecision_Fail,
     RetryDecision_RetryAfterSeconds,
     TransportErrorKind,
 )
@@ -89,7 +88,9 @@ def decide(ctx: AttemptContext, outcome: Outcome) -> RetryDecision:
 
 class RetryPolicy(exports.RetryPolicy):
     def decide(self, ctx: AttemptContext, outcome: Outcome) -> RetryDecision:
+        # Bad config is a deliberate failure (plugin-error); any other exception is a bug: it
+        # traps, and the host reports its traceback.
         try:
             return decide(ctx, outcome)
         except ConfigError as e:
-            raise Err(PluginError(message=f"status-retry: {e}"))
+            return RetryDecision_Fail(f"status-retry: {e}")

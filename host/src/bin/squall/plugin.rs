@@ -120,6 +120,10 @@ pub struct TestArgs {
     /// their median and 90th percentile (what a warm production call costs).
     #[arg(long, default_value_t = 0)]
     pub repeat: usize,
+    /// For `--hook transform`: write the request body, byte for byte, to FILE (the printed
+    /// body replaces invalid UTF-8; compare this file, e.g. with `cmp` or `xxd`).
+    #[arg(long, value_name = "FILE")]
+    pub body_out: Option<PathBuf>,
 }
 
 /// Run a plugin subcommand.
@@ -332,19 +336,40 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
     let ctx = AttemptContext::for_event(&event, now_ms);
     // The first call runs on the instance made at load time, as in production.
     type Call<'a> = Box<dyn FnMut() -> Result<Output, squall::hooks::HookError> + 'a>;
+    type TakeOutput = Box<dyn Fn() -> Option<squall::plugin::GuestOutput>>;
     let loaded = || {
         println!(
             "loaded in {:.2} ms",
             load_started.elapsed().as_secs_f64() * 1e3
         )
     };
-    let (mut call, stats): (Call, Box<dyn Fn() -> squall::plugin::HookStats>) = match args.hook {
+    let (mut call, stats, take_output): (
+        Call,
+        Box<dyn Fn() -> squall::plugin::HookStats>,
+        TakeOutput,
+    ) = match args.hook {
         HookArg::Transform => {
             let hook = rt.load_transform(&app, &spec, secrets)?;
             loaded();
             let h = hook.clone();
-            let call = Box::new(move || h.transform(&event).map(Output::Transform));
-            (call, Box::new(move || hook.stats()))
+            // As the pipeline does: a request without a content-type is sent with the event's.
+            let call = Box::new(move || {
+                h.transform(&event).map(|mut result| {
+                    let mut added = None;
+                    if let TransformResult::Send(request) = &mut result
+                        && request.default_content_type(&event.content_type)
+                    {
+                        added = Some(event.content_type.clone());
+                    }
+                    Output::Transform(result, added)
+                })
+            });
+            let o = hook.clone();
+            (
+                call,
+                Box::new(move || hook.stats()),
+                Box::new(move || o.take_last_output()),
+            )
         }
         HookArg::Sign => {
             let hook = rt.load_signer(&app, &spec, secrets)?;
@@ -361,7 +386,12 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
                 h.sign(&ctx, &request, &key_name, timestamp)
                     .map(Output::Headers)
             });
-            (call, Box::new(move || hook.stats()))
+            let o = hook.clone();
+            (
+                call,
+                Box::new(move || hook.stats()),
+                Box::new(move || o.take_last_output()),
+            )
         }
         HookArg::Retry => {
             let outcome = parse_outcome(&args.outcome)?;
@@ -369,12 +399,18 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
             loaded();
             let h = hook.clone();
             let call = Box::new(move || h.decide(&ctx, &outcome).map(Output::Decision));
-            (call, Box::new(move || hook.stats()))
+            let o = hook.clone();
+            (
+                call,
+                Box::new(move || hook.stats()),
+                Box::new(move || o.take_last_output()),
+            )
         }
     };
     let started = Instant::now();
     let result = call();
     let call_time = started.elapsed();
+    let output = take_output();
     let mut warm = Vec::with_capacity(args.repeat);
     if result.is_ok() {
         for _ in 0..args.repeat {
@@ -400,9 +436,32 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
         stats.peak_memory_bytes / 1024,
         args.memory_mib
     );
+    // What the plugin wrote to stdout/stderr during the first call (production logs it).
+    match &output {
+        Some(out) => println!("output:   (stdout and stderr of the call)\n{out}\n---"),
+        None => println!("output:   none"),
+    }
     match result {
         Ok(output) => {
+            if let Output::Transform(_, Some(content_type)) = &output {
+                println!(
+                    "warning:  the request sets no content-type header: Squall sends the event's, \
+                     `content-type: {content_type}` (shown below); set one to send another"
+                );
+            }
             println!("result:\n{output}");
+            if let Some(file) = &args.body_out {
+                let Output::Transform(TransformResult::Send(request), _) = &output else {
+                    bail!("--body-out: the hook produced no request body");
+                };
+                std::fs::write(file, &request.body)
+                    .with_context(|| format!("writing {}", file.display()))?;
+                println!(
+                    "\nbody:     {} bytes written to {}",
+                    request.body.len(),
+                    file.display()
+                );
+            }
             Ok(())
         }
         Err(e) => bail!("{} ({})", e, e.kind()),
@@ -411,7 +470,8 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
 
 /// What a hook answered (printed once, after the timed calls).
 enum Output {
-    Transform(TransformResult),
+    /// The result, and the content type the host added (the request set none).
+    Transform(TransformResult, Option<String>),
     Headers(squall::hooks::Headers),
     Decision(squall::hooks::RetryDecision),
 }
@@ -419,8 +479,8 @@ enum Output {
 impl std::fmt::Display for Output {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Output::Transform(TransformResult::Skip(reason)) => write!(f, "skip: {reason}"),
-            Output::Transform(TransformResult::Send(req)) => {
+            Output::Transform(TransformResult::Skip(reason), _) => write!(f, "skip: {reason}"),
+            Output::Transform(TransformResult::Send(req), _) => {
                 writeln!(f, "send: {} {}", req.method, req.url)?;
                 for (k, v) in &req.headers {
                     writeln!(f, "{k}: {v}")?;

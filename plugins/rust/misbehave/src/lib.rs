@@ -38,6 +38,7 @@ enum Mode {
     CrlfHeader,
     HugeBody,
     Error,
+    NoContentType,
 }
 
 fn mode_for(event_type: &str) -> Result<Mode, PluginError> {
@@ -56,6 +57,7 @@ fn mode_for(event_type: &str) -> Result<Mode, PluginError> {
         "crlf-header" => Mode::CrlfHeader,
         "huge-body" => Mode::HugeBody,
         "error" => Mode::Error,
+        "no-content-type" => Mode::NoContentType,
         other => {
             return Err(PluginError { message: format!("config key mode: unknown mode {other:?}") });
         }
@@ -101,6 +103,7 @@ impl transform::Guest for Component {
                 .headers
                 .push(("x-injected".to_string(), "a\r\nset-cookie: evil=1".to_string())),
             Mode::HugeBody => request.body = vec![b'x'; 2 << 20],
+            Mode::NoContentType => request.headers.clear(),
             _ => {}
         }
         Ok(TransformResult::Send(request))

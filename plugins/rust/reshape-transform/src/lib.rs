@@ -54,7 +54,6 @@ struct Component;
     export!(Component);
 }
 
-use std::collections::BTreeMap;
 
 use serde_json::Value;
 
@@ -97,14 +96,33 @@ pub enum Reshaped {
     Skip(String),
 }
 
-/// A reshaped JSON value; object keys in code point order (byte order of UTF-8).
+/// A reshaped JSON value; object entries sorted by key in code point order (byte order of
+/// UTF-8), keys unique.
 enum Json {
     Null,
     Bool(bool),
     Int(i64),
     Str(String),
     Array(Vec<Json>),
-    Object(BTreeMap<String, Json>),
+    Object(Vec<(String, Json)>),
+}
+
+/// Where a value is (`$.items[3].sku_id`), rendered only for an error message: building the
+/// string for every value cost a fifth of a call.
+enum Path<'a> {
+    Root,
+    Key(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root => f.write_str("$"),
+            Path::Key(parent, key) => write!(f, "{parent}.{key}"),
+            Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
 }
 
 fn trim_sp_tab(s: &str) -> &str {
@@ -227,7 +245,7 @@ fn quote(s: &str) -> String {
     out
 }
 
-fn reshape_value(value: Value, path: &str, depth: usize) -> Result<Json, String> {
+fn reshape_value(value: Value, path: &Path<'_>, depth: usize) -> Result<Json, String> {
     if depth > MAX_DEPTH {
         return Err(format!("body nests deeper than {MAX_DEPTH} levels"));
     }
@@ -252,23 +270,36 @@ fn reshape_value(value: Value, path: &str, depth: usize) -> Result<Json, String>
                 return Err(out_of_range());
             }
         }
-        Value::Array(items) => Json::Array(
-            items
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| reshape_value(v, &format!("{path}[{i}]"), depth + 1))
-                .collect::<Result<_, _>>()?,
-        ),
+        Value::Array(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, v) in items.into_iter().enumerate() {
+                out.push(reshape_value(v, &Path::Index(path, i), depth + 1)?);
+            }
+            Json::Array(out)
+        }
         Value::Object(map) => {
-            // Visit keys in code point order, as Python and JavaScript do, so a collision is
-            // reported the same way in every language.
-            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut origin: BTreeMap<String, String> = BTreeMap::new();
-            let mut out = BTreeMap::new();
-            for (key, v) in entries {
-                let new_key = snake_case(&key);
-                if let Some(first) = origin.get(&new_key) {
+            // serde_json's map (without `preserve_order`) iterates in key order: code point
+            // order, as Python and JavaScript visit them, so errors come out the same.
+            let entries: Vec<(String, Value)> = map.into_iter().collect();
+            // Most keys have no capital to rewrite: those are copied, not rebuilt.
+            let new_keys: Vec<String> = entries
+                .iter()
+                .map(|(k, _)| if k.bytes().any(|b| b.is_ascii_uppercase()) { snake_case(k) } else { k.clone() })
+                .collect();
+            // The first key (in that order) whose new name an earlier key already took.
+            let mut order: Vec<usize> = (0..entries.len()).collect();
+            order.sort_by(|&a, &b| new_keys[a].cmp(&new_keys[b]).then(a.cmp(&b)));
+            let collision = order
+                .windows(2)
+                .filter(|w| new_keys[w[0]] == new_keys[w[1]])
+                .map(|w| (w[0], w[1]))
+                .min_by_key(|&(_, later)| later);
+            let collision = collision.map(|(first, later)| (entries[first].0.clone(), later));
+            let mut out: Vec<(String, Json)> = Vec::with_capacity(entries.len() + 2);
+            for (i, ((key, v), new_key)) in entries.into_iter().zip(new_keys).enumerate() {
+                if let Some((first, later)) = &collision
+                    && i == *later
+                {
                     return Err(format!(
                         "fields {} and {} at {path} both become {}",
                         quote(first),
@@ -276,10 +307,10 @@ fn reshape_value(value: Value, path: &str, depth: usize) -> Result<Json, String>
                         quote(&new_key)
                     ));
                 }
-                let child = reshape_value(v, &format!("{path}.{new_key}"), depth + 1)?;
-                origin.insert(new_key.clone(), key);
-                out.insert(new_key, child);
+                let child = reshape_value(v, &Path::Key(path, &new_key), depth + 1)?;
+                out.push((new_key, child));
             }
+            out.sort_by(|a, b| a.0.cmp(&b.0));
             Json::Object(out)
         }
     })
@@ -291,35 +322,63 @@ fn format_cents(cents: i64) -> String {
     format!("{sign}{}.{:02}", abs / 100, abs % 100)
 }
 
-fn add_computed(data: &mut BTreeMap<String, Json>) {
-    if let Some(Json::Int(cents)) = data.get("amount_cents") {
-        let amount = format_cents(*cents);
-        data.insert("amount".into(), Json::Str(amount));
+fn get<'a>(data: &'a [(String, Json)], key: &str) -> Option<&'a Json> {
+    data.binary_search_by(|(k, _)| k.as_str().cmp(key))
+        .ok()
+        .map(|i| &data[i].1)
+}
+
+/// Insert or replace `key`, keeping the entries sorted.
+fn set(data: &mut Vec<(String, Json)>, key: &str, value: Json) {
+    match data.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
+        Ok(i) => data[i].1 = value,
+        Err(i) => data.insert(i, (key.to_string(), value)),
     }
-    if let Some(Json::Str(currency)) = data.get_mut("currency") {
+}
+
+fn add_computed(data: &mut Vec<(String, Json)>) {
+    if let Some(Json::Int(cents)) = get(data, "amount_cents") {
+        let amount = format_cents(*cents);
+        set(data, "amount", Json::Str(amount));
+    }
+    if let Ok(i) = data.binary_search_by(|(k, _)| k.as_str().cmp("currency"))
+        && let Json::Str(currency) = &mut data[i].1
+    {
         currency.make_ascii_uppercase();
     }
-    if let Some(Json::Array(items)) = data.get("items") {
+    if let Some(Json::Array(items)) = get(data, "items") {
         let n = items.len() as i64;
-        data.insert("item_count".into(), Json::Int(n));
+        set(data, "item_count", Json::Int(n));
     }
 }
 
 fn write_str(out: &mut String, s: &str) {
     out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+    // Copy runs of bytes that need no escape at once (every byte of a multi-byte UTF-8
+    // sequence is >= 0x80, so a run never splits a character).
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            out.push_str(&format!("\\u{:04x}", b));
+        } else {
+            out.push_str(escape);
         }
+        start = i + 1;
     }
+    out.push_str(&s[start..]);
     out.push('"');
 }
 
@@ -327,7 +386,10 @@ fn write_json(out: &mut String, value: &Json) {
     match value {
         Json::Null => out.push_str("null"),
         Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Json::Int(i) => out.push_str(&i.to_string()),
+        Json::Int(i) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{i}");
+        }
         Json::Str(s) => write_str(out, s),
         Json::Array(items) => {
             out.push('[');
@@ -369,7 +431,7 @@ pub fn reshape(input: &Input<'_>) -> Result<Reshaped, String> {
         return Ok(Reshaped::Skip(format!("content type {media_type} is not application/json")));
     }
     let payload = parse_body(input.body)?;
-    let Json::Object(mut data) = reshape_value(Value::Object(payload), "$", 1)? else {
+    let Json::Object(mut data) = reshape_value(Value::Object(payload), &Path::Root, 1)? else {
         unreachable!("an object reshapes to an object")
     };
     add_computed(&mut data);
