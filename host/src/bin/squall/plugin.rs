@@ -290,6 +290,13 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
         std::fs::read(&args.event).with_context(|| format!("reading {}", args.event.display()))?;
     let envelope = squall::envelope::decode(&raw, &squall::envelope::Limits::default())
         .with_context(|| format!("{} is not a valid envelope", args.event.display()))?;
+    if let Some(eid) = envelope.endpoint.endpoint_id() {
+        anyhow::bail!(
+            "{} names endpoint_id {eid:?}: a plugin test has no registry to look its URL up in; \
+             give the endpoint's URL as \"endpoint\" instead",
+            args.event.display()
+        );
+    }
     let signing_key = envelope.signing_key.clone();
     let event = envelope.into_event(args.attempt, now_ms);
 
