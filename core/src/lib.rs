@@ -16,6 +16,7 @@ pub mod config;
 pub mod deploy;
 pub mod endpoints;
 pub mod envelope;
+pub mod health;
 pub mod hooks;
 pub mod message;
 pub mod metrics;
