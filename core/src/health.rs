@@ -392,6 +392,116 @@ impl EndpointHealth {
     }
 }
 
+/// An operational event on the metrics queue: a [`Transition`] of one endpoint, for the
+/// producer's platform to tell its customer (`squall metrics` shows them; Prometheus and EMF
+/// count them). Format version 1; `kind` tells it from a metrics record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OperationalEvent {
+    /// Format version: 1.
+    pub v: u8,
+    /// `endpoint.opened`, `endpoint.closed`, `endpoint.paced`, `endpoint.disabled` or
+    /// `endpoint.enabled`.
+    pub kind: String,
+    /// Application id.
+    pub app_id: String,
+    /// The endpoint's origin, `scheme://host:port`.
+    pub endpoint: String,
+    /// Why, in words.
+    pub reason: String,
+    /// When, Unix ms.
+    pub at_ms: u64,
+    /// Opened or paused until, Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
+    /// Paced: requests per second now allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+}
+
+impl OperationalEvent {
+    /// The event for `t` of `app_id`'s endpoint `origin` at `at_ms`.
+    pub fn of(app_id: &str, origin: &str, t: &Transition, at_ms: u64) -> OperationalEvent {
+        let (kind, reason, until_ms, rate) = match t {
+            Transition::Opened { until_ms, reason } => {
+                ("endpoint.opened", reason.clone(), Some(*until_ms), None)
+            }
+            Transition::Closed => (
+                "endpoint.closed",
+                "a probe succeeded".to_string(),
+                None,
+                None,
+            ),
+            Transition::Paced {
+                paused_until_ms,
+                rate,
+            } => (
+                "endpoint.paced",
+                if *paused_until_ms > 0 {
+                    "Retry-After: paused".to_string()
+                } else {
+                    "429: request rate lowered".to_string()
+                },
+                (*paused_until_ms > 0).then_some(*paused_until_ms),
+                *rate,
+            ),
+            Transition::Disabled { failing_since_ms } => (
+                "endpoint.disabled",
+                format!("no success since {failing_since_ms} (Unix ms)"),
+                None,
+                None,
+            ),
+        };
+        OperationalEvent {
+            v: 1,
+            kind: kind.into(),
+            app_id: app_id.into(),
+            endpoint: origin.into(),
+            reason,
+            at_ms,
+            until_ms,
+            rate,
+        }
+    }
+
+    /// The JSON text sent to the metrics queue.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("an operational event always serialises")
+    }
+}
+
+/// What an HTTP outcome says about its endpoint (`now` for an HTTP-date `Retry-After`).
+pub fn observe(outcome: &crate::hooks::Outcome, now_ms: u64) -> Observed {
+    use crate::hooks::Outcome;
+    match outcome {
+        Outcome::Response { status, headers } => {
+            let retry_after = || {
+                headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("retry-after"))
+                    .and_then(|(_, v)| {
+                        let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms);
+                        crate::retry::parse_retry_after(v, now)
+                    })
+            };
+            match *status {
+                200..=299 => Observed::Success,
+                429 => Observed::Overloaded {
+                    retry_after_secs: retry_after(),
+                },
+                503 => match retry_after() {
+                    Some(secs) => Observed::Overloaded {
+                        retry_after_secs: Some(secs),
+                    },
+                    None => Observed::Failure,
+                },
+                500..=599 => Observed::Failure,
+                _ => Observed::Answered,
+            }
+        }
+        Outcome::Transport { .. } => Observed::Failure,
+    }
+}
+
 /// The delayed re-send of a deferred event: seconds from `now_ms` to `until_ms`, at least 1 and
 /// at most SQS's 900.
 pub fn defer_secs(until_ms: u64, now_ms: u64) -> u32 {
@@ -615,6 +725,52 @@ mod tests {
         assert!(h.record(&s, Observed::Failure, 90_000).is_empty());
         h.record(&s, Observed::Success, 100_000);
         assert!(h.record(&s, Observed::Failure, 110_000).is_empty());
+    }
+
+    #[test]
+    fn outcomes_are_observed_as_the_module_says() {
+        use crate::hooks::{Outcome, TransportErrorKind};
+        let r = |status, h: &[(&str, &str)]| Outcome::Response {
+            status,
+            headers: h
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        };
+        assert_eq!(observe(&r(204, &[]), 0), Observed::Success);
+        assert_eq!(observe(&r(404, &[]), 0), Observed::Answered);
+        assert_eq!(observe(&r(500, &[]), 0), Observed::Failure);
+        assert_eq!(observe(&r(503, &[]), 0), Observed::Failure);
+        assert_eq!(
+            observe(&r(503, &[("Retry-After", "7")]), 0),
+            Observed::Overloaded {
+                retry_after_secs: Some(7)
+            }
+        );
+        assert_eq!(
+            observe(&r(429, &[]), 0),
+            Observed::Overloaded {
+                retry_after_secs: None
+            }
+        );
+        let t = Outcome::Transport {
+            kind: TransportErrorKind::Timeout,
+            message: "x".into(),
+        };
+        assert_eq!(observe(&t, 0), Observed::Failure);
+        let e = OperationalEvent::of(
+            "shop",
+            "https://a.example:443",
+            &Transition::Opened {
+                until_ms: 9,
+                reason: "5 failures in a row".into(),
+            },
+            3,
+        );
+        assert_eq!(
+            e.to_json(),
+            r#"{"v":1,"kind":"endpoint.opened","app_id":"shop","endpoint":"https://a.example:443","reason":"5 failures in a row","at_ms":3,"until_ms":9}"#
+        );
     }
 
     #[test]

@@ -729,6 +729,16 @@ impl<'a> Attempt<'a> {
         hop(&self.state, self.defer_delay_secs())
     }
 
+    /// The endpoint's health says wait until `until_ms` (an open breaker, a `Retry-After`
+    /// pause, its pacing): the message comes back as a copy then, spread over up to 4 s more so
+    /// that an endpoint's deferred events do not all return in the same second; this attempt
+    /// not made (no record).
+    pub fn deferred_until(&self, until_ms: u64, now_ms: u64) -> Processed {
+        let spread = (self.unit_random.clamp(0.0, 1.0) * 5.0) as u32;
+        let secs = crate::health::defer_secs(until_ms, now_ms).saturating_add(spread.min(4));
+        hop(&self.state, secs.min(MAX_DELAY_SECS))
+    }
+
     /// After the HTTP attempt: a 2xx ends it; anything else goes to the retry policy, with the
     /// context this returns (the clock read now).
     pub fn delivered(&self, delivery: &Delivery, now_ms: u64) -> Step<AttemptContext> {

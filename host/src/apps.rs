@@ -236,6 +236,17 @@ impl AppBuilder {
                     Duration::from_secs(settings.endpoint_wait_secs.into()),
                 ))),
                 registered: RegisteredEndpoints::new(settings.endpoints.clone()),
+                health: settings.endpoint_health.enabled.then(|| {
+                    Arc::new(crate::health::HealthMap::new(
+                        &settings.id,
+                        crate::health::HealthSettings {
+                            // A probe reports within the HTTP timeout; a few seconds more, then
+                            // another probe replaces it.
+                            probe_timeout_ms: settings.timeout_ms + 5_000,
+                            ..settings.endpoint_health.settings
+                        },
+                    ))
+                }),
             }),
             max_concurrency: settings.max_concurrency as usize,
         })

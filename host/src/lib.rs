@@ -13,6 +13,7 @@ pub mod apps;
 pub mod config;
 pub mod conformance;
 pub mod demo;
+pub mod health;
 pub mod http;
 pub mod lambda;
 pub mod metrics;

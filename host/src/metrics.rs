@@ -79,6 +79,34 @@ impl<Q: Queue> MetricsSink<Q> {
             .fetch_add(records.len() as u64 - failed, Ordering::Relaxed);
     }
 
+    /// Send operational events (endpoint health transitions) to the metrics queue. Never
+    /// fails: refused events are logged and counted with the records.
+    pub async fn flush_events(&self, events: &[squall_core::health::OperationalEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let Some(url) = &self.queue_url else {
+            return;
+        };
+        let messages: Vec<Outgoing> = events
+            .iter()
+            .map(|e| Outgoing {
+                body: e.to_json(),
+                delay_secs: 0,
+                attributes: Attributes::new(),
+                group_id: None,
+            })
+            .collect();
+        let results = self.queue.send_batch(url, &messages).await;
+        let failed = results.iter().filter(|r| r.is_err()).count() as u64;
+        if failed > 0 {
+            tracing::warn!(failed, "operational events not sent");
+        }
+        self.failed.fetch_add(failed, Ordering::Relaxed);
+        self.sent
+            .fetch_add(events.len() as u64 - failed, Ordering::Relaxed);
+    }
+
     /// Totals so far.
     pub fn totals(&self) -> MetricsTotals {
         MetricsTotals {

@@ -82,6 +82,9 @@ pub struct App {
     /// The application's registered endpoints as last read: the registry directory replaces
     /// the table when a read finds them changed (no rebuild of the application).
     pub registered: RegisteredEndpoints,
+    /// Breaker, pause and pacing per endpoint origin (`None`: `endpoint_health.enabled =
+    /// false`).
+    pub health: Option<Arc<crate::health::HealthMap>>,
 }
 
 /// An application's endpoint table, replaced as a whole when the registry says it changed;
@@ -244,6 +247,29 @@ pub async fn process(
         Step::Done(done) => return done,
     };
 
+    // The endpoint's health: an open breaker, a Retry-After pause or its pacing defers the
+    // event (a delayed copy, no attempt counted); a pacing wait of up to 2 s is waited here.
+    let origin = match &app.health {
+        Some(_) => crate::health::origin_of(&request.url),
+        None => None,
+    };
+    if let (Some(health), Some(origin)) = (&app.health, &origin) {
+        loop {
+            let now = clock.now_ms();
+            match health.admit(origin, now) {
+                crate::health::Admit::Go | crate::health::Admit::Probe => break,
+                crate::health::Admit::Defer { until_ms, why } => {
+                    if why == crate::health::DeferWhy::Paced && until_ms <= now + 2_000 {
+                        tokio::time::sleep(Duration::from_millis(until_ms - now)).await;
+                        continue;
+                    }
+                    tracing::info!(app_id = %app.id, event_id = %attempt.event().id, endpoint = %origin, endpoint_id = attempt.endpoint_id(), ?why, until_ms, "endpoint held: deferred, no attempt made");
+                    return attempt.deferred_until(until_ms, now);
+                }
+            }
+        }
+    }
+
     // Held until the response is read; released before the retry decision.
     let mut endpoint_slot = None;
     if let Some(limiter) = &app.endpoints {
@@ -255,6 +281,10 @@ pub async fn process(
     }
     let delivery = app.deliver.deliver(&request).await;
     drop((endpoint_slot, request));
+    if let (Some(health), Some(origin)) = (&app.health, &origin) {
+        let now = clock.now_ms();
+        health.record(origin, crate::health::observe(&delivery.outcome, now), now);
+    }
 
     let context = match attempt.delivered(&delivery, clock.now_ms()) {
         Step::Next(context) => context,

@@ -422,9 +422,12 @@ async fn run_shared_batch<Q: Queue>(
     done: mpsc::Sender<()>,
 ) {
     let msgs: Vec<Arc<Received>> = msgs.into_iter().map(Arc::new).collect();
+    // Endpoint health transitions of the batch's applications, sent with its records.
+    let events: Arc<std::sync::Mutex<Vec<crate::health::OperationalEvent>>> = Arc::default();
     let mut set = tokio::task::JoinSet::new();
     for (i, (msg, slot)) in msgs.iter().cloned().zip(slots).enumerate() {
         let poller = poller.clone();
+        let shared_events = events.clone();
         set.spawn(async move {
             let p = match poller.route(&msg).await {
                 SharedRoute::Unroutable(why) => Some((
@@ -460,6 +463,9 @@ async fn run_shared_batch<Q: Queue>(
                         }
                     };
                     limit.held.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(h) = &app.health {
+                        shared_events.lock().unwrap_or_else(|e| e.into_inner()).extend(h.take_events());
+                    }
                     Some((app.id.clone(), p))
                 }
             };
@@ -501,6 +507,8 @@ async fn run_shared_batch<Q: Queue>(
         }
     }
     shared.metrics.flush(&records).await;
+    let events = std::mem::take(&mut *events.lock().unwrap_or_else(|e| e.into_inner()));
+    shared.metrics.flush_events(&events).await;
     drop(done);
 }
 
@@ -636,6 +644,9 @@ async fn run_batch<Q: Queue>(
         }
     }
     shared.metrics.flush(&records).await;
+    if let Some(h) = &current.health {
+        shared.metrics.flush_events(&h.take_events()).await;
+    }
     drop(done);
 }
 

@@ -47,6 +47,7 @@ impl TestApp {
             deliver,
             endpoints: None,
             registered: Default::default(),
+            health: None,
         })
     }
 

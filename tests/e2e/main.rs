@@ -5,6 +5,7 @@ mod apps;
 mod arm64;
 mod delivery;
 mod endpoints;
+mod health;
 mod isolation;
 mod lambda;
 mod ops;

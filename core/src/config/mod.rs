@@ -406,6 +406,17 @@ pub struct AppConfig {
     /// Registered endpoints (`[apps.ID.endpoints.EID]`, or the registry item's), which an
     /// envelope may name by `endpoint_id`.
     pub endpoints: crate::endpoints::EndpointTable,
+    /// Breaker, pause and pacing per endpoint origin.
+    pub endpoint_health: EndpointHealthConfig,
+}
+
+/// `[app_defaults.endpoint_health]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EndpointHealthConfig {
+    /// Off: every event is attempted on its own schedule.
+    pub enabled: bool,
+    /// The thresholds.
+    pub settings: crate::health::HealthSettings,
 }
 
 impl AppConfig {

@@ -88,6 +88,17 @@ struct RawAppSettings {
     retry: RawRetry,
     plugin_limits: RawPluginLimits,
     lambda: RawAppLambda,
+    endpoint_health: RawEndpointHealth,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpointHealth {
+    enabled: bool,
+    failure_threshold: u32,
+    open_secs: u32,
+    open_max_secs: u32,
+    max_rate: f64,
 }
 
 #[derive(Deserialize)]
@@ -615,6 +626,28 @@ fn is_key_name(s: &str) -> bool {
 
 fn check_settings(s: &RawAppSettings, p: &str, o: &Origins) -> Result<(), ConfigError> {
     let k = |name: &str| format!("{p}.{name}");
+    let h = &s.endpoint_health;
+    in_range(
+        k("endpoint_health.failure_threshold"),
+        h.failure_threshold,
+        1,
+        1000,
+        o,
+    )?;
+    in_range(k("endpoint_health.open_secs"), h.open_secs, 1, 900, o)?;
+    in_range(
+        k("endpoint_health.open_max_secs"),
+        h.open_max_secs,
+        h.open_secs,
+        900,
+        o,
+    )?;
+    if !(h.max_rate.is_finite() && (0.0..=100_000.0).contains(&h.max_rate)) {
+        return Err(o.invalid(
+            k("endpoint_health.max_rate"),
+            "must be 0 (no cap) to 100000 requests per second",
+        ));
+    }
     in_range(k("connect_timeout_ms"), s.connect_timeout_ms, 1, 600_000, o)?;
     in_range(k("timeout_ms"), s.timeout_ms, 1, 900_000, o)?;
     if s.connect_timeout_ms > s.timeout_ms {
@@ -993,6 +1026,17 @@ fn build_app(
         secrets,
         plugins,
         endpoints,
+        endpoint_health: EndpointHealthConfig {
+            enabled: s.endpoint_health.enabled,
+            settings: crate::health::HealthSettings {
+                failure_threshold: s.endpoint_health.failure_threshold,
+                open_secs: s.endpoint_health.open_secs,
+                open_max_secs: s.endpoint_health.open_max_secs,
+                retry_after_max_secs: s.retry.retry_after_max_secs,
+                max_rate: (s.endpoint_health.max_rate > 0.0).then_some(s.endpoint_health.max_rate),
+                ..crate::health::HealthSettings::default()
+            },
+        },
     })
 }
 

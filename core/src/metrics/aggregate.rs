@@ -271,6 +271,8 @@ pub struct Snapshot {
     pub malformed_total: u64,
     /// Records read, since start.
     pub records_total: u64,
+    /// Operational events since start: (app, endpoint origin, kind) -> count.
+    pub endpoint_events: BTreeMap<String, u64>,
 }
 
 /// The aggregation state.
@@ -278,6 +280,8 @@ pub struct Snapshot {
 pub struct Aggregator {
     thresholds: Thresholds,
     by_endpoint_id: bool,
+    /// `app\u{1f}endpoint\u{1f}kind` -> count.
+    events: BTreeMap<String, u64>,
     entries: BTreeMap<(String, String, Option<String>), Entry>,
     malformed_total: u64,
     records_total: u64,
@@ -296,6 +300,14 @@ impl Aggregator {
     pub fn by_endpoint_id(mut self) -> Aggregator {
         self.by_endpoint_id = true;
         self
+    }
+
+    /// Count operational events (endpoint health transitions), since start.
+    pub fn ingest_events(&mut self, events: &[crate::health::OperationalEvent]) {
+        for e in events {
+            let key = format!("{}\u{1f}{}\u{1f}{}", e.app_id, e.endpoint, e.kind);
+            *self.events.entry(key).or_default() += 1;
+        }
     }
 
     /// Count records that could not be parsed.
@@ -369,6 +381,7 @@ impl Aggregator {
             apps,
             malformed_total: self.malformed_total,
             records_total: self.records_total,
+            endpoint_events: self.events.clone(),
         }
     }
 

@@ -357,6 +357,21 @@ mod tests {
     }
 
     #[test]
+    fn operational_events_are_counted_for_prometheus() {
+        use crate::health::{OperationalEvent, Transition};
+        let opened = Transition::Opened {
+            until_ms: 9,
+            reason: "5 failures in a row".into(),
+        };
+        let e = |t: &Transition| OperationalEvent::of("shop", "https://a.example:443", t, 1);
+        let mut a = Aggregator::new(Thresholds::default());
+        a.ingest_events(&[e(&opened), e(&opened), e(&Transition::Closed)]);
+        let text = prometheus_text(&a.snapshot());
+        assert!(text.contains(r#"squall_endpoint_events_total{app="shop",endpoint="https://a.example:443",kind="endpoint.opened"} 2"#), "{text}");
+        assert!(text.contains(r#"kind="endpoint.closed"} 1"#), "{text}");
+    }
+
+    #[test]
     fn percentiles_are_nearest_rank() {
         assert_eq!(percentiles(&[]), None);
         assert_eq!(

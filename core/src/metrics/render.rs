@@ -182,6 +182,26 @@ pub fn prometheus_text(s: &Snapshot) -> String {
             let _ = writeln!(out, "{name}{{{}}} {}", labels(r), get(r));
         }
     }
+    let name = "squall_endpoint_events_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Endpoint health transitions (endpoint.opened, endpoint.closed, endpoint.paced, endpoint.disabled).\n# TYPE {name} counter"
+    );
+    for (key, n) in &s.endpoint_events {
+        let mut parts = key.split('\u{1f}');
+        let (app, endpoint, kind) = (
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
+        let _ = writeln!(
+            out,
+            "{name}{{app=\"{}\",endpoint=\"{}\",kind=\"{}\"}} {n}",
+            esc(app),
+            esc(endpoint),
+            esc(kind)
+        );
+    }
     let name = "squall_metrics_records_malformed_total";
     let _ = writeln!(
         out,

@@ -9,6 +9,8 @@ pub use squall_core::metrics::render::*;
 pub struct Drained {
     /// Parsed records.
     pub records: Vec<Record>,
+    /// Operational events (endpoint health transitions), in the order read.
+    pub events: Vec<squall_core::health::OperationalEvent>,
     /// Messages that were not records (deleted too, counted).
     pub malformed: u64,
 }
@@ -33,6 +35,13 @@ pub async fn drain<Q: crate::queue::Queue>(
         }
         read += got.len();
         for m in &got {
+            if m.body.contains("\"kind\"")
+                && let Ok(e) =
+                    serde_json::from_str::<squall_core::health::OperationalEvent>(&m.body)
+            {
+                out.events.push(e);
+                continue;
+            }
             match parse_record(&m.body) {
                 Ok(r) => out.records.push(r),
                 Err(e) => {

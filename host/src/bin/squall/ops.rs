@@ -646,6 +646,7 @@ async fn metrics_cmd(a: MetricsArgs) -> anyhow::Result<()> {
             .with_context(|| format!("draining the metrics queue {queue}"))?;
         aggregator.malformed(drained.malformed);
         aggregator.ingest(&drained.records);
+        aggregator.ingest_events(&drained.events);
         let snap = aggregator.snapshot();
         exposition.publish(agg::prometheus_text(&snap));
         match a.format {
@@ -655,6 +656,20 @@ async fn metrics_cmd(a: MetricsArgs) -> anyhow::Result<()> {
                     drained.records.len() as u64 + drained.malformed
                 );
                 print!("{}", agg::render_table(&snap));
+                for e in &drained.events {
+                    let until = e
+                        .until_ms
+                        .map(|t| format!(" until {}", squall::envelope::format_rfc3339_ms(t)))
+                        .unwrap_or_default();
+                    println!(
+                        "{} {} {} {}: {}{until}",
+                        squall::envelope::format_rfc3339_ms(e.at_ms),
+                        e.kind,
+                        e.app_id,
+                        e.endpoint,
+                        e.reason
+                    );
+                }
             }
             MetricsFormat::Json => println!("{}", serde_json::to_string(&snap)?),
             MetricsFormat::Prometheus => print!("{}", agg::prometheus_text(&snap)),
