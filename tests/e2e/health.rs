@@ -264,3 +264,112 @@ async fn max_rate_holds_at_the_receiver_over_thirty_seconds() {
     assert!(window.len() <= 151, "{}", window.len());
     assert!(per_second.iter().all(|&n| n <= 5), "{per_second:?}");
 }
+
+/// The same breaker through the real `bootstrap` under the Runtime API emulator, batches
+/// handed to it as an event source mapping does (what did not fail is deleted): 50 events at
+/// an endpoint down 30 s; the instance's breaker holds them with delayed copies, and each is
+/// delivered once after.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_down_endpoint_opens_the_breaker_in_the_lambda_function() {
+    use crate::lambda::{
+        bootstrap_binary, cargo_lambda, invoke, sqs_event, start_emulator, start_function, temp_dir,
+    };
+    let endpoint = sqs_or_skip!();
+    let Some(cargo_lambda) = cargo_lambda() else {
+        return;
+    };
+    let bin = bootstrap_binary();
+    let q = TestQueues::create(&endpoint, &["shop"]).await;
+    let start = Instant::now();
+    let down_for = Duration::from_secs(30);
+    let rx = Receiver::options()
+        .route_with(
+            "/down",
+            Arc::new(move |_| {
+                if start.elapsed() < down_for {
+                    Reply::Status(503)
+                } else {
+                    Reply::Status(200)
+                }
+            }),
+        )
+        .start()
+        .await
+        .unwrap();
+    let dir = temp_dir("health-lambda");
+    let config = dir.join("squall.toml");
+    std::fs::write(
+        &config,
+        config_toml(
+            &endpoint,
+            &q,
+            &[(
+                "shop",
+                "[apps.shop.retry]\nmax_attempts = 100\nmax_delay_secs = 5\nhorizon_secs = 3600\n\
+                 [apps.shop.endpoint_health]\nenabled = true\nfailure_threshold = 5\n\
+                 open_secs = 5\nopen_max_secs = 10",
+            )],
+        ),
+    )
+    .unwrap();
+    let (_emulator, port) = start_emulator(&cargo_lambda);
+    let _function = start_function(&bin, port, &config, &dir.join("bootstrap.log"));
+    let url = rx.url("/down");
+    for i in 0..50 {
+        q.send("shop", &envelope(&format!("evt-{i:02}"), &url))
+            .await;
+    }
+    let delivered = || {
+        rx.requests_for("/down")
+            .iter()
+            .filter(|r| r.status == Some(200))
+            .map(|r| r.webhook_id().to_string())
+            .collect::<std::collections::HashSet<String>>()
+    };
+    let limit = Instant::now() + Duration::from_secs(180);
+    while delivered().len() < 50 {
+        assert!(Instant::now() < limit, "{} delivered", delivered().len());
+        let got =
+            tokio::time::timeout(Duration::from_millis(500), sqs_event(&q, q.app("shop"), 1)).await;
+        let Ok((event, msgs)) = got else { continue };
+        let (status, response) = invoke(port, &event).await;
+        assert_eq!(status, 200, "{response}");
+        let failed: Vec<&str> = response["batchItemFailures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["itemIdentifier"].as_str().unwrap())
+            .collect();
+        for m in msgs {
+            if !failed.contains(&m.message_id.as_deref().unwrap()) {
+                q.client
+                    .delete_message()
+                    .queue_url(q.app("shop"))
+                    .receipt_handle(m.receipt_handle.unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let reqs = rx.requests_for("/down");
+    let failed = reqs.iter().filter(|r| r.status == Some(503)).count();
+    eprintln!(
+        "{failed} requests while down for {down_for:?}, {} in all for 50 events",
+        reqs.len()
+    );
+    // The opening failures (one batch of 10 can be in flight at once) and one probe per open
+    // interval: not 50 events retried every 1-5 s.
+    assert!(failed <= 10 + 30 / 5 + 2, "{failed} requests while down");
+    let mut per_event: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in reqs.iter().filter(|r| r.status == Some(200)) {
+        *per_event.entry(r.webhook_id()).or_default() += 1;
+        verify_recorded(TEST_SECRET, r).unwrap();
+    }
+    assert!(per_event.values().all(|&n| n == 1), "each delivered once");
+    let (_, events) = metrics(&q).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    eprintln!("operational events: {kinds:?}");
+    assert_eq!(kinds.first(), Some(&"endpoint.opened"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"endpoint.closed"), "{kinds:?}");
+}
