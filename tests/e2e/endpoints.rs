@@ -23,7 +23,8 @@ use squall_tests::sqs::{TestQueues, msg_attr};
 use squall_tests::sqs_or_skip;
 
 use crate::lambda::{
-    bootstrap_binary, cargo_lambda, invoke, sqs_event, start_emulator, start_function, temp_dir,
+    bootstrap_binary, cargo_lambda, invoke, sqs_event_once, start_emulator, start_function,
+    temp_dir,
 };
 use crate::registry::{Registry, TTL_SECS, config_text, failures, new_secret, write_config};
 
@@ -167,10 +168,7 @@ impl Engine {
             match self {
                 Engine::Run(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 Engine::Lambda { port, q_url } => {
-                    let got =
-                        tokio::time::timeout(Duration::from_millis(500), sqs_event(&s.q, q_url, 1))
-                            .await;
-                    if let Ok((event, msgs)) = got {
+                    if let Some((event, msgs)) = sqs_event_once(&s.q, q_url, 1).await {
                         let (status, response) = invoke(*port, &event).await;
                         assert_eq!(status, 200, "{response}");
                         // As the event source mapping does: delete what did not fail.

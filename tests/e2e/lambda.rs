@@ -176,6 +176,49 @@ pub(crate) async fn sqs_event(
     queue_url: &str,
     count: usize,
 ) -> (Value, Vec<aws_sdk_sqs::types::Message>) {
+    let mut got = Vec::new();
+    while got.len() < count {
+        got.extend(receive(q, queue_url, 0).await);
+    }
+    (event_of(q, queue_url, &got).await, got)
+}
+
+/// One receive of up to 10 messages (long poll of `wait_secs`), as the event the mapping
+/// would build; `None` when nothing came. Never cancelled half-way by its caller, so no
+/// message is left invisible by a receive whose answer was dropped.
+pub(crate) async fn sqs_event_once(
+    q: &TestQueues,
+    queue_url: &str,
+    wait_secs: i32,
+) -> Option<(Value, Vec<aws_sdk_sqs::types::Message>)> {
+    let got = receive(q, queue_url, wait_secs).await;
+    if got.is_empty() {
+        return None;
+    }
+    Some((event_of(q, queue_url, &got).await, got))
+}
+
+async fn receive(
+    q: &TestQueues,
+    queue_url: &str,
+    wait_secs: i32,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    q.client
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(10)
+        .visibility_timeout(30)
+        .wait_time_seconds(wait_secs)
+        .message_attribute_names("All")
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default()
+}
+
+async fn event_of(q: &TestQueues, queue_url: &str, got: &[aws_sdk_sqs::types::Message]) -> Value {
     let arn = q
         .client
         .get_queue_attributes()
@@ -187,21 +230,6 @@ pub(crate) async fn sqs_event(
         .attributes
         .unwrap()[&QueueAttributeName::QueueArn]
         .clone();
-    let mut got = Vec::new();
-    while got.len() < count {
-        let r = q
-            .client
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .visibility_timeout(30)
-            .message_attribute_names("All")
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .send()
-            .await
-            .unwrap();
-        got.extend(r.messages.unwrap_or_default());
-    }
     let records: Vec<Value> = got
         .iter()
         .map(|m| {
@@ -231,7 +259,7 @@ pub(crate) async fn sqs_event(
             })
         })
         .collect();
-    (json!({ "Records": records }), got)
+    json!({ "Records": records })
 }
 
 fn write_config(dir: &Path, endpoint: &str, q: &TestQueues) -> PathBuf {
