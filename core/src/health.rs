@@ -305,14 +305,16 @@ impl EndpointHealth {
                     self.rate = (next <= s.unpaced_above).then_some(next);
                 }
             }
-            Observed::Answered => {
-                if let Breaker::Closed { .. } | Breaker::HalfOpen { .. } = self.breaker {
-                    if self.is_open() {
-                        out.push(Transition::Closed);
-                    }
+            // The server answered: a run of failures is broken, a probe closes the breaker.
+            // (Open: an attempt admitted before it opened, reporting late; nothing changes.)
+            Observed::Answered => match self.breaker {
+                Breaker::Closed { .. } => self.breaker = Breaker::Closed { failures: 0 },
+                Breaker::HalfOpen { .. } => {
                     self.breaker = Breaker::Closed { failures: 0 };
+                    out.push(Transition::Closed);
                 }
-            }
+                Breaker::Open { .. } => {}
+            },
             Observed::Failure => {
                 let since = *self.failing_since_ms.get_or_insert(now_ms);
                 match self.breaker {

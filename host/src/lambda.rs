@@ -462,15 +462,12 @@ impl<Q: Queue> Function<Q> {
             }
         }
         self.metrics.flush(&metrics).await;
-        let mut events = Vec::new();
-        let mut seen: Vec<*const App> = Vec::new();
-        for (app, _, _) in &processed {
-            let ptr = Arc::as_ptr(app);
-            if let (false, Some(h)) = (seen.contains(&ptr), &app.health) {
-                seen.push(ptr);
-                events.extend(h.take_events());
-            }
-        }
+        // Taking an application's events twice gives nothing the second time.
+        let events: Vec<_> = processed
+            .iter()
+            .filter_map(|(app, _, _)| app.health.as_ref())
+            .flat_map(|h| h.take_events())
+            .collect();
         self.metrics.flush_events(&events).await;
         if let Some((namespace, sink)) = &self.emf {
             for line in emf_lines_for(&metrics, namespace, self.clock.now_ms()) {

@@ -42,69 +42,60 @@ impl<Q: Queue> MetricsSink<Q> {
     /// Send one batch's records (split into SendMessageBatch calls of 10). Never fails:
     /// refused records are logged and counted.
     pub async fn flush(&self, records: &[MetricRecord]) {
-        if records.is_empty() {
-            return;
-        }
-        let messages: Vec<Outgoing> = records
+        let bodies: Vec<String> = records
             .iter()
             .map(|r| {
                 let body = r.to_json();
                 tracing::debug!(target: "squall::metrics", record = %body, "metric");
-                Outgoing {
-                    body,
-                    delay_secs: 0,
-                    attributes: Attributes::new(),
-                    group_id: None,
-                }
+                body
             })
             .collect();
-        let Some(url) = &self.queue_url else {
-            return;
-        };
-        let results = self.queue.send_batch(url, &messages).await;
-        let mut failed = 0u64;
-        for (r, rec) in results.iter().zip(records) {
-            if let Err(e) = r {
-                failed += 1;
-                tracing::warn!(
-                    event_id = %rec.event_id,
-                    app_id = %rec.app_id,
-                    error = %e,
-                    "metrics record not sent (the event itself is unaffected)"
-                );
-            }
+        for (i, e) in self.send(bodies).await {
+            let rec = &records[i];
+            tracing::warn!(
+                event_id = %rec.event_id,
+                app_id = %rec.app_id,
+                error = %e,
+                "metrics record not sent (the event itself is unaffected)"
+            );
         }
-        self.failed.fetch_add(failed, Ordering::Relaxed);
-        self.sent
-            .fetch_add(records.len() as u64 - failed, Ordering::Relaxed);
     }
 
     /// Send operational events (endpoint health transitions) to the metrics queue. Never
     /// fails: refused events are logged and counted with the records.
     pub async fn flush_events(&self, events: &[squall_core::health::OperationalEvent]) {
-        if events.is_empty() {
-            return;
+        let bodies = events.iter().map(|e| e.to_json()).collect();
+        for (i, e) in self.send(bodies).await {
+            let ev = &events[i];
+            tracing::warn!(app_id = %ev.app_id, kind = %ev.kind, error = %e, "operational event not sent");
         }
-        let Some(url) = &self.queue_url else {
-            return;
+    }
+
+    /// Send these bodies, counting what was sent and what failed; the failures by index.
+    async fn send(&self, bodies: Vec<String>) -> Vec<(usize, crate::queue::QueueError)> {
+        let Some(url) = self.queue_url.as_ref().filter(|_| !bodies.is_empty()) else {
+            return Vec::new();
         };
-        let messages: Vec<Outgoing> = events
-            .iter()
-            .map(|e| Outgoing {
-                body: e.to_json(),
+        let messages: Vec<Outgoing> = bodies
+            .into_iter()
+            .map(|body| Outgoing {
+                body,
                 delay_secs: 0,
                 attributes: Attributes::new(),
                 group_id: None,
             })
             .collect();
         let results = self.queue.send_batch(url, &messages).await;
-        let failed = results.iter().filter(|r| r.is_err()).count() as u64;
-        if failed > 0 {
-            tracing::warn!(failed, "operational events not sent");
-        }
-        self.failed.fetch_add(failed, Ordering::Relaxed);
+        let failed: Vec<(usize, crate::queue::QueueError)> = results
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.err().map(|e| (i, e)))
+            .collect();
+        self.failed
+            .fetch_add(failed.len() as u64, Ordering::Relaxed);
         self.sent
-            .fetch_add(events.len() as u64 - failed, Ordering::Relaxed);
+            .fetch_add((messages.len() - failed.len()) as u64, Ordering::Relaxed);
+        failed
     }
 
     /// Totals so far.
