@@ -23,10 +23,9 @@ use squall_tests::sqs::{TestQueues, msg_attr};
 use squall_tests::sqs_or_skip;
 
 use crate::lambda::{
-    bootstrap_binary, cargo_lambda, invoke, sqs_event_once, start_emulator, start_function,
-    temp_dir,
+    bootstrap_binary, cargo_lambda, mapping_step, start_emulator, start_function, temp_dir,
 };
-use crate::registry::{Registry, TTL_SECS, config_text, failures, new_secret, write_config};
+use crate::registry::{Registry, TTL_SECS, config_text, new_secret, write_config};
 
 /// Events queued for the endpoint whose URL moves.
 const EVENTS: usize = 100;
@@ -168,23 +167,7 @@ impl Engine {
             match self {
                 Engine::Run(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 Engine::Lambda { port, q_url } => {
-                    if let Some((event, msgs)) = sqs_event_once(&s.q, q_url, 1).await {
-                        let (status, response) = invoke(*port, &event).await;
-                        assert_eq!(status, 200, "{response}");
-                        // As the event source mapping does: delete what did not fail.
-                        let failed = failures(&response);
-                        for m in msgs {
-                            if !failed.contains(m.message_id.as_ref().unwrap()) {
-                                s.q.client
-                                    .delete_message()
-                                    .queue_url(q_url)
-                                    .receipt_handle(m.receipt_handle.unwrap())
-                                    .send()
-                                    .await
-                                    .unwrap();
-                            }
-                        }
-                    }
+                    mapping_step(&s.q, q_url, *port).await;
                 }
             }
         }

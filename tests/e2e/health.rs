@@ -23,6 +23,25 @@ fn envelope(id: &str, url: &str) -> String {
         .to_json()
 }
 
+/// A receiver whose `/down` answers 503 for `down_for` from now, then 200.
+async fn down_receiver(down_for: Duration) -> Receiver {
+    let start = Instant::now();
+    Receiver::options()
+        .route_with(
+            "/down",
+            Arc::new(move |_| {
+                if start.elapsed() < down_for {
+                    Reply::Status(503)
+                } else {
+                    Reply::Status(200)
+                }
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+}
+
 /// The metrics queue's bodies, split into records and operational events.
 async fn metrics(q: &TestQueues) -> (Vec<Value>, Vec<Value>) {
     let mut records = Vec::new();
@@ -43,22 +62,8 @@ async fn metrics(q: &TestQueues) -> (Vec<Value>, Vec<Value>) {
 async fn a_down_endpoint_opens_the_breaker_and_every_event_is_delivered_once_after() {
     let endpoint = sqs_or_skip!();
     let q = TestQueues::create(&endpoint, &["shop"]).await;
-    let start = Instant::now();
     let down_for = Duration::from_secs(60);
-    let rx = Receiver::options()
-        .route_with(
-            "/down",
-            Arc::new(move |_| {
-                if start.elapsed() < down_for {
-                    Reply::Status(503)
-                } else {
-                    Reply::Status(200)
-                }
-            }),
-        )
-        .start()
-        .await
-        .unwrap();
+    let rx = down_receiver(down_for).await;
     let run = SquallRun::start(&config_toml(
         &endpoint,
         &q,
@@ -272,7 +277,7 @@ async fn max_rate_holds_at_the_receiver_over_thirty_seconds() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_down_endpoint_opens_the_breaker_in_the_lambda_function() {
     use crate::lambda::{
-        bootstrap_binary, cargo_lambda, invoke, sqs_event, start_emulator, start_function, temp_dir,
+        bootstrap_binary, cargo_lambda, mapping_step, start_emulator, start_function, temp_dir,
     };
     let endpoint = sqs_or_skip!();
     let Some(cargo_lambda) = cargo_lambda() else {
@@ -280,22 +285,8 @@ async fn a_down_endpoint_opens_the_breaker_in_the_lambda_function() {
     };
     let bin = bootstrap_binary();
     let q = TestQueues::create(&endpoint, &["shop"]).await;
-    let start = Instant::now();
     let down_for = Duration::from_secs(30);
-    let rx = Receiver::options()
-        .route_with(
-            "/down",
-            Arc::new(move |_| {
-                if start.elapsed() < down_for {
-                    Reply::Status(503)
-                } else {
-                    Reply::Status(200)
-                }
-            }),
-        )
-        .start()
-        .await
-        .unwrap();
+    let rx = down_receiver(down_for).await;
     let dir = temp_dir("health-lambda");
     let config = dir.join("squall.toml");
     std::fs::write(
@@ -329,28 +320,7 @@ async fn a_down_endpoint_opens_the_breaker_in_the_lambda_function() {
     let limit = Instant::now() + Duration::from_secs(180);
     while delivered().len() < 50 {
         assert!(Instant::now() < limit, "{} delivered", delivered().len());
-        let got =
-            tokio::time::timeout(Duration::from_millis(500), sqs_event(&q, q.app("shop"), 1)).await;
-        let Ok((event, msgs)) = got else { continue };
-        let (status, response) = invoke(port, &event).await;
-        assert_eq!(status, 200, "{response}");
-        let failed: Vec<&str> = response["batchItemFailures"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["itemIdentifier"].as_str().unwrap())
-            .collect();
-        for m in msgs {
-            if !failed.contains(&m.message_id.as_deref().unwrap()) {
-                q.client
-                    .delete_message()
-                    .queue_url(q.app("shop"))
-                    .receipt_handle(m.receipt_handle.unwrap())
-                    .send()
-                    .await
-                    .unwrap();
-            }
-        }
+        mapping_step(&q, q.app("shop"), port).await;
     }
     let reqs = rx.requests_for("/down");
     let failed = reqs.iter().filter(|r| r.status == Some(503)).count();

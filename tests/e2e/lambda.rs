@@ -198,6 +198,33 @@ pub(crate) async fn sqs_event_once(
     Some((event_of(q, queue_url, &got).await, got))
 }
 
+/// One step of an event source mapping: a long-polled receive from `queue_url`; if anything
+/// came, the batch is handed to the function on the emulator's `port`, and what it did not
+/// report as failed is deleted (the mapping's part in Lambda). Returns the function's response.
+pub(crate) async fn mapping_step(q: &TestQueues, queue_url: &str, port: u16) -> Option<Value> {
+    let (event, msgs) = sqs_event_once(q, queue_url, 1).await?;
+    let (status, response) = invoke(port, &event).await;
+    assert_eq!(status, 200, "{response}");
+    let failed: Vec<&str> = response["batchItemFailures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no batchItemFailures in {response}"))
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap())
+        .collect();
+    for m in msgs {
+        if !failed.contains(&m.message_id.as_deref().unwrap()) {
+            q.client
+                .delete_message()
+                .queue_url(queue_url)
+                .receipt_handle(m.receipt_handle.unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    Some(response)
+}
+
 async fn receive(
     q: &TestQueues,
     queue_url: &str,
