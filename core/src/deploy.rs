@@ -1015,6 +1015,16 @@ pub fn registry_template(plan: &RegistryPlan) -> Value {
                                   { "Fn::GetAtt": ["RegistryTable", "Arn"] },
                                   { "Fn::Sub": format!("${{RegistryTable.Arn}}/index/{REGISTRY_QUEUE_INDEX}") }
                               ] },
+                            // Endpoint health transitions, shared between instances: an
+                            // update of the item's `health` attribute only.
+                            { "Sid": "ShareEndpointHealth", "Effect": "Allow",
+                              "Action": ["dynamodb:UpdateItem"],
+                              "Resource": [{ "Fn::GetAtt": ["RegistryTable", "Arn"] }],
+                              "Condition": {
+                                  "ForAllValues:StringEquals": {
+                                      "dynamodb:Attributes": ["app_id", "health"]
+                                  }
+                              } },
                             { "Sid": "ReadSecrets", "Effect": "Allow",
                               "Action": ["ssm:GetParameters"],
                               "Resource": [{ "Fn::Sub": secret_arn }] },
@@ -1540,6 +1550,17 @@ mod tests {
                                { "Fn::Sub": "${RegistryTable.Arn}/index/queue_key-index" }])
                     );
                 }
+                "ShareEndpointHealth" => {
+                    assert_eq!(actions, set(&["dynamodb:UpdateItem"]));
+                    assert_eq!(
+                        s["Resource"],
+                        json!([{ "Fn::GetAtt": ["RegistryTable", "Arn"] }])
+                    );
+                    assert_eq!(
+                        s["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"],
+                        json!(["app_id", "health"])
+                    );
+                }
                 "ReadSecrets" => {
                     assert_eq!(actions, set(&["ssm:GetParameters"]));
                     assert_eq!(
@@ -1562,7 +1583,7 @@ mod tests {
                 other => panic!("unexpected statement {other}"),
             }
         }
-        assert_eq!(seen.len(), 12);
+        assert_eq!(seen.len(), 13);
     }
 
     /// Resolve a template value as CloudFormation would, for the environment test.

@@ -3,7 +3,7 @@
 //! DESIGN.md "Endpoint state"). The engine keeps one [`EndpointHealth`] per key, asks
 //! [`EndpointHealth::admit`] before an attempt and feeds [`EndpointHealth::record`] what came
 //! back; a deferral uses the delayed re-send (nothing waits in flight, no attempt is counted).
-//! Not wired into the pipeline yet: this module is the decision half, tested on its own.
+//! The engine (`squall::health`) keeps the states and shares their transitions.
 //!
 //! - **Key**: the application and the URL's origin (`scheme://host:port`, the port written even
 //!   when it is the scheme's default): what one subscriber's server is, whatever the path.
@@ -21,7 +21,13 @@
 //!   the same problem (find the capacity of a path that only signals overload), it converges
 //!   to a fair share when several senders pace one endpoint, and it needs no model of the
 //!   endpoint. A fixed `max_rate` caps the rate whatever AIMD says.
-//! - **Dead**: no success for `disable_after_ms` while failing: [`Transition::Disabled`], once.
+//! - **Dead**: no success for `disable_after_ms` while failing: [`Transition::Disabled`], once;
+//!   from then on every event is refused ([`Admit::Disabled`]: dead-lettered `endpoint-disabled`,
+//!   no request) until an operator enables the endpoint again.
+//! - **Shared**: each transition but a rate change is also a [`SharedState`], the text other
+//!   processes serving the application read (through the registry's store) and apply with
+//!   [`EndpointHealth::apply_shared`]: an instance that has not seen the failures itself holds
+//!   its events all the same.
 
 /// One endpoint's health settings (per application, with defaults).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -112,6 +118,11 @@ pub enum Admit {
         /// Why.
         why: DeferWhy,
     },
+    /// Do not send: the endpoint is disabled (dead-letter the event, `endpoint-disabled`).
+    Disabled {
+        /// Failing since, Unix ms (when the last success was).
+        failing_since_ms: u64,
+    },
 }
 
 /// A change worth telling the producer (an operational event on the metrics queue).
@@ -172,6 +183,13 @@ pub struct EndpointHealth {
     /// First failure since the last success.
     failing_since_ms: Option<u64>,
     disabled_reported: bool,
+    /// Disabled: every event refused (the failing-since time it was disabled for).
+    disabled: Option<u64>,
+    /// When the breaker last opened or closed here, or by a shared state applied (Unix ms):
+    /// an older shared state does not undo it.
+    breaker_changed_ms: u64,
+    /// The newest shared state applied (its `at_ms`).
+    shared_seen_ms: u64,
 }
 
 impl Default for EndpointHealth {
@@ -187,6 +205,9 @@ impl Default for EndpointHealth {
             last_window_rate: 0.0,
             failing_since_ms: None,
             disabled_reported: false,
+            disabled: None,
+            breaker_changed_ms: 0,
+            shared_seen_ms: 0,
         }
     }
 }
@@ -205,8 +226,16 @@ impl EndpointHealth {
         !matches!(self.breaker, Breaker::Closed { .. })
     }
 
+    /// Whether the endpoint is disabled.
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.is_some()
+    }
+
     /// May an event be sent to this endpoint at `now_ms`?
     pub fn admit(&mut self, s: &HealthSettings, now_ms: u64) -> Admit {
+        if let Some(failing_since_ms) = self.disabled {
+            return Admit::Disabled { failing_since_ms };
+        }
         if now_ms < self.paused_until_ms {
             return Admit::Defer {
                 until_ms: self.paused_until_ms,
@@ -298,6 +327,7 @@ impl EndpointHealth {
                 self.disabled_reported = false;
                 if self.is_open() {
                     out.push(Transition::Closed);
+                    self.breaker_changed_ms = now_ms;
                 }
                 self.breaker = Breaker::Closed { failures: 0 };
                 if let Some(rate) = self.rate {
@@ -311,6 +341,7 @@ impl EndpointHealth {
                 Breaker::Closed { .. } => self.breaker = Breaker::Closed { failures: 0 },
                 Breaker::HalfOpen { .. } => {
                     self.breaker = Breaker::Closed { failures: 0 };
+                    self.breaker_changed_ms = now_ms;
                     out.push(Transition::Closed);
                 }
                 Breaker::Open { .. } => {}
@@ -326,6 +357,7 @@ impl EndpointHealth {
                                 until_ms,
                                 interval_secs: s.open_secs,
                             };
+                            self.breaker_changed_ms = now_ms;
                             out.push(Transition::Opened {
                                 until_ms,
                                 reason: format!("{failures} failures in a row"),
@@ -341,6 +373,7 @@ impl EndpointHealth {
                             until_ms,
                             interval_secs,
                         };
+                        self.breaker_changed_ms = now_ms;
                         out.push(Transition::Opened {
                             until_ms,
                             reason: "the probe failed".into(),
@@ -351,6 +384,7 @@ impl EndpointHealth {
                 }
                 if !self.disabled_reported && now_ms.saturating_sub(since) >= s.disable_after_ms {
                     self.disabled_reported = true;
+                    self.disabled = Some(since);
                     out.push(Transition::Disabled {
                         failing_since_ms: since,
                     });
@@ -384,6 +418,78 @@ impl EndpointHealth {
             }
         }
         out
+    }
+
+    /// Enable a disabled endpoint (an operator's decision, here or shared): events go again,
+    /// and its failing time starts over.
+    pub fn enable(&mut self) {
+        self.breaker = Breaker::Closed { failures: 0 };
+        self.paused_until_ms = 0;
+        self.disabled = None;
+        self.disabled_reported = false;
+        self.failing_since_ms = None;
+    }
+
+    /// Apply a state another process shared (or this one, read back); whether anything
+    /// changed. A state older than one already applied, or than this process's own last
+    /// breaker change, changes nothing: the newer knowledge wins.
+    pub fn apply_shared(&mut self, s: &HealthSettings, shared: &SharedState, now_ms: u64) -> bool {
+        if shared.at_ms <= self.shared_seen_ms {
+            return false;
+        }
+        self.shared_seen_ms = shared.at_ms;
+        let newer = shared.at_ms >= self.breaker_changed_ms;
+        match shared.state {
+            SharedKind::Opened => {
+                let until_ms = shared.until_ms.unwrap_or(0);
+                let later = match self.breaker {
+                    Breaker::Closed { .. } => true,
+                    Breaker::Open { until_ms: u, .. } => u < until_ms,
+                    Breaker::HalfOpen { .. } => false,
+                };
+                if !(newer && later && until_ms > now_ms) {
+                    return false;
+                }
+                let secs = (until_ms.saturating_sub(shared.at_ms) / 1000) as u32;
+                self.breaker = Breaker::Open {
+                    until_ms,
+                    interval_secs: secs.clamp(s.open_secs, s.open_max_secs.max(s.open_secs)),
+                };
+                self.breaker_changed_ms = shared.at_ms;
+                true
+            }
+            SharedKind::Closed => {
+                // The endpoint answered someone: it is alive.
+                self.failing_since_ms = None;
+                if !(newer && self.is_open()) {
+                    return false;
+                }
+                self.breaker = Breaker::Closed { failures: 0 };
+                self.breaker_changed_ms = shared.at_ms;
+                true
+            }
+            SharedKind::Paused => {
+                let until_ms = shared.until_ms.unwrap_or(0);
+                if until_ms <= self.paused_until_ms {
+                    return false;
+                }
+                self.paused_until_ms = until_ms;
+                true
+            }
+            SharedKind::Disabled => {
+                if self.disabled.is_some() {
+                    return false;
+                }
+                self.disabled = Some(shared.failing_since_ms.unwrap_or(shared.at_ms));
+                self.disabled_reported = true;
+                true
+            }
+            SharedKind::Enabled => {
+                let was = self.disabled.is_some();
+                self.enable();
+                was
+            }
+        }
     }
 
     /// Requests per second sent lately: the last full second's, or the current window's.
@@ -465,9 +571,112 @@ impl OperationalEvent {
         }
     }
 
+    /// An operator's change (`endpoint.enabled`, `endpoint.disabled`) of `origin`.
+    pub fn by_operator(
+        kind: &str,
+        app_id: &str,
+        origin: &str,
+        reason: &str,
+        at_ms: u64,
+    ) -> OperationalEvent {
+        OperationalEvent {
+            v: 1,
+            kind: kind.into(),
+            app_id: app_id.into(),
+            endpoint: origin.into(),
+            reason: reason.into(),
+            at_ms,
+            until_ms: None,
+            rate: None,
+        }
+    }
+
     /// The JSON text sent to the metrics queue.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("an operational event always serialises")
+    }
+}
+
+/// What a shared endpoint state says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedKind {
+    /// The breaker is open until `until_ms`.
+    Opened,
+    /// The breaker closed (a probe succeeded).
+    Closed,
+    /// A `Retry-After` pause until `until_ms`.
+    Paused,
+    /// The endpoint is disabled (no success since `failing_since_ms`).
+    Disabled,
+    /// An operator enabled it again.
+    Enabled,
+}
+
+/// One endpoint origin's latest transition as the processes serving an application share it
+/// (the registry item's `health` map: origin -> this, as JSON text whose first field is
+/// `state`, so a store can test for a disabled endpoint by the text's prefix).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SharedState {
+    /// What happened.
+    pub state: SharedKind,
+    /// When, Unix ms.
+    pub at_ms: u64,
+    /// Open or paused until, Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
+    /// Disabled: failing since, Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since_ms: Option<u64>,
+    /// Why, in words.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// The prefix of a disabled endpoint's [`SharedState`] text.
+pub const SHARED_DISABLED_PREFIX: &str = "{\"state\":\"disabled\"";
+
+impl SharedState {
+    /// The shared form of `t` at `at_ms` (`None`: a rate change, kept by each process).
+    pub fn of(t: &Transition, at_ms: u64) -> Option<SharedState> {
+        let (state, until_ms, failing_since_ms, reason) = match t {
+            Transition::Opened { until_ms, reason } => {
+                (SharedKind::Opened, Some(*until_ms), None, reason.clone())
+            }
+            Transition::Closed => (SharedKind::Closed, None, None, "a probe succeeded".into()),
+            Transition::Paced {
+                paused_until_ms, ..
+            } if *paused_until_ms > at_ms => (
+                SharedKind::Paused,
+                Some(*paused_until_ms),
+                None,
+                "Retry-After".into(),
+            ),
+            Transition::Paced { .. } => return None,
+            Transition::Disabled { failing_since_ms } => (
+                SharedKind::Disabled,
+                None,
+                Some(*failing_since_ms),
+                format!("no success since {failing_since_ms} (Unix ms)"),
+            ),
+        };
+        Some(SharedState {
+            state,
+            at_ms,
+            until_ms,
+            failing_since_ms,
+            reason,
+        })
+    }
+
+    /// The text stored.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a shared state always serialises")
+    }
+
+    /// Read a stored text; `None` if it is not one (a newer format: ignored).
+    pub fn parse(text: &str) -> Option<SharedState> {
+        serde_json::from_str(text).ok()
     }
 }
 
@@ -727,6 +936,125 @@ mod tests {
         assert!(h.record(&s, Observed::Failure, 90_000).is_empty());
         h.record(&s, Observed::Success, 100_000);
         assert!(h.record(&s, Observed::Failure, 110_000).is_empty());
+    }
+
+    #[test]
+    fn a_disabled_endpoint_refuses_every_event_until_enabled() {
+        let s = HealthSettings {
+            failure_threshold: 1000,
+            disable_after_ms: 10_000,
+            ..s()
+        };
+        let mut h = EndpointHealth::default();
+        h.record(&s, Observed::Failure, 1_000);
+        let t = h.record(&s, Observed::Failure, 11_000);
+        assert_eq!(
+            t,
+            vec![Transition::Disabled {
+                failing_since_ms: 1_000
+            }]
+        );
+        assert_eq!(
+            h.admit(&s, 12_000),
+            Admit::Disabled {
+                failing_since_ms: 1_000
+            }
+        );
+        // A late success (an attempt admitted before) does not enable it: an operator does.
+        h.record(&s, Observed::Success, 13_000);
+        assert!(h.is_disabled());
+        h.enable();
+        assert_eq!(h.admit(&s, 14_000), Admit::Go);
+        // Its failing time starts over.
+        h.record(&s, Observed::Failure, 15_000);
+        assert!(h.record(&s, Observed::Failure, 24_000).is_empty());
+    }
+
+    #[test]
+    fn shared_states_hold_a_process_that_saw_no_failure() {
+        let s = s();
+        let mut a = EndpointHealth::default();
+        let mut b = EndpointHealth::default();
+        let mut shared = Vec::new();
+        for t in 0..3 {
+            for tr in a.record(&s, Observed::Failure, 1_000 + t) {
+                shared.extend(SharedState::of(&tr, 1_000 + t));
+            }
+        }
+        assert_eq!(shared.len(), 1);
+        let text = shared[0].to_json();
+        assert!(text.starts_with("{\"state\":\"opened\""), "{text}");
+        let read = SharedState::parse(&text).unwrap();
+        assert!(b.apply_shared(&s, &read, 2_000));
+        assert!(!b.apply_shared(&s, &read, 2_000), "applied once");
+        let until = read.until_ms.unwrap();
+        assert_eq!(
+            b.admit(&s, 2_000),
+            Admit::Defer {
+                until_ms: until,
+                why: DeferWhy::Open
+            }
+        );
+        assert_eq!(b.admit(&s, until), Admit::Probe);
+        // A's probe succeeded: B, whose probe is out, closes when it reads that.
+        let closed = SharedState {
+            state: SharedKind::Closed,
+            at_ms: until + 10,
+            until_ms: None,
+            failing_since_ms: None,
+            reason: String::new(),
+        };
+        assert!(b.apply_shared(&s, &closed, until + 20));
+        assert_eq!(b.admit(&s, until + 20), Admit::Go);
+        // A stale "opened" read after B's own later close changes nothing.
+        let mut stale = read.clone();
+        stale.at_ms = until + 5;
+        stale.until_ms = Some(until + 100_000);
+        assert!(!b.apply_shared(&s, &stale, until + 30));
+        // Rate changes stay in each process; pauses, disabling and enabling are shared.
+        let paced = Transition::Paced {
+            paused_until_ms: 0,
+            rate: Some(2.0),
+        };
+        assert_eq!(SharedState::of(&paced, 5), None);
+        let paused = Transition::Paced {
+            paused_until_ms: 90_000,
+            rate: Some(2.0),
+        };
+        let p = SharedState::of(&paused, until + 40).unwrap();
+        assert!(b.apply_shared(&s, &p, until + 50));
+        assert!(matches!(
+            b.admit(&s, until + 60),
+            Admit::Defer {
+                why: DeferWhy::Paused,
+                ..
+            }
+        ));
+        let d = SharedState::of(
+            &Transition::Disabled {
+                failing_since_ms: 7,
+            },
+            100_000,
+        )
+        .unwrap();
+        assert!(d.to_json().starts_with(SHARED_DISABLED_PREFIX));
+        assert!(b.apply_shared(&s, &d, 100_000));
+        assert_eq!(
+            b.admit(&s, 100_001),
+            Admit::Disabled {
+                failing_since_ms: 7
+            }
+        );
+        let e = SharedState {
+            state: SharedKind::Enabled,
+            at_ms: 100_002,
+            until_ms: None,
+            failing_since_ms: None,
+            reason: "by an operator".into(),
+        };
+        assert!(b.apply_shared(&s, &e, 100_003));
+        assert_eq!(b.admit(&s, 100_004), Admit::Go);
+        assert_eq!(SharedState::parse("{\"state\":\"melted\"}"), None);
     }
 
     #[test]

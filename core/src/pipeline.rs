@@ -739,6 +739,27 @@ impl<'a> Attempt<'a> {
         hop(&self.state, secs.min(MAX_DELAY_SECS))
     }
 
+    /// The endpoint's origin is disabled (its health: no success for `disable_after`): the
+    /// message is dead-lettered with `reason`, last error [`endpoints::DISABLED_REASON`]
+    /// (redrivable once the endpoint is enabled), this attempt not made (no record).
+    pub fn endpoint_disabled(&self, reason: String, now_ms: u64) -> Processed {
+        let attributes = dead_letter_attributes(&DeadLetterFacts {
+            app_id: self.app.id,
+            event_id: Some(&self.event.id),
+            endpoint_id: self.endpoint_id.as_deref(),
+            reason: &reason,
+            last: LastFailure::Error(endpoints::DISABLED_REASON.to_string()),
+            attempts: self.state.prior_attempts,
+            first_attempt_ms: self.state.first_attempt_ms,
+            source_queue: self.app.queue_url,
+            now_ms,
+        });
+        Processed {
+            action: Action::DeadLetter { reason, attributes },
+            metrics: Vec::new(),
+        }
+    }
+
     /// After the HTTP attempt: a 2xx ends it; anything else goes to the retry policy, with the
     /// context this returns (the clock read now).
     pub fn delivered(&self, delivery: &Delivery, now_ms: u64) -> Step<AttemptContext> {

@@ -243,9 +243,6 @@ impl AppBuilder {
                             // A probe reports within the HTTP timeout; a few seconds more, then
                             // another probe replaces it.
                             probe_timeout_ms: settings.timeout_ms + 5_000,
-                            // Disabling a dead endpoint is not acted on yet (issue 20): no
-                            // `endpoint.disabled` event may claim it until it is.
-                            disable_after_ms: u64::MAX,
                             ..settings.endpoint_health.settings
                         },
                     ))

@@ -254,10 +254,32 @@ pub async fn process(
         None => None,
     };
     if let (Some(health), Some(origin)) = (&app.health, &origin) {
+        // Other processes' transitions (DynamoDB registry), read when older than their TTL.
+        health.refresh(clock.now_ms()).await;
         loop {
             let now = clock.now_ms();
             match health.admit(origin, now) {
                 crate::health::Admit::Go | crate::health::Admit::Probe => break,
+                crate::health::Admit::Disabled { .. }
+                    if health.read_before(msg.sent_timestamp_ms) =>
+                {
+                    // Read again first: an operator may have enabled it since (one read per
+                    // batch at most: the read is newer than every message received before it).
+                    health.refresh_since(now, msg.sent_timestamp_ms).await;
+                    if health.read_before(msg.sent_timestamp_ms) {
+                        // The read failed: decide after the next one, not now.
+                        return attempt.deferred_until(now + 5_000, now);
+                    }
+                }
+                crate::health::Admit::Disabled { failing_since_ms } => {
+                    let reason = format!(
+                        "{}: endpoint {origin} of application {:?} failed without a success from {failing_since_ms} (Unix ms) and was disabled (enable it with `squall endpoints --app {} enable {origin}`, then redrive)",
+                        squall_core::endpoints::DISABLED_REASON,
+                        app.id,
+                        app.id
+                    );
+                    return attempt.endpoint_disabled(reason, now);
+                }
                 crate::health::Admit::Defer { until_ms, why } => {
                     if why == crate::health::DeferWhy::Paced && until_ms <= now + 2_000 {
                         tokio::time::sleep(Duration::from_millis(until_ms - now)).await;
@@ -284,6 +306,7 @@ pub async fn process(
     if let (Some(health), Some(origin)) = (&app.health, &origin) {
         let now = clock.now_ms();
         health.record(origin, crate::health::observe(&delivery.outcome, now), now);
+        health.publish().await;
     }
 
     let context = match attempt.delivered(&delivery, clock.now_ms()) {

@@ -123,7 +123,7 @@ impl Setup {
 }
 
 /// Run the `squall` binary with test credentials; stdout, asserting success.
-fn squall_ok(config: &Path, args: &[&str]) -> String {
+pub(crate) fn squall_ok(config: &Path, args: &[&str]) -> String {
     let out = Command::new(squall_bin())
         .args(args)
         .env("SQUALL_CONFIG", config)

@@ -6,6 +6,7 @@ mod arm64;
 mod delivery;
 mod endpoints;
 mod health;
+mod health_shared;
 mod isolation;
 mod lambda;
 mod ops;

@@ -417,6 +417,8 @@ pub struct EndpointHealthConfig {
     pub enabled: bool,
     /// The thresholds.
     pub settings: crate::health::HealthSettings,
+    /// How often each process reads the shared states (DynamoDB registry), seconds.
+    pub shared_ttl_secs: u32,
 }
 
 impl AppConfig {

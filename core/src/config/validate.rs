@@ -99,6 +99,8 @@ struct RawEndpointHealth {
     open_secs: u32,
     open_max_secs: u32,
     max_rate: f64,
+    disable_after_secs: u64,
+    shared_ttl_secs: u32,
 }
 
 #[derive(Deserialize)]
@@ -648,6 +650,20 @@ fn check_settings(s: &RawAppSettings, p: &str, o: &Origins) -> Result<(), Config
             "must be 0 (no cap) to 100000 requests per second",
         ));
     }
+    in_range(
+        k("endpoint_health.disable_after_secs"),
+        h.disable_after_secs,
+        1,
+        crate::config::MAX_HORIZON_SECS,
+        o,
+    )?;
+    in_range(
+        k("endpoint_health.shared_ttl_secs"),
+        h.shared_ttl_secs,
+        1,
+        300,
+        o,
+    )?;
     in_range(k("connect_timeout_ms"), s.connect_timeout_ms, 1, 600_000, o)?;
     in_range(k("timeout_ms"), s.timeout_ms, 1, 900_000, o)?;
     if s.connect_timeout_ms > s.timeout_ms {
@@ -1034,8 +1050,15 @@ fn build_app(
                 open_max_secs: s.endpoint_health.open_max_secs,
                 retry_after_max_secs: s.retry.retry_after_max_secs,
                 max_rate: (s.endpoint_health.max_rate > 0.0).then_some(s.endpoint_health.max_rate),
+                // Never longer than the retry horizon: no event is kept past it.
+                disable_after_ms: s
+                    .endpoint_health
+                    .disable_after_secs
+                    .min(s.retry.horizon_secs)
+                    .saturating_mul(1000),
                 ..crate::health::HealthSettings::default()
             },
+            shared_ttl_secs: s.endpoint_health.shared_ttl_secs,
         },
     })
 }

@@ -12,6 +12,11 @@
 //! On a file registry the endpoints are `[apps.NAME.endpoints.ID]` tables of the configuration:
 //! `list` and `show` read them; the write verbs are refused with the way to do it (edit the file,
 //! restart).
+//!
+//! Endpoint health (issue 20) is per origin (`scheme://host:port`), whether events name it by
+//! URL or by endpoint id: [`Endpoints::health`] lists the states the engine shared in the
+//! application's item, and [`Endpoints::set_origin`] enables (or disables) an origin for every
+//! process, with an `endpoint.enabled` (`endpoint.disabled`) event on the metrics queue.
 
 use std::collections::BTreeMap;
 
@@ -76,6 +81,32 @@ pub enum EndpointsError {
     /// The registry said no.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// Not an origin or URL with a host.
+    #[error("{given:?}: not an endpoint origin (scheme://host[:port]) or URL")]
+    NotAnOrigin {
+        /// What was given.
+        given: String,
+    },
+    /// Endpoint health on a file registry: kept in each `squall run` process.
+    #[error(
+        "{config}: registry.backend is \"file\": endpoint health is kept in each squall run process, not shared; a disabled origin is enabled again by restarting it (a DynamoDB registry shares it, docs/config.md)"
+    )]
+    HealthNotShared {
+        /// The config file.
+        config: String,
+    },
+}
+
+/// What [`Endpoints::set_origin`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginSet {
+    /// The origin, `scheme://host:port`.
+    pub origin: String,
+    /// Its state before (`None`: no shared state).
+    pub before: Option<crate::health::SharedKind>,
+    /// Whether the operational event reached the metrics queue (`false`: none configured, or
+    /// the send failed, logged).
+    pub event_sent: bool,
 }
 
 /// What `update` changes; `None` leaves a field as it is.
@@ -237,6 +268,98 @@ impl Endpoints {
         let (store, _, old_body, old) = self.existing(app, eid).await?;
         store.delete_endpoint(app, eid, &old_body, now_ms()).await?;
         Ok(Written::Done(old))
+    }
+
+    /// `app`'s shared endpoint health states (DynamoDB registry), by origin.
+    pub async fn health(
+        &self,
+        app: &str,
+    ) -> Result<Vec<(String, crate::health::SharedState)>, EndpointsError> {
+        let store = self.health_store()?;
+        self.record(app).await?;
+        Ok(store
+            .read_health(app)
+            .await?
+            .into_iter()
+            .filter_map(|(o, text)| Some((o, crate::health::SharedState::parse(&text)?)))
+            .collect())
+    }
+
+    /// Enable (`enable`) or disable endpoint origin `target` (an origin or any URL at it) of
+    /// `app` for every process serving it, from their next shared read; an `endpoint.enabled`
+    /// or `endpoint.disabled` event goes to the metrics queue if one is configured.
+    pub async fn set_origin(
+        &self,
+        app: &str,
+        target: &str,
+        enable: bool,
+    ) -> Result<OriginSet, EndpointsError> {
+        use crate::health::{OperationalEvent, SharedKind, SharedState};
+        let store = self.health_store()?;
+        self.record(app).await?;
+        let origin =
+            crate::health::origin_of(target).ok_or_else(|| EndpointsError::NotAnOrigin {
+                given: target.into(),
+            })?;
+        let before = store
+            .read_health(app)
+            .await?
+            .into_iter()
+            .find(|(o, _)| *o == origin)
+            .and_then(|(_, t)| SharedState::parse(&t))
+            .map(|s| s.state);
+        let at_ms = now_ms();
+        let (state, kind) = if enable {
+            (SharedKind::Enabled, "endpoint.enabled")
+        } else {
+            (SharedKind::Disabled, "endpoint.disabled")
+        };
+        let reason = "by an operator (squall endpoints)";
+        let shared = SharedState {
+            state,
+            at_ms,
+            until_ms: None,
+            failing_since_ms: (!enable).then_some(at_ms),
+            reason: reason.into(),
+        };
+        store
+            .put_health(app, &origin, &shared.to_json(), false)
+            .await?;
+        let event = OperationalEvent::by_operator(kind, app, &origin, reason, at_ms);
+        let event_sent = match self.config.sqs.metrics_queue_url.as_deref() {
+            None => false,
+            Some(url) => {
+                use crate::queue::{Attributes, Outgoing, Queue};
+                let settings = crate::queue::sqs::SqsSettings::from_config(&self.config);
+                let queues = crate::queue::sqs::SqsQueues::connect(&settings).await;
+                let message = Outgoing {
+                    body: event.to_json(),
+                    delay_secs: 0,
+                    attributes: Attributes::new(),
+                    group_id: None,
+                };
+                match queues.send_batch(url, &[message]).await.pop() {
+                    Some(Ok(())) => true,
+                    other => {
+                        tracing::warn!(app_id = app, endpoint = %origin, kind, result = ?other, "operational event not sent to the metrics queue");
+                        false
+                    }
+                }
+            }
+        };
+        Ok(OriginSet {
+            origin,
+            before,
+            event_sent,
+        })
+    }
+
+    fn health_store(&self) -> Result<&DynamoStore, EndpointsError> {
+        self.store
+            .as_ref()
+            .ok_or_else(|| EndpointsError::HealthNotShared {
+                config: self.source_name(),
+            })
     }
 
     /// Endpoint `eid` of `app` as stored (its TOML body) and parsed, for a write.

@@ -386,6 +386,11 @@ impl Directory {
                 other => break other?,
             }
         };
+        if let Some(health) = &built.app.health {
+            // Its endpoints' health is shared with the application's other processes.
+            let ttl_ms = u64::from(settings.endpoint_health.shared_ttl_secs) * 1000;
+            health.share_through(self.store.clone(), ttl_ms);
+        }
         tracing::info!(app_id = %record.id, version = record.version, queue = %queue, "application loaded from the registry");
         Ok(Some(State::Ready {
             built: Arc::new(built),

@@ -9,6 +9,7 @@
 //! | `left_shared_ms` | N | when a dedicated application left the shared tier (its events there are delivered for 14 days more) |
 //! | `settings` | S | the body of its `[apps.ID]` table, TOML text (secret references only) |
 //! | `endpoints` | M | endpoint id -> S, the TOML body of `[apps.ID.endpoints.EID]` (written by `squall endpoints`) |
+//! | `health` | M | endpoint origin -> S, its latest shared health transition (JSON, `squall_core::health::SharedState`; written by the engine and `squall endpoints enable/disable ORIGIN`) |
 //! | `updated_ms` | N | when the item was last written (Unix ms) |
 //!
 //! Finding an application by its queue is one `Query` on the index; listing them is a `Scan`.
@@ -252,6 +253,7 @@ impl DynamoStore {
             "settings = :settings",
             "updated_ms = :updated",
             "endpoints = if_not_exists(endpoints, :no_endpoints)",
+            "health = if_not_exists(health, :no_endpoints)",
         ];
         let mut remove = Vec::new();
         let mut req = self
@@ -370,12 +372,96 @@ impl DynamoStore {
     /// Give an item written before endpoints existed its empty `endpoints` map (a map entry
     /// can only be set inside an existing map).
     pub async fn ensure_endpoints_map(&self, app_id: &str) -> Result<(), RegistryError> {
+        self.ensure_map(app_id, "endpoints").await
+    }
+
+    /// The application's shared endpoint health states, origin -> text (one eventually
+    /// consistent `GetItem` of the `health` attribute; empty when the item has none).
+    pub async fn read_health(&self, app_id: &str) -> Result<Vec<(String, String)>, RegistryError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("app_id", AttributeValue::S(app_id.to_string()))
+            .projection_expression("health")
+            .send()
+            .await
+            .map_err(|e| store_err("GetItem", &self.table, e))?;
+        let Some(AttributeValue::M(m)) = out.item.and_then(|mut i| i.remove("health")) else {
+            return Ok(Vec::new());
+        };
+        let mut states: Vec<(String, String)> = m
+            .into_iter()
+            .filter_map(|(origin, v)| match v {
+                AttributeValue::S(text) => Some((origin, text)),
+                _ => None,
+            })
+            .collect();
+        states.sort();
+        Ok(states)
+    }
+
+    /// Write endpoint `origin`'s shared health state `text` in application `app_id`'s item.
+    /// `unless_disabled`: not over a disabled state (the write is then skipped: `Ok(false)`).
+    /// An item that has no `health` map yet is given one.
+    pub async fn put_health(
+        &self,
+        app_id: &str,
+        origin: &str,
+        text: &str,
+        unless_disabled: bool,
+    ) -> Result<bool, RegistryError> {
+        for first in [true, false] {
+            let mut req = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("app_id", AttributeValue::S(app_id.to_string()))
+                .expression_attribute_names("#o", origin)
+                .expression_attribute_values(":s", AttributeValue::S(text.to_string()))
+                .update_expression("SET health.#o = :s");
+            req = if unless_disabled {
+                req.condition_expression(
+                    "attribute_exists(app_id) AND (attribute_not_exists(health.#o) OR NOT begins_with(health.#o, :disabled))",
+                )
+                .expression_attribute_values(
+                    ":disabled",
+                    AttributeValue::S(squall_core::health::SHARED_DISABLED_PREFIX.into()),
+                )
+            } else {
+                req.condition_expression("attribute_exists(app_id)")
+            };
+            match req.send().await {
+                Ok(_) => return Ok(true),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+                {
+                    return Ok(false);
+                }
+                // No `health` map in an item written before it existed: make it, once.
+                Err(e)
+                    if first
+                        && e.as_service_error()
+                            .is_some_and(|se| se.code() == Some("ValidationException")) =>
+                {
+                    self.ensure_map(app_id, "health").await?;
+                }
+                Err(e) => return Err(store_err("UpdateItem", &self.table, e)),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Give the item an empty map attribute `name` if it has none.
+    async fn ensure_map(&self, app_id: &str, name: &str) -> Result<(), RegistryError> {
         self.client
             .update_item()
             .table_name(&self.table)
             .key("app_id", AttributeValue::S(app_id.to_string()))
+            .expression_attribute_names("#m", name)
             .expression_attribute_values(":none", AttributeValue::M(HashMap::new()))
-            .update_expression("SET endpoints = if_not_exists(endpoints, :none)")
+            .update_expression("SET #m = if_not_exists(#m, :none)")
             .condition_expression("attribute_exists(app_id)")
             .send()
             .await

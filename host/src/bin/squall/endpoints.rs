@@ -79,16 +79,27 @@ enum Verb {
         no_headers: bool,
     },
     /// Enable an endpoint: its events are delivered again (redrive the ones dead-lettered
-    /// while it was disabled: `squall redrive --app APP --reason endpoint-disabled`).
+    /// while it was disabled: `squall redrive --app APP --reason endpoint-disabled`). Given an
+    /// origin (`https://host[:port]`, or any URL at it): enable an origin that endpoint health
+    /// disabled, in every process serving the application (endpoint.enabled on the metrics
+    /// queue).
     Enable {
-        /// Endpoint id.
+        /// Endpoint id, or an origin / URL.
         id: String,
     },
     /// Disable an endpoint: its events are dead-lettered with reason endpoint-disabled,
-    /// redrivable once it is enabled.
+    /// redrivable once it is enabled. Given an origin or URL: disable that origin, whatever
+    /// endpoint id or URL an event names.
     Disable {
-        /// Endpoint id.
+        /// Endpoint id, or an origin / URL.
         id: String,
+    },
+    /// Endpoint health shared by the engine's processes (DynamoDB registry): each origin's
+    /// latest transition (opened, closed, paused, disabled, enabled).
+    Health {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove an endpoint: events still naming it are dead-lettered (unknown endpoint_id).
     Delete {
@@ -115,6 +126,26 @@ fn print_written(app: &str, verb: &str, w: &Written) {
     match w {
         Written::Done(e) => println!("{app}: endpoint {} {verb}", e.id),
         Written::Unchanged(e) => println!("{app}: endpoint {} unchanged", e.id),
+    }
+}
+
+fn print_origin(app: &str, verb: &str, set: &squall::ops::endpoints::OriginSet) {
+    let before = set.before.map_or("no shared state".into(), |k| {
+        format!("{k:?}").to_lowercase()
+    });
+    println!(
+        "{app}: endpoint origin {} {verb} (was: {before}); every process applies it within endpoint_health.shared_ttl_secs{}",
+        set.origin,
+        if set.event_sent {
+            "; event sent to the metrics queue"
+        } else {
+            ""
+        }
+    );
+    if verb == "enabled" {
+        println!(
+            "  redrive what was dead-lettered meanwhile: squall redrive --app {app} --reason endpoint-disabled"
+        );
     }
 }
 
@@ -199,6 +230,39 @@ async fn run(args: EndpointsArgs) -> anyhow::Result<()> {
                 },
             };
             print_written(app, "updated", &eps.update(app, &id, &change).await?);
+        }
+        Verb::Enable { id } if id.contains("://") => {
+            print_origin(app, "enabled", &eps.set_origin(app, &id, true).await?);
+        }
+        Verb::Disable { id } if id.contains("://") => {
+            print_origin(app, "disabled", &eps.set_origin(app, &id, false).await?);
+        }
+        Verb::Health { json } => {
+            let states = eps.health(app).await?;
+            if json {
+                for (origin, s) in &states {
+                    println!(
+                        "{}",
+                        serde_json::json!({"app_id": app, "endpoint": origin, "shared": s})
+                    );
+                }
+            } else {
+                println!(
+                    "{:<40} {:<9} {:<24} {:<24} REASON",
+                    "ORIGIN", "STATE", "AT", "UNTIL"
+                );
+                for (origin, s) in &states {
+                    println!(
+                        "{:<40} {:<9} {:<24} {:<24} {}",
+                        origin,
+                        format!("{:?}", s.state).to_lowercase(),
+                        squall::envelope::format_rfc3339_ms(s.at_ms),
+                        s.until_ms
+                            .map_or("-".into(), squall::envelope::format_rfc3339_ms),
+                        s.reason
+                    );
+                }
+            }
         }
         Verb::Enable { id } => {
             let change = Change {
