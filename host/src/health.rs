@@ -101,8 +101,11 @@ impl HealthMap {
         if !due(shared.read_at_ms.load(Ordering::Relaxed)) {
             return; // another task read it meanwhile
         }
+        // Marked read once the read is done: the tasks that find it due meanwhile wait for it
+        // (on `busy`) rather than admit their events with what this process knew before.
+        let read = shared.store.read_health(&self.app_id).await;
         shared.read_at_ms.store(now_ms.max(1), Ordering::Relaxed);
-        let read = match shared.store.read_health(&self.app_id).await {
+        let read = match read {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!(app_id = %self.app_id, error = %e, "endpoint health: shared states not read (this process decides alone until the next read)");

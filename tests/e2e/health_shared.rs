@@ -349,3 +349,80 @@ async fn a_dead_endpoint_is_disabled_everywhere_then_enabled_and_redriven() {
         assert!(run.terminate().success());
     }
 }
+
+/// The same sharing with the Lambda function on the other side: a breaker opened by a `squall
+/// run` process (stopped then) holds the real bootstrap, driven as an event source mapping
+/// drives it, which never saw a failure; the function's own probe closes it, and the close it
+/// writes is in the item.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_breaker_opened_by_squall_run_holds_the_lambda_function() {
+    use crate::lambda::{
+        bootstrap_binary, cargo_lambda, mapping_step, start_emulator, start_function,
+    };
+    let endpoint = sqs_or_skip!();
+    let Some(cargo_lambda) = cargo_lambda() else {
+        return;
+    };
+    let bin = bootstrap_binary();
+    let s = Setup::new(
+        &endpoint,
+        "health-shared-lambda",
+        "failure_threshold = 3\nopen_secs = 15\nopen_max_secs = 15",
+    )
+    .await;
+    let a = SquallRun::start(&s.config_text);
+    for i in 0..3 {
+        s.send(&format!("evt-a-{i}")).await;
+    }
+    let opened = eventually(
+        Duration::from_secs(60),
+        "squall run opens the breaker",
+        || async { s.shared().await.filter(|st| st.state == SharedKind::Opened) },
+    )
+    .await;
+    let mut a = a;
+    assert!(a.is_running(), "{}", a.log());
+    assert!(a.terminate().success());
+    let until_ms = opened.until_ms.unwrap();
+    let (_emulator, port) = start_emulator(&cargo_lambda);
+    let log = s._dir.join("bootstrap.log");
+    let _function = start_function(&bin, port, &s.config_file, &log);
+    for i in 0..10 {
+        s.send(&format!("evt-l-{i}")).await;
+    }
+    let q_url = s.q.app("shop").to_string();
+    while now_ms() + 1_000 < until_ms {
+        mapping_step(&s.q, &q_url, port).await;
+    }
+    let during =
+        s.rx.requests_for("/ep")
+            .into_iter()
+            .filter(|r| ms(r.received_at) > opened.at_ms + 500)
+            .count();
+    assert_eq!(during, 0, "requests while the shared breaker was open");
+    let function_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        function_log.contains("shared state applied"),
+        "the function applied the shared breaker:\n{function_log}"
+    );
+    s.up.store(true, Ordering::SeqCst);
+    let limit = std::time::Instant::now() + Duration::from_secs(120);
+    while s.delivered().len() < 13 || s.q.depth(s.q.app("shop")).await != (0, 0, 0) {
+        assert!(
+            std::time::Instant::now() < limit,
+            "{} delivered",
+            s.delivered().len()
+        );
+        mapping_step(&s.q, &q_url, port).await;
+    }
+    assert!(
+        s.delivered().values().all(|&n| n == 1),
+        "each delivered once"
+    );
+    let closed = s.shared().await.unwrap();
+    assert_eq!(
+        closed.state,
+        SharedKind::Closed,
+        "written by the function: {closed:?}"
+    );
+}
