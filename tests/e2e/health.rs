@@ -267,7 +267,16 @@ async fn max_rate_holds_at_the_receiver_over_thirty_seconds() {
         window.len()
     );
     assert!(window.len() <= 151, "{}", window.len());
-    assert!(per_second.iter().all(|&n| n <= 5), "{per_second:?}");
+    // Requests leave 200 ms apart; on a loaded machine one can reach the receiver a few tens of
+    // ms late, across a second's boundary (seen in CI: [.., 3, 6, ..]). A 6 is accepted only as
+    // that: next to a second short of what it gained, the pair holding at most 10.
+    for (i, &n) in per_second.iter().enumerate() {
+        let pair = |j: usize| per_second.get(j).is_some_and(|&m| n + m <= 10);
+        assert!(
+            n <= 5 || (n == 6 && ((i > 0 && pair(i - 1)) || pair(i + 1))),
+            "second {i}: {per_second:?}"
+        );
+    }
 }
 
 /// The same breaker through the real `bootstrap` under the Runtime API emulator, batches
