@@ -3,22 +3,30 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// One secret: its key bytes, and the HMAC-SHA256 state keyed with them (computed once: the
-/// two key-pad compressions are a tenth of signing 1 KiB).
+/// One secret: its key bytes, and what signs with them: the HMAC-SHA256 state keyed with them
+/// (computed once: the two key-pad compressions are a tenth of signing 1 KiB), or, for a
+/// Standard Webhooks asymmetric key (`whsk_`), the ed25519 key pair.
 #[derive(Clone)]
 pub struct SecretKey {
     bytes: Vec<u8>,
-    keyed: Hmac<Sha256>,
+    kind: KeyKind,
+}
+
+#[derive(Clone)]
+enum KeyKind {
+    Hmac(Hmac<Sha256>),
+    Ed25519(Arc<ring::signature::Ed25519KeyPair>),
 }
 
 impl PartialEq for SecretKey {
     fn eq(&self, other: &Self) -> bool {
-        self.bytes == other.bytes
+        self.bytes == other.bytes && self.is_ed25519() == other.is_ed25519()
     }
 }
 
@@ -26,7 +34,8 @@ impl Eq for SecretKey {}
 
 impl SecretKey {
     /// Parse a secret value the Standard Webhooks way: `whsec_<base64>` decodes to its
-    /// bytes; anything else is used as its UTF-8 bytes (GitHub style secrets).
+    /// bytes; `whsk_<base64>` is an ed25519 signing key (the 32-byte seed, or the 64-byte
+    /// seed and public key); anything else is used as its UTF-8 bytes (GitHub style secrets).
     pub fn parse(value: &str) -> Result<SecretKey, SecretError> {
         SecretKey::parse_as(value, SecretFormat::StandardWebhooks)
     }
@@ -41,6 +50,12 @@ impl SecretKey {
         if format == SecretFormat::Raw {
             return Ok(SecretKey::from_bytes(value.as_bytes().to_vec()));
         }
+        if let Some(b64) = value.strip_prefix("whsk_") {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| SecretError::BadBase64)?;
+            return SecretKey::ed25519(&bytes);
+        }
         match value.strip_prefix("whsec_") {
             Some(b64) => base64::engine::general_purpose::STANDARD
                 .decode(b64)
@@ -50,10 +65,74 @@ impl SecretKey {
         }
     }
 
-    /// Key bytes from raw bytes.
+    /// An ed25519 signing key from its 32-byte seed, or the 64 bytes of seed and public key
+    /// (libsodium's form; the public half must be the seed's).
+    pub fn ed25519(bytes: &[u8]) -> Result<SecretKey, SecretError> {
+        use ring::signature::{Ed25519KeyPair, KeyPair as _};
+        let seed = match bytes.len() {
+            32 | 64 => &bytes[..32],
+            n => return Err(SecretError::Ed25519Length(n)),
+        };
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| SecretError::Ed25519)?;
+        if bytes.len() == 64 && pair.public_key().as_ref() != &bytes[32..] {
+            return Err(SecretError::Ed25519);
+        }
+        Ok(SecretKey {
+            bytes: seed.to_vec(),
+            kind: KeyKind::Ed25519(Arc::new(pair)),
+        })
+    }
+
+    /// A new random ed25519 signing key (`whsk_...`) and its public key (`whpk_...`).
+    pub fn generate_ed25519() -> (String, String) {
+        use ring::rand::SecureRandom as _;
+        let mut seed = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut seed)
+            .expect("the system's random source");
+        let key = SecretKey::ed25519(&seed).expect("32 bytes");
+        let public = key.public_key().expect("an ed25519 key");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(seed);
+        (format!("whsk_{b64}"), public)
+    }
+
+    /// Key bytes from raw bytes (an HMAC key).
     pub fn from_bytes(bytes: Vec<u8>) -> SecretKey {
         let keyed = Hmac::<Sha256>::new_from_slice(&bytes).expect("HMAC takes any key length");
-        SecretKey { bytes, keyed }
+        SecretKey {
+            bytes,
+            kind: KeyKind::Hmac(keyed),
+        }
+    }
+
+    /// Whether this is an ed25519 signing key (`whsk_`): it signs `v1a`, never an HMAC.
+    pub fn is_ed25519(&self) -> bool {
+        matches!(self.kind, KeyKind::Ed25519(_))
+    }
+
+    /// An ed25519 key's public key, `whpk_<base64>` (what subscribers pin); `None` for an
+    /// HMAC key (which has no public half).
+    pub fn public_key(&self) -> Option<String> {
+        use ring::signature::KeyPair as _;
+        match &self.kind {
+            KeyKind::Ed25519(pair) => Some(format!(
+                "whpk_{}",
+                base64::engine::general_purpose::STANDARD.encode(pair.public_key().as_ref())
+            )),
+            KeyKind::Hmac(_) => None,
+        }
+    }
+
+    /// The ed25519 signature (64 bytes) of the parts, concatenated; `None` for an HMAC key.
+    pub fn ed25519_sign_parts(&self, parts: &[&[u8]]) -> Option<[u8; 64]> {
+        let KeyKind::Ed25519(pair) = &self.kind else {
+            return None;
+        };
+        let message = parts.concat();
+        let sig = pair.sign(&message);
+        let mut out = [0u8; 64];
+        out.copy_from_slice(sig.as_ref());
+        Some(out)
     }
 
     /// HMAC-SHA256 of `data` under this key.
@@ -61,9 +140,16 @@ impl SecretKey {
         self.hmac_sha256_parts(&[data])
     }
 
-    /// HMAC-SHA256 over several parts, as if concatenated (avoids a copy of the body).
+    /// HMAC-SHA256 over several parts, as if concatenated (avoids a copy of the body). An
+    /// ed25519 key is keyed by its seed here: callers check [`SecretKey::is_ed25519`] first
+    /// (the signer signs `v1a` with it; plugins' HMAC calls refuse it).
     pub fn hmac_sha256_parts(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut mac = self.keyed.clone();
+        let mut mac = match &self.kind {
+            KeyKind::Hmac(keyed) => keyed.clone(),
+            KeyKind::Ed25519(_) => {
+                Hmac::<Sha256>::new_from_slice(&self.bytes).expect("HMAC takes any key length")
+            }
+        };
         for p in parts {
             mac.update(p);
         }
@@ -94,9 +180,19 @@ pub enum SecretError {
     /// Empty value.
     #[error("the secret is empty")]
     Empty,
-    /// `whsec_` prefix followed by invalid base64.
-    #[error("the secret starts with whsec_ but the rest is not valid base64")]
+    /// `whsec_` or `whsk_` prefix followed by invalid base64.
+    #[error("the secret starts with whsec_ or whsk_ but the rest is not valid base64")]
     BadBase64,
+    /// A `whsk_` key of the wrong length.
+    #[error(
+        "the secret starts with whsk_ (an ed25519 signing key) but holds {0} bytes: 32 (the seed) or 64 (seed and public key) expected"
+    )]
+    Ed25519Length(usize),
+    /// A `whsk_` key that is not a valid ed25519 key pair.
+    #[error(
+        "the secret starts with whsk_ but is not a valid ed25519 key (the public half does not match the seed)"
+    )]
+    Ed25519,
 }
 
 /// An application's secrets by key name; each name may hold several active secrets

@@ -1,7 +1,9 @@
 //! The built-in Standard Webhooks signer (<https://www.standardwebhooks.com>):
 //! `webhook-id`, `webhook-timestamp` and
 //! `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, one signature per
-//! active secret, space-separated, during a rotation.
+//! active secret, space-separated, during a rotation. An asymmetric key (`whsk_`) signs
+//! `v1a,<base64 ed25519 signature of the same content>`: a key list holding both kinds sends
+//! `v1` and `v1a` side by side (a migration), in the list's order.
 
 use std::sync::Arc;
 
@@ -20,13 +22,22 @@ pub fn standard_webhooks_signature(
 ) -> String {
     let ts = timestamp.to_string();
     let mut out = String::with_capacity(keys.len() * 48);
+    let parts: [&[u8]; 5] = [msg_id.as_bytes(), b".", ts.as_bytes(), b".", body];
     for (i, key) in keys.iter().enumerate() {
-        let mac = key.hmac_sha256_parts(&[msg_id.as_bytes(), b".", ts.as_bytes(), b".", body]);
         if i > 0 {
             out.push(' ');
         }
-        out.push_str("v1,");
-        out.push_str(&base64::engine::general_purpose::STANDARD.encode(mac));
+        match key.ed25519_sign_parts(&parts) {
+            Some(sig) => {
+                out.push_str("v1a,");
+                out.push_str(&base64::engine::general_purpose::STANDARD.encode(sig));
+            }
+            None => {
+                out.push_str("v1,");
+                let mac = key.hmac_sha256_parts(&parts);
+                out.push_str(&base64::engine::general_purpose::STANDARD.encode(mac));
+            }
+        }
     }
     out
 }
@@ -114,6 +125,69 @@ mod tests {
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[0], standard_webhooks_signature(&[a], "id", 1, b"x"));
         assert_eq!(parts[1], standard_webhooks_signature(&[b], "id", 1, b"x"));
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// RFC 8032, section 7.1, TEST 1: the key's public half and its signature of the empty
+    /// message.
+    #[test]
+    fn ed25519_keys_match_rfc_8032() {
+        use base64::engine::general_purpose::STANDARD;
+        let seed = hex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60");
+        let key = SecretKey::parse(&format!("whsk_{}", STANDARD.encode(&seed))).unwrap();
+        assert!(key.is_ed25519());
+        let public = hex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a");
+        assert_eq!(
+            key.public_key().unwrap(),
+            format!("whpk_{}", STANDARD.encode(&public))
+        );
+        let sig = hex(
+            "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
+        );
+        assert_eq!(key.ed25519_sign_parts(&[]).unwrap().to_vec(), sig);
+        // The 64-byte form (seed and public key) is the same key; a wrong public half is refused.
+        let full = [seed.clone(), public.clone()].concat();
+        assert_eq!(
+            SecretKey::parse(&format!("whsk_{}", STANDARD.encode(&full))).unwrap(),
+            key
+        );
+        let mut bad = full.clone();
+        bad[40] ^= 1;
+        assert_eq!(
+            SecretKey::parse(&format!("whsk_{}", STANDARD.encode(&bad))),
+            Err(crate::secrets::SecretError::Ed25519)
+        );
+        assert_eq!(
+            SecretKey::parse(&format!("whsk_{}", STANDARD.encode([1u8; 31]))),
+            Err(crate::secrets::SecretError::Ed25519Length(31))
+        );
+        assert!(format!("{key:?}").contains("redacted"));
+    }
+
+    #[test]
+    fn v1_and_v1a_go_side_by_side_in_the_list_order() {
+        use base64::engine::general_purpose::STANDARD;
+        use ring::signature::{ED25519, UnparsedPublicKey};
+        let (sk, pk) = SecretKey::generate_ed25519();
+        let asym = SecretKey::parse(&sk).unwrap();
+        let sym = SecretKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let header = standard_webhooks_signature(&[sym.clone(), asym], "msg_1", 1614265330, b"{}");
+        let (v1, v1a) = header.split_once(' ').unwrap();
+        assert_eq!(
+            v1,
+            standard_webhooks_signature(&[sym], "msg_1", 1614265330, b"{}")
+        );
+        let sig = STANDARD.decode(v1a.strip_prefix("v1a,").unwrap()).unwrap();
+        let public = STANDARD.decode(pk.strip_prefix("whpk_").unwrap()).unwrap();
+        UnparsedPublicKey::new(&ED25519, &public)
+            .verify(b"msg_1.1614265330.{}", &sig)
+            .unwrap();
     }
 
     #[test]

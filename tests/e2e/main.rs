@@ -13,6 +13,7 @@ mod ops;
 mod plugins;
 mod registry;
 mod shared;
+mod signing_v1a;
 mod ssrf;
 mod supply;
 mod template;

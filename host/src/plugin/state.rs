@@ -144,13 +144,21 @@ impl HostState {
     }
 
     fn keys(&self, key_name: &str) -> Result<&[crate::secrets::SecretKey], String> {
-        self.app.secrets.get(key_name).ok_or_else(|| {
+        let keys = self.app.secrets.get(key_name).ok_or_else(|| {
             format!(
                 "application {} has no secret named {:?}",
                 self.app.app_id,
                 truncate(key_name, 128)
             )
-        })
+        })?;
+        if keys.iter().any(|k| k.is_ed25519()) {
+            return Err(format!(
+                "secret {:?} of application {} is an ed25519 signing key (whsk_): it signs Standard Webhooks v1a in the built-in signer, never an HMAC",
+                truncate(key_name, 128),
+                self.app.app_id
+            ));
+        }
+        Ok(keys)
     }
 
     fn hmac_newest(&self, key_name: &str, parts: &[&[u8]]) -> Result<Vec<u8>, String> {

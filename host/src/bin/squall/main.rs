@@ -11,6 +11,7 @@ mod apps;
 mod demo;
 mod deploy;
 mod endpoints;
+mod keys;
 mod ops;
 mod plugin;
 mod run;
@@ -41,6 +42,10 @@ enum Command {
     /// An application's registered endpoints (envelopes name them by endpoint_id): list, show,
     /// create, update, enable, disable, delete.
     Endpoints(endpoints::EndpointsArgs),
+    /// Standard Webhooks ed25519 signing keys (v1a): generate a pair, print an application's
+    /// public keys for its subscribers.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     #[command(flatten)]
     Ops(ops::OpsCommand),
 }
@@ -54,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::Deploy(cmd) => deploy::main(cmd),
         Command::Apps(args) => apps::main(args),
         Command::Endpoints(args) => endpoints::main(args),
+        Command::Keys(cmd) => keys::main(cmd),
         Command::Ops(cmd) => ops::main(cmd),
     }
 }
