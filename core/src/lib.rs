@@ -29,3 +29,4 @@ pub mod secrets;
 pub mod shared_queue;
 pub mod signing;
 pub mod ssrf;
+pub mod trace;

@@ -496,6 +496,8 @@ pub struct Attempt<'a> {
     state: AttemptState,
     event: Event,
     key_name: String,
+    /// The envelope's `traceparent`.
+    traceparent: Option<String>,
     /// The context hooks see, read at the start (the plugin-error policy judges by it too).
     context: AttemptContext,
     /// The host the request goes to (the transform may change it).
@@ -624,6 +626,7 @@ impl<'a> Attempt<'a> {
             endpoint_id = Some(eid);
         }
         let key_name = key_name.unwrap_or_else(|| app.signing_key.to_string());
+        let traceparent = env.traceparent.take();
         let event = env.into_event(state.attempt, state.first_attempt_ms);
         Start::Attempt(Box::new(Attempt {
             app,
@@ -635,6 +638,7 @@ impl<'a> Attempt<'a> {
             context: AttemptContext::for_event(&event, now_ms),
             event,
             key_name,
+            traceparent,
             started_at_ms: now_ms,
             unit_random,
         }))
@@ -737,6 +741,11 @@ impl<'a> Attempt<'a> {
         let spread = (self.unit_random.clamp(0.0, 1.0) * 5.0) as u32;
         let secs = crate::health::defer_secs(until_ms, now_ms).saturating_add(spread.min(4));
         hop(&self.state, secs.min(MAX_DELAY_SECS))
+    }
+
+    /// The envelope's W3C `traceparent`, as given (parsed by `crate::trace`).
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
     }
 
     /// The endpoint's origin is disabled (its health: no success for `disable_after`): the

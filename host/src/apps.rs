@@ -135,6 +135,7 @@ pub struct AppBuilder {
     prefer_artifacts: bool,
     deliverers: Deliverers,
     visibility_backoff_max_secs: u32,
+    tracer: Option<Arc<crate::traces::Tracer>>,
 }
 
 impl AppBuilder {
@@ -153,7 +154,13 @@ impl AppBuilder {
             prefer_artifacts: plugins.prefer_artifacts,
             deliverers: Deliverers::new(),
             visibility_backoff_max_secs: config.sqs.visibility_backoff_max_secs,
+            tracer: crate::traces::Tracer::from_config(config).map(Arc::new),
         })
+    }
+
+    /// The trace exporter every application built here shares, if traces are on.
+    pub fn tracer(&self) -> Option<Arc<crate::traces::Tracer>> {
+        self.tracer.clone()
     }
 
     /// The plugin runtime, if one was made.
@@ -247,6 +254,7 @@ impl AppBuilder {
                         },
                     ))
                 }),
+                tracer: self.tracer.clone(),
             }),
             max_concurrency: settings.max_concurrency as usize,
         })

@@ -469,6 +469,11 @@ impl<Q: Queue> Function<Q> {
             .flat_map(|h| h.take_events())
             .collect();
         self.metrics.flush_events(&events).await;
+        // Spans leave before the invocation returns (the instance may be frozen after it);
+        // every application shares the one exporter, so the first export sends them all.
+        if let Some(t) = processed.iter().find_map(|(app, _, _)| app.tracer.as_ref()) {
+            t.export().await;
+        }
         if let Some((namespace, sink)) = &self.emf {
             for line in emf_lines_for(&metrics, namespace, self.clock.now_ms()) {
                 sink(&line);

@@ -27,5 +27,6 @@ pub mod runner;
 pub mod ssrf;
 #[cfg(test)]
 mod testing;
+pub mod traces;
 
 pub use squall_core::{deploy, endpoints, envelope, hooks, provision, secrets, signing};

@@ -85,6 +85,8 @@ pub struct App {
     /// Breaker, pause and pacing per endpoint origin (`None`: `endpoint_health.enabled =
     /// false`).
     pub health: Option<Arc<crate::health::HealthMap>>,
+    /// The process's trace exporter (`None`: `traces.otlp_endpoint` is empty).
+    pub tracer: Option<Arc<crate::traces::Tracer>>,
 }
 
 /// An application's endpoint table, replaced as a whole when the registry says it changed;
@@ -214,11 +216,47 @@ impl EndpointLimiter {
 
 /// Process one received message of `app`. Never panics on any input, never does queue I/O.
 /// Every decision is the core's [`Attempt`]; this only runs the effects between its steps.
+/// With traces on, each attempt made (each metrics record) becomes a span.
 pub async fn process(
     app: &App,
     msg: &Received,
     clock: &dyn Clock,
     opts: ProcessOptions,
+) -> Processed {
+    let Some(tracer) = &app.tracer else {
+        return process_traced(app, msg, clock, opts, None).await;
+    };
+    let mut trace = Traced::default();
+    let p = process_traced(app, msg, clock, opts, Some(&mut trace)).await;
+    if let Some(ctx) = trace.ctx.filter(|c| c.sampled()) {
+        for record in &p.metrics {
+            tracer.record(crate::traces::Span {
+                ctx,
+                record: record.clone(),
+                hooks: trace.hooks,
+            });
+        }
+    }
+    p
+}
+
+/// What tracing learns while an attempt runs.
+#[derive(Debug, Default)]
+struct Traced {
+    ctx: Option<crate::traces::TraceContext>,
+    hooks: crate::traces::HookTimes,
+}
+
+fn micros(since: std::time::Instant) -> u64 {
+    since.elapsed().as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+async fn process_traced(
+    app: &App,
+    msg: &Received,
+    clock: &dyn Clock,
+    opts: ProcessOptions,
+    mut trace: Option<&mut Traced>,
 ) -> Processed {
     let endpoints = app.registered.current();
     let settings = app.settings(&endpoints);
@@ -233,19 +271,45 @@ pub async fn process(
             return done;
         }
     };
+    if let Some(t) = trace.as_deref_mut() {
+        let event = attempt.event();
+        t.ctx = Some(crate::traces::TraceContext::for_attempt(
+            attempt.traceparent(),
+            &event.app_id,
+            &event.id,
+            fastrand::u64(..),
+        ));
+    }
+    let started = std::time::Instant::now();
     let transformed = logged(&attempt, app.transform.transform(attempt.event()));
+    if let Some(t) = trace.as_deref_mut() {
+        t.hooks.transform_us = micros(started);
+    }
     let request = match attempt.transformed(transformed, clock.now_ms()) {
         Step::Next(request) => request,
         Step::Done(done) => return done,
     };
     let timestamp = clock.now_ms() / 1000;
+    let started = std::time::Instant::now();
     let signed = app
         .signer
         .sign(attempt.context(), &request, attempt.key_name(), timestamp);
-    let request = match attempt.signed(request, logged(&attempt, signed), clock.now_ms()) {
+    if let Some(t) = trace.as_deref_mut() {
+        t.hooks.sign_us = micros(started);
+    }
+    let mut request = match attempt.signed(request, logged(&attempt, signed), clock.now_ms()) {
         Step::Next(request) => request,
         Step::Done(done) => return done,
     };
+    // The attempt's span is the parent of whatever the subscriber records for this request.
+    if let Some(ctx) = trace.as_deref().and_then(|t| t.ctx) {
+        request
+            .headers
+            .retain(|(n, _)| !n.eq_ignore_ascii_case("traceparent"));
+        request
+            .headers
+            .push(("traceparent".to_string(), ctx.traceparent()));
+    }
 
     // The endpoint's health: an open breaker, a Retry-After pause or its pacing defers the
     // event (a delayed copy, no attempt counted); a pacing wait of up to 2 s is waited here.
@@ -313,7 +377,11 @@ pub async fn process(
         Step::Next(context) => context,
         Step::Done(done) => return done,
     };
+    let started = std::time::Instant::now();
     let decision = app.retry_policy.decide(&context, &delivery.outcome);
+    if let Some(t) = trace {
+        t.hooks.retry_policy_us = micros(started);
+    }
     attempt.judged(
         &delivery,
         &context,

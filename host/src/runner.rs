@@ -424,10 +424,13 @@ async fn run_shared_batch<Q: Queue>(
     let msgs: Vec<Arc<Received>> = msgs.into_iter().map(Arc::new).collect();
     // Endpoint health transitions of the batch's applications, sent with its records.
     let events: Arc<std::sync::Mutex<Vec<crate::health::OperationalEvent>>> = Arc::default();
+    // The trace exporter (one per process, shared by every application), when traces are on.
+    let tracer: Arc<std::sync::OnceLock<Arc<crate::traces::Tracer>>> = Arc::default();
     let mut set = tokio::task::JoinSet::new();
     for (i, (msg, slot)) in msgs.iter().cloned().zip(slots).enumerate() {
         let poller = poller.clone();
         let shared_events = events.clone();
+        let shared_tracer = tracer.clone();
         set.spawn(async move {
             let p = match poller.route(&msg).await {
                 SharedRoute::Unroutable(why) => Some((
@@ -465,6 +468,9 @@ async fn run_shared_batch<Q: Queue>(
                     limit.held.fetch_sub(1, Ordering::Relaxed);
                     if let Some(h) = &app.health {
                         shared_events.lock().unwrap_or_else(|e| e.into_inner()).extend(h.take_events());
+                    }
+                    if let Some(t) = &app.tracer {
+                        let _ = shared_tracer.set(t.clone());
                     }
                     Some((app.id.clone(), p))
                 }
@@ -509,6 +515,9 @@ async fn run_shared_batch<Q: Queue>(
     shared.metrics.flush(&records).await;
     let events = std::mem::take(&mut *events.lock().unwrap_or_else(|e| e.into_inner()));
     shared.metrics.flush_events(&events).await;
+    if let Some(t) = tracer.get() {
+        t.export().await;
+    }
     drop(done);
 }
 
@@ -646,6 +655,9 @@ async fn run_batch<Q: Queue>(
     shared.metrics.flush(&records).await;
     if let Some(h) = &current.health {
         shared.metrics.flush_events(&h.take_events()).await;
+    }
+    if let Some(t) = &current.tracer {
+        t.export().await;
     }
     drop(done);
 }

@@ -48,6 +48,7 @@ impl TestApp {
             endpoints: None,
             registered: Default::default(),
             health: None,
+            tracer: None,
         })
     }
 

@@ -17,3 +17,4 @@ mod signing_v1a;
 mod ssrf;
 mod supply;
 mod template;
+mod traces;

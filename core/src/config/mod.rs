@@ -125,6 +125,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// Deployed function settings.
     pub lambda: LambdaConfig,
+    /// OpenTelemetry traces of delivery attempts.
+    pub traces: TracesConfig,
     /// Where the applications' settings live.
     pub registry: RegistryConfig,
     /// Applications, sorted by id (the file registry's; empty with another backend).
@@ -227,6 +229,17 @@ pub struct LambdaConfig {
     /// CloudWatch namespace of the Embedded Metric Format lines the function prints after each
     /// invocation; `None` (the key set to `off`) = none printed.
     pub emf_namespace: Option<String>,
+}
+
+/// `[traces]`: OpenTelemetry spans of delivery attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracesConfig {
+    /// The collector's OTLP/HTTP traces URL; `None` = no traces, no `traceparent` sent.
+    pub otlp_endpoint: Option<String>,
+    /// The spans' `service.name`.
+    pub service_name: String,
+    /// Longest wait for the collector per export, ms.
+    pub timeout_ms: u64,
 }
 
 /// What a plugin failure does to the event (`on_plugin_error`).

@@ -17,6 +17,7 @@ struct RawRoot {
     runner: RawRunner,
     plugins: RawPlugins,
     lambda: RawLambda,
+    traces: RawTraces,
     registry: RawRegistry,
     app_defaults: Table,
     #[serde(default)]
@@ -58,6 +59,14 @@ struct RawLambda {
     timeout_secs: u64,
     log_retention_days: u32,
     emf_namespace: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTraces {
+    otlp_endpoint: String,
+    service_name: String,
+    timeout_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -284,6 +293,7 @@ fn build(raw: RawRoot, base_dir: &Path, o: &Origins) -> Result<Config, ConfigErr
         o,
     )?;
     let lambda = build_lambda(raw.lambda, o)?;
+    let traces = build_traces(raw.traces, o)?;
     let cache_dir = resolve_cache_dir(&raw.plugins.cache_dir, base_dir);
     if !(1..=10_000).contains(&raw.plugins.pool_instances) {
         return Err(o.invalid("plugins.pool_instances", "must be 1-10000"));
@@ -339,6 +349,7 @@ fn build(raw: RawRoot, base_dir: &Path, o: &Origins) -> Result<Config, ConfigErr
             pool_instances: raw.plugins.pool_instances,
         },
         lambda,
+        traces,
         registry,
         apps,
         app_defaults: raw.app_defaults,
@@ -568,6 +579,34 @@ fn build_sqs(raw: RawSqs, o: &Origins) -> Result<SqsConfig, ConfigError> {
         o,
     )?;
     Ok(sqs)
+}
+
+fn build_traces(raw: RawTraces, o: &Origins) -> Result<TracesConfig, ConfigError> {
+    let endpoint = raw.otlp_endpoint.trim();
+    let otlp_endpoint = if endpoint.is_empty() {
+        None
+    } else {
+        match url::Url::parse(endpoint) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                Some(endpoint.to_string())
+            }
+            _ => {
+                return Err(o.invalid(
+                    "traces.otlp_endpoint",
+                    format!("{endpoint:?} is not an http(s) URL (a collector's OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces), or \"\" for no traces"),
+                ));
+            }
+        }
+    };
+    if raw.service_name.trim().is_empty() {
+        return Err(o.invalid("traces.service_name", "is empty"));
+    }
+    in_range("traces.timeout_ms".into(), raw.timeout_ms, 1, 60_000, o)?;
+    Ok(TracesConfig {
+        otlp_endpoint,
+        service_name: raw.service_name.trim().to_string(),
+        timeout_ms: raw.timeout_ms,
+    })
 }
 
 fn build_lambda(raw: RawLambda, o: &Origins) -> Result<LambdaConfig, ConfigError> {

@@ -26,6 +26,7 @@ pub(super) struct RawFields<'a> {
     content_type: Option<&'a RawValue>,
     headers: Option<&'a RawValue>,
     signing_key: Option<&'a RawValue>,
+    traceparent: Option<&'a RawValue>,
     /// First structural problem seen (unknown or duplicate field), reported after parsing.
     problem: Option<EnvelopeError>,
     /// Set when the top-level value is not an object.
@@ -112,6 +113,7 @@ impl<'de> Visitor<'de> for FieldsVisitor {
                 "content_type" => (&mut raw.content_type, "content_type"),
                 "headers" => (&mut raw.headers, "headers"),
                 "signing_key" => (&mut raw.signing_key, "signing_key"),
+                "traceparent" => (&mut raw.traceparent, "traceparent"),
                 other => {
                     if raw.problem.is_none() {
                         raw.problem = Some(EnvelopeError::UnknownField {
@@ -336,6 +338,12 @@ impl RawFields<'_> {
             }
             None => None,
         };
+        // W3C Trace Context: a value that does not parse starts a new trace (the event is not
+        // refused for it); only its type and length are checked here.
+        let traceparent = match self.traceparent {
+            Some(t) => Some(token_string(t, "traceparent", 128)?),
+            None => None,
+        };
         Ok(Envelope {
             id,
             app_id,
@@ -346,6 +354,7 @@ impl RawFields<'_> {
             content_type,
             headers,
             signing_key,
+            traceparent,
         })
     }
 }

@@ -171,6 +171,9 @@ pub struct Envelope {
     pub headers: Headers,
     /// Name of the signing secret to use (never a secret itself); `None` = the app default.
     pub signing_key: Option<String>,
+    /// W3C `traceparent` of the producer's trace: the attempts' spans become its children
+    /// (`crate::trace`); `None`, or a value that does not parse, starts a trace of the event.
+    pub traceparent: Option<String>,
 }
 
 /// Why an envelope was refused. Every message names the field concerned.
@@ -389,6 +392,7 @@ pub const FIELDS: &[&str] = &[
     "content_type",
     "headers",
     "signing_key",
+    "traceparent",
 ];
 
 /// Decode and validate a message body.
@@ -452,6 +456,7 @@ impl Envelope {
             content_type: "application/json".to_string(),
             headers: Vec::new(),
             signing_key: None,
+            traceparent: None,
         }
     }
 
@@ -516,6 +521,10 @@ impl Envelope {
         if let Some(k) = &self.signing_key {
             out.push_str(",\"signing_key\":");
             push_json_str(&mut out, k);
+        }
+        if let Some(t) = &self.traceparent {
+            out.push_str(",\"traceparent\":");
+            push_json_str(&mut out, t);
         }
         out.push('}');
         out.into_bytes()
