@@ -170,3 +170,64 @@ async fn each_attempt_is_a_span_in_the_producers_trace_and_the_endpoint_joins_it
         assert!(s["endTimeUnixNano"].as_str().unwrap() >= s["startTimeUnixNano"].as_str().unwrap());
     }
 }
+
+/// The Lambda function exports before the invocation returns: right after each invoke of the
+/// real bootstrap under the Runtime API emulator (no wait), the collector holds the spans of
+/// that batch's attempts.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lambda_function_exports_before_the_invocation_returns() {
+    use crate::lambda::{
+        bootstrap_binary, cargo_lambda, mapping_step, start_emulator, start_function, temp_dir,
+    };
+    let endpoint = sqs_or_skip!();
+    let Some(cargo_lambda) = cargo_lambda() else {
+        return;
+    };
+    let bin = bootstrap_binary();
+    let q = TestQueues::create(&endpoint, &["shop"]).await;
+    let collector = Receiver::options()
+        .route("/v1/traces", Reply::Status(200))
+        .start()
+        .await
+        .unwrap();
+    let rx = Receiver::start(Reply::Status(200)).await;
+    let dir = temp_dir("traces-lambda");
+    let config = dir.join("squall.toml");
+    let mut text = config_toml(&endpoint, &q, &[("shop", "")]);
+    text.push_str(&format!(
+        "\n[traces]\notlp_endpoint = \"{}\"\n",
+        collector.url("/v1/traces")
+    ));
+    std::fs::write(&config, text).unwrap();
+    let (_emulator, port) = start_emulator(&cargo_lambda);
+    let _function = start_function(&bin, port, &config, &dir.join("bootstrap.log"));
+    for i in 0..3 {
+        let mut env: Value = serde_json::from_str(
+            &TestEnvelope::new(&format!("evt-{i}"), "shop", &rx.url("/in"))
+                .payload(json!({"n": i}))
+                .to_json(),
+        )
+        .unwrap();
+        env["traceparent"] = PRODUCER.into();
+        q.send("shop", &env.to_string()).await;
+    }
+    let limit = std::time::Instant::now() + Duration::from_secs(60);
+    while rx.requests().len() < 3 {
+        assert!(
+            std::time::Instant::now() < limit,
+            "{} delivered",
+            rx.requests().len()
+        );
+        mapping_step(&q, q.app("shop"), port).await;
+        // Checked at once after each invocation returned: its spans are already out.
+        assert_eq!(
+            spans(&collector).len(),
+            rx.requests().len(),
+            "spans exported by the time the invocation returned"
+        );
+    }
+    for s in spans(&collector) {
+        assert_eq!(s["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(s["parentSpanId"], "00f067aa0ba902b7");
+    }
+}
