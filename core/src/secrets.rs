@@ -105,6 +105,12 @@ impl SecretKey {
         }
     }
 
+    /// The secret's bytes as resolved, for material that is not a signing key (a TLS client
+    /// certificate or key, PEM). Never log or format them.
+    pub fn material(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Whether this is an ed25519 signing key (`whsk_`): it signs `v1a`, never an HMAC.
     pub fn is_ed25519(&self) -> bool {
         matches!(self.kind, KeyKind::Ed25519(_))

@@ -212,18 +212,16 @@ impl AppBuilder {
         settings: &AppConfig,
         secrets: Arc<Secrets>,
     ) -> Result<BuiltApp, BuildError> {
+        let delivery = self.deliverers.for_app(settings, &secrets);
         let hooks = self.hooks(settings, secrets)?;
         let queue_url = settings
             .queue_url
             .clone()
             .ok_or_else(|| BuildError::MissingQueue(settings.id.clone()))?;
-        let delivery = self
-            .deliverers
-            .for_app(settings)
-            .map_err(|error| BuildError::Http {
-                app: settings.id.clone(),
-                error,
-            })?;
+        let delivery = delivery.map_err(|error| BuildError::Http {
+            app: settings.id.clone(),
+            error,
+        })?;
         Ok(BuiltApp {
             app: Arc::new(App {
                 id: settings.id.clone(),

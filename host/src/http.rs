@@ -72,6 +72,62 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Idle keep-alive connections kept per host.
     pub pool_max_idle_per_host: usize,
+    /// mTLS client certificate and extra roots: part of the key, so a client (and its pool)
+    /// made with one application's certificate never serves an application with another.
+    pub tls: Option<TlsMaterial>,
+}
+
+/// A client certificate with its key (PEM) and extra trusted roots (PEM), from an
+/// application's secrets. Compared and hashed by a digest; `Debug` shows neither.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    identity_pem: Arc<Vec<u8>>,
+    ca_pem: Option<Arc<Vec<u8>>>,
+    digest: [u8; 32],
+}
+
+impl TlsMaterial {
+    /// From the PEM texts: the certificate chain, its private key, extra roots.
+    pub fn new(cert: Option<&[u8]>, key: Option<&[u8]>, ca: Option<&[u8]>) -> Option<TlsMaterial> {
+        use sha2::Digest as _;
+        if cert.is_none() && ca.is_none() {
+            return None;
+        }
+        let mut identity = Vec::new();
+        if let (Some(c), Some(k)) = (cert, key) {
+            identity.extend_from_slice(c);
+            identity.push(b'\n');
+            identity.extend_from_slice(k);
+        }
+        let digest = sha2::Sha256::new()
+            .chain_update(&identity)
+            .chain_update([0u8])
+            .chain_update(ca.unwrap_or_default())
+            .finalize()
+            .into();
+        Some(TlsMaterial {
+            identity_pem: Arc::new(identity),
+            ca_pem: ca.map(|c| Arc::new(c.to_vec())),
+            digest,
+        })
+    }
+}
+
+impl PartialEq for TlsMaterial {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+}
+impl Eq for TlsMaterial {}
+impl std::hash::Hash for TlsMaterial {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.digest.hash(state);
+    }
+}
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsMaterial(<redacted>)")
+    }
 }
 
 /// The client could not be built.
@@ -98,9 +154,30 @@ impl Deliverer {
             .pool_max_idle_per_host(opts.pool_max_idle_per_host)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
-            .dns_resolver(Arc::new(ssrf::GuardedResolver::new(opts.allowlist.clone())))
-            .build()
-            .map_err(|e| ClientError(e.to_string()))?;
+            .dns_resolver(Arc::new(ssrf::GuardedResolver::new(opts.allowlist.clone())));
+        let mut client = client;
+        if let Some(tls) = &opts.tls {
+            if !tls.identity_pem.is_empty() {
+                // The message names what is wrong, never the material.
+                let identity = reqwest::Identity::from_pem(&tls.identity_pem).map_err(|_| {
+                    ClientError(
+                        "tls_client_cert / tls_client_key: not a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1) that belong together".into(),
+                    )
+                })?;
+                client = client.identity(identity);
+            }
+            if let Some(ca) = &tls.ca_pem {
+                let roots = reqwest::Certificate::from_pem_bundle(ca)
+                    .map_err(|_| ClientError("tls_ca: not a bundle of PEM certificates".into()))?;
+                if roots.is_empty() {
+                    return Err(ClientError("tls_ca: holds no PEM certificate".into()));
+                }
+                for root in roots {
+                    client = client.add_root_certificate(root);
+                }
+            }
+        }
+        let client = client.build().map_err(|e| ClientError(e.to_string()))?;
         Ok(Deliverer {
             client,
             allowlist: Arc::new(opts.allowlist.clone()),
@@ -265,7 +342,10 @@ pub fn classify_error(err: &reqwest::Error) -> (TransportErrorKind, String) {
                 || lower.contains("tls")
                 || lower.contains("handshake")
                 || lower.contains("invalidcontenttype")
-                || lower.contains("peer is incompatible"))
+                || lower.contains("peer is incompatible")
+                // A TLS alert, such as a client certificate the server refused (TLS 1.3 sends
+                // it after the client's handshake is done, on the first read).
+                || lower.contains("fatal alert"))
         {
             kind = Some(TransportErrorKind::Tls);
         }
@@ -336,13 +416,29 @@ impl Deliverers {
         self.len() == 0
     }
 
-    /// The delivery handle of one application.
-    pub fn for_app(&self, app: &AppConfig) -> Result<AppDelivery, ClientError> {
+    /// The delivery handle of one application (`secrets`: its resolved secrets, for its mTLS
+    /// material).
+    pub fn for_app(
+        &self,
+        app: &AppConfig,
+        secrets: &crate::secrets::Secrets,
+    ) -> Result<AppDelivery, ClientError> {
+        let pem = |name: &Option<String>| {
+            name.as_deref()
+                .and_then(|n| secrets.get(n))
+                .and_then(|keys| keys.first())
+                .map(|k| k.material())
+        };
         let opts = ClientOptions {
             allowlist: app.allowed_networks.clone(),
             connect_timeout: Duration::from_millis(app.connect_timeout_ms),
             // Not per app, so that apps differing only in concurrency share one pool.
             pool_max_idle_per_host: POOL_MAX_IDLE_PER_HOST,
+            tls: TlsMaterial::new(
+                pem(&app.tls_client_cert),
+                pem(&app.tls_client_key),
+                pem(&app.tls_ca),
+            ),
         };
         Ok(AppDelivery {
             deliverer: self.get(&opts)?,
@@ -414,6 +510,7 @@ mod tests {
             allowlist: Allowlist::parse(&["127.0.0.0/8", "::1/128"]).unwrap(),
             connect_timeout: Duration::from_secs(2),
             pool_max_idle_per_host: POOL_MAX_IDLE_PER_HOST,
+            tls: None,
         })
         .unwrap()
     }
@@ -593,6 +690,7 @@ mod tests {
             allowlist: Allowlist::default(),
             connect_timeout: Duration::from_secs(2),
             pool_max_idle_per_host: 8,
+            tls: None,
         })
         .unwrap();
         let port = server.addr().port();
@@ -663,9 +761,15 @@ mod tests {
         let c = crate::config::Config::from_toml_str(text, std::path::Path::new("."), Vec::new())
             .unwrap();
         let ds = Deliverers::new();
-        let a = ds.for_app(c.app("a").unwrap()).unwrap();
-        let b = ds.for_app(c.app("b").unwrap()).unwrap();
-        let cc = ds.for_app(c.app("c").unwrap()).unwrap();
+        let a = ds
+            .for_app(c.app("a").unwrap(), &Default::default())
+            .unwrap();
+        let b = ds
+            .for_app(c.app("b").unwrap(), &Default::default())
+            .unwrap();
+        let cc = ds
+            .for_app(c.app("c").unwrap(), &Default::default())
+            .unwrap();
         assert!(Arc::ptr_eq(&a.deliverer, &b.deliverer));
         assert!(!Arc::ptr_eq(&a.deliverer, &cc.deliverer));
         assert_eq!(ds.len(), 2);

@@ -324,6 +324,7 @@ async fn response_data_beyond_the_caps_is_dropped_before_a_policy_sees_it() {
         allowlist: squall::ssrf::Allowlist::parse(&["127.0.0.0/8"]).unwrap(),
         connect_timeout: Duration::from_secs(2),
         pool_max_idle_per_host: POOL_MAX_IDLE_PER_HOST,
+        tls: None,
     })
     .unwrap();
     let req = Request {

@@ -9,6 +9,7 @@ mod health;
 mod health_shared;
 mod isolation;
 mod lambda;
+mod mtls;
 mod ops;
 mod plugins;
 mod registry;

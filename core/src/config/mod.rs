@@ -404,6 +404,12 @@ pub struct AppConfig {
     pub signing_key: String,
     /// How secret values become key bytes.
     pub secret_format: SecretFormat,
+    /// mTLS: the secret holding the client certificate chain (PEM), if any.
+    pub tls_client_cert: Option<String>,
+    /// mTLS: the secret holding the client certificate's private key (PEM).
+    pub tls_client_key: Option<String>,
+    /// The secret holding extra trusted root certificates (PEM), if any.
+    pub tls_ca: Option<String>,
     /// Built-in backoff parameters.
     pub backoff: Backoff,
     /// Limits every retry policy is held to.

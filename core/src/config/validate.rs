@@ -94,6 +94,9 @@ struct RawAppSettings {
     on_plugin_error: OnPluginError,
     signing_key: String,
     secret_format: SecretFormat,
+    tls_client_cert: String,
+    tls_client_key: String,
+    tls_ca: String,
     retry: RawRetry,
     plugin_limits: RawPluginLimits,
     lambda: RawAppLambda,
@@ -1043,6 +1046,32 @@ fn build_app(
             ),
         ));
     }
+    // mTLS material: secret names, checked like signing_key; the PEM itself when the
+    // application is built (its secrets resolved).
+    let secret_name = |key: &str, v: &str| -> Result<Option<String>, ConfigError> {
+        let v = v.trim();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        if !secrets.contains_key(v) {
+            return Err(o.invalid(
+                format!("{p}.{key}"),
+                format!(
+                    "no secret named {v:?} in {p}.secrets (it names the secret holding the PEM)"
+                ),
+            ));
+        }
+        Ok(Some(v.to_string()))
+    };
+    let tls_client_cert = secret_name("tls_client_cert", &s.tls_client_cert)?;
+    let tls_client_key = secret_name("tls_client_key", &s.tls_client_key)?;
+    let tls_ca = secret_name("tls_ca", &s.tls_ca)?;
+    if tls_client_cert.is_some() != tls_client_key.is_some() {
+        return Err(o.invalid(
+            format!("{p}.tls_client_key"),
+            "tls_client_cert and tls_client_key go together: set both, or neither",
+        ));
+    }
     let allowed_networks = Allowlist::parse(&s.allowed_networks)
         .map_err(|(i, e)| o.invalid(format!("{p}.allowed_networks[{i}]"), e.to_string()))?;
     let endpoints = build_endpoints(&p, only.endpoints, &secrets, plugins.signer.is_none(), o)?;
@@ -1061,6 +1090,9 @@ fn build_app(
         on_plugin_error: s.on_plugin_error,
         signing_key: s.signing_key,
         secret_format: s.secret_format,
+        tls_client_cert,
+        tls_client_key,
+        tls_ca,
         backoff: Backoff {
             initial_delay_secs: s.retry.initial_delay_secs,
             multiplier: s.retry.multiplier,
