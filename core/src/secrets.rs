@@ -105,6 +105,12 @@ impl SecretKey {
         }
     }
 
+    /// The key's bytes, for a credential that goes on the wire as it is (an OAuth2 client
+    /// secret, resolved as text): never into a log, a metric, an error or a plugin.
+    pub fn expose_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Whether this is an ed25519 signing key (`whsk_`): it signs `v1a`, never an HMAC.
     pub fn is_ed25519(&self) -> bool {
         matches!(self.kind, KeyKind::Ed25519(_))
@@ -219,6 +225,15 @@ impl Secrets {
             .get(name)
             .map(Vec::as_slice)
             .filter(|k| !k.is_empty())
+    }
+
+    /// These secrets without `name`, and `name`'s keys (newest first): the OAuth2 client
+    /// secret is taken out before the signer and the plugins get the set, so no envelope,
+    /// endpoint or plugin can use it as a signing key.
+    pub fn split_off(&self, name: &str) -> (Secrets, Option<Vec<SecretKey>>) {
+        let mut rest = self.clone();
+        let taken = rest.keys.remove(name);
+        (rest, taken)
     }
 
     /// Key names (not values), for diagnostics.

@@ -205,18 +205,40 @@ impl AppBuilder {
         settings: &AppConfig,
         secrets: Arc<Secrets>,
     ) -> Result<BuiltApp, BuildError> {
+        // The OAuth2 client secret goes to the token source only: the signer and the plugins
+        // get the other secrets.
+        let (secrets, client_secret) = match &settings.oauth2 {
+            Some(o) => {
+                let (rest, taken) = secrets.split_off(&o.client_secret);
+                let newest = taken
+                    .and_then(|keys| keys.into_iter().next())
+                    .ok_or_else(|| BuildError::MissingSecrets(settings.id.clone()))?;
+                (Arc::new(rest), Some(newest))
+            }
+            None => (secrets, None),
+        };
         let hooks = self.hooks(settings, secrets)?;
         let queue_url = settings
             .queue_url
             .clone()
             .ok_or_else(|| BuildError::MissingQueue(settings.id.clone()))?;
-        let delivery = self
+        let mut delivery = self
             .deliverers
             .for_app(settings)
             .map_err(|error| BuildError::Http {
                 app: settings.id.clone(),
                 error,
             })?;
+        if let (Some(config), Some(secret)) = (&settings.oauth2, client_secret) {
+            delivery.oauth2 = Some(Arc::new(crate::oauth2::TokenSource::new(
+                &settings.id,
+                config.clone(),
+                secret,
+                delivery.deliverer.clone(),
+                delivery.opts.timeout,
+                Arc::new(crate::pipeline::SystemClock),
+            )));
+        }
         Ok(BuiltApp {
             app: Arc::new(App {
                 id: settings.id.clone(),
