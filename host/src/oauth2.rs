@@ -374,4 +374,51 @@ mod tests {
         assert!(f.error.to_string().contains("SSRF"), "{}", f.error);
         assert_eq!(server.requests().len(), 1);
     }
+
+    #[tokio::test]
+    async fn the_bearer_goes_only_to_listed_origins_replacing_any_authorization_header() {
+        let (server, count) = token_server(3600).await;
+        let hooks = Receiver::start(Reply::Status(204)).await;
+        let mut cfg = config(server.url("/token"));
+        cfg.origins = vec![format!("http://127.0.0.1:{}", hooks.addr().port())];
+        let clock = Arc::new(TestClock(AtomicU64::new(0)));
+        let d = deliverer(&["127.0.0.0/8"]);
+        let delivery = crate::http::AppDelivery {
+            deliverer: d.clone(),
+            opts: SendOptions::default(),
+            oauth2: Some(Arc::new(TokenSource::new(
+                "shop",
+                cfg,
+                SecretKey::from_bytes(b"s3cret".to_vec()),
+                d,
+                Duration::from_secs(5),
+                clock,
+            ))),
+        };
+        let request = |url: String| Request {
+            method: "POST".into(),
+            url,
+            headers: vec![("Authorization".into(), "Bearer forged".into())],
+            body: b"{}".to_vec(),
+        };
+        let a = delivery.send(&request(hooks.url("/in"))).await;
+        assert!(a.outcome.is_success(), "{:?}", a.outcome);
+        // The same server by another name (localhost) is another origin: no token.
+        let other = format!("http://localhost:{}/in", hooks.addr().port());
+        let a = delivery.send(&request(other)).await;
+        assert!(a.outcome.is_success(), "{:?}", a.outcome);
+        let seen = hooks.requests();
+        let auth: Vec<Vec<&str>> = seen
+            .iter()
+            .map(|r| {
+                r.headers
+                    .iter()
+                    .filter(|(n, _)| n == "authorization")
+                    .map(|(_, v)| v.as_str())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(auth, [vec!["Bearer tok-1"], vec!["Bearer forged"]]);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
 }

@@ -9,6 +9,7 @@ mod health;
 mod health_shared;
 mod isolation;
 mod lambda;
+mod oauth2;
 mod ops;
 mod plugins;
 mod registry;
