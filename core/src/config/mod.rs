@@ -435,7 +435,9 @@ impl AppConfig {
     }
 
     /// The longest one message can be in the engine's hands before it is acted on: the wait for
-    /// an endpoint slot, the HTTP timeout and the time limit of each hook configured as a plugin.
+    /// an endpoint slot, the HTTP timeout (four of them with OAuth2: the token request, the
+    /// request, the refresh after a 401 and the second request) and the time limit of each
+    /// hook configured as a plugin.
     pub fn longest_attempt(&self) -> Duration {
         let plugins: u64 = self
             .plugins
@@ -443,7 +445,16 @@ impl AppConfig {
             .iter()
             .filter_map(|(_, p)| p.map(|p| p.limits.timeout_ms))
             .sum();
-        Duration::from_millis(u64::from(self.endpoint_wait_secs) * 1000 + self.timeout_ms + plugins)
+        // With OAuth2 an attempt may also fetch a token, and on a 401 fetch another and send
+        // again, each bounded by timeout_ms.
+        let oauth2 = if self.oauth2.is_some() {
+            3 * self.timeout_ms
+        } else {
+            0
+        };
+        Duration::from_millis(
+            u64::from(self.endpoint_wait_secs) * 1000 + self.timeout_ms + oauth2 + plugins,
+        )
     }
 
     /// Limits for decoding this application's envelopes.
@@ -819,6 +830,11 @@ mod tests {
         let (rest, taken) = s.split_off("oauth");
         assert!(rest.get("oauth").is_none() && rest.get("default").is_some());
         assert_eq!(taken.unwrap().len(), 1);
+        // The longest attempt counts the token request, the refresh and the second send.
+        assert_eq!(
+            app.longest_attempt(),
+            Duration::from_millis(5_000 + 4 * 15_000)
+        );
         // Off by default.
         let c = Config::from_toml_str(ONE_APP, Path::new("."), Vec::new()).unwrap();
         assert!(c.app("billing").unwrap().oauth2.is_none());
