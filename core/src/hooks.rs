@@ -102,6 +102,10 @@ pub enum TransportErrorKind {
     RefusedByPolicy,
     /// Response body exceeded the cap.
     ResponseTooLarge,
+    /// No OAuth2 access token: the application's token endpoint failed or refused (the
+    /// request was not sent). Plugins on the frozen WIT versions see it as `other`, with a
+    /// message starting `token endpoint`.
+    Token,
     /// Anything else.
     Other,
 }
@@ -117,6 +121,7 @@ impl TransportErrorKind {
             TransportErrorKind::Reset => "reset",
             TransportErrorKind::RefusedByPolicy => "refused-by-policy",
             TransportErrorKind::ResponseTooLarge => "response-too-large",
+            TransportErrorKind::Token => "token",
             TransportErrorKind::Other => "other",
         }
     }

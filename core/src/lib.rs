@@ -20,6 +20,7 @@ pub mod health;
 pub mod hooks;
 pub mod message;
 pub mod metrics;
+pub mod oauth2;
 pub mod output;
 pub mod pipeline;
 pub mod provision;

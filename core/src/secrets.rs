@@ -105,8 +105,9 @@ impl SecretKey {
         }
     }
 
-    /// The secret's bytes as resolved, for material that is not a signing key (a TLS client
-    /// certificate or key, PEM). Never log or format them.
+    /// The secret's bytes as resolved, for material that is not a signing key and goes on
+    /// the wire as it is (a TLS client certificate or key, PEM; an OAuth2 client secret, as
+    /// text): never into a log, a metric, an error or a plugin.
     pub fn material(&self) -> &[u8] {
         &self.bytes
     }
@@ -225,6 +226,15 @@ impl Secrets {
             .get(name)
             .map(Vec::as_slice)
             .filter(|k| !k.is_empty())
+    }
+
+    /// These secrets without `name`, and `name`'s keys (newest first): the OAuth2 client
+    /// secret is taken out before the signer and the plugins get the set, so no envelope,
+    /// endpoint or plugin can use it as a signing key.
+    pub fn split_off(&self, name: &str) -> (Secrets, Option<Vec<SecretKey>>) {
+        let mut rest = self.clone();
+        let taken = rest.keys.remove(name);
+        (rest, taken)
     }
 
     /// Key names (not values), for diagnostics.

@@ -212,16 +212,39 @@ impl AppBuilder {
         settings: &AppConfig,
         secrets: Arc<Secrets>,
     ) -> Result<BuiltApp, BuildError> {
+        // Before the split below: the client's mTLS material is among the secrets.
         let delivery = self.deliverers.for_app(settings, &secrets);
+        // The OAuth2 client secret goes to the token source only: the signer and the plugins
+        // get the other secrets.
+        let (secrets, client_secret) = match &settings.oauth2 {
+            Some(o) => {
+                let (rest, taken) = secrets.split_off(&o.client_secret);
+                let newest = taken
+                    .and_then(|keys| keys.into_iter().next())
+                    .ok_or_else(|| BuildError::MissingSecrets(settings.id.clone()))?;
+                (Arc::new(rest), Some(newest))
+            }
+            None => (secrets, None),
+        };
         let hooks = self.hooks(settings, secrets)?;
         let queue_url = settings
             .queue_url
             .clone()
             .ok_or_else(|| BuildError::MissingQueue(settings.id.clone()))?;
-        let delivery = delivery.map_err(|error| BuildError::Http {
+        let mut delivery = delivery.map_err(|error| BuildError::Http {
             app: settings.id.clone(),
             error,
         })?;
+        if let (Some(config), Some(secret)) = (&settings.oauth2, client_secret) {
+            delivery.oauth2 = Some(Arc::new(crate::oauth2::TokenSource::new(
+                &settings.id,
+                config.clone(),
+                secret,
+                delivery.deliverer.clone(),
+                delivery.opts.timeout,
+                Arc::new(crate::pipeline::SystemClock),
+            )));
+        }
         Ok(BuiltApp {
             app: Arc::new(App {
                 id: settings.id.clone(),

@@ -571,6 +571,7 @@ fn transport_kind(name: &str) -> Option<TransportErrorKind> {
         Reset,
         RefusedByPolicy,
         ResponseTooLarge,
+        Token,
         Other,
     ]
     .into_iter()

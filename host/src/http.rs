@@ -18,6 +18,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::AppConfig;
 use crate::hooks::{Headers, Outcome, Request, TransportErrorKind};
+use crate::oauth2::{Credential, TokenSource};
 use crate::pipeline::{Deliver, Delivery};
 use crate::ssrf::{self, Allowlist, SsrfError};
 
@@ -186,6 +187,19 @@ impl Deliverer {
 
     /// Send one request. Never fails: every problem is an [`Outcome::Transport`].
     pub async fn send(&self, req: &Request, opts: &SendOptions) -> Attempt {
+        self.send_authorized(req, opts, None).await
+    }
+
+    /// Send one request with `authorization` (an OAuth2 bearer, a token request's Basic
+    /// credentials) in place of any `authorization` header the request has. The value is
+    /// marked sensitive (hyper and reqwest leave it out of their `Debug`) and never appears
+    /// in an outcome's message.
+    pub async fn send_authorized(
+        &self,
+        req: &Request,
+        opts: &SendOptions,
+        authorization: Option<&Credential>,
+    ) -> Attempt {
         let started = Instant::now();
         let refused = |message: String| Attempt {
             outcome: Outcome::Transport {
@@ -196,7 +210,7 @@ impl Deliverer {
             body_prefix: Vec::new(),
             truncated: false,
         };
-        let prepared = match self.prepare(req) {
+        let prepared = match self.prepare(req, authorization) {
             Ok(p) => p,
             Err(message) => return refused(message),
         };
@@ -234,7 +248,11 @@ impl Deliverer {
 
     /// Checks before anything leaves the process: method, URL (incl. IP literals), headers.
     /// Messages name the header, never its value.
-    fn prepare(&self, req: &Request) -> Result<(reqwest::Method, url::Url, HeaderMap), String> {
+    fn prepare(
+        &self,
+        req: &Request,
+        authorization: Option<&Credential>,
+    ) -> Result<(reqwest::Method, url::Url, HeaderMap), String> {
         let method = if req.method.eq_ignore_ascii_case("POST") {
             reqwest::Method::POST
         } else if req.method.eq_ignore_ascii_case("PUT") {
@@ -255,7 +273,17 @@ impl Deliverer {
                 .map_err(|_| format!("header name {:?} is not valid", truncate(name, 64)))?;
             let v = HeaderValue::from_str(value)
                 .map_err(|_| format!("the value of header {n} contains invalid characters"))?;
+            if authorization.is_some() && n == reqwest::header::AUTHORIZATION {
+                continue;
+            }
             headers.append(n, v);
+        }
+        if let Some(credential) = authorization {
+            let mut v = HeaderValue::from_str(credential.expose()).map_err(|_| {
+                "the authorization credential contains invalid characters".to_string()
+            })?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
         }
         Ok((method, url, headers))
     }
@@ -446,23 +474,63 @@ impl Deliverers {
                 timeout: Duration::from_millis(app.timeout_ms),
                 max_response_bytes: app.max_response_bytes,
             },
+            oauth2: None,
         })
     }
 }
 
-/// An application's way to deliver: a shared client and the application's options.
+/// An application's way to deliver: a shared client, the application's options and, with
+/// OAuth2, its token source.
 #[derive(Debug, Clone)]
 pub struct AppDelivery {
     /// The shared client.
     pub deliverer: Arc<Deliverer>,
     /// The application's per-request options.
     pub opts: SendOptions,
+    /// The application's OAuth2 tokens (`[apps.ID.oauth2]`), attached to requests to its
+    /// listed origins.
+    pub oauth2: Option<Arc<TokenSource>>,
 }
 
 impl AppDelivery {
-    /// Send with this application's options.
+    /// Send with this application's options (and its bearer token, when the URL's origin
+    /// takes one). One attempt: a 401 answered to a token refreshes the token once and sends
+    /// once more; the second answer is the attempt's outcome, the latency covers both.
     pub async fn send(&self, req: &Request) -> Attempt {
-        self.deliverer.send(req, &self.opts).await
+        let Some(tokens) = self
+            .oauth2
+            .as_ref()
+            .filter(|t| t.config().sends_to(&req.url))
+        else {
+            return self.deliverer.send(req, &self.opts).await;
+        };
+        let started = Instant::now();
+        let failed = |outcome: Outcome| Attempt {
+            outcome,
+            latency: started.elapsed(),
+            body_prefix: Vec::new(),
+            truncated: false,
+        };
+        let token = match tokens.token().await {
+            Ok(t) => t,
+            Err(e) => return failed(e.outcome()),
+        };
+        let mut a = self
+            .deliverer
+            .send_authorized(req, &self.opts, Some(&token.bearer()))
+            .await;
+        if matches!(a.outcome, Outcome::Response { status: 401, .. }) {
+            let fresh = match tokens.refresh(&token).await {
+                Ok(t) => t,
+                Err(e) => return failed(e.outcome()),
+            };
+            a = self
+                .deliverer
+                .send_authorized(req, &self.opts, Some(&fresh.bearer()))
+                .await;
+        }
+        a.latency = started.elapsed();
+        a
     }
 }
 
@@ -472,7 +540,7 @@ impl Deliver for AppDelivery {
         request: &'a Request,
     ) -> Pin<Box<dyn Future<Output = Delivery> + Send + 'a>> {
         Box::pin(async move {
-            let a = self.deliverer.send(request, &self.opts).await;
+            let a = self.send(request).await;
             Delivery {
                 outcome: a.outcome,
                 latency: a.latency,

@@ -17,6 +17,7 @@ pub mod health;
 pub mod http;
 pub mod lambda;
 pub mod metrics;
+pub mod oauth2;
 pub mod ops;
 pub mod pipeline;
 pub mod plugin;

@@ -367,7 +367,15 @@ async fn process_traced(
     }
     let delivery = app.deliver.deliver(&request).await;
     drop((endpoint_slot, request));
-    if let (Some(health), Some(origin)) = (&app.health, &origin) {
+    // A token endpoint's failure says nothing of the endpoint (no request reached it).
+    let reached = !matches!(
+        delivery.outcome,
+        crate::hooks::Outcome::Transport {
+            kind: crate::hooks::TransportErrorKind::Token,
+            ..
+        }
+    );
+    if let (Some(health), Some(origin), true) = (&app.health, &origin, reached) {
         let now = clock.now_ms();
         health.record(origin, crate::health::observe(&delivery.outcome, now), now);
         health.publish().await;

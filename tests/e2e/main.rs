@@ -10,6 +10,7 @@ mod health_shared;
 mod isolation;
 mod lambda;
 mod mtls;
+mod oauth2;
 mod ops;
 mod plugins;
 mod registry;

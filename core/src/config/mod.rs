@@ -427,6 +427,8 @@ pub struct AppConfig {
     pub endpoints: crate::endpoints::EndpointTable,
     /// Breaker, pause and pacing per endpoint origin.
     pub endpoint_health: EndpointHealthConfig,
+    /// OAuth2 client credentials to the endpoints (`[apps.ID.oauth2]`); `None`: off.
+    pub oauth2: Option<crate::oauth2::OAuth2Config>,
 }
 
 /// `[app_defaults.endpoint_health]`.
@@ -452,7 +454,9 @@ impl AppConfig {
     }
 
     /// The longest one message can be in the engine's hands before it is acted on: the wait for
-    /// an endpoint slot, the HTTP timeout and the time limit of each hook configured as a plugin.
+    /// an endpoint slot, the HTTP timeout (four of them with OAuth2: the token request, the
+    /// request, the refresh after a 401 and the second request) and the time limit of each
+    /// hook configured as a plugin.
     pub fn longest_attempt(&self) -> Duration {
         let plugins: u64 = self
             .plugins
@@ -460,7 +464,16 @@ impl AppConfig {
             .iter()
             .filter_map(|(_, p)| p.map(|p| p.limits.timeout_ms))
             .sum();
-        Duration::from_millis(u64::from(self.endpoint_wait_secs) * 1000 + self.timeout_ms + plugins)
+        // With OAuth2 an attempt may also fetch a token, and on a 401 fetch another and send
+        // again, each bounded by timeout_ms.
+        let oauth2 = if self.oauth2.is_some() {
+            3 * self.timeout_ms
+        } else {
+            0
+        };
+        Duration::from_millis(
+            u64::from(self.endpoint_wait_secs) * 1000 + self.timeout_ms + oauth2 + plugins,
+        )
     }
 
     /// Limits for decoding this application's envelopes.
@@ -532,7 +545,12 @@ impl AppConfig {
                     },
                     SecretRef::Literal(v) => (v.clone(), "literal".to_string()),
                 };
-                match SecretKey::parse_as(&value, self.secret_format) {
+                // An OAuth2 client secret is text sent to the token endpoint, never a key.
+                let format = match &self.oauth2 {
+                    Some(o) if o.client_secret == *name => SecretFormat::Raw,
+                    _ => self.secret_format,
+                };
+                match SecretKey::parse_as(&value, format) {
                     Ok(k) => keys.push(k),
                     Err(reason) => problems.push(ConfigError::SecretInvalid {
                         key,
@@ -789,6 +807,58 @@ mod tests {
         secrets = { default = ["env:BILLING_SECRET", "env:BILLING_SECRET_OLD"] }
     "#;
 
+    const OAUTH_APP: &str = r#"
+        [sqs]
+        dead_letter_queue_url = "http://127.0.0.1:5000/123/dlq"
+        [apps.billing]
+        queue_url = "http://127.0.0.1:5000/123/billing"
+        secrets = { default = "env:BILLING_SECRET", oauth = "env:BILLING_OAUTH" }
+        [apps.billing.oauth2]
+        token_url = "https://auth.example/token"
+        client_id = "billing"
+        client_secret = "oauth"
+    "#;
+
+    #[test]
+    fn oauth2_settings_are_validated_and_the_client_secret_is_text() {
+        let c = Config::from_toml_str(
+            &format!("{OAUTH_APP}\norigins = [\"https://Hooks.example\", \"http://127.0.0.1:8080/\"]\nscope = \"a b\""),
+            Path::new("."),
+            Vec::new(),
+        )
+        .unwrap();
+        let app = c.app("billing").unwrap();
+        let o = app.oauth2.as_ref().unwrap();
+        assert_eq!(
+            o.origins,
+            ["https://hooks.example:443", "http://127.0.0.1:8080"]
+        );
+        assert_eq!((o.scope.as_str(), o.refresh_before_secs), ("a b", 60));
+        assert_eq!(o.auth_method, crate::oauth2::AuthMethod::Basic);
+        // A whsec_-looking client secret is used as text, the signing key as a key.
+        let s = app
+            .resolve_secrets(&|v| {
+                Some(match v {
+                    "BILLING_OAUTH" => "whsec_AAAA".to_string(),
+                    _ => "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string(),
+                })
+            })
+            .unwrap();
+        assert_eq!(s.get("oauth").unwrap()[0].material(), b"whsec_AAAA");
+        assert_eq!(s.get("default").unwrap()[0].material().len(), 24);
+        let (rest, taken) = s.split_off("oauth");
+        assert!(rest.get("oauth").is_none() && rest.get("default").is_some());
+        assert_eq!(taken.unwrap().len(), 1);
+        // The longest attempt counts the token request, the refresh and the second send.
+        assert_eq!(
+            app.longest_attempt(),
+            Duration::from_millis(5_000 + 4 * 15_000)
+        );
+        // Off by default.
+        let c = Config::from_toml_str(ONE_APP, Path::new("."), Vec::new()).unwrap();
+        assert!(c.app("billing").unwrap().oauth2.is_none());
+    }
+
     fn err(text: &str, vars: &[(&str, &str)]) -> String {
         load(text, vars).expect_err(text).to_string()
     }
@@ -976,6 +1046,15 @@ mod tests {
             (format!("{ONE_APP}\n[apps.billing.endpoints.E]\nurl = \"https://x.example\"\nurll = 1"), vec![], &["apps.billing.endpoints.E", "unknown field `urll`"]),
             (format!("{ONE_APP}\n[apps.billing.endpoints.\"a b\"]\nurl = \"https://x.example\""), vec![], &["apps.billing.endpoints.a b", "an endpoint id must be 1-64"]),
             ("[app_defaults.endpoints.E]\nurl = \"https://x.example\"".into(), vec![], &["app_defaults.endpoints", "per application"]),
+            (format!("{ONE_APP}\n[apps.billing.oauth2]\ntoken_url = \"auth.example/token\""), vec![], &["apps.billing.oauth2.token_url", "not an absolute URL"]),
+            (format!("{ONE_APP}\n[apps.billing.oauth2]\ntoken_url = \"https://u:p@auth.example/token\""), vec![], &["apps.billing.oauth2.token_url", "user:password@"]),
+            (format!("{ONE_APP}\n[apps.billing.oauth2]\ntoken_url = \"https://auth.example/token\""), vec![], &["apps.billing.oauth2.client_id", "is required with token_url"]),
+            (format!("{ONE_APP}\n[apps.billing.oauth2]\ntoken_url = \"https://auth.example/token\"\nclient_id = \"c\"\nclient_secret = \"oauth\""), vec![], &["apps.billing.oauth2.client_secret", "\"oauth\" is not the name of one of apps.billing.secrets"]),
+            (format!("{ONE_APP}\n[apps.billing.oauth2]\ntoken_url = \"https://auth.example/token\"\nclient_id = \"c\"\nclient_secret = \"default\""), vec![], &["apps.billing.oauth2.client_secret", "also the signing_key"]),
+            (format!("{OAUTH_APP}\norigins = []"), vec![], &["apps.billing.oauth2.origins", "is empty"]),
+            (format!("{OAUTH_APP}\norigins = [\"https://hooks.example/path\"]"), vec![], &["apps.billing.oauth2.origins[0]", "not an origin"]),
+            (format!("{OAUTH_APP}\norigins = [\"https://hooks.example\"]\nauth_method = \"jwt\""), vec![], &["apps.billing.oauth2.auth_method", "unknown variant `jwt`"]),
+            (format!("{OAUTH_APP}\norigins = [\"https://hooks.example\"]\nrefresh_before_secs = 90000"), vec![], &["apps.billing.oauth2.refresh_before_secs", "out of range"]),
             ("[apps.\"bad id\"]\nsecrets = { default = \"env:X\" }".into(), vec![], &["apps.bad id", "application id"]),
             ("[apps.a]\nqueue_url = \"http://q/\"".into(), vec![], &["apps.a.secrets", "no secret named \"default\""]),
             ("[apps.a]\nsecrets = { default = \"BILLING\" }".into(), vec![], &["apps.a.secrets.default[0]", "must start with env:"]),

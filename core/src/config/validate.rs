@@ -101,6 +101,20 @@ struct RawAppSettings {
     plugin_limits: RawPluginLimits,
     lambda: RawAppLambda,
     endpoint_health: RawEndpointHealth,
+    oauth2: RawOAuth2,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOAuth2 {
+    token_url: String,
+    client_id: String,
+    client_secret: String,
+    scope: String,
+    audience: String,
+    origins: Vec<String>,
+    refresh_before_secs: u64,
+    auth_method: crate::oauth2::AuthMethod,
 }
 
 #[derive(Deserialize)]
@@ -1074,6 +1088,7 @@ fn build_app(
     }
     let allowed_networks = Allowlist::parse(&s.allowed_networks)
         .map_err(|(i, e)| o.invalid(format!("{p}.allowed_networks[{i}]"), e.to_string()))?;
+    let oauth2 = build_oauth2(&p, &s.oauth2, &s.signing_key, &secrets, o)?;
     let endpoints = build_endpoints(&p, only.endpoints, &secrets, plugins.signer.is_none(), o)?;
     Ok(AppConfig {
         id,
@@ -1131,7 +1146,102 @@ fn build_app(
             },
             shared_ttl_secs: s.endpoint_health.shared_ttl_secs,
         },
+        oauth2,
     })
+}
+
+/// `[apps.ID.oauth2]`: off while `token_url` is empty; on, the client id, the client secret's
+/// name (one of the application's secrets, not the signing key) and at least one origin are
+/// required, each error naming its key.
+fn build_oauth2(
+    p: &str,
+    raw: &RawOAuth2,
+    signing_key: &str,
+    secrets: &BTreeMap<String, Vec<SecretRef>>,
+    o: &Origins,
+) -> Result<Option<crate::oauth2::OAuth2Config>, ConfigError> {
+    let k = |name: &str| format!("{p}.oauth2.{name}");
+    let Some(token_url) = non_empty(raw.token_url.clone()) else {
+        return Ok(None);
+    };
+    check_url(&k("token_url"), &token_url, o)?;
+    if url::Url::parse(&token_url).is_ok_and(|u| u.password().is_some() || !u.username().is_empty())
+    {
+        return Err(o.invalid(
+            k("token_url"),
+            "must not carry user:password@ (the client secret comes from client_secret)",
+        ));
+    }
+    let client_id = raw.client_id.trim();
+    if client_id.is_empty() || client_id.chars().any(char::is_control) {
+        return Err(o.invalid(
+            k("client_id"),
+            "is required with token_url (printable text, the client's id at the token endpoint)",
+        ));
+    }
+    let secret = raw.client_secret.trim();
+    if !secrets.contains_key(secret) {
+        return Err(o.invalid(
+            k("client_secret"),
+            format!(
+                "{secret:?} is not the name of one of {p}.secrets: add secrets = {{ {} =                  \"ssm:/squall/APP/oauth-client\" }} and name it here (the name, never the secret)",
+                if secret.is_empty() { "oauth" } else { secret }
+            ),
+        ));
+    }
+    if secret == signing_key {
+        return Err(o.invalid(
+            k("client_secret"),
+            format!("{secret:?} is also the signing_key: give the client secret a name of its own"),
+        ));
+    }
+    for (name, value) in [("scope", &raw.scope), ("audience", &raw.audience)] {
+        if value.chars().any(char::is_control) {
+            return Err(o.invalid(k(name), "must not contain control characters"));
+        }
+    }
+    if raw.origins.is_empty() {
+        return Err(o.invalid(
+            k("origins"),
+            "is empty: list the endpoint origins the token may be sent to \
+             ([\"https://hooks.example.com\"]); a producer names its events' URLs, so the token \
+             never goes to an origin not listed here",
+        ));
+    }
+    let mut origins = Vec::with_capacity(raw.origins.len());
+    for (i, origin) in raw.origins.iter().enumerate() {
+        let key = format!("{p}.oauth2.origins[{i}]");
+        check_url(&key, origin, o)?;
+        let u = url::Url::parse(origin).map_err(|e| o.invalid(key.clone(), e.to_string()))?;
+        if u.path() != "/"
+            || u.query().is_some()
+            || u.fragment().is_some()
+            || !u.username().is_empty()
+        {
+            return Err(o.invalid(
+                key,
+                format!("{origin:?} is not an origin: scheme://host[:port] with no path"),
+            ));
+        }
+        origins.extend(crate::health::origin_of(origin));
+    }
+    in_range(
+        k("refresh_before_secs"),
+        raw.refresh_before_secs,
+        0,
+        86_400,
+        o,
+    )?;
+    Ok(Some(crate::oauth2::OAuth2Config {
+        token_url,
+        client_id: client_id.to_string(),
+        client_secret: secret.to_string(),
+        scope: raw.scope.trim().to_string(),
+        audience: raw.audience.trim().to_string(),
+        origins,
+        refresh_before_secs: raw.refresh_before_secs,
+        auth_method: raw.auth_method,
+    }))
 }
 
 /// `[apps.ID.endpoints.EID]`: each endpoint validated with its key path named; with the built-in

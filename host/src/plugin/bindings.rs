@@ -272,7 +272,8 @@ impl From<hooks::TransportErrorKind> for wit::TransportErrorKind {
             H::Reset => wit::TransportErrorKind::Reset,
             H::RefusedByPolicy => wit::TransportErrorKind::RefusedByPolicy,
             H::ResponseTooLarge => wit::TransportErrorKind::ResponseTooLarge,
-            H::Other => wit::TransportErrorKind::Other,
+            // The frozen WIT enums have no `token`: its message says "token endpoint ...".
+            H::Token | H::Other => wit::TransportErrorKind::Other,
         }
     }
 }

@@ -261,6 +261,7 @@ fn parse_outcome(s: &str) -> anyhow::Result<Outcome> {
         TransportErrorKind::Reset,
         TransportErrorKind::RefusedByPolicy,
         TransportErrorKind::ResponseTooLarge,
+        TransportErrorKind::Token,
         TransportErrorKind::Other,
     ];
     if let Some(kind) = kinds.into_iter().find(|k| k.as_str() == s) {
