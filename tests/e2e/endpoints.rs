@@ -443,6 +443,16 @@ fn dlq_holds(n: u64) -> impl AsyncFn(&Setup) -> bool {
 
 /// The `n` messages of `queue`, received and left there (visibility 0).
 async fn peek(q: &TestQueues, queue: &str, n: usize) -> Vec<aws_sdk_sqs::types::Message> {
+    peek_with(q, queue, n, 0).await
+}
+
+/// The `n` messages of `queue`, received and back after `visibility` seconds.
+pub(crate) async fn peek_with(
+    q: &TestQueues,
+    queue: &str,
+    n: usize,
+    visibility: i32,
+) -> Vec<aws_sdk_sqs::types::Message> {
     let mut got: BTreeMap<String, aws_sdk_sqs::types::Message> = BTreeMap::new();
     for _ in 0..50 {
         let r = q
@@ -450,7 +460,7 @@ async fn peek(q: &TestQueues, queue: &str, n: usize) -> Vec<aws_sdk_sqs::types::
             .receive_message()
             .queue_url(queue)
             .max_number_of_messages(10)
-            .visibility_timeout(0)
+            .visibility_timeout(visibility)
             .message_attribute_names("All")
             .send()
             .await

@@ -22,7 +22,7 @@ use squall_tests::process::{SquallRun, eventually};
 use squall_tests::sqs::{TestQueues, msg_attr};
 use squall_tests::sqs_or_skip;
 
-use crate::endpoints::squall_ok;
+use crate::endpoints::{peek_with, squall_ok};
 use crate::lambda::temp_dir;
 use crate::registry::{Registry, config_text, new_secret, write_config};
 
@@ -103,6 +103,25 @@ impl Setup {
         format!("http://127.0.0.1:{}", self.rx.addr().port())
     }
 
+    /// Process A (`squall run`) started, and `n` events `evt-a-I` queued for the endpoint.
+    async fn start_a(&self, n: usize) -> SquallRun {
+        let a = SquallRun::start(&self.config_text);
+        for i in 0..n {
+            self.send(&format!("evt-a-{i}")).await;
+        }
+        a
+    }
+
+    /// Wait until the item shows the breaker opened (by A); the state.
+    async fn opened(&self) -> SharedState {
+        eventually(Duration::from_secs(60), "the breaker opened", || async {
+            self.shared()
+                .await
+                .filter(|st| st.state == SharedKind::Opened)
+        })
+        .await
+    }
+
     /// The endpoint's shared state in the application's item, if any.
     async fn shared(&self) -> Option<SharedState> {
         let origin = self.origin();
@@ -143,33 +162,6 @@ impl Setup {
     }
 }
 
-/// The `n` messages of `queue`, each received once and back after 3 s (moto gives the same
-/// first ten to receives with no visibility timeout).
-async fn look(q: &TestQueues, queue: &str, n: usize) -> Vec<aws_sdk_sqs::types::Message> {
-    let mut got: BTreeMap<String, aws_sdk_sqs::types::Message> = BTreeMap::new();
-    for _ in 0..20 {
-        let r = q
-            .client
-            .receive_message()
-            .queue_url(queue)
-            .max_number_of_messages(10)
-            .visibility_timeout(3)
-            .message_attribute_names("All")
-            .send()
-            .await
-            .unwrap();
-        for m in r.messages.unwrap_or_default() {
-            got.insert(m.message_id.clone().unwrap_or_default(), m);
-        }
-        if got.len() >= n {
-            break;
-        }
-    }
-    assert_eq!(got.len(), n, "{queue}");
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
-    got.into_values().collect()
-}
-
 fn ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
@@ -187,14 +179,8 @@ async fn a_breaker_opened_by_one_process_holds_the_other() {
         "failure_threshold = 3\nopen_secs = 20\nopen_max_secs = 20",
     )
     .await;
-    let a = SquallRun::start(&s.config_text);
-    for i in 0..5 {
-        s.send(&format!("evt-a-{i}")).await;
-    }
-    let opened = eventually(Duration::from_secs(60), "A opens the breaker", || async {
-        s.shared().await.filter(|st| st.state == SharedKind::Opened)
-    })
-    .await;
+    let a = s.start_a(5).await;
+    let opened = s.opened().await;
     let until_ms = opened.until_ms.unwrap();
     eprintln!(
         "opened at {} until {until_ms} ({}): {}",
@@ -265,10 +251,7 @@ async fn a_dead_endpoint_is_disabled_everywhere_then_enabled_and_redriven() {
         "failure_threshold = 3\nopen_secs = 1\nopen_max_secs = 2\ndisable_after_secs = 6",
     )
     .await;
-    let a = SquallRun::start(&s.config_text);
-    for i in 0..10 {
-        s.send(&format!("evt-a-{i}")).await;
-    }
+    let a = s.start_a(10).await;
     eventually(
         Duration::from_secs(90),
         "A's 10 events dead-lettered",
@@ -302,7 +285,11 @@ async fn a_dead_endpoint_is_disabled_everywhere_then_enabled_and_redriven() {
         before,
         "no request once disabled"
     );
-    for m in look(&s.q, &s.q.dlq, 15).await {
+    // Each received once and back after 3 s (moto gives the same first ten to receives with
+    // no visibility timeout), in time for the redrive.
+    let dead = peek_with(&s.q, &s.q.dlq, 15, 3).await;
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    for m in dead {
         assert_eq!(
             msg_attr(&m, "squall-last-error").as_deref(),
             Some("endpoint-disabled")
@@ -370,16 +357,8 @@ async fn a_breaker_opened_by_squall_run_holds_the_lambda_function() {
         "failure_threshold = 3\nopen_secs = 15\nopen_max_secs = 15",
     )
     .await;
-    let a = SquallRun::start(&s.config_text);
-    for i in 0..3 {
-        s.send(&format!("evt-a-{i}")).await;
-    }
-    let opened = eventually(
-        Duration::from_secs(60),
-        "squall run opens the breaker",
-        || async { s.shared().await.filter(|st| st.state == SharedKind::Opened) },
-    )
-    .await;
+    let a = s.start_a(3).await;
+    let opened = s.opened().await;
     let mut a = a;
     assert!(a.is_running(), "{}", a.log());
     assert!(a.terminate().success());
