@@ -744,12 +744,17 @@ async fn run() -> anyhow::Result<bool> {
 
     // The runner's SQS calls, counted by the proxy, and the costs per delivered event.
     let calls = sqs_counter.counts();
-    let total_calls: u64 = calls.values().sum();
+    let empty_receives = calls.get(sqs_counter::EMPTY_RECEIVES).copied().unwrap_or(0);
+    let total_calls: u64 = calls.values().sum::<u64>() - empty_receives;
     println!("\nrunner SQS calls by action (counting proxy)         count");
     for (action, n) in sqs_counter::grouped(&calls) {
         println!("  {action:<48} {n:>6}");
     }
     println!("  {:<48} {total_calls:>6}", "total");
+    println!(
+        "  {:<48} {empty_receives:>6}",
+        "of which receives that returned no message"
+    );
     println!(
         "  ({})",
         calls
@@ -765,9 +770,10 @@ async fn run() -> anyhow::Result<bool> {
         .unwrap_or(0);
     let per = |n: f64| n / delivered.max(1) as f64;
     println!(
-        "per delivered event ({delivered}): {:.3} requests, {:.3} SQS calls; {} dead letters, {} duplicates",
+        "per delivered event ({delivered}): {:.3} requests, {:.3} SQS calls ({:.3} without the empty receives); {} dead letters, {} duplicates",
         per(requests.len() as f64),
         per(total_calls as f64),
+        per((total_calls - empty_receives) as f64),
         dead.len(),
         v.duplicated_events
     );

@@ -1,12 +1,14 @@
 //! A counting proxy in front of the SQS server: the runner is given its URL as its SQS
 //! endpoint, so every call the engine makes passes through it and is counted by action,
-//! independently of the engine's own accounting. Plain TCP both ways; the client-to-server
-//! bytes are also framed as HTTP/1.1 requests (headers up to the blank line, then
-//! `Content-Length` bytes of body) to read each request's action from `X-Amz-Target`
+//! independently of the engine's own accounting. Plain TCP both ways; both directions are
+//! also framed as HTTP/1.1 messages (headers up to the blank line, then `Content-Length`
+//! bytes of body): each request's action is read from `X-Amz-Target`
 //! (`AmazonSQS.ReceiveMessage`: the JSON protocol the AWS SDK speaks) or, failing that, an
-//! `Action=` query parameter.
+//! `Action=` query parameter, and each response is matched to its request (the SDK sends the
+//! next request on a connection only after the previous answer) to tell receives that
+//! returned messages from empty ones.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
@@ -15,8 +17,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 /// Calls per action name (`ReceiveMessage`, `DeleteMessageBatch`, ...; `unknown` when a
-/// request named none).
+/// request named none), and [`EMPTY_RECEIVES`].
 pub type Counts = BTreeMap<String, u64>;
+
+/// The key counting the `ReceiveMessage` calls whose answer held no message (a long poll
+/// that timed out), included in `ReceiveMessage`.
+pub const EMPTY_RECEIVES: &str = "ReceiveMessage, empty";
 
 /// A running proxy; dropping it stops accepting (open connections finish on their own).
 pub struct SqsCounter {
@@ -72,10 +78,13 @@ async fn accept(listener: TcpListener, target: String, counts: Arc<Mutex<Counts>
     }
 }
 
-/// Copy both ways until either side closes; count the requests going up.
+/// Copy both ways until either side closes; count the requests going up, and the empty
+/// receives coming down.
 async fn relay(client: TcpStream, server: TcpStream, counts: Arc<Mutex<Counts>>) {
     let (mut from_client, mut to_client) = client.into_split();
     let (mut from_server, mut to_server) = server.into_split();
+    let asked = Arc::new(Mutex::new(VecDeque::<String>::new()));
+    let (up_counts, up_asked) = (counts.clone(), asked.clone());
     let up = async move {
         let mut framer = Framer::default();
         let mut buf = vec![0u8; 64 * 1024];
@@ -84,11 +93,14 @@ async fn relay(client: TcpStream, server: TcpStream, counts: Arc<Mutex<Counts>>)
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let actions = framer.feed(&buf[..n]);
-            if !actions.is_empty() {
-                let mut c = counts.lock().unwrap();
-                for a in actions {
-                    *c.entry(a).or_default() += 1;
+            let requests = framer.feed(&buf[..n]);
+            if !requests.is_empty() {
+                let mut c = up_counts.lock().unwrap();
+                let mut q = up_asked.lock().unwrap();
+                for r in requests {
+                    let action = action_of(&r.head);
+                    *c.entry(action.clone()).or_default() += 1;
+                    q.push_back(action);
                 }
             }
             if to_server.write_all(&buf[..n]).await.is_err() {
@@ -98,29 +110,74 @@ async fn relay(client: TcpStream, server: TcpStream, counts: Arc<Mutex<Counts>>)
         let _ = to_server.shutdown().await;
     };
     let down = async move {
-        let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+        let mut framer = Framer::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from_server.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            for r in framer.feed(&buf[..n]) {
+                let action = asked.lock().unwrap().pop_front();
+                if action.as_deref() == Some("ReceiveMessage")
+                    && !find_in(&r.body, b"ReceiptHandle")
+                {
+                    *counts
+                        .lock()
+                        .unwrap()
+                        .entry(EMPTY_RECEIVES.into())
+                        .or_default() += 1;
+                }
+            }
+            if to_client.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
         let _ = to_client.shutdown().await;
     };
     tokio::join!(up, down);
 }
 
-/// Splits a client's byte stream into HTTP/1.1 requests and names each one's action.
+/// One HTTP/1.1 message: its head (start line and headers) and its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Framed {
+    /// Start line and headers, up to the blank line.
+    pub head: String,
+    /// `Content-Length` bytes of body.
+    pub body: Vec<u8>,
+}
+
+/// Splits one direction of a connection into HTTP/1.1 messages framed by `Content-Length`
+/// (what the SDK sends and moto answers; chunked bodies are not used by either).
 #[derive(Debug, Default)]
 pub struct Framer {
     head: Vec<u8>,
-    body_left: usize,
+    /// The head of the message whose body is being read, and the bytes still due.
+    reading: Option<(String, usize)>,
+    body: Vec<u8>,
 }
 
 impl Framer {
-    /// Take the next bytes; the actions of the requests whose headers they complete.
-    pub fn feed(&mut self, mut data: &[u8]) -> Vec<String> {
+    /// Take the next bytes; the messages they complete.
+    pub fn feed(&mut self, mut data: &[u8]) -> Vec<Framed> {
         let mut out = Vec::new();
-        while !data.is_empty() {
-            if self.body_left > 0 {
-                let n = self.body_left.min(data.len());
-                self.body_left -= n;
+        loop {
+            if let Some((_, left)) = &mut self.reading {
+                let n = (*left).min(data.len());
+                self.body.extend_from_slice(&data[..n]);
+                *left -= n;
                 data = &data[n..];
-                continue;
+                if *left > 0 {
+                    return out;
+                }
+                let (head, _) = self.reading.take().expect("reading");
+                out.push(Framed {
+                    head,
+                    body: std::mem::take(&mut self.body),
+                });
+            }
+            if data.is_empty() {
+                return out;
             }
             let before = self.head.len();
             self.head.extend_from_slice(data);
@@ -128,14 +185,13 @@ impl Framer {
                 return out;
             };
             let head_len = end + 4;
-            let (action, length) = parse_head(&self.head[..head_len]);
-            out.push(action);
-            self.body_left = length;
-            // What followed the blank line in this read: body, then perhaps the next request.
+            let head = String::from_utf8_lossy(&self.head[..head_len]).into_owned();
+            let length = content_length(&head);
+            self.reading = Some((head, length));
+            // What followed the blank line in this read: body, then perhaps the next message.
             data = &data[head_len - before..];
             self.head.clear();
         }
-        out
     }
 }
 
@@ -143,31 +199,35 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The action and `Content-Length` of one request head.
-fn parse_head(head: &[u8]) -> (String, usize) {
-    let text = String::from_utf8_lossy(head);
-    let mut lines = text.split("\r\n");
-    let request_line = lines.next().unwrap_or("");
-    let mut action = None;
-    let mut length = 0;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("x-amz-target") {
-            action = Some(value.rsplit('.').next().unwrap_or(value).to_string());
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse().unwrap_or(0);
-        }
+fn find_in(hay: &[u8], needle: &[u8]) -> bool {
+    find(hay, needle).is_some()
+}
+
+/// A header's value in a message head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.split("\r\n").skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn content_length(head: &str) -> usize {
+    header(head, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A request's action: `X-Amz-Target`'s last part, else an `Action=` query parameter.
+fn action_of(head: &str) -> String {
+    if let Some(t) = header(head, "x-amz-target") {
+        return t.rsplit('.').next().unwrap_or(t).to_string();
     }
-    let action = action.or_else(|| {
-        request_line
-            .split(['?', '&', ' '])
-            .find_map(|p| p.strip_prefix("Action="))
-            .map(str::to_string)
-    });
-    (action.unwrap_or_else(|| "unknown".into()), length)
+    let request_line = head.split("\r\n").next().unwrap_or("");
+    request_line
+        .split(['?', '&', ' '])
+        .find_map(|p| p.strip_prefix("Action="))
+        .unwrap_or("unknown")
+        .to_string()
 }
 
 /// Calls by the groups the run reports: receives, deletes, sends, visibility changes, other.
@@ -176,6 +236,7 @@ pub fn grouped(counts: &Counts) -> BTreeMap<&'static str, u64> {
     for (action, n) in counts {
         let group = match action.as_str() {
             "ReceiveMessage" => "ReceiveMessage",
+            EMPTY_RECEIVES => continue,
             "DeleteMessage" | "DeleteMessageBatch" => "DeleteMessage(Batch)",
             "SendMessage" | "SendMessageBatch" => "SendMessage(Batch)",
             "ChangeMessageVisibility" | "ChangeMessageVisibilityBatch" => {
@@ -219,12 +280,15 @@ mod tests {
         ];
         for cut in [1, 7, 100, 4096, stream.len()] {
             let mut f = Framer::default();
-            let got: Vec<String> = stream
+            let got: Vec<Framed> = stream
                 .as_bytes()
                 .chunks(cut)
                 .flat_map(|c| f.feed(c))
                 .collect();
-            assert_eq!(got, want, "cut {cut}");
+            let actions: Vec<String> = got.iter().map(|r| action_of(&r.head)).collect();
+            assert_eq!(actions, want, "cut {cut}");
+            assert_eq!(got[3].body.len(), 5000);
+            assert!(got[2].body.is_empty());
         }
     }
 
@@ -235,6 +299,7 @@ mod tests {
             ("DeleteMessageBatch".into(), 2),
             ("DeleteMessage".into(), 1),
             ("GetQueueAttributes".into(), 4),
+            (EMPTY_RECEIVES.into(), 2),
         ]);
         let g = grouped(&counts);
         assert_eq!(g["ReceiveMessage"], 3);
