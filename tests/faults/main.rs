@@ -350,6 +350,39 @@ async fn take_all(q: &TestQueues, queue: &str) -> Vec<aws_sdk_sqs::types::Messag
     out
 }
 
+/// The deferrals a runner's JSON log records (`endpoint held: deferred ...`, `endpoint
+/// saturated: deferred ...`), with their times since the run started.
+fn deferrals_in(log: &str, runner: usize, epoch0: u64) -> Vec<verdict::Deferral> {
+    log.lines()
+        .filter(|l| l.contains("deferred, no attempt made"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|j| {
+            Some(verdict::Deferral {
+                id: j["event_id"].as_str()?.to_string(),
+                runner,
+                at_ms: rfc3339_ms(j["timestamp"].as_str()?)?.saturating_sub(epoch0),
+            })
+        })
+        .collect()
+}
+
+/// Unix ms of a UTC timestamp as the runner logs it (`2026-12-07T21:45:08.774123Z`).
+fn rfc3339_ms(t: &str) -> Option<u64> {
+    let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    let frac = t.get(20..t.len() - 1).unwrap_or("0");
+    let ms = format!("{frac:0<3}").get(..3)?.parse::<i64>().ok()?;
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000 + ms).ok()
+}
+
 struct Runner {
     config: String,
     run: Option<SquallRun>,
@@ -646,7 +679,13 @@ async fn run() -> anyhow::Result<bool> {
         None => Vec::new(),
     };
     metrics.sort();
-    let v = verdict::judge(&planned, &requests, &dead, &stops);
+    let deferrals = runner
+        .logs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, log)| deferrals_in(log, i, epoch0))
+        .collect::<Vec<_>>();
+    let v = verdict::judge(&planned, &requests, &dead, &stops, &deferrals);
     let duration = t0.elapsed();
 
     // The table.
@@ -687,11 +726,15 @@ async fn run() -> anyhow::Result<bool> {
     );
     for (i, s) in stops.iter().enumerate() {
         println!(
-            "  explained by stop {} ({:?} at {:.1}s): {}",
+            "  explained by stop {} ({:?} at {:.1}s): {}{}",
             i + 1,
             s.kind,
             s.at_ms as f64 / 1000.0,
-            v.explained.get(&i).copied().unwrap_or(0)
+            v.explained.get(&i).copied().unwrap_or(0),
+            match v.explained_by_deferral.get(&i) {
+                Some(n) => format!(" ({n} of them a deferral's copy and its original)"),
+                None => String::new(),
+            }
         );
     }
     if v.duplicated_events > 0 {
@@ -800,4 +843,20 @@ async fn run() -> anyhow::Result<bool> {
         v.failures.len()
     );
     Ok(v.ok())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_timestamps_read_as_unix_ms() {
+        assert_eq!(super::rfc3339_ms("1970-01-01T00:00:01.5Z"), Some(1_500));
+        assert_eq!(
+            super::rfc3339_ms("2026-12-07T21:45:08.774123Z"),
+            Some(1_796_679_908_774)
+        );
+        assert_eq!(
+            super::rfc3339_ms("2000-02-29T00:00:00Z"),
+            Some(951_782_400_000)
+        );
+    }
 }
