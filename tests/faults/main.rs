@@ -1,12 +1,15 @@
 //! `fault-run`: the fault-injection run (issue 6). Drives the real `squall run` binary
 //! against the moto SQS server with thousands of events across 24 faulty receivers of four
-//! applications, kills the runner (SIGKILL twice, SIGTERM once) and restarts it, waits for
-//! every queue to drain, then proves that every event was delivered with a valid Standard
-//! Webhooks signature or dead-lettered with a reason, and that every duplicate is explained
-//! by a kill. Prints the counts; exits 1 on any loss or unexplained event.
+//! applications (per-request faults, and per application one endpoint with outages and one
+//! with a capacity limit), kills the runner (SIGKILL twice, SIGTERM once) and restarts it,
+//! waits for every queue to drain, then proves that every event was delivered with a valid
+//! Standard Webhooks signature or dead-lettered with a reason, and that every duplicate is
+//! explained by a kill. Prints the counts, the runner's SQS calls (counted by a proxy in front
+//! of moto) and the costs per delivered event; exits 1 on any loss or unexplained event.
 //!
-//! `scripts/fault-run [--events N] [--seed S]` builds and starts everything it needs; this
-//! binary expects `SQUALL_TEST_SQS_ENDPOINT` (moto) and `SQUALL_BIN` (the engine) set.
+//! `scripts/fault-run [--events N] [--seed S] [--health on|off]` builds and starts everything
+//! it needs; this binary expects `SQUALL_TEST_SQS_ENDPOINT` (moto) and `SQUALL_BIN` (the
+//! engine) set.
 
 mod plan;
 mod sqs_counter;
