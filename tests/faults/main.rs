@@ -809,6 +809,18 @@ async fn run() -> anyhow::Result<bool> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    println!(
+        "  slowest call by action (request to answer, through the proxy): {}",
+        sqs_counter
+            .slowest()
+            .iter()
+            .map(|(k, (ms, over))| format!(
+                "{k} {ms} ms ({over} over {} s)",
+                sqs_counter::SLOW_MS / 1000
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let delivered = v
         .outcomes
         .get("delivered (2xx, valid signature)")

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -24,10 +25,23 @@ pub type Counts = BTreeMap<String, u64>;
 /// that timed out), included in `ReceiveMessage`.
 pub const EMPTY_RECEIVES: &str = "ReceiveMessage, empty";
 
+/// Per action: the slowest call (request seen to answer read, ms; a receive includes its
+/// long poll) and how many took longer than [`SLOW_MS`].
+pub type Slowest = BTreeMap<String, (u64, u64)>;
+
+/// A call slower than this is counted in [`Slowest`] (ms).
+pub const SLOW_MS: u64 = 5_000;
+
+#[derive(Default)]
+struct Tally {
+    counts: Counts,
+    slowest: Slowest,
+}
+
 /// A running proxy; dropping it stops accepting (open connections finish on their own).
 pub struct SqsCounter {
     url: String,
-    counts: Arc<Mutex<Counts>>,
+    tally: Arc<Mutex<Tally>>,
     task: JoinHandle<()>,
 }
 
@@ -43,9 +57,9 @@ impl SqsCounter {
         );
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let url = format!("http://{}", listener.local_addr()?);
-        let counts = Arc::new(Mutex::new(Counts::new()));
-        let task = tokio::spawn(accept(listener, target, counts.clone()));
-        Ok(SqsCounter { url, counts, task })
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let task = tokio::spawn(accept(listener, target, tally.clone()));
+        Ok(SqsCounter { url, tally, task })
     }
 
     /// The URL to give the runner as its SQS endpoint.
@@ -55,7 +69,12 @@ impl SqsCounter {
 
     /// Calls so far, by action.
     pub fn counts(&self) -> Counts {
-        self.counts.lock().unwrap().clone()
+        self.tally.lock().unwrap().counts.clone()
+    }
+
+    /// The slowest calls so far, by action.
+    pub fn slowest(&self) -> Slowest {
+        self.tally.lock().unwrap().slowest.clone()
     }
 }
 
@@ -65,7 +84,7 @@ impl Drop for SqsCounter {
     }
 }
 
-async fn accept(listener: TcpListener, target: String, counts: Arc<Mutex<Counts>>) {
+async fn accept(listener: TcpListener, target: String, counts: Arc<Mutex<Tally>>) {
     while let Ok((client, _)) = listener.accept().await {
         let (target, counts) = (target.clone(), counts.clone());
         tokio::spawn(async move {
@@ -80,10 +99,10 @@ async fn accept(listener: TcpListener, target: String, counts: Arc<Mutex<Counts>
 
 /// Copy both ways until either side closes; count the requests going up, and the empty
 /// receives coming down.
-async fn relay(client: TcpStream, server: TcpStream, counts: Arc<Mutex<Counts>>) {
+async fn relay(client: TcpStream, server: TcpStream, counts: Arc<Mutex<Tally>>) {
     let (mut from_client, mut to_client) = client.into_split();
     let (mut from_server, mut to_server) = server.into_split();
-    let asked = Arc::new(Mutex::new(VecDeque::<String>::new()));
+    let asked = Arc::new(Mutex::new(VecDeque::<(String, Instant)>::new()));
     let (up_counts, up_asked) = (counts.clone(), asked.clone());
     let up = async move {
         let mut framer = Framer::default();
@@ -99,8 +118,8 @@ async fn relay(client: TcpStream, server: TcpStream, counts: Arc<Mutex<Counts>>)
                 let mut q = up_asked.lock().unwrap();
                 for r in requests {
                     let action = action_of(&r.head);
-                    *c.entry(action.clone()).or_default() += 1;
-                    q.push_back(action);
+                    *c.counts.entry(action.clone()).or_default() += 1;
+                    q.push_back((action, Instant::now()));
                 }
             }
             if to_server.write_all(&buf[..n]).await.is_err() {
@@ -118,16 +137,17 @@ async fn relay(client: TcpStream, server: TcpStream, counts: Arc<Mutex<Counts>>)
                 Ok(n) => n,
             };
             for r in framer.feed(&buf[..n]) {
-                let action = asked.lock().unwrap().pop_front();
-                if action.as_deref() == Some("ReceiveMessage")
-                    && !find_in(&r.body, b"ReceiptHandle")
-                {
-                    *counts
-                        .lock()
-                        .unwrap()
-                        .entry(EMPTY_RECEIVES.into())
-                        .or_default() += 1;
+                let Some((action, at)) = asked.lock().unwrap().pop_front() else {
+                    continue;
+                };
+                let mut t = counts.lock().unwrap();
+                if action == "ReceiveMessage" && !find_in(&r.body, b"ReceiptHandle") {
+                    *t.counts.entry(EMPTY_RECEIVES.into()).or_default() += 1;
                 }
+                let ms = at.elapsed().as_millis() as u64;
+                let slow = t.slowest.entry(action).or_default();
+                slow.0 = slow.0.max(ms);
+                slow.1 += u64::from(ms > SLOW_MS);
             }
             if to_client.write_all(&buf[..n]).await.is_err() {
                 break;
