@@ -15,7 +15,8 @@
 //! - **Pause**: a 429, or a 503 with `Retry-After`, pauses the whole endpoint for the
 //!   `Retry-After` (at most `retry_after_max_secs`), not just the event that got it.
 //! - **Pacing (AIMD)**: a 429 halves the endpoint's request rate (starting from the rate it was
-//!   being sent at, measured over the last second); each success adds `1 / rate` to it, so the
+//!   being sent at, measured over the last second), at most once a second (the other 429s of
+//!   that second answer requests sent before the cut); each success adds `1 / rate` to it, so the
 //!   rate grows by about one request per second for every second of successful traffic; above
 //!   `unpaced_above` requests per second the limit is dropped. Why AIMD: it is what TCP does for
 //!   the same problem (find the capacity of a path that only signals overload), it converges
@@ -28,6 +29,9 @@
 //!   processes serving the application read (through the registry's store) and apply with
 //!   [`EndpointHealth::apply_shared`]: an instance that has not seen the failures itself holds
 //!   its events all the same.
+
+/// A 429 lowers an endpoint's rate at most once in this long (ms).
+pub const DECREASE_EVERY_MS: u64 = 1_000;
 
 /// One endpoint's health settings (per application, with defaults).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -180,6 +184,8 @@ pub struct EndpointHealth {
     window_start_ms: u64,
     window_count: u32,
     last_window_rate: f64,
+    /// When a 429 last lowered the rate.
+    decreased_at_ms: Option<u64>,
     /// First failure since the last success.
     failing_since_ms: Option<u64>,
     disabled_reported: bool,
@@ -203,6 +209,7 @@ impl Default for EndpointHealth {
             window_start_ms: 0,
             window_count: 0,
             last_window_rate: 0.0,
+            decreased_at_ms: None,
             failing_since_ms: None,
             disabled_reported: false,
             disabled: None,
@@ -402,10 +409,19 @@ impl EndpointHealth {
                     let secs = secs.min(u64::from(s.retry_after_max_secs));
                     self.paused_until_ms = self.paused_until_ms.max(now_ms + secs * 1000);
                 }
-                let base = self
-                    .rate
-                    .unwrap_or_else(|| self.current_rate(now_ms).max(s.min_rate * 2.0));
-                self.rate = Some((base / 2.0).max(s.min_rate));
+                // One decrease per DECREASE_EVERY_MS: the 429s of requests already in flight when
+                // the first came back report the same overload (TCP halves once per round trip
+                // for the same reason); eight answered together would cut the rate 256-fold.
+                let recent = self
+                    .decreased_at_ms
+                    .is_some_and(|at| now_ms.saturating_sub(at) < DECREASE_EVERY_MS);
+                if !recent {
+                    let base = self
+                        .rate
+                        .unwrap_or_else(|| self.current_rate(now_ms).max(s.min_rate * 2.0));
+                    self.rate = Some((base / 2.0).max(s.min_rate));
+                    self.decreased_at_ms = Some(now_ms);
+                }
                 self.tokens = self.tokens.min(1.0);
                 out.push(Transition::Paced {
                     paused_until_ms: if self.paused_until_ms > now_ms {
@@ -872,6 +888,17 @@ mod tests {
         };
         assert_eq!(*paused_until_ms, t + 11_000);
         assert!((*rate - 10.0).abs() < 1.0, "half of ~20/s: {rate}");
+        // Other requests in flight answered 429 too: the same overload, no further cut.
+        for _ in 0..5 {
+            h.record(
+                &s,
+                Observed::Overloaded {
+                    retry_after_secs: Some(10),
+                },
+                t + 1_000,
+            );
+        }
+        assert_eq!(h.effective_rate(&s), Some(*rate));
         // Every event waits for the pause, not only the one that got the answer.
         assert_eq!(
             h.admit(&s, t + 2_000),

@@ -1,14 +1,18 @@
 //! `fault-run`: the fault-injection run (issue 6). Drives the real `squall run` binary
 //! against the moto SQS server with thousands of events across 24 faulty receivers of four
-//! applications, kills the runner (SIGKILL twice, SIGTERM once) and restarts it, waits for
-//! every queue to drain, then proves that every event was delivered with a valid Standard
-//! Webhooks signature or dead-lettered with a reason, and that every duplicate is explained
-//! by a kill. Prints the counts; exits 1 on any loss or unexplained event.
+//! applications (per-request faults, and per application one endpoint with outages and one
+//! with a capacity limit), kills the runner (SIGKILL twice, SIGTERM once) and restarts it,
+//! waits for every queue to drain, then proves that every event was delivered with a valid
+//! Standard Webhooks signature or dead-lettered with a reason, and that every duplicate is
+//! explained by a kill. Prints the counts, the runner's SQS calls (counted by a proxy in front
+//! of moto) and the costs per delivered event; exits 1 on any loss or unexplained event.
 //!
-//! `scripts/fault-run [--events N] [--seed S]` builds and starts everything it needs; this
-//! binary expects `SQUALL_TEST_SQS_ENDPOINT` (moto) and `SQUALL_BIN` (the engine) set.
+//! `scripts/fault-run [--events N] [--seed S] [--health on|off]` builds and starts everything
+//! it needs; this binary expects `SQUALL_TEST_SQS_ENDPOINT` (moto) and `SQUALL_BIN` (the
+//! engine) set.
 
 mod plan;
+mod sqs_counter;
 mod verdict;
 
 use std::collections::HashMap;
@@ -53,6 +57,10 @@ struct Args {
     /// Also check the metrics queue's records against the deliveries.
     #[arg(long)]
     metrics: bool,
+    /// Endpoint health (breaker, `Retry-After` pause, pacing): `on` writes
+    /// `[app_defaults.endpoint_health]` with thresholds for the short retry schedule.
+    #[arg(long, value_parser = ["on", "off"], default_value = "off")]
+    health: String,
 }
 
 /// The run's settings, defaults applied.
@@ -63,6 +71,7 @@ struct Run {
     drain_limit: Duration,
     out: Option<std::path::PathBuf>,
     metrics: bool,
+    health: bool,
 }
 
 fn parse_seed(s: &str) -> Result<u64, String> {
@@ -93,6 +102,7 @@ fn args() -> anyhow::Result<Run> {
         ),
         out: a.out,
         metrics: a.metrics,
+        health: a.health == "on",
     })
 }
 
@@ -100,7 +110,12 @@ fn args() -> anyhow::Result<Run> {
 /// only logs its records): moto recomputes every queue attribute on each send, in time linear
 /// in the queue's length, and on this 2-core machine a metrics queue filling at one record per
 /// attempt slowed moto to ~4 requests/s within minutes, consumed or not.
-fn config(endpoint: &str, q: &TestQueues, metrics: bool) -> String {
+///
+/// With `health`, endpoint health is on, scaled to the run's retry schedule (five attempts
+/// within ~10 s): the breaker opens after five failures in a row, for 5 s, doubling on each
+/// failed probe up to 20 s, so an outage of 15-25 s is crossed with a few probes instead of
+/// every event's five attempts.
+fn config(endpoint: &str, q: &TestQueues, metrics: bool, health: bool) -> String {
     let mut s = config_head(endpoint, q, metrics);
     s.push_str(&format!(
         r#"[app_defaults]
@@ -118,6 +133,9 @@ jitter = 0.2
 retry_after_max_secs = 5
 "#
     ));
+    if health {
+        s.push_str(HEALTH_ON);
+    }
     for (i, app) in APPS.iter().enumerate() {
         let plugin = |policy: &str, mode: &str, only: &str| {
             format!(
@@ -136,6 +154,14 @@ retry_after_max_secs = 5
     }
     s
 }
+
+/// `[app_defaults.endpoint_health]` of `--health on`.
+const HEALTH_ON: &str = r#"[app_defaults.endpoint_health]
+enabled = true
+failure_threshold = 5
+open_secs = 5
+open_max_secs = 20
+"#;
 
 /// Send the planned bodies in batches of ten at `rate` messages/s. Only entries SQS reports
 /// as failed are re-sent (a whole-call error is retried too, and counted: if that call had in
@@ -327,6 +353,39 @@ async fn take_all(q: &TestQueues, queue: &str) -> Vec<aws_sdk_sqs::types::Messag
     out
 }
 
+/// The deferrals a runner's JSON log records (`endpoint held: deferred ...`, `endpoint
+/// saturated: deferred ...`), with their times since the run started.
+fn deferrals_in(log: &str, runner: usize, epoch0: u64) -> Vec<verdict::Deferral> {
+    log.lines()
+        .filter(|l| l.contains("deferred, no attempt made"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|j| {
+            Some(verdict::Deferral {
+                id: j["event_id"].as_str()?.to_string(),
+                runner,
+                at_ms: rfc3339_ms(j["timestamp"].as_str()?)?.saturating_sub(epoch0),
+            })
+        })
+        .collect()
+}
+
+/// Unix ms of a UTC timestamp as the runner logs it (`2026-12-07T21:45:08.774123Z`).
+fn rfc3339_ms(t: &str) -> Option<u64> {
+    let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    let frac = t.get(20..t.len() - 1).unwrap_or("0");
+    let ms = format!("{frac:0<3}").get(..3)?.parse::<i64>().ok()?;
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000 + ms).ok()
+}
+
 struct Runner {
     config: String,
     run: Option<SquallRun>,
@@ -384,28 +443,66 @@ async fn run() -> anyhow::Result<bool> {
     let ms = move |at: Instant| at.saturating_duration_since(t0).as_millis() as u64;
     let epoch0 = now_ms();
     println!(
-        "fault-run: seed {:#x}, {} events, {} applications, {} endpoints, {} msg/s",
+        "fault-run: seed {:#x}, {} events, {} applications, {} endpoints, {} msg/s, endpoint health {}",
         a.seed,
         a.events,
         APPS.len(),
         APPS.len() * ENDPOINTS_PER_APP,
-        a.rate
+        a.rate,
+        if a.health { "on" } else { "off" }
     );
     println!(
-        "  rerun with: scripts/fault-run --events {} --seed {:#x}",
-        a.events, a.seed
+        "  rerun with: scripts/fault-run --events {} --seed {:#x} --health {}",
+        a.events,
+        a.seed,
+        if a.health { "on" } else { "off" }
     );
 
-    // Receivers: one per endpoint, each its own loopback host, answering seeded faults.
+    // Endpoint faults: per application one endpoint with outages, one with a capacity of
+    // half its share of the production rate (at least 1 request/s).
+    let endpoints = APPS.len() * ENDPOINTS_PER_APP;
+    let production_ms = a.events as u64 * 1000 / a.rate as u64;
+    let per_sec = (a.rate as f64 / endpoints as f64 / 2.0).max(1.0);
+    let faults = plan::endpoint_faults(a.seed, production_ms, per_sec);
+    for (e, f) in faults.iter().enumerate() {
+        match f {
+            plan::EndpointFault::None => {}
+            plan::EndpointFault::Outage { windows, down } => println!(
+                "  endpoint {e} ({}): down ({down:?}) {}",
+                APPS[e / ENDPOINTS_PER_APP],
+                windows
+                    .iter()
+                    .map(|(s, t)| format!("{:.1}-{:.1}s", *s as f64 / 1000.0, *t as f64 / 1000.0))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            plan::EndpointFault::Capacity { per_sec, burst } => println!(
+                "  endpoint {e} ({}): serves {per_sec:.2} requests/s (burst {burst}), else 429",
+                APPS[e / ENDPOINTS_PER_APP]
+            ),
+        }
+    }
+
+    // Receivers: one per endpoint, each its own loopback host, answering seeded faults: the
+    // endpoint's own (down, over capacity) first, else the per-request answer. The n-th
+    // per-request answer of an event is the same whatever endpoint-level answers came between.
     let mut receivers = Vec::new();
-    for e in 0..APPS.len() * ENDPOINTS_PER_APP {
+    for (e, fault) in faults.iter().enumerate() {
         let ip: IpAddr = format!("127.0.0.{}", 10 + e).parse()?;
-        let counts = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
+        let counts = Arc::new(Mutex::new((
+            HashMap::<String, u32>::new(),
+            plan::Bucket::default(),
+        )));
         let seed = a.seed;
+        let fault = fault.clone();
         let chooser: Chooser = Arc::new(move |r| {
             let id = r.header("webhook-id").unwrap_or("").to_string();
             let mut c = counts.lock().unwrap();
-            let n = c.entry(id.clone()).or_default();
+            let (by_id, bucket) = &mut *c;
+            if let Some(reply) = plan::endpoint_reply(&fault, bucket, ms(r.at)) {
+                return reply;
+            }
+            let n = by_id.entry(id.clone()).or_default();
             let reply = plan::reply_for(seed, &id, *n);
             *n += 1;
             reply
@@ -416,7 +513,9 @@ async fn run() -> anyhow::Result<bool> {
 
     let q = Arc::new(TestQueues::create(&endpoint, &APPS).await);
     let planned = plan::plan(a.seed, a.events, &urls, epoch0);
-    let config = config(&endpoint, &q, a.metrics);
+    // The runner's SQS calls go through the counting proxy; the driver's go direct.
+    let sqs_counter = sqs_counter::SqsCounter::start(&endpoint).await?;
+    let config = config(sqs_counter.url(), &q, a.metrics, a.health);
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out)?;
         std::fs::write(out.join("squall.toml"), &config)?;
@@ -583,7 +682,13 @@ async fn run() -> anyhow::Result<bool> {
         None => Vec::new(),
     };
     metrics.sort();
-    let v = verdict::judge(&planned, &requests, &dead, &stops);
+    let deferrals = runner
+        .logs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, log)| deferrals_in(log, i, epoch0))
+        .collect::<Vec<_>>();
+    let v = verdict::judge(&planned, &requests, &dead, &stops, &deferrals);
     let duration = t0.elapsed();
 
     // The table.
@@ -624,11 +729,15 @@ async fn run() -> anyhow::Result<bool> {
     );
     for (i, s) in stops.iter().enumerate() {
         println!(
-            "  explained by stop {} ({:?} at {:.1}s): {}",
+            "  explained by stop {} ({:?} at {:.1}s): {}{}",
             i + 1,
             s.kind,
             s.at_ms as f64 / 1000.0,
-            v.explained.get(&i).copied().unwrap_or(0)
+            v.explained.get(&i).copied().unwrap_or(0),
+            match v.explained_by_deferral.get(&i) {
+                Some(n) => format!(" ({n} of them a deferral's copy and its original)"),
+                None => String::new(),
+            }
         );
     }
     if v.duplicated_events > 0 {
@@ -640,6 +749,91 @@ async fn run() -> anyhow::Result<bool> {
     println!(
         "producer SendMessageBatch calls retried after an error: {}",
         call_retries.load(Ordering::Relaxed)
+    );
+
+    // Per endpoint fault: requests and how their events ended.
+    println!(
+        "\nby endpoint fault              endpoints  events  requests  delivered  dead-lettered"
+    );
+    for label in ["per-request faults only", "outages", "capacity limit"] {
+        let of = |e: usize| faults[e].label() == label;
+        let events: Vec<&plan::Planned> = planned
+            .iter()
+            .filter(|p| p.kind == Kind::Normal && of(p.endpoint))
+            .collect();
+        let ids: std::collections::HashSet<&str> = events.iter().map(|p| p.id.as_str()).collect();
+        let delivered = requests
+            .iter()
+            .filter(|r| matches!(r.status, Some(200..=299)))
+            .filter_map(|r| r.verified.as_ref().ok())
+            .filter(|id| ids.contains(id.as_str()))
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        let dead_lettered = dead
+            .iter()
+            .filter_map(|d| d.id.as_deref())
+            .filter(|id| ids.contains(id))
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        println!(
+            "  {label:<28} {:>9} {:>7} {:>9} {:>10} {:>14}",
+            (0..faults.len()).filter(|e| of(*e)).count(),
+            events.len(),
+            requests.iter().filter(|r| of(r.receiver)).count(),
+            delivered,
+            dead_lettered
+        );
+    }
+    println!(
+        "  (normal events only; an event both delivered and dead-lettered is counted in both)"
+    );
+
+    // The runner's SQS calls, counted by the proxy, and the costs per delivered event.
+    let calls = sqs_counter.counts();
+    let empty_receives = calls.get(sqs_counter::EMPTY_RECEIVES).copied().unwrap_or(0);
+    let total_calls: u64 = calls.values().sum::<u64>() - empty_receives;
+    println!("\nrunner SQS calls by action (counting proxy)         count");
+    for (action, n) in sqs_counter::grouped(&calls) {
+        println!("  {action:<48} {n:>6}");
+    }
+    println!("  {:<48} {total_calls:>6}", "total");
+    println!(
+        "  {:<48} {empty_receives:>6}",
+        "of which receives that returned no message"
+    );
+    println!(
+        "  ({})",
+        calls
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  slowest call by action (request to answer, through the proxy): {}",
+        sqs_counter
+            .slowest()
+            .iter()
+            .map(|(k, (ms, over))| format!(
+                "{k} {ms} ms ({over} over {} s)",
+                sqs_counter::SLOW_MS / 1000
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let delivered = v
+        .outcomes
+        .get("delivered (2xx, valid signature)")
+        .copied()
+        .unwrap_or(0);
+    let per = |n: f64| n / delivered.max(1) as f64;
+    println!(
+        "per delivered event ({delivered}): {:.3} requests, {:.3} SQS calls ({:.3} without the empty receives); {} dead letters, {} duplicates",
+        per(requests.len() as f64),
+        per(total_calls as f64),
+        per((total_calls - empty_receives) as f64),
+        dead.len(),
+        v.duplicated_events
     );
     println!(
         "drained after {:.1}s; whole run {:.1}s",
@@ -664,4 +858,20 @@ async fn run() -> anyhow::Result<bool> {
         v.failures.len()
     );
     Ok(v.ok())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_timestamps_read_as_unix_ms() {
+        assert_eq!(super::rfc3339_ms("1970-01-01T00:00:01.5Z"), Some(1_500));
+        assert_eq!(
+            super::rfc3339_ms("2026-12-07T21:45:08.774123Z"),
+            Some(1_796_679_908_774)
+        );
+        assert_eq!(
+            super::rfc3339_ms("2000-02-29T00:00:00Z"),
+            Some(951_782_400_000)
+        );
+    }
 }

@@ -166,6 +166,117 @@ pub fn reply_for(seed: u64, event_id: &str, nth: u32) -> Reply {
     }
 }
 
+/// How one endpoint fails as a whole, on top of the per-request answers of [`reply_for`]
+/// (docs/reliability.md, "Endpoint faults"): real endpoints go down together and have a
+/// capacity, which per-request answers cannot model, and which endpoint health acts on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EndpointFault {
+    /// Only the per-request answers.
+    None,
+    /// Down during each window (ms since the run started, start inclusive, end exclusive):
+    /// every request gets `down`, whatever the event.
+    Outage {
+        /// The windows, in order.
+        windows: Vec<(u64, u64)>,
+        /// What a request gets while down: 503 (no `Retry-After`), a reset, or a hang.
+        down: Reply,
+    },
+    /// A subscriber's rate limiter: a token bucket of `burst` tokens refilled at `per_sec`; a
+    /// request finding no token gets 429 with `Retry-After: 1`.
+    Capacity {
+        /// Requests per second it serves.
+        per_sec: f64,
+        /// Requests it serves at once after a quiet spell.
+        burst: f64,
+    },
+}
+
+impl EndpointFault {
+    /// A short name for tables.
+    pub fn label(&self) -> &'static str {
+        match self {
+            EndpointFault::None => "per-request faults only",
+            EndpointFault::Outage { .. } => "outages",
+            EndpointFault::Capacity { .. } => "capacity limit",
+        }
+    }
+}
+
+/// Per application, one endpoint with outages and another with a capacity limit, drawn from
+/// the seed; the other four have only the per-request answers. `production_ms` is how long
+/// the producer is planned to send: each outage endpoint is down 15-25 s once per started
+/// minute of it, at a seeded time within that minute (windows may overlap the next one's).
+/// A limited endpoint serves `per_sec` requests per second (burst 2).
+pub fn endpoint_faults(seed: u64, production_ms: u64, per_sec: f64) -> Vec<EndpointFault> {
+    let mut rng = fastrand::Rng::with_seed(mix(seed ^ 0x656e_6470_6f69_6e74));
+    let slots = production_ms.div_ceil(60_000).max(1);
+    let slot_ms = production_ms.max(1) / slots;
+    let mut out = Vec::with_capacity(APPS.len() * ENDPOINTS_PER_APP);
+    for _ in APPS {
+        let down_at = rng.usize(..ENDPOINTS_PER_APP);
+        let limited_at = (down_at + 1 + rng.usize(..ENDPOINTS_PER_APP - 1)) % ENDPOINTS_PER_APP;
+        for e in 0..ENDPOINTS_PER_APP {
+            out.push(if e == down_at {
+                let windows = (0..slots)
+                    .map(|k| {
+                        let start = k * slot_ms + rng.u64(..=slot_ms * 6 / 10);
+                        (start, start + rng.u64(15_000..=25_000))
+                    })
+                    .collect();
+                let down = match rng.usize(..3) {
+                    0 => Reply::Status(503),
+                    1 => Reply::Reset,
+                    _ => Reply::Hang(HANG),
+                };
+                EndpointFault::Outage { windows, down }
+            } else if e == limited_at {
+                EndpointFault::Capacity {
+                    per_sec,
+                    burst: 2.0,
+                }
+            } else {
+                EndpointFault::None
+            });
+        }
+    }
+    out
+}
+
+/// A receiver's token bucket (for [`EndpointFault::Capacity`]).
+#[derive(Debug, Clone, Default)]
+pub struct Bucket {
+    tokens: Option<f64>,
+    at_ms: u64,
+}
+
+impl Bucket {
+    /// Take a token at `now_ms` (ms since the run started), if there is one.
+    pub fn take(&mut self, per_sec: f64, burst: f64, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.at_ms) as f64 / 1000.0;
+        let tokens = self
+            .tokens
+            .map_or(burst, |t| (t + elapsed * per_sec).min(burst));
+        self.at_ms = self.at_ms.max(now_ms);
+        let ok = tokens >= 1.0;
+        self.tokens = Some(if ok { tokens - 1.0 } else { tokens });
+        ok
+    }
+}
+
+/// The endpoint-level answer to a request arriving `at_ms` after the run started, if the
+/// endpoint is down or over its capacity; `None`: the per-request answer applies.
+pub fn endpoint_reply(fault: &EndpointFault, bucket: &mut Bucket, at_ms: u64) -> Option<Reply> {
+    match fault {
+        EndpointFault::None => None,
+        EndpointFault::Outage { windows, down } => windows
+            .iter()
+            .any(|(a, b)| (*a..*b).contains(&at_ms))
+            .then(|| down.clone()),
+        EndpointFault::Capacity { per_sec, burst } => (!bucket.take(*per_sec, *burst, at_ms))
+            .then(|| Reply::StatusWith(429, vec![("retry-after".into(), "1".into())])),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +338,49 @@ mod tests {
             seen.into_iter().collect::<Vec<_>>(),
             ["Hang", "Reset", "Slow", "Status", "StatusWith"]
         );
+    }
+
+    #[test]
+    fn endpoint_faults_are_seeded_one_outage_and_one_limit_per_application() {
+        let a = endpoint_faults(9, 150_000, 2.0);
+        assert_eq!(a, endpoint_faults(9, 150_000, 2.0));
+        assert_eq!(a.len(), APPS.len() * ENDPOINTS_PER_APP);
+        for app in a.chunks(ENDPOINTS_PER_APP) {
+            let kinds: Vec<&str> = app.iter().map(EndpointFault::label).collect();
+            assert_eq!(kinds.iter().filter(|k| **k == "outages").count(), 1);
+            assert_eq!(kinds.iter().filter(|k| **k == "capacity limit").count(), 1);
+        }
+        for f in &a {
+            if let EndpointFault::Outage { windows, .. } = f {
+                // 150 s of production: three slots of 50 s, one outage of 15-25 s in each.
+                assert_eq!(windows.len(), 3);
+                for (k, (start, end)) in windows.iter().enumerate() {
+                    assert!((15_000..=25_000).contains(&(end - start)));
+                    assert!((k as u64 * 50_000..=k as u64 * 50_000 + 30_000).contains(start));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_outage_answers_every_request_in_its_window_and_a_limit_serves_its_rate() {
+        let down = EndpointFault::Outage {
+            windows: vec![(1_000, 2_000)],
+            down: Reply::Reset,
+        };
+        let mut b = Bucket::default();
+        assert_eq!(endpoint_reply(&down, &mut b, 999), None);
+        assert_eq!(endpoint_reply(&down, &mut b, 1_000), Some(Reply::Reset));
+        assert_eq!(endpoint_reply(&down, &mut b, 2_000), None);
+
+        let limited = EndpointFault::Capacity {
+            per_sec: 2.0,
+            burst: 2.0,
+        };
+        // 10 s of requests every 100 ms: the burst, then two per second.
+        let served = (0..100)
+            .filter(|i| endpoint_reply(&limited, &mut b, 10_000 + i * 100).is_none())
+            .count();
+        assert!((20..=22).contains(&served), "{served}");
     }
 }

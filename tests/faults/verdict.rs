@@ -39,6 +39,18 @@ pub struct DeadLetter {
     pub at_ms: u64,
 }
 
+/// A deferral a runner logged (`... deferred, no attempt made`): its re-send makes a copy of
+/// the message before the original is deleted, so a kill in between leaves two.
+#[derive(Debug, Clone)]
+pub struct Deferral {
+    /// Event id.
+    pub id: String,
+    /// Which runner logged it: the one `stops[runner]` ended (the last one: none).
+    pub runner: usize,
+    /// When, ms since the run started.
+    pub at_ms: u64,
+}
+
 /// How the runner was stopped mid-run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopKind {
@@ -81,6 +93,8 @@ pub struct Verdict {
     pub duplicated_events: usize,
     /// Extra copies explained, per stop index.
     pub explained: BTreeMap<usize, usize>,
+    /// Of those, copies made by a deferral the stopped runner had re-sent but not deleted.
+    pub explained_by_deferral: BTreeMap<usize, usize>,
     /// Largest gap between a duplicated copy and the stop explaining it, ms.
     pub max_explained_gap_ms: u64,
     /// Events neither delivered nor dead-lettered.
@@ -111,8 +125,13 @@ pub fn judge(
     requests: &[Request],
     dead: &[DeadLetter],
     stops: &[Stop],
+    deferrals: &[Deferral],
 ) -> Verdict {
     let mut v = Verdict::default();
+    let mut deferred: HashMap<&str, Vec<&Deferral>> = HashMap::new();
+    for d in deferrals {
+        deferred.entry(d.id.as_str()).or_default().push(d);
+    }
     let by_id: HashMap<&str, &Planned> = plan.iter().map(|p| (p.id.as_str(), p)).collect();
     for p in plan {
         *v.planned.entry(kind_label(p.kind).into()).or_default() += 1;
@@ -230,6 +249,13 @@ pub fn judge(
         }
         times.sort_unstable();
         v.duplicated_events += 1;
+        let deferred_by = |i: usize, s: &Stop| {
+            deferred.get(id).is_some_and(|ds| {
+                ds.iter().any(|d| {
+                    d.runner == i && d.at_ms <= s.at_ms && s.at_ms - d.at_ms <= KILL_WINDOW_MS
+                })
+            })
+        };
         for w in times.windows(2) {
             let ((a, a_sent_by), (b, _)) = (w[0], w[1]);
             let why = stops.iter().enumerate().find(|(_, s)| {
@@ -238,14 +264,28 @@ pub fn judge(
                     && s.at_ms < b
                     && s.at_ms.saturating_sub(a) <= KILL_WINDOW_MS
             });
+            // Or both copies came after the stop: the stopped runner had deferred the event
+            // shortly before (its re-send was made, the original's delete not yet).
+            let copied = || {
+                stops
+                    .iter()
+                    .enumerate()
+                    .find(|(i, s)| s.may_duplicate() && s.at_ms < b && deferred_by(*i, s))
+            };
             match why {
                 Some((i, s)) => {
                     *v.explained.entry(i).or_default() += 1;
                     v.max_explained_gap_ms = v.max_explained_gap_ms.max(s.at_ms.saturating_sub(a));
                 }
-                None => v.failures.push(format!(
-                    "{id}: completed at {a} ms and again at {b} ms with no kill in between"
-                )),
+                None => match copied() {
+                    Some((i, _)) => {
+                        *v.explained.entry(i).or_default() += 1;
+                        *v.explained_by_deferral.entry(i).or_default() += 1;
+                    }
+                    None => v.failures.push(format!(
+                        "{id}: completed at {a} ms and again at {b} ms with no kill in between"
+                    )),
+                },
             }
         }
     }
@@ -310,7 +350,7 @@ mod tests {
             "status 410 is not retryable (4xx other than 408, 409, 425, 429)",
             30,
         )];
-        let v = judge(&plan, &reqs, &dead, &[]);
+        let v = judge(&plan, &reqs, &dead, &[], &[]);
         assert_eq!(v.missing, ["c"]);
         assert!(v.failures.is_empty(), "{:?}", v.failures);
         assert!(!v.ok());
@@ -321,7 +361,13 @@ mod tests {
     #[test]
     fn a_duplicate_is_explained_only_by_a_kill_just_before_it() {
         let plan = [planned("a", Kind::Normal)];
-        let v = judge(&plan, &[ok("a", 900), ok("a", 40_000)], &[], &[kill(1_000)]);
+        let v = judge(
+            &plan,
+            &[ok("a", 900), ok("a", 40_000)],
+            &[],
+            &[kill(1_000)],
+            &[],
+        );
         assert!(v.ok(), "{:?}", v.failures);
         assert_eq!((v.duplicated_events, v.explained[&0]), (1, 1));
 
@@ -330,11 +376,11 @@ mod tests {
             kind: StopKind::Term { drained: true },
             at_ms: 1_000,
         };
-        assert!(!judge(&plan, &[ok("a", 900), ok("a", 40_000)], &[], &[term]).ok());
-        assert!(!judge(&plan, &[ok("a", 900), ok("a", 40_000)], &[], &[]).ok());
+        assert!(!judge(&plan, &[ok("a", 900), ok("a", 40_000)], &[], &[term], &[]).ok());
+        assert!(!judge(&plan, &[ok("a", 900), ok("a", 40_000)], &[], &[], &[]).ok());
         // A kill long after the first copy does not explain it.
         let late = kill(900 + KILL_WINDOW_MS + 1);
-        assert!(!judge(&plan, &[ok("a", 900), ok("a", 40_000)], &[], &[late]).ok());
+        assert!(!judge(&plan, &[ok("a", 900), ok("a", 40_000)], &[], &[late], &[]).ok());
     }
 
     #[test]
@@ -347,7 +393,7 @@ mod tests {
             connected_ms: 200,
             ..ok("a", 1_040)
         };
-        let v = judge(&plan, &[late_read, ok("a", 40_000)], &[], &[at_1s]);
+        let v = judge(&plan, &[late_read, ok("a", 40_000)], &[], &[at_1s], &[]);
         assert!(v.ok(), "{:?}", v.failures);
         assert_eq!(v.explained[&0], 1);
         // On a connection accepted after the kill, it came from a later runner: not explained.
@@ -355,7 +401,34 @@ mod tests {
             connected_ms: 1_020,
             ..ok("a", 1_040)
         };
-        assert!(!judge(&plan, &[new_conn, ok("a", 40_000)], &[], &[at_1s]).ok());
+        assert!(!judge(&plan, &[new_conn, ok("a", 40_000)], &[], &[at_1s], &[]).ok());
+    }
+
+    #[test]
+    fn two_copies_after_a_kill_are_explained_by_a_deferral_of_the_killed_runner() {
+        // Runner 0 deferred "a" at 800 ms (re-sent a copy) and was killed at 1 s before
+        // deleting the original: the copy and the original are both delivered after.
+        let plan = [planned("a", Kind::Normal)];
+        let reqs = [ok("a", 3_000), ok("a", 31_000)];
+        let deferral = |runner, at_ms| Deferral {
+            id: "a".into(),
+            runner,
+            at_ms,
+        };
+        let v = judge(&plan, &reqs, &[], &[kill(1_000)], &[deferral(0, 800)]);
+        assert!(v.ok(), "{:?}", v.failures);
+        assert_eq!(v.explained_by_deferral[&0], 1);
+        // Not by a deferral of another runner, one long before the kill, or across a drained
+        // SIGTERM.
+        assert!(!judge(&plan, &reqs, &[], &[kill(1_000)], &[deferral(1, 800)]).ok());
+        let long_before = kill(800 + KILL_WINDOW_MS + 1);
+        let late_reqs = [ok("a", 40_000), ok("a", 70_000)];
+        assert!(!judge(&plan, &late_reqs, &[], &[long_before], &[deferral(0, 800)]).ok());
+        let term = Stop {
+            kind: StopKind::Term { drained: true },
+            at_ms: 1_000,
+        };
+        assert!(!judge(&plan, &reqs, &[], &[term], &[deferral(0, 800)]).ok());
     }
 
     #[test]
@@ -371,6 +444,7 @@ mod tests {
                 },
             ],
             &[dl("m", "gave up after 5 attempts (max_attempts)", 7)],
+            &[],
             &[],
         );
         assert_eq!(v.failures.len(), 3, "{:?}", v.failures);
