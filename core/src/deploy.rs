@@ -1175,7 +1175,7 @@ fn egress_vpc(
     outputs.insert(
         "EgressIps".into(),
         json!({
-            "Description": "The addresses every request of the function comes from (the NAT gateways' Elastic IPs, one per availability zone), comma-separated: subscribers allow-list these.",
+            "Description": "The addresses the function's requests to the internet leave from (the NAT gateways' Elastic IPs, one per availability zone), comma-separated: subscribers allow-list these.",
             "Value": { "Fn::Join": [",", ips] }
         }),
     );
