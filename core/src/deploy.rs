@@ -10,8 +10,8 @@
 //!
 //! With [`Egress::FixedIps`] both templates also hold a VPC of the stack's own: the function
 //! runs in its private subnets, which reach the internet through one NAT gateway with an
-//! Elastic IP per availability zone, so every request leaves from those addresses (the
-//! `EgressIps` output), which subscribers can allow-list.
+//! Elastic IP per availability zone, so every request to the internet leaves from those
+//! addresses (the `EgressIps` output), which subscribers can allow-list.
 //!
 //! The function finds its queues through environment variables set by the template
 //! (`SQUALL__APPS__<APP>__QUEUE_URL`, `SQUALL__SQS__DEAD_LETTER_QUEUE_URL`,
@@ -103,8 +103,9 @@ pub enum Egress {
     },
 }
 
-/// The most availability zones (so NAT gateways and addresses) of [`Egress::FixedIps`]: every
-/// region has at least 3 for most accounts, and each zone adds a NAT gateway's hourly price.
+/// The most availability zones (so NAT gateways and addresses) of [`Egress::FixedIps`]: most
+/// regions offer an account 3 or more (`Fn::GetAZs` must list as many as asked for), and each
+/// zone adds a NAT gateway's hourly price.
 pub const MAX_EGRESS_AZS: u8 = 3;
 
 /// The address range of the egress VPC: private, and used by nothing else in the stack (the
