@@ -8,6 +8,11 @@
 //! as CloudFormation JSON (`serde_json::Value`; cfn-lint and `aws cloudformation deploy`
 //! accept JSON). Nothing here talks to AWS.
 //!
+//! With [`Egress::FixedIps`] both templates also hold a VPC of the stack's own: the function
+//! runs in its private subnets, which reach the internet through one NAT gateway with an
+//! Elastic IP per availability zone, so every request to the internet leaves from those
+//! addresses (the `EgressIps` output), which subscribers can allow-list.
+//!
 //! The function finds its queues through environment variables set by the template
 //! (`SQUALL__APPS__<APP>__QUEUE_URL`, `SQUALL__SQS__DEAD_LETTER_QUEUE_URL`,
 //! `SQUALL__SQS__METRICS_QUEUE_URL`), which overlay the bundled config file, so the same
@@ -81,6 +86,32 @@ pub struct AppSettings {
     pub age_alarm_secs: u64,
 }
 
+/// How the function reaches endpoints (`[lambda] egress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Egress {
+    /// Lambda's own networking, no VPC: requests leave from AWS's addresses, shared and
+    /// changing.
+    #[default]
+    Default,
+    /// In a VPC of the stack's own: one public and one private subnet per availability zone,
+    /// the private ones routed through their zone's NAT gateway, which has an Elastic IP.
+    /// Requests leave from those addresses (the `EgressIps` output).
+    FixedIps {
+        /// Availability zones, each with a NAT gateway and its address
+        /// (1..=[`MAX_EGRESS_AZS`]).
+        azs: u8,
+    },
+}
+
+/// The most availability zones (so NAT gateways and addresses) of [`Egress::FixedIps`]: most
+/// regions offer an account 3 or more (`Fn::GetAZs` must list as many as asked for), and each
+/// zone adds a NAT gateway's hourly price.
+pub const MAX_EGRESS_AZS: u8 = 3;
+
+/// The address range of the egress VPC: private, and used by nothing else in the stack (the
+/// VPC has no peering, so it cannot clash with a network the function must reach).
+pub const EGRESS_VPC_CIDR: &str = "10.192.0.0/16";
+
 /// Function-wide settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunctionSettings {
@@ -92,6 +123,8 @@ pub struct FunctionSettings {
     pub timeout_secs: Option<u64>,
     /// Retention of the function's log group, days.
     pub log_retention_days: u32,
+    /// How the function reaches endpoints.
+    pub egress: Egress,
 }
 
 impl Default for FunctionSettings {
@@ -101,6 +134,7 @@ impl Default for FunctionSettings {
             memory_mb: 512,
             timeout_secs: None,
             log_retention_days: 30,
+            egress: Egress::Default,
         }
     }
 }
@@ -309,7 +343,7 @@ impl AppPlan {
 
 /// The function timeout: `function.timeout_secs` when given, else the longest delivery round
 /// plus a margin (30..=900 s); checked against Lambda's limits and the 12 h visibility limit
-/// (queues get 6 x the function timeout). Also checks the memory size.
+/// (queues get 6 x the function timeout). Also checks the memory size and the egress zones.
 fn function_timeout(
     function: &FunctionSettings,
     longest_round_secs: u64,
@@ -340,6 +374,15 @@ fn function_timeout(
             "function memory".to_string(),
             function.memory_mb,
             "must be 128..=10240 MB (Lambda)",
+        ));
+    }
+    if let Egress::FixedIps { azs } = function.egress
+        && !(1..=MAX_EGRESS_AZS).contains(&azs)
+    {
+        return Err(out_of_range(
+            "lambda.egress_azs".to_string(),
+            azs,
+            "must be 1..=3 (one NAT gateway and Elastic IP per availability zone)",
         ));
     }
     Ok(function_timeout_secs)
@@ -512,21 +555,26 @@ pub fn template(plan: &Plan) -> Value {
     let mut send_arns = app_arns.clone();
     send_arns.push(arn("DeadLetterQueue"));
     send_arns.push(arn("MetricsQueue"));
-    resources.insert(
-        "FunctionRole".into(),
-        function_role(json!([
-                            { "Sid": "ConsumeAppQueues", "Effect": "Allow",
-                              "Action": CONSUME_ACTIONS, "Resource": app_arns },
-                            { "Sid": "SendRetriesDeadLettersMetrics", "Effect": "Allow",
-                              "Action": ["sqs:SendMessage"], "Resource": send_arns },
-                            { "Sid": "WriteLogs", "Effect": "Allow",
-                              "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-                              "Resource": [{ "Fn::GetAtt": ["LogGroup", "Arn"] }] }
-        ])),
-    );
+    let vpc = match plan.function.egress {
+        Egress::Default => None,
+        Egress::FixedIps { azs } => Some(egress_vpc(azs, &mut resources, &mut outputs)),
+    };
+    let mut statements = vec![
+        json!({ "Sid": "ConsumeAppQueues", "Effect": "Allow",
+                "Action": CONSUME_ACTIONS, "Resource": app_arns }),
+        json!({ "Sid": "SendRetriesDeadLettersMetrics", "Effect": "Allow",
+                "Action": ["sqs:SendMessage"], "Resource": send_arns }),
+        json!({ "Sid": "WriteLogs", "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": [{ "Fn::GetAtt": ["LogGroup", "Arn"] }] }),
+    ];
+    if vpc.is_some() {
+        statements.extend(vpc_role_statements());
+    }
+    resources.insert("FunctionRole".into(), function_role(json!(statements)));
     resources.insert(
         "Function".into(),
-        function_resource(plan.function_timeout_secs, env),
+        function_resource(plan.function_timeout_secs, env, vpc.as_ref()),
     );
     outputs.insert(
         "DeadLetterQueueUrl".into(),
@@ -544,8 +592,8 @@ pub fn template(plan: &Plan) -> Value {
     json!({
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": format!(
-            "Squall webhook delivery: {} application queue(s), shared DLQ and metrics queue, one Lambda function. Generated by `squall deploy template`; do not edit by hand.",
-            plan.apps.len()),
+            "Squall webhook delivery: {} application queue(s), shared DLQ and metrics queue, one Lambda function{}. Generated by `squall deploy template`; do not edit by hand.",
+            plan.apps.len(), egress_description(plan.function.egress)),
         "Parameters": parameters,
         "Conditions": {
             "HasAlarmTopic": { "Fn::Not": [{ "Fn::Equals": [{ "Ref": "AlarmTopicArn" }, ""] }] }
@@ -553,6 +601,16 @@ pub fn template(plan: &Plan) -> Value {
         "Resources": resources,
         "Outputs": outputs
     })
+}
+
+/// The template description's words for the egress VPC, if any.
+fn egress_description(egress: Egress) -> String {
+    match egress {
+        Egress::Default => String::new(),
+        Egress::FixedIps { azs } => format!(
+            " in a VPC whose requests leave through {azs} NAT gateway(s) with fixed Elastic IPs (output EgressIps)"
+        ),
+    }
 }
 
 /// Queue-name suffixes the stack itself uses (`<stack>-dlq`, `<stack>-metrics`, the registry
@@ -861,9 +919,14 @@ fn shared_resources(function: &FunctionSettings, resources: &mut serde_json::Map
     );
 }
 
-/// The function resource, with these environment variables and role.
-fn function_resource(function_timeout_secs: u64, env: serde_json::Map<String, Value>) -> Value {
-    json!({
+/// The function resource, with these environment variables and role; in the egress VPC when
+/// `vpc` is given.
+fn function_resource(
+    function_timeout_secs: u64,
+    env: serde_json::Map<String, Value>,
+    vpc: Option<&EgressVpc>,
+) -> Value {
+    let mut function = json!({
         "Type": "AWS::Lambda::Function",
         "Properties": {
             "FunctionName": { "Fn::Sub": "${AWS::StackName}-squall" },
@@ -878,7 +941,253 @@ fn function_resource(function_timeout_secs: u64, env: serde_json::Map<String, Va
             "LoggingConfig": { "LogGroup": { "Ref": "LogGroup" }, "LogFormat": "Text" },
             "Environment": { "Variables": env }
         }
-    })
+    });
+    if let Some(vpc) = vpc {
+        function["Properties"]["VpcConfig"] = vpc.vpc_config.clone();
+        // Not before its subnets can reach the internet: the mappings start invoking it as
+        // soon as it exists, and every delivery would fail.
+        function["DependsOn"] = json!(vpc.private_routes);
+    }
+    function
+}
+
+/// What the egress VPC gives the rest of a template.
+struct EgressVpc {
+    /// The function's `VpcConfig`: the private subnets and the function's security group.
+    vpc_config: Value,
+    /// The private subnets' default routes (through their zone's NAT gateway).
+    private_routes: Vec<String>,
+    /// The private subnets' route tables (a gateway endpoint is added to them).
+    private_route_tables: Vec<String>,
+}
+
+/// The EC2 actions Lambda takes with the function's role to attach the function to its VPC
+/// (the Hyperplane network interfaces it creates in the private subnets): those of the AWS
+/// managed policy `AWSLambdaVPCAccessExecutionRole`, without its logs actions. These two take
+/// no resource ARN (`Resource: *`).
+pub const VPC_DESCRIBE_ACTIONS: [&str; 2] =
+    ["ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"];
+
+/// The network-interface actions of `AWSLambdaVPCAccessExecutionRole`, granted on the stack's
+/// account and region only (the managed policy grants them on `*`).
+pub const VPC_NETWORK_INTERFACE_ACTIONS: [&str; 4] = [
+    "ec2:CreateNetworkInterface",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+];
+
+/// The role statements a function in a VPC needs (see [`VPC_DESCRIBE_ACTIONS`]).
+fn vpc_role_statements() -> [Value; 2] {
+    [
+        json!({ "Sid": "DescribeVpcNetwork", "Effect": "Allow",
+                "Action": VPC_DESCRIBE_ACTIONS, "Resource": ["*"] }),
+        json!({ "Sid": "AttachToVpc", "Effect": "Allow",
+                "Action": VPC_NETWORK_INTERFACE_ACTIONS,
+                "Resource": [{ "Fn::Sub": sub_arn("ec2", "*/*") }] }),
+    ]
+}
+
+/// A `Name` tag `<stack>-<suffix>`: the console lists the parts of every VPC in the account
+/// together.
+fn name_tag(suffix: &str) -> Value {
+    json!([{ "Key": "Name", "Value": { "Fn::Sub": format!("${{AWS::StackName}}-{suffix}") } }])
+}
+
+/// The public subnet of zone `i` (0-based): a /24 at the start of the VPC's range (it holds
+/// only the zone's NAT gateway).
+fn public_subnet_cidr(i: u8) -> String {
+    format!("10.192.{i}.0/24")
+}
+
+/// The private subnet of zone `i` (0-based): a /20 (4,091 addresses) after the public ones;
+/// Lambda's network interfaces take their addresses from it.
+fn private_subnet_cidr(i: u8) -> String {
+    format!("10.192.{}.0/20", 16 * (u32::from(i) + 1))
+}
+
+/// The egress VPC (see [`Egress::FixedIps`]): its resources and the `EgressIps` output go into
+/// `resources` and `outputs`. Zone `i` is the region's `i`-th (`Fn::GetAZs`), so the region
+/// must offer `azs` zones to the account.
+fn egress_vpc(
+    azs: u8,
+    resources: &mut serde_json::Map<String, Value>,
+    outputs: &mut serde_json::Map<String, Value>,
+) -> EgressVpc {
+    let vpc = json!({ "Ref": "EgressVpc" });
+    resources.insert(
+        "EgressVpc".into(),
+        json!({
+            "Type": "AWS::EC2::VPC",
+            "Properties": {
+                "CidrBlock": EGRESS_VPC_CIDR,
+                // The function resolves endpoint names with the VPC's resolver.
+                "EnableDnsSupport": true,
+                "EnableDnsHostnames": true,
+                "Tags": name_tag("egress")
+            }
+        }),
+    );
+    resources.insert(
+        "EgressInternetGateway".into(),
+        json!({ "Type": "AWS::EC2::InternetGateway",
+                "Properties": { "Tags": name_tag("egress") } }),
+    );
+    resources.insert(
+        "EgressGatewayAttachment".into(),
+        json!({
+            "Type": "AWS::EC2::VPCGatewayAttachment",
+            "Properties": { "VpcId": vpc, "InternetGatewayId": { "Ref": "EgressInternetGateway" } }
+        }),
+    );
+    resources.insert(
+        "EgressPublicRouteTable".into(),
+        json!({ "Type": "AWS::EC2::RouteTable",
+                "Properties": { "VpcId": vpc, "Tags": name_tag("egress-public") } }),
+    );
+    resources.insert(
+        "EgressPublicDefaultRoute".into(),
+        json!({
+            "Type": "AWS::EC2::Route",
+            "DependsOn": "EgressGatewayAttachment",
+            "Properties": {
+                "RouteTableId": { "Ref": "EgressPublicRouteTable" },
+                "DestinationCidrBlock": "0.0.0.0/0",
+                "GatewayId": { "Ref": "EgressInternetGateway" }
+            }
+        }),
+    );
+    let mut private_subnets = Vec::new();
+    let mut private_routes = Vec::new();
+    let mut private_route_tables = Vec::new();
+    let mut ips = Vec::new();
+    for i in 0..azs {
+        let n = i + 1;
+        let zone = json!({ "Fn::Select": [i, { "Fn::GetAZs": "" }] });
+        let public = format!("EgressPublicSubnet{n}");
+        resources.insert(
+            public.clone(),
+            json!({
+                "Type": "AWS::EC2::Subnet",
+                "Properties": {
+                    "VpcId": vpc,
+                    "AvailabilityZone": zone,
+                    "CidrBlock": public_subnet_cidr(i),
+                    "Tags": name_tag(&format!("egress-public-{n}"))
+                }
+            }),
+        );
+        resources.insert(
+            format!("{public}Routes"),
+            json!({
+                "Type": "AWS::EC2::SubnetRouteTableAssociation",
+                "Properties": { "SubnetId": { "Ref": public }, "RouteTableId": { "Ref": "EgressPublicRouteTable" } }
+            }),
+        );
+        let ip = format!("EgressIp{n}");
+        resources.insert(
+            ip.clone(),
+            json!({
+                "Type": "AWS::EC2::EIP",
+                // An address for a VPC is usable once the VPC has its internet gateway.
+                "DependsOn": "EgressGatewayAttachment",
+                "Properties": { "Domain": "vpc", "Tags": name_tag(&format!("egress-{n}")) }
+            }),
+        );
+        let nat = format!("EgressNat{n}");
+        resources.insert(
+            nat.clone(),
+            json!({
+                "Type": "AWS::EC2::NatGateway",
+                "Properties": {
+                    "AllocationId": { "Fn::GetAtt": [ip.clone(), "AllocationId"] },
+                    "SubnetId": { "Ref": public },
+                    "Tags": name_tag(&format!("egress-{n}"))
+                }
+            }),
+        );
+        let private = format!("EgressPrivateSubnet{n}");
+        resources.insert(
+            private.clone(),
+            json!({
+                "Type": "AWS::EC2::Subnet",
+                "Properties": {
+                    "VpcId": vpc,
+                    "AvailabilityZone": zone,
+                    "CidrBlock": private_subnet_cidr(i),
+                    "Tags": name_tag(&format!("egress-private-{n}"))
+                }
+            }),
+        );
+        // One route table per private subnet: its default route goes to its own zone's NAT
+        // gateway, so a zone's outage takes only that zone's egress with it.
+        let table = format!("EgressPrivateRouteTable{n}");
+        resources.insert(
+            table.clone(),
+            json!({ "Type": "AWS::EC2::RouteTable",
+                    "Properties": { "VpcId": vpc, "Tags": name_tag(&format!("egress-private-{n}")) } }),
+        );
+        let route = format!("EgressPrivateDefaultRoute{n}");
+        resources.insert(
+            route.clone(),
+            json!({
+                "Type": "AWS::EC2::Route",
+                "Properties": {
+                    "RouteTableId": { "Ref": table },
+                    "DestinationCidrBlock": "0.0.0.0/0",
+                    "NatGatewayId": { "Ref": nat }
+                }
+            }),
+        );
+        resources.insert(
+            format!("{private}Routes"),
+            json!({
+                "Type": "AWS::EC2::SubnetRouteTableAssociation",
+                "Properties": { "SubnetId": { "Ref": private }, "RouteTableId": { "Ref": table } }
+            }),
+        );
+        private_subnets.push(json!({ "Ref": private }));
+        private_routes.push(route);
+        private_route_tables.push(table);
+        ips.push(json!({ "Ref": ip }));
+    }
+    resources.insert(
+        "FunctionSecurityGroup".into(),
+        json!({
+            "Type": "AWS::EC2::SecurityGroup",
+            "Properties": {
+                "GroupDescription": "Squall function: outbound TCP only, nothing inbound",
+                "VpcId": vpc,
+                // No ingress rule: nothing connects to the function. Outbound TCP to any
+                // address and port (endpoints name their own ports; the SSRF guard, not the
+                // network, decides which addresses are allowed). DNS to the VPC's resolver is
+                // not filtered by security groups.
+                "SecurityGroupEgress": [{
+                    "Description": "Deliveries and AWS API calls",
+                    "IpProtocol": "tcp",
+                    "FromPort": 0,
+                    "ToPort": 65535,
+                    "CidrIp": "0.0.0.0/0"
+                }],
+                "Tags": name_tag("function")
+            }
+        }),
+    );
+    outputs.insert(
+        "EgressIps".into(),
+        json!({
+            "Description": "The addresses the function's requests to the internet leave from (the NAT gateways' Elastic IPs, one per availability zone), comma-separated: subscribers allow-list these.",
+            "Value": { "Fn::Join": [",", ips] }
+        }),
+    );
+    EgressVpc {
+        vpc_config: json!({
+            "SubnetIds": private_subnets,
+            "SecurityGroupIds": [{ "Fn::GetAtt": ["FunctionSecurityGroup", "GroupId"] }]
+        }),
+        private_routes,
+        private_route_tables,
+    }
 }
 
 /// The environment every deployed function gets: the packaged config, the region, the
@@ -1003,9 +1312,29 @@ pub fn registry_template(plan: &RegistryPlan) -> Value {
         ),
     );
     let secret_arn = sub_arn("ssm", &format!("parameter{}*", plan.secret_path));
-    resources.insert(
-        "FunctionRole".into(),
-        function_role(json!([
+    let mut outputs = serde_json::Map::new();
+    let vpc = match plan.function.egress {
+        Egress::Default => None,
+        Egress::FixedIps { azs } => Some(egress_vpc(azs, &mut resources, &mut outputs)),
+    };
+    if let Some(vpc) = &vpc {
+        // The registry's reads and the health writes go to DynamoDB through a gateway
+        // endpoint rather than the NAT gateways: it costs nothing, and they pay per GB.
+        resources.insert(
+            "EgressDynamoDbEndpoint".into(),
+            json!({
+                "Type": "AWS::EC2::VPCEndpoint",
+                "Properties": {
+                    "VpcEndpointType": "Gateway",
+                    "ServiceName": { "Fn::Sub": "com.amazonaws.${AWS::Region}.dynamodb" },
+                    "VpcId": { "Ref": "EgressVpc" },
+                    "RouteTableIds": vpc.private_route_tables.iter()
+                        .map(|t| json!({ "Ref": t })).collect::<Vec<_>>()
+                }
+            }),
+        );
+    }
+    let mut statements = json!([
                             { "Sid": "StackQueues", "Effect": "Allow",
                               "Action": REGISTRY_QUEUE_ACTIONS,
                               "Resource": [{ "Fn::Sub": sub_arn("sqs", "${AWS::StackName}-*") }] },
@@ -1039,8 +1368,12 @@ pub fn registry_template(plan: &RegistryPlan) -> Value {
                             { "Sid": "WriteLogs", "Effect": "Allow",
                               "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
                               "Resource": [{ "Fn::GetAtt": ["LogGroup", "Arn"] }] }
-        ])),
-    );
+    ]);
+    if vpc.is_some() {
+        let list = statements.as_array_mut().expect("an array");
+        list.extend(vpc_role_statements());
+    }
+    resources.insert("FunctionRole".into(), function_role(statements));
     let mut env = shared_env();
     env.insert(
         "SQUALL__SQS__SHARED_QUEUE_URL".into(),
@@ -1053,7 +1386,7 @@ pub fn registry_template(plan: &RegistryPlan) -> Value {
     );
     resources.insert(
         "Function".into(),
-        function_resource(plan.function_timeout_secs, env),
+        function_resource(plan.function_timeout_secs, env, vpc.as_ref()),
     );
     let mut statements = apps_policy_statements(&plan.table, &plan.secret_path);
     map_strings(&mut statements, &|s| {
@@ -1074,7 +1407,6 @@ pub fn registry_template(plan: &RegistryPlan) -> Value {
         }),
     );
 
-    let mut outputs = serde_json::Map::new();
     let mut output = |name: &str, description: &str, value: Value| {
         outputs.insert(
             name.into(),
@@ -1129,7 +1461,9 @@ pub fn registry_template(plan: &RegistryPlan) -> Value {
 
     json!({
         "AWSTemplateFormatVersion": "2010-09-09",
-        "Description": "Squall webhook delivery with an application registry: one Lambda function, shared DLQ and metrics queue, the registry table; application queues are created at run time by `squall apps create`. Generated by `squall deploy template`; do not edit by hand.",
+        "Description": format!(
+            "Squall webhook delivery with an application registry: one Lambda function{}, shared DLQ and metrics queue, the registry table; application queues are created at run time by `squall apps create`. Generated by `squall deploy template`; do not edit by hand.",
+            egress_description(plan.function.egress)),
         "Parameters": parameters,
         "Conditions": {
             "HasAlarmTopic": { "Fn::Not": [{ "Fn::Equals": [{ "Ref": "AlarmTopicArn" }, ""] }] }
@@ -1515,6 +1849,16 @@ mod tests {
     #[test]
     fn registry_role_is_limited_to_the_stack_the_table_and_the_secret_path() {
         let (_, t) = registry_text();
+        registry_role_grants_exactly(&t, false);
+        let mut spec = registry_spec();
+        spec.function.egress = Egress::FixedIps { azs: 2 };
+        let t = registry_template(&plan_registry(&spec).unwrap());
+        registry_role_grants_exactly(&t, true);
+    }
+
+    /// The registry function's role: these statements and no others (the VPC ones when
+    /// `in_vpc`).
+    fn registry_role_grants_exactly(t: &Value, in_vpc: bool) {
         let role = &t["Resources"]["FunctionRole"]["Properties"];
         assert!(role.get("ManagedPolicyArns").is_none());
         let statements = role["Policies"][0]["PolicyDocument"]["Statement"]
@@ -1580,10 +1924,39 @@ mod tests {
                     assert_eq!(actions, set(&["logs:CreateLogStream", "logs:PutLogEvents"]));
                     assert_eq!(arn_targets(&s["Resource"]), set(&["LogGroup"]));
                 }
+                "DescribeVpcNetwork" | "AttachToVpc" if in_vpc => {
+                    vpc_statement_is_exact(s);
+                }
                 other => panic!("unexpected statement {other}"),
             }
         }
-        assert_eq!(seen.len(), 13);
+        assert_eq!(seen.len(), if in_vpc { 13 + 6 } else { 13 });
+    }
+
+    /// The two VPC statements of a function role: exactly `AWSLambdaVPCAccessExecutionRole`'s
+    /// EC2 actions, the network-interface ones on the stack's account and region only.
+    fn vpc_statement_is_exact(s: &Value) {
+        let actions: BTreeSet<String> = s["Action"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        match s["Sid"].as_str().unwrap() {
+            "DescribeVpcNetwork" => {
+                assert_eq!(actions, set(&VPC_DESCRIBE_ACTIONS));
+                // Describe calls take no resource ARN.
+                assert_eq!(s["Resource"], json!(["*"]));
+            }
+            "AttachToVpc" => {
+                assert_eq!(actions, set(&VPC_NETWORK_INTERFACE_ACTIONS));
+                assert_eq!(
+                    s["Resource"],
+                    json!([{ "Fn::Sub": "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:*/*" }])
+                );
+            }
+            other => panic!("not a VPC statement: {other}"),
+        }
     }
 
     /// Resolve a template value as CloudFormation would, for the environment test.
@@ -1648,6 +2021,20 @@ mod tests {
             (count("Resources"), count("Parameters"), count("Outputs")),
             (12, 6, 9)
         );
+        // Fixed egress IPs in the most zones: 5 shared VPC parts, the function's security
+        // group and the DynamoDB endpoint, 8 per zone; one output.
+        let mut with_vpc = registry_spec();
+        with_vpc.function.egress = Egress::FixedIps {
+            azs: MAX_EGRESS_AZS,
+        };
+        let vpc = registry_template(&plan_registry(&with_vpc).unwrap());
+        let n = |k: &str| vpc[k].as_object().unwrap().len();
+        assert_eq!(
+            (n("Resources"), n("Parameters"), n("Outputs")),
+            (12 + 7 + 8 * 3, 6, 10)
+        );
+        let text = serde_json::to_string_pretty(&vpc).unwrap();
+        assert!(text.len() < 51_200, "{}", text.len());
         // A template body passed inline must fit 51,200 bytes (S3: 1 MB).
         let text = serde_json::to_string_pretty(&t).unwrap();
         assert!(text.len() < 51_200, "{}", text.len());
@@ -1661,6 +2048,25 @@ mod tests {
             "{}",
             n("Resources")
         );
+    }
+
+    #[test]
+    fn file_template_with_fixed_ips_is_within_cloudformation_limits() {
+        // 25 applications: about what the function's 4 KB environment holds (docs/deploy.md).
+        let apps = (0..25).map(|i| app(&format!("app{i}"), 64)).collect();
+        let mut s = spec(apps);
+        s.function.egress = Egress::FixedIps {
+            azs: MAX_EGRESS_AZS,
+        };
+        let t = template(&plan(&s).unwrap());
+        let n = |k: &str| t[k].as_object().unwrap().len();
+        // 6 shared, 3 per application, 6 + 8 per zone for the VPC; an output per
+        // application, 3 shared, EgressIps.
+        assert_eq!(
+            (n("Resources"), n("Parameters"), n("Outputs")),
+            (6 + 3 * 25 + 6 + 8 * 3, 6, 25 + 3 + 1)
+        );
+        assert!(n("Resources") <= 500 && n("Parameters") <= 200 && n("Outputs") <= 200);
     }
 
     #[test]
@@ -1758,5 +2164,291 @@ mod tests {
             in_template["Statement"][0]["Resource"][0]["Fn::Sub"],
             "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${AWS::StackName}-*"
         );
+    }
+
+    /// Both templates for `egress`, round-tripped through text: (file, registry).
+    fn both_templates(egress: Egress) -> [Value; 2] {
+        let mut file = spec(vec![app("billing", 64), app("shipping-eu", 8)]);
+        file.function.egress = egress;
+        let mut registry = registry_spec();
+        registry.function.egress = egress;
+        [
+            template(&plan(&file).unwrap()),
+            registry_template(&plan_registry(&registry).unwrap()),
+        ]
+        .map(|t| serde_json::from_str(&serde_json::to_string_pretty(&t).unwrap()).unwrap())
+    }
+
+    /// The logical id a `{ "Ref": id }` names.
+    fn ref_of(v: &Value) -> &str {
+        v["Ref"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not a Ref: {v}"))
+    }
+
+    /// The route table associated with `subnet`, and the routes in it.
+    fn routes_of<'a>(t: &'a Value, subnet: &str) -> (String, Vec<&'a Value>) {
+        let tables: Vec<&str> = resources_of_type(t, "AWS::EC2::SubnetRouteTableAssociation")
+            .into_iter()
+            .filter(|(_, a)| ref_of(&a["Properties"]["SubnetId"]) == subnet)
+            .map(|(_, a)| ref_of(&a["Properties"]["RouteTableId"]))
+            .collect();
+        assert_eq!(tables.len(), 1, "{subnet} has one route table: {tables:?}");
+        let table = tables[0].to_string();
+        let routes = resources_of_type(t, "AWS::EC2::Route")
+            .into_iter()
+            .filter(|(_, r)| ref_of(&r["Properties"]["RouteTableId"]) == table)
+            .map(|(_, r)| &r["Properties"])
+            .collect();
+        (table, routes)
+    }
+
+    fn type_counts(t: &Value) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for r in t["Resources"].as_object().unwrap().values() {
+            *counts
+                .entry(r["Type"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn the_vpc_is_there_only_with_fixed_ips() {
+        for t in both_templates(Egress::Default) {
+            let text = serde_json::to_string(&t).unwrap();
+            assert!(!text.contains("AWS::EC2::"), "no VPC part by default");
+            assert!(!text.contains("ec2:"), "no EC2 permission by default");
+            assert!(
+                t["Resources"]["Function"]["Properties"]
+                    .get("VpcConfig")
+                    .is_none()
+            );
+            assert!(t["Resources"]["Function"].get("DependsOn").is_none());
+            assert!(t["Outputs"].get("EgressIps").is_none());
+        }
+        for azs in 1..=MAX_EGRESS_AZS {
+            let z = azs as usize;
+            let [file, registry] = both_templates(Egress::FixedIps { azs });
+            for (t, dynamodb_endpoint) in [(&file, false), (&registry, true)] {
+                let counts = type_counts(t);
+                let count = |ty: &str| counts.get(ty).copied().unwrap_or(0);
+                assert_eq!(count("AWS::EC2::VPC"), 1);
+                assert_eq!(count("AWS::EC2::InternetGateway"), 1);
+                assert_eq!(count("AWS::EC2::VPCGatewayAttachment"), 1);
+                assert_eq!(
+                    count("AWS::EC2::Subnet"),
+                    2 * z,
+                    "a public and a private per zone"
+                );
+                assert_eq!(count("AWS::EC2::EIP"), z);
+                assert_eq!(count("AWS::EC2::NatGateway"), z);
+                assert_eq!(
+                    count("AWS::EC2::RouteTable"),
+                    1 + z,
+                    "one public, one per private"
+                );
+                assert_eq!(count("AWS::EC2::Route"), 1 + z);
+                assert_eq!(count("AWS::EC2::SubnetRouteTableAssociation"), 2 * z);
+                assert_eq!(count("AWS::EC2::SecurityGroup"), 1);
+                assert_eq!(
+                    count("AWS::EC2::VPCEndpoint"),
+                    usize::from(dynamodb_endpoint)
+                );
+                let ec2 = counts
+                    .keys()
+                    .filter(|k| k.starts_with("AWS::EC2::"))
+                    .count();
+                assert_eq!(ec2, 10 + usize::from(dynamodb_endpoint), "{counts:?}");
+                // Each zone is the region's next one.
+                for n in 1..=azs {
+                    for kind in ["Public", "Private"] {
+                        let subnet = &t["Resources"][format!("Egress{kind}Subnet{n}")];
+                        assert_eq!(
+                            subnet["Properties"]["AvailabilityZone"],
+                            json!({ "Fn::Select": [n - 1, { "Fn::GetAZs": "" }] })
+                        );
+                    }
+                }
+            }
+            assert!(
+                file["Description"]
+                    .as_str()
+                    .unwrap()
+                    .contains("fixed Elastic IPs")
+            );
+        }
+    }
+
+    #[test]
+    fn every_nat_gateway_address_is_in_the_egress_ips_output() {
+        for azs in 1..=MAX_EGRESS_AZS {
+            for t in both_templates(Egress::FixedIps { azs }) {
+                let joined = &t["Outputs"]["EgressIps"]["Value"]["Fn::Join"];
+                assert_eq!(joined[0], ",");
+                let listed: BTreeSet<String> = joined[1]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| ref_of(v).to_string())
+                    .collect();
+                let addresses: BTreeSet<String> = resources_of_type(&t, "AWS::EC2::EIP")
+                    .into_iter()
+                    .map(|(name, ip)| {
+                        assert_eq!(ip["Properties"]["Domain"], "vpc");
+                        name.clone()
+                    })
+                    .collect();
+                let of_nats: BTreeSet<String> = resources_of_type(&t, "AWS::EC2::NatGateway")
+                    .into_iter()
+                    .map(|(_, nat)| {
+                        let allocation = &nat["Properties"]["AllocationId"]["Fn::GetAtt"];
+                        assert_eq!(allocation[1], "AllocationId");
+                        allocation[0].as_str().unwrap().to_string()
+                    })
+                    .collect();
+                assert_eq!(listed.len(), azs as usize);
+                assert_eq!(listed, addresses, "every address is listed");
+                assert_eq!(of_nats, addresses, "one address per NAT gateway");
+            }
+        }
+    }
+
+    #[test]
+    fn private_subnets_route_through_their_own_zones_nat_gateway() {
+        for t in both_templates(Egress::FixedIps {
+            azs: MAX_EGRESS_AZS,
+        }) {
+            let mut nats_used = BTreeSet::new();
+            for n in 1..=MAX_EGRESS_AZS {
+                let private = format!("EgressPrivateSubnet{n}");
+                let (table, routes) = routes_of(&t, &private);
+                assert_eq!(table, format!("EgressPrivateRouteTable{n}"));
+                assert_eq!(routes.len(), 1, "{private}: the default route only");
+                assert_eq!(routes[0]["DestinationCidrBlock"], "0.0.0.0/0");
+                assert!(routes[0].get("GatewayId").is_none(), "no internet gateway");
+                let nat = ref_of(&routes[0]["NatGatewayId"]);
+                assert!(nats_used.insert(nat.to_string()), "{nat} serves one zone");
+                // That NAT gateway sits in the same zone, in a public subnet.
+                let public = ref_of(&t["Resources"][nat]["Properties"]["SubnetId"]);
+                assert_eq!(
+                    t["Resources"][public]["Properties"]["AvailabilityZone"],
+                    t["Resources"][&private]["Properties"]["AvailabilityZone"],
+                    "{private} and its NAT gateway {nat}"
+                );
+                let (_, public_routes) = routes_of(&t, public);
+                assert_eq!(public_routes.len(), 1);
+                assert_eq!(public_routes[0]["DestinationCidrBlock"], "0.0.0.0/0");
+                assert_eq!(
+                    ref_of(&public_routes[0]["GatewayId"]),
+                    "EgressInternetGateway"
+                );
+            }
+            // Subnets lie in the VPC's range and do not overlap.
+            let vpc: ipnet::Ipv4Net = EGRESS_VPC_CIDR.parse().unwrap();
+            assert_eq!(
+                t["Resources"]["EgressVpc"]["Properties"]["CidrBlock"],
+                EGRESS_VPC_CIDR
+            );
+            let subnets: Vec<ipnet::Ipv4Net> = resources_of_type(&t, "AWS::EC2::Subnet")
+                .into_iter()
+                .map(|(_, s)| {
+                    s["Properties"]["CidrBlock"]
+                        .as_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            for (i, a) in subnets.iter().enumerate() {
+                assert!(vpc.contains(a), "{a} in {vpc}");
+                for b in &subnets[i + 1..] {
+                    assert!(!a.contains(b) && !b.contains(a), "{a} and {b} overlap");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_function_runs_in_the_private_subnets_with_no_inbound_rule() {
+        for (i, t) in both_templates(Egress::FixedIps { azs: 2 })
+            .into_iter()
+            .enumerate()
+        {
+            let function = &t["Resources"]["Function"];
+            let vpc_config = &function["Properties"]["VpcConfig"];
+            assert_eq!(
+                vpc_config["SubnetIds"],
+                json!([{ "Ref": "EgressPrivateSubnet1" }, { "Ref": "EgressPrivateSubnet2" }])
+            );
+            assert_eq!(
+                vpc_config["SecurityGroupIds"],
+                json!([{ "Fn::GetAtt": ["FunctionSecurityGroup", "GroupId"] }])
+            );
+            // It starts once its subnets can reach the internet.
+            assert_eq!(
+                function["DependsOn"],
+                json!(["EgressPrivateDefaultRoute1", "EgressPrivateDefaultRoute2"])
+            );
+            let group = &t["Resources"]["FunctionSecurityGroup"]["Properties"];
+            assert_eq!(group["VpcId"]["Ref"], "EgressVpc");
+            assert!(
+                group.get("SecurityGroupIngress").is_none(),
+                "no inbound rule"
+            );
+            assert!(resources_of_type(&t, "AWS::EC2::SecurityGroupIngress").is_empty());
+            assert_eq!(
+                group["SecurityGroupEgress"],
+                json!([{ "Description": "Deliveries and AWS API calls", "IpProtocol": "tcp",
+                         "FromPort": 0, "ToPort": 65535, "CidrIp": "0.0.0.0/0" }])
+            );
+            // The file template's role: its own statements plus the two VPC ones.
+            if i == 0 {
+                let statements = t["Resources"]["FunctionRole"]["Properties"]["Policies"][0]
+                    ["PolicyDocument"]["Statement"]
+                    .as_array()
+                    .unwrap();
+                let sids: Vec<&str> = statements
+                    .iter()
+                    .map(|s| s["Sid"].as_str().unwrap())
+                    .collect();
+                assert_eq!(
+                    sids,
+                    [
+                        "ConsumeAppQueues",
+                        "SendRetriesDeadLettersMetrics",
+                        "WriteLogs",
+                        "DescribeVpcNetwork",
+                        "AttachToVpc"
+                    ]
+                );
+                statements[3..].iter().for_each(vpc_statement_is_exact);
+            } else {
+                // The registry's DynamoDB calls skip the NAT gateways.
+                let endpoint = &t["Resources"]["EgressDynamoDbEndpoint"]["Properties"];
+                assert_eq!(endpoint["VpcEndpointType"], "Gateway");
+                assert_eq!(
+                    endpoint["ServiceName"]["Fn::Sub"],
+                    "com.amazonaws.${AWS::Region}.dynamodb"
+                );
+                assert_eq!(
+                    endpoint["RouteTableIds"],
+                    json!([{ "Ref": "EgressPrivateRouteTable1" }, { "Ref": "EgressPrivateRouteTable2" }])
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn egress_zones_are_one_to_three() {
+        for azs in [0, MAX_EGRESS_AZS + 1] {
+            let mut s = spec(vec![app("billing", 64)]);
+            s.function.egress = Egress::FixedIps { azs };
+            let e = plan(&s).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("lambda.egress_azs = {azs}")), "{e}");
+            let mut r = registry_spec();
+            r.function.egress = Egress::FixedIps { azs };
+            assert!(plan_registry(&r).is_err());
+        }
     }
 }

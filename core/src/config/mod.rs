@@ -215,6 +215,19 @@ pub enum Architecture {
     X86_64,
 }
 
+/// How the deployed function reaches endpoints (`[lambda] egress`, `egress_azs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Egress {
+    /// `"default"`: Lambda's own networking; requests leave from AWS's changing addresses.
+    Default,
+    /// `"fixed-ips"`: in a VPC of the stack's own, through one NAT gateway with an Elastic IP
+    /// in each of `azs` availability zones (`egress_azs`, 1-3).
+    FixedIps {
+        /// Availability zones, so NAT gateways and addresses.
+        azs: u8,
+    },
+}
+
 /// `[lambda]`: the deployed function.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LambdaConfig {
@@ -229,6 +242,8 @@ pub struct LambdaConfig {
     /// CloudWatch namespace of the Embedded Metric Format lines the function prints after each
     /// invocation; `None` (the key set to `off`) = none printed.
     pub emf_namespace: Option<String>,
+    /// How the function reaches endpoints (the template's VPC, if any).
+    pub egress: Egress,
 }
 
 /// `[traces]`: OpenTelemetry spans of delivery attempts.
@@ -886,6 +901,32 @@ mod tests {
     }
 
     #[test]
+    fn egress_is_default_unless_fixed_ips_is_asked_for() {
+        assert_eq!(load("", &[]).unwrap().lambda.egress, Egress::Default);
+        // egress_azs alone changes nothing.
+        assert_eq!(
+            load("[lambda]\negress_azs = 3", &[]).unwrap().lambda.egress,
+            Egress::Default
+        );
+        assert_eq!(
+            load("[lambda]\negress = \"fixed-ips\"", &[])
+                .unwrap()
+                .lambda
+                .egress,
+            Egress::FixedIps { azs: 2 }
+        );
+        let c = load(
+            "",
+            &[
+                ("SQUALL__LAMBDA__EGRESS", "fixed-ips"),
+                ("SQUALL__LAMBDA__EGRESS_AZS", "1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.lambda.egress, Egress::FixedIps { azs: 1 });
+    }
+
+    #[test]
     fn defaults_alone_load_and_match_the_built_in_types() {
         let c = load("", &[]).unwrap();
         assert!(c.apps.is_empty());
@@ -1036,6 +1077,9 @@ mod tests {
             ("[app_defaults.retry]\njitter = 1.5".into(), vec![], &["app_defaults.retry.jitter", "0.0-1.0"]),
             ("[app_defaults.retry]\nmax_delay_secs = 1\ninitial_delay_secs = 5".into(), vec![], &["app_defaults.retry.max_delay_secs"]),
             ("[app_defaults.plugin_limits]\nisolation = \"shared\"".into(), vec![], &["app_defaults.plugin_limits.isolation", "`reuse`"]),
+            ("[lambda]\negress = \"nat\"".into(), vec![], &["lambda.egress", "unknown variant `nat`", "`fixed-ips`"]),
+            ("[lambda]\negress = \"fixed-ips\"\negress_azs = 4".into(), vec![], &["lambda.egress_azs", "4 is out of range: must be 1-3"]),
+            ("[lambda]\negress_azs = 0".into(), vec![], &["lambda.egress_azs", "must be 1-3"]),
             ("[app_defaults]\nallowed_networks = [\"10.0.0.0/8\", \"10.0.0.1/8\"]".into(), vec![], &["app_defaults.allowed_networks[1]", "did you mean 10.0.0.0/8"]),
             (format!("{ONE_APP}\nallowed_networks = [\"nope\"]"), vec![], &["apps.billing.allowed_networks[0]", "not an IP address"]),
             (format!("{ONE_APP}\nmax_per_endpoint = 100"), vec![], &["apps.billing.max_per_endpoint", "must be 1-64"]),

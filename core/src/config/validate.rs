@@ -59,6 +59,15 @@ struct RawLambda {
     timeout_secs: u64,
     log_retention_days: u32,
     emf_namespace: String,
+    egress: RawEgress,
+    egress_azs: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum RawEgress {
+    Default,
+    FixedIps,
 }
 
 #[derive(Deserialize)]
@@ -646,12 +655,21 @@ fn build_lambda(raw: RawLambda, o: &Origins) -> Result<LambdaConfig, ConfigError
         "off" => None,
         ns => Some(ns.to_string()),
     };
+    // Checked whatever `egress` says, so a bad value is found before it is switched on.
+    in_range("lambda.egress_azs".into(), raw.egress_azs, 1, 3, o)?;
+    let egress = match raw.egress {
+        RawEgress::Default => Egress::Default,
+        RawEgress::FixedIps => Egress::FixedIps {
+            azs: raw.egress_azs as u8,
+        },
+    };
     Ok(LambdaConfig {
         architecture: raw.architecture,
         memory_mb: raw.memory_mb,
         timeout_secs: (raw.timeout_secs > 0).then_some(raw.timeout_secs),
         log_retention_days: raw.log_retention_days,
         emf_namespace,
+        egress,
     })
 }
 

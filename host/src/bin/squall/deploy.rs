@@ -6,7 +6,8 @@ use anyhow::{Context, bail};
 use squall::config::{self, Config};
 use squall::config::{AppConfig, RegistryBackend};
 use squall::deploy::{
-    self, AppSettings, Architecture, DeploySpec, FunctionSettings, PolicyScope, RegistrySpec,
+    self, AppSettings, Architecture, DeploySpec, Egress, FunctionSettings, PolicyScope,
+    RegistrySpec,
 };
 
 /// Deployment subcommands.
@@ -220,6 +221,10 @@ fn function_settings(config: &Config) -> FunctionSettings {
         memory_mb: config.lambda.memory_mb,
         timeout_secs: config.lambda.timeout_secs,
         log_retention_days: config.lambda.log_retention_days,
+        egress: match config.lambda.egress {
+            config::Egress::Default => Egress::Default,
+            config::Egress::FixedIps { azs } => Egress::FixedIps { azs },
+        },
     }
 }
 
