@@ -504,6 +504,12 @@ impl AppDelivery {
         else {
             return self.deliverer.send(req, &self.opts).await;
         };
+        // Boxed: the token steps are not in the state machine of every delivery.
+        Box::pin(self.send_with_token(req, tokens)).await
+    }
+
+    /// [`AppDelivery::send`] to an origin that takes the application's bearer token.
+    async fn send_with_token(&self, req: &Request, tokens: &crate::oauth2::TokenSource) -> Attempt {
         let started = Instant::now();
         let failed = |outcome: Outcome| Attempt {
             outcome,

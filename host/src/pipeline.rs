@@ -227,11 +227,13 @@ pub async fn process(
     clock: &dyn Clock,
     opts: ProcessOptions,
 ) -> Processed {
+    // Boxed: the attempt's state machine is a few KB, and every message's task would
+    // otherwise carry (and move, when spawned) it inline.
     let Some(tracer) = &app.tracer else {
-        return process_traced(app, msg, clock, opts, None).await;
+        return Box::pin(process_traced(app, msg, clock, opts, None)).await;
     };
     let mut trace = Traced::default();
-    let p = process_traced(app, msg, clock, opts, Some(&mut trace)).await;
+    let p = Box::pin(process_traced(app, msg, clock, opts, Some(&mut trace))).await;
     if let Some(ctx) = trace.ctx.filter(|c| c.sampled()) {
         for record in &p.metrics {
             tracer.record(crate::traces::Span {
